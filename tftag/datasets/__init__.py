@@ -1,0 +1,100 @@
+"""Catalogues: where clips are, their splits and their tags, behind one registry.
+
+A catalogue turns a user's input (a folder, a CSV, a dataset's own annotation files) into a
+:class:`Catalog` of :class:`Clip` records and the tag list; ``pipelines/extract.py`` consumes it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from typing import Callable, Sequence
+
+SPLITS = ("train", "valid", "test")
+UNSPLIT = "all"
+
+
+@dataclasses.dataclass(frozen=True)
+class Clip:
+    """One audio clip of a catalogue."""
+
+    clip_id: str
+    path: str
+    split: str
+    tags: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class Catalog:
+    """Clips, the tag list labels index into, and rows skipped while reading (with reasons)."""
+
+    name: str
+    clips: tuple[Clip, ...]
+    tags: tuple[str, ...]
+    skipped: tuple[dict, ...] = ()
+    info: dict = dataclasses.field(default_factory=dict)
+
+    def label_indices(self, clip: Clip) -> list[int]:
+        """Indices into :attr:`tags` of the clip's tags that are in the tag list."""
+        index = {t: i for i, t in enumerate(self.tags)}
+        return sorted(index[t] for t in clip.tags if t in index)
+
+    def split_counts(self) -> dict[str, int]:
+        """{split: number of clips}."""
+        counts: dict[str, int] = {}
+        for clip in self.clips:
+            counts[clip.split] = counts.get(clip.split, 0) + 1
+        return dict(sorted(counts.items()))
+
+    def fingerprint(self) -> str:
+        """A hash of every clip record and the tag list (changes when the input changes)."""
+        h = hashlib.sha1()
+        h.update(json.dumps(list(self.tags)).encode())
+        for clip in sorted(self.clips, key=lambda c: c.clip_id):
+            h.update(json.dumps(dataclasses.astuple(clip), ensure_ascii=False).encode())
+        return h.hexdigest()
+
+
+def check_unique_ids(clips: Sequence[Clip], source: str) -> None:
+    """Raises ValueError naming duplicate clip ids."""
+    seen: set[str] = set()
+    duplicates: list[str] = []
+    for clip in clips:
+        if clip.clip_id in seen:
+            duplicates.append(clip.clip_id)
+        seen.add(clip.clip_id)
+    if duplicates:
+        shown = ", ".join(repr(d) for d in duplicates[:5])
+        raise ValueError(f"{source}: {len(duplicates)} duplicate clip ids, e.g. {shown}")
+
+
+_REGISTRY: dict[str, Callable[..., Catalog]] = {}
+
+
+def register(name: str):
+    """Decorator adding a catalogue reader ``fn(input_path, **options) -> Catalog``."""
+
+    def wrap(fn):
+        _REGISTRY[name] = fn
+        return fn
+
+    return wrap
+
+
+def names() -> list[str]:
+    """Known catalogue names."""
+    _load_builtin()
+    return sorted(_REGISTRY)
+
+
+def load(name: str, input_path: str, **options) -> Catalog:
+    """Reads a catalogue by name; unknown names fail with the list of known ones."""
+    _load_builtin()
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown catalog {name!r}; known: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name](input_path, **options)
+
+
+def _load_builtin() -> None:
+    from tftag.datasets import csv_catalog, folder  # noqa: F401  (registration side effects)
