@@ -55,15 +55,15 @@ def audio_dir(tmp_path_factory):
     rows = []
     good = [
         ("train", "a.wav", 12, 16000, {}, "piano;drums"),
-        ("train", "b.flac", 11, 44100, {}, "piano"),
-        ("train", "c.ogg", 10, 22050, {"format": "OGG", "subtype": "VORBIS"}, "drums;bass"),
-        ("train", "d.mp3", 10, 16000, {"format": "MP3"}, "bass"),
-        ("valid", "e_stereo_24bit.wav", 10, 48000, {"subtype": "PCM_24", "channels": 2}, "piano"),
-        ("valid", "f_8bit.wav", 10, 8000, {"subtype": "PCM_U8"}, "drums"),
-        ("test", "g_opus.opus", 10, 48000, {"format": "OGG", "subtype": "OPUS"}, "piano;bass"),
+        ("train", "b.flac", 12, 44100, {}, "piano"),
+        ("train", "c.ogg", 12, 22050, {"format": "OGG", "subtype": "VORBIS"}, "drums;bass"),
+        ("train", "d.mp3", 12, 16000, {"format": "MP3"}, "bass"),
+        ("valid", "e_stereo_24bit.wav", 12, 48000, {"subtype": "PCM_24", "channels": 2}, "piano"),
+        ("valid", "f_8bit.wav", 12, 8000, {"subtype": "PCM_U8"}, "drums"),
+        ("test", "g_opus.opus", 12, 48000, {"format": "OGG", "subtype": "OPUS"}, "piano;bass"),
         ("test", "h_short.wav", 3, 16000, {}, "bass"),
-        ("test", "ü_non_ascii é.wav", 10, 16000, {}, "piano;drums"),
-        ("train", "i_6ch.wav", 10, 16000, {"channels": 6, "subtype": "FLOAT"}, "drums"),
+        ("test", "ü_non_ascii é.wav", 12, 16000, {}, "piano;drums"),
+        ("train", "i_6ch.wav", 12, 16000, {"channels": 6, "subtype": "FLOAT"}, "drums"),
     ]
     for seed, (split, name, seconds, sr, kw, tags) in enumerate(good):
         write_clip(str(d / name), seconds, sr, seed=seed, **kw)

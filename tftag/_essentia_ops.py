@@ -79,22 +79,32 @@ def load_audio(path: str, sr: int) -> np.ndarray:
     except Exception:  # not a libsndfile format: Essentia decides.
         info = None
     if info is not None and info.subtype in SOUNDFILE_SUBTYPES:
-        try:
-            data, file_sr = sf.read(path, dtype="float32", always_2d=True)
-        except Exception as e:
-            raise AudioDecodeError(f"{path}: libsndfile could not decode {info.subtype}: {e}")
-        audio = resample(data.mean(axis=1), file_sr, sr)
+        audio = _load_soundfile(path, sr, info)
     else:
         try:
             audio = es.MonoLoader(filename=path, sampleRate=sr, resampleQuality=RESAMPLE_QUALITY)()
         except RuntimeError as e:
-            raise AudioDecodeError(f"{path}: Essentia could not decode it: {e}") from None
+            if info is None:
+                raise AudioDecodeError(f"{path}: Essentia could not decode it: {e}") from None
+            # e.g. more than 2 channels, which MonoLoader refuses: libsndfile reads them.
+            audio = _load_soundfile(path, sr, info)
     audio = np.asarray(audio, dtype=np.float32)
     if audio.size == 0:
         raise AudioDecodeError(f"{path}: decoded to 0 samples")
     if not np.all(np.isfinite(audio)):
         raise AudioDecodeError(f"{path}: decoded samples contain NaN or inf")
     return audio
+
+
+def _load_soundfile(path: str, sr: int, info) -> np.ndarray:
+    """libsndfile decode, channel average (MonoLoader's downmix), Essentia resampling."""
+    import soundfile as sf
+
+    try:
+        data, file_sr = sf.read(path, dtype="float32", always_2d=True)
+    except Exception as e:
+        raise AudioDecodeError(f"{path}: libsndfile could not decode {info.subtype}: {e}") from None
+    return resample(data.mean(axis=1), file_sr, sr)
 
 
 def essentia_mel_reference(audio: np.ndarray, sr: int, n_mels: int, hop_length: int) -> np.ndarray:

@@ -109,7 +109,7 @@ def serialize_example(
         "tags_version": _bytes(tags_version.encode("utf-8")),
         "padded": _ints([int(bool(padded))]),
     }))
-    return example.SerializeToString()
+    return example.SerializeToString(deterministic=True)  # map keys sorted: byte-stable
 
 
 def parse_example(serialized: tf.Tensor, mel_dtype: str = "float32") -> dict[str, tf.Tensor]:

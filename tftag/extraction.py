@@ -308,6 +308,9 @@ def finalize(plan: ExtractionPlan, catalog: Catalog, source: dict, keep_staging:
         for path in glob.glob(os.path.join(plan.output_dir, base.base_name, "*.tfrecord")):
             if os.path.abspath(path) not in expected:
                 os.remove(path)
+        # Temp files of writes interrupted by an earlier crash.
+        for path in glob.glob(os.path.join(plan.output_dir, base.base_name, ".tmp-*")):
+            os.remove(path)
     failures.sort(key=lambda r: r["clip_id"])
     data.write_bytes_atomic(
         os.path.join(plan.output_dir, data.FAILURES_JSONL),
