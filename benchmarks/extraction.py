@@ -1,0 +1,155 @@
+r"""Extraction benchmark: the shared path for all 168 views vs naive recomputation per view.
+
+    .venv/bin/python -m benchmarks.extraction --num_clips=4
+
+Times, on the same rendered clips in one run:
+  (a) shared: per sample rate one decode + one STFT, 7 filterbanks, 84 views (hops by
+      decimation, compressions from the same power mel) -> all 168 configs;
+  (b) naive: decode + STFT + mel + compression again for each of the 168 configs;
+  (c) single: decode + STFT + one config (sr*-mel96-hop1-log), per sample rate.
+Targets: (b)/(a) >= 20; per sample rate (a)/(c) <= 2. Also bytes per clip of the stored bases
+(float32, float16) against all 168 materialised float32 views, the serialized TFRecord sizes,
+and the float16 error of the derived views. Prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+
+import numpy as np
+from absl import app, flags
+
+from tftag import features
+from tftag.features import MelConfig
+
+flags.DEFINE_integer("num_clips", 4, "Clips to time.", lower_bound=1)
+flags.DEFINE_string("audio_dir", None, "Folder of clips to use; default: render --num_clips "
+                    "clips of the built-in corpus.")
+flags.DEFINE_integer("repeats", 1, "Timing repetitions (best of).", lower_bound=1)
+FLAGS = flags.FLAGS
+
+
+def _clips(tmp: str) -> list[str]:
+    if FLAGS.audio_dir:
+        names = sorted(os.listdir(FLAGS.audio_dir))
+        return [os.path.join(FLAGS.audio_dir, n) for n in names][: FLAGS.num_clips]
+    from tftag.datasets import synthetic
+
+    corpus = synthetic.render_corpus(tmp, num_clips=FLAGS.num_clips, duration=30.0, sr=44100, seed=0)
+    return [c.path for c in corpus.clips]
+
+
+def _best(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def main(argv):
+    del argv
+    grid = MelConfig.paper_grid()
+    by_sr = features.group_by_sr(grid)
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = _clips(tmp)
+        n = len(paths)
+        # Warm caches (filterbanks, window, Essentia worker) outside the timings.
+        for sr, configs in by_sr.items():
+            features.melspectrograms(features.crop(features.load_audio(paths[0], sr), sr).audio, sr, configs)
+
+        def shared(srs=tuple(by_sr), materialise=False):
+            for path in paths:
+                for sr in srs:
+                    audio = features.crop(features.load_audio(path, sr), sr).audio
+                    views = features.melspectrograms(audio, sr, by_sr[sr])
+                    if materialise:
+                        for v in views.values():
+                            np.ascontiguousarray(v)
+
+        def naive():
+            for path in paths:
+                for c in grid:
+                    audio = features.crop(features.load_audio(path, c.sr), c.sr).audio
+                    features.melspectrogram(audio, c)
+
+        def single(sr):
+            config = MelConfig(sr, 96, 1, "log")
+            for path in paths:
+                audio = features.crop(features.load_audio(path, sr), sr).audio
+                features.melspectrogram(audio, config)
+
+        t_shared = _best(shared, FLAGS.repeats)
+        t_shared_mat = _best(lambda: shared(materialise=True), FLAGS.repeats)
+        t_naive = _best(naive, FLAGS.repeats)
+        per_sr = {}
+        for sr in by_sr:
+            t_a = _best(lambda: shared((sr,)), FLAGS.repeats)
+            t_c = _best(lambda: single(sr), FLAGS.repeats)
+            per_sr[str(sr)] = {"shared_s_per_clip": round(t_a / n, 4),
+                               "single_s_per_clip": round(t_c / n, 4),
+                               "shared_over_single": round(t_a / t_c, 3)}
+
+        # Storage: stored bases vs all views, and the float16 error of derived views.
+        bases = sorted({c.base for c in grid}, key=lambda b: (b.sr, -b.n_mels))
+        base_bytes32 = sum(4 * b.n_frames * b.n_mels for b in bases)
+        views_bytes32 = sum(4 * c.n_frames * c.n_mels for c in grid)
+        from tftag import data
+
+        serialized = {"float32": 0, "float16": 0}
+        err = {"db_abs_median": [], "db_abs_max": [], "log_rel_median": [], "log_rel_max": []}
+        for sr in by_sr:
+            audio = features.crop(features.load_audio(paths[0], sr), sr).audio
+            mels = features.base_mels(audio, sr, features.PAPER_N_MELS)
+            for b in (b for b in bases if b.sr == sr):
+                for dtype in serialized:
+                    serialized[dtype] += len(data.serialize_example(
+                        "clip", "train", mels[b.n_mels], b, np.zeros(50, np.int64), "v", dtype))
+                p32 = mels[b.n_mels]
+                p16 = p32.astype(np.float16)
+                for k in features.PAPER_HOP_FACTORS:
+                    d32 = features.compress(p32[::k], "db")
+                    d16 = features.compress(p16[::k], "db")
+                    l32 = features.compress(p32[::k], "log")
+                    l16 = features.compress(p16[::k], "log")
+                    err["db_abs_median"].append(float(np.median(np.abs(d16 - d32))))
+                    err["db_abs_max"].append(float(np.max(np.abs(d16 - d32))))
+                    rel = np.abs(l16 - l32) / np.maximum(np.abs(l32), 1e-6)
+                    err["log_rel_median"].append(float(np.median(rel)))
+                    err["log_rel_max"].append(float(np.max(rel)))
+
+    result = {
+        "benchmark": "extraction",
+        "clips": n,
+        "configs": len(grid),
+        "shared_clips_per_s": round(n / t_shared, 3),
+        "shared_materialised_clips_per_s": round(n / t_shared_mat, 3),
+        "naive_clips_per_s": round(n / t_naive, 4),
+        "naive_over_shared": round(t_naive / t_shared, 2),
+        "target_naive_over_shared_min": 20,
+        "per_sr": per_sr,
+        "target_shared_over_single_max": 2.0,
+        "bytes_per_clip": {
+            "stored_float32": base_bytes32,
+            "stored_float16": base_bytes32 // 2,
+            "all_168_views_float32": views_bytes32,
+            "views_over_stored": round(views_bytes32 / base_bytes32, 3),
+            "tfrecord_example_float32": serialized["float32"],
+            "tfrecord_example_float16": serialized["float16"],
+        },
+        "float16_error": {
+            "db_abs_median_dB": round(float(np.median(err["db_abs_median"])), 6),
+            "db_abs_max_dB": round(max(err["db_abs_max"]), 3),
+            "log_rel_median": float(f"{np.median(err['log_rel_median']):.3g}"),
+            "log_rel_max": float(f"{max(err['log_rel_max']):.3g}"),
+        },
+    }
+    print(json.dumps(result, sort_keys=True))
+
+
+if __name__ == "__main__":
+    app.run(main)
