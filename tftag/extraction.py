@@ -311,6 +311,8 @@ def finalize(plan: ExtractionPlan, catalog: Catalog, source: dict, keep_staging:
         # Temp files of writes interrupted by an earlier crash.
         for path in glob.glob(os.path.join(plan.output_dir, base.base_name, ".tmp-*")):
             os.remove(path)
+    # Rows the catalogue itself skipped (missing audio, protocol exclusions) are failures too.
+    failures.extend(dict(r, stage="catalog") for r in catalog.skipped)
     failures.sort(key=lambda r: r["clip_id"])
     data.write_bytes_atomic(
         os.path.join(plan.output_dir, data.FAILURES_JSONL),
@@ -330,9 +332,9 @@ def finalize(plan: ExtractionPlan, catalog: Catalog, source: dict, keep_staging:
         extra={
             "clips_total": len(catalog.clips),
             "clips_written": len(ok_clips),
-            "clips_failed": len(failures),
+            "clips_failed": len(failures) - len(catalog.skipped),
+            "catalog_skipped_count": len(catalog.skipped),
             "clips_padded": padded,
-            "catalog_skipped": list(catalog.skipped),
             "plan": dict(plan.describe(), catalog=catalog.fingerprint()),
         },
     )

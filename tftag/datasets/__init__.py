@@ -97,4 +97,17 @@ def load(name: str, input_path: str, **options) -> Catalog:
 
 
 def _load_builtin() -> None:
-    from tftag.datasets import csv_catalog, folder  # noqa: F401  (registration side effects)
+    from tftag.datasets import csv_catalog, folder, msd, mtat, synthetic  # noqa: F401  (registers)
+
+
+def detect(input_path: str) -> str:
+    """The catalogue an --input looks like: synthetic, mtat, msd, folder (a directory) or csv."""
+    import os
+
+    if os.path.isdir(input_path):
+        for marker, name in (("corpus.json", "synthetic"), ("annotations_final.csv", "mtat"),
+                             ("train.tsv", "msd")):
+            if os.path.exists(os.path.join(input_path, marker)):
+                return name
+        return "folder"
+    return "csv"
