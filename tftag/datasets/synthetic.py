@@ -77,7 +77,9 @@ RHYTHMS = {  # melody durations (beats) per bar
 TEMPO = {"slow": (60, 80), "medium": (96, 120), "fast": (140, 176)}
 DYNAMICS = {"quiet": ((32, 52), 0.3), "medium": ((68, 88), 0.6), "loud": ((100, 124), 1.0)}
 ARTICULATION = {"staccato": 0.3, "medium": 0.75, "legato": 1.0}
-REGISTER = {"low": 43, "medium": 60, "high": 76}  # lowest melody note
+# Lowest melody note; the melody spans at most 23 semitones above it, so the registers never
+# overlap: low melodies stay below MIDI 60, high ones at or above 84.
+REGISTER = {"low": 36, "medium": 60, "high": 84}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,10 +183,10 @@ def compose(seed: int, index: int) -> Song:
 
 
 def _scale_note(song: Song, degree: int, base: int) -> int:
-    """MIDI pitch of a scale degree (any integer) at or above ``base``'s octave."""
+    """MIDI pitch of a scale degree (>= 0), counted from the first tonic at or above ``base``."""
     scale = MAJOR if song.mode == "major" else MINOR
     octave, step = divmod(degree, 7)
-    tonic = base - (base - song.root) % 12
+    tonic = base + (song.root - base) % 12
     return tonic + 12 * octave + scale[step]
 
 
@@ -201,7 +203,7 @@ def song_events(song: Song, duration: float, seed: int) -> list[tuple[float, int
     def vel():
         return int(rng.integers(vlo, vhi + 1))
 
-    degree = 7  # melody random walk on scale degrees above the register's tonic
+    degree = 3  # melody: random walk on scale degrees 0..6 above the register's tonic
     for bar in range(n_bars):
         t0 = bar * beats
         chord = song.progression[bar % len(song.progression)]
@@ -210,11 +212,11 @@ def song_events(song: Song, duration: float, seed: int) -> list[tuple[float, int
                 rhythm = RHYTHMS[beats][int(rng.integers(len(RHYTHMS[beats])))]
                 t = t0
                 for d in rhythm:
-                    degree = int(np.clip(degree + rng.integers(-2, 3), 0, 13))
+                    degree = int(np.clip(degree + rng.integers(-2, 3), 0, 6))
                     events.append((t, part.channel, _scale_note(song, degree, low), vel(), d * art))
                     t += d
             elif part.role == "chords":
-                base = low - 12 if song.register != "high" else low - 5
+                base = max(low - 12, 36)
                 tones = [_scale_note(song, chord + k, base) for k in (0, 2, 4)]
                 if part.tag in ("harp", "guitar"):  # arpeggiated eighths
                     for j in range(beats * 2):
@@ -223,7 +225,7 @@ def song_events(song: Song, duration: float, seed: int) -> list[tuple[float, int
                     for pitch in tones:
                         events.append((t0, part.channel, pitch, vel(), beats * art))
             elif part.role == "bass":
-                pitch = _scale_note(song, chord, 36)
+                pitch = _scale_note(song, chord, 28)
                 for b in range(0, beats, 2 if beats == 4 else 3):
                     events.append((t0 + b, part.channel, pitch, vel(), 2 * art if beats == 4 else 3 * art))
             elif part.role == "drums":
