@@ -7,6 +7,9 @@ import os
 import subprocess
 import sys
 
+# Essentia before TensorFlow: the test modules use both in this process (the order that works;
+# the other orders are tested in subprocesses by test_features.test_any_import_order_works).
+import essentia.standard  # noqa: F401  isort: skip
 import numpy as np
 import pytest
 import soundfile as sf

@@ -13,6 +13,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
+from tftag import _essentia as _guard  # noqa: E402
+
+if not _guard.in_process_safe():
+    raise ImportError(
+        "tftag._essentia_ops would load essentia-tensorflow's libtensorflow into a process that "
+        "already imported tensorflow, which aborts it; call tftag.features (it runs Essentia in a "
+        "child process then) or import essentia before tensorflow"
+    )
+
 import essentia  # noqa: E402
 import essentia.standard as es  # noqa: E402
 
