@@ -101,7 +101,8 @@ def main(argv):
         from tftag import data
 
         serialized = {"float32": 0, "float16": 0}
-        err = {"db_abs_median": [], "db_abs_max": [], "log_rel_median": [], "log_rel_max": []}
+        err = {"db_abs_median": [], "db_abs_max": [], "log_abs_median": [], "log_abs_max": [],
+               "log_rel_median": [], "flushed_to_zero": []}
         for sr in by_sr:
             audio = features.crop(features.load_audio(paths[0], sr), sr).audio
             mels = features.base_mels(audio, sr, features.PAPER_N_MELS)
@@ -118,9 +119,11 @@ def main(argv):
                     l16 = features.compress(p16[::k], "log")
                     err["db_abs_median"].append(float(np.median(np.abs(d16 - d32))))
                     err["db_abs_max"].append(float(np.max(np.abs(d16 - d32))))
+                    err["log_abs_median"].append(float(np.median(np.abs(l16 - l32))))
+                    err["log_abs_max"].append(float(np.max(np.abs(l16 - l32))))
                     rel = np.abs(l16 - l32) / np.maximum(np.abs(l32), 1e-6)
                     err["log_rel_median"].append(float(np.median(rel)))
-                    err["log_rel_max"].append(float(np.max(rel)))
+                    err["flushed_to_zero"].append(float(np.mean((p16[::k] == 0) & (p32[::k] > 0))))
 
     result = {
         "benchmark": "extraction",
@@ -144,8 +147,10 @@ def main(argv):
         "float16_error": {
             "db_abs_median_dB": round(float(np.median(err["db_abs_median"])), 6),
             "db_abs_max_dB": round(max(err["db_abs_max"]), 3),
+            "log_abs_median": float(f"{np.median(err['log_abs_median']):.3g}"),
+            "log_abs_max": float(f"{max(err['log_abs_max']):.3g}"),
             "log_rel_median": float(f"{np.median(err['log_rel_median']):.3g}"),
-            "log_rel_max": float(f"{max(err['log_rel_max']):.3g}"),
+            "fraction_flushed_to_zero": float(f"{np.mean(err['flushed_to_zero']):.3g}"),
         },
     }
     print(json.dumps(result, sort_keys=True))

@@ -212,7 +212,9 @@ def test_folder_input_float16(tmp_path):
 
 def _staged(out):
     d = out / "_staging" / "clips"
-    return len([p for p in os.listdir(d) if p.endswith(".tfrecord")]) if d.exists() else 0
+    # Finished clips only: a write interrupted by the kill leaves a hidden .tmp-* file.
+    return len([p for p in os.listdir(d) if p.endswith(".tfrecord") and not p.startswith(".")]) \
+        if d.exists() else 0
 
 
 def test_resume_after_kill_9(tmp_path):
