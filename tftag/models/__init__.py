@@ -1,0 +1,91 @@
+"""Model registry: ``build(model_config, mel_config, n_tags) -> keras.Model`` (logits out).
+
+Every model takes ``[batch, n_frames, n_mels]`` float32 mel-spectrograms (time-major, as
+:func:`tftag.features.melspectrogram` returns them) and returns logits ``[batch, n_tags]``; the
+sigmoid lives in the loss, the metrics and the serving signature.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+from tftag.features import MelConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Which network and how big.
+
+    Attributes:
+      name: registry name (``vgg``, ``musicnn``, ``musicnn_vgg``).
+      width: filter-count multiplier; 1.0 is the paper's full-size model.
+      dropout: dropout rate where the architecture has dropout; None = the architecture's own
+        (VGG-CNN: none, as in the paper; MUSICNN back-end and musicnn_vgg: 0.5).
+      preset: architecture variant (musicnn: ``paper`` or ``musicnn_mtt``; vgg: ``paper``).
+      patch_frames: frames of the input patch; None = the whole clip of the MelConfig.
+    """
+
+    name: str
+    width: float = 1.0
+    dropout: float | None = None
+    preset: str = "paper"
+    patch_frames: int | None = None
+
+    def __post_init__(self):
+        if not self.width > 0:
+            raise ValueError(f"width must be > 0, got {self.width}")
+        if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.patch_frames is not None and self.patch_frames < 1:
+            raise ValueError(f"patch_frames must be >= 1 or None, got {self.patch_frames}")
+
+    def n_frames(self, mel_config: MelConfig) -> int:
+        """Input frames: the patch length, or the whole crop of ``mel_config``."""
+        return self.patch_frames or mel_config.n_frames
+
+    def dropout_or(self, default: float) -> float:
+        """The configured dropout, or the architecture's ``default``."""
+        return default if self.dropout is None else self.dropout
+
+    def filters(self, base: int) -> int:
+        """``base`` filters scaled by the width multiplier (at least 1)."""
+        return max(1, int(round(base * self.width)))
+
+
+Builder = Callable[[ModelConfig, MelConfig, int], "keras.Model"]  # noqa: F821
+_REGISTRY: dict[str, Builder] = {}
+
+
+def register(name: str):
+    """Decorator adding a builder ``fn(model_config, mel_config, n_tags) -> keras.Model``."""
+
+    def wrap(fn: Builder) -> Builder:
+        _REGISTRY[name] = fn
+        return fn
+
+    return wrap
+
+
+def names() -> list[str]:
+    """Known model names."""
+    _load_builtin()
+    return sorted(_REGISTRY)
+
+
+def build(model_config: ModelConfig, mel_config: MelConfig, n_tags: int):
+    """Builds a Keras functional model for ``mel_config``'s resolution (logits out).
+
+    Raises:
+      ValueError: unknown model name (the message lists the known ones) or bad sizes.
+    """
+    _load_builtin()
+    if model_config.name not in _REGISTRY:
+        raise ValueError(f"unknown model {model_config.name!r}; known: {', '.join(sorted(_REGISTRY))}")
+    if n_tags < 1:
+        raise ValueError(f"n_tags must be >= 1, got {n_tags}")
+    return _REGISTRY[model_config.name](model_config, mel_config, n_tags)
+
+
+def _load_builtin() -> None:
+    from tftag.models import musicnn, vgg  # noqa: F401  (registration side effects)
