@@ -1,0 +1,217 @@
+"""Shape-adapted VGG-CNN and MUSICNN, the pool rule vs paper Table III, MACs, pretrained port."""
+
+from __future__ import annotations
+
+import itertools
+import os
+
+import keras
+import numpy as np
+import pytest
+
+from tftag import profile
+from tftag.features import MelConfig
+from tftag.models import ModelConfig, build, musicnn, names, pretrained
+from tftag.models.vgg import vgg_pools
+
+from conftest import SHARED
+
+# paper-notes §4, paper Table III: frequency pools per band count (any hop / sr) ...
+TABLE_III_FREQ = {128: (2, 4, 4, 4), 96: (2, 4, 3, 4), 48: (2, 4, 3, 2), 32: (2, 2, 3, 2),
+                  24: (2, 2, 3, 2), 16: (2, 2, 2, 2), 8: (2, 2, 2, 1)}
+# ... and time pools per (sr, hop factor) (any band count).
+TABLE_III_TIME = {
+    12000: {1: (4, 5, 8, 8), 2: (4, 5, 8, 4), 3: (4, 5, 8, 2), 4: (4, 5, 8, 2), 5: (4, 5, 8, 1),
+            10: (4, 5, 4, 1)},
+    16000: {1: (4, 5, 9, 10), 2: (4, 5, 9, 5), 3: (4, 5, 9, 3), 4: (4, 5, 9, 2), 5: (4, 5, 9, 2),
+            10: (4, 5, 9, 1)},
+}
+# paper-notes §4: GMAC per example, width 1, Table III pools.
+PAPER_GMACS = {
+    (12000, 1): {128: 13.20, 96: 10.01, 48: 5.01, 32: 4.13, 24: 3.16, 16: 2.18, 8: 1.09},
+    (12000, 2): {128: 6.58, 96: 4.99, 48: 2.50, 32: 2.06, 24: 1.58, 16: 1.09, 8: 0.54},
+    (12000, 10): {128: 1.29, 96: 0.98, 48: 0.49, 32: 0.40, 24: 0.31, 16: 0.21, 8: 0.11},
+    (16000, 1): {128: 17.58, 96: 13.33, 48: 6.66, 32: 5.50, 24: 4.20, 16: 2.89, 8: 1.45},
+    (16000, 3): {128: 5.81, 96: 4.40, 48: 2.20, 32: 1.81, 24: 1.38, 16: 0.95, 8: 0.47},
+    (16000, 5): {128: 3.51, 96: 2.66, 48: 1.33, 32: 1.10, 24: 0.84, 16: 0.58, 8: 0.29},
+}
+GRID = [MelConfig(sr, m, k, "log") for sr in (12000, 16000) for m in (128, 96, 48, 32, 24, 16, 8)
+        for k in (1, 2, 3, 4, 5, 10)]
+
+
+def _chain(length, pools):
+    sizes = []
+    for p in pools:
+        length //= p
+        sizes.append(length)
+    return sizes
+
+
+@pytest.mark.parametrize("sr", [12000, 16000])
+@pytest.mark.parametrize("n_mels", sorted(TABLE_III_FREQ))
+@pytest.mark.parametrize("k", [1, 2, 3, 4, 5, 10])
+def test_pool_rule_equals_table_iii(sr, n_mels, k):
+    config = MelConfig(sr, n_mels, k, "db")
+    pools = vgg_pools(n_mels, config.n_frames, sr)
+    assert tuple(f for f, _ in pools) == TABLE_III_FREQ[n_mels]
+    assert tuple(t for _, t in pools) == TABLE_III_TIME[sr][k]
+    assert _chain(n_mels, [f for f, _ in pools])[-1] == 1
+    assert _chain(config.n_frames, [t for _, t in pools])[-1] == 1
+
+
+def test_table_iii_sizes():
+    """Table III's printed sizes: 96 bands 48,12,4,1; 12 kHz ×1 341,68,8,1; 16 kHz ×10 45,9,1,1."""
+    assert _chain(96, [f for f, _ in vgg_pools(96, 1366, 12000)]) == [48, 12, 4, 1]
+    assert _chain(1366, [t for _, t in vgg_pools(96, 1366, 12000)]) == [341, 68, 8, 1]
+    assert _chain(182, [t for _, t in vgg_pools(96, 182, 16000)]) == [45, 9, 1, 1]
+    # 456 frames (12 kHz ×3) and 455 (16 kHz ×4) take different third pools.
+    assert vgg_pools(96, 456, 12000)[2][1] == 8 and vgg_pools(96, 455, 16000)[2][1] == 9
+
+
+def test_pool_rule_is_valid_everywhere():
+    rng = np.random.default_rng(0)
+    cases = [(int(rng.integers(4, 300)), int(rng.integers(16, 4000)), int(rng.choice(
+        [8000, 11025, 12000, 16000, 22050, 44100]))) for _ in range(500)]
+    cases += [(4, 16, 8000), (5, 17, 16000), (256, 16, 44100), (7, 140, 12000), (96, 187, 16000)]
+    for n_mels, n_frames, sr in cases:
+        pools = vgg_pools(n_mels, n_frames, sr)
+        for axis, length in ((0, n_mels), (1, n_frames)):
+            sizes = _chain(length, [p[axis] for p in pools])
+            assert min(sizes) >= 1 and sizes[-1] == 1, (n_mels, n_frames, sr, pools)
+    with pytest.raises(ValueError, match="n_frames >= 16"):
+        vgg_pools(96, 15, 16000)
+    with pytest.raises(ValueError, match="n_mels >= 4"):
+        vgg_pools(3, 100, 16000)
+
+
+@pytest.mark.parametrize("key", sorted(PAPER_GMACS), ids=lambda k: f"sr{k[0]}-hop{k[1]}")
+def test_analytic_macs_equal_paper(key):
+    sr, k = key
+    for n_mels, expected in PAPER_GMACS[key].items():
+        model = build(ModelConfig("vgg"), MelConfig(sr, n_mels, k, "db"), 50)
+        got = profile.analytic_macs(model) / 1e9
+        assert got == pytest.approx(expected, rel=0.01, abs=0.006), (n_mels, got)
+        keras.backend.clear_session()
+
+
+@pytest.mark.parametrize("model_config, mel", [
+    (ModelConfig("vgg"), MelConfig(12000, 96, 1, "db")),
+    (ModelConfig("vgg", width=0.25), MelConfig(16000, 8, 10, "log")),
+    (ModelConfig("musicnn"), MelConfig(16000, 48, 2, "log")),
+    (ModelConfig("musicnn", preset="musicnn_mtt", patch_frames=187), MelConfig(16000, 96, 1, "log")),
+    (ModelConfig("musicnn_vgg", patch_frames=187), MelConfig(16000, 96, 1, "log")),
+], ids=lambda x: getattr(x, "name", None))
+def test_profiler_gmacs_equal_analytic(model_config, mel):
+    model = build(model_config, mel, 50)
+    assert profile.gmacs(model) == pytest.approx(profile.analytic_macs(model) / 1e9, rel=0.01)
+    if model_config.name == "vgg" and model_config.width == 1:
+        assert profile.gmacs(model) == pytest.approx(10.01, rel=0.01)  # paper-notes §4
+
+
+@pytest.mark.parametrize("name", ["vgg", "musicnn"])
+def test_every_grid_resolution_builds_and_runs(name):
+    """2 sr × 7 bands × 6 hops, one forward pass each, tiny widths; logits out."""
+    config = ModelConfig(name, width=1 / 64 if name == "vgg" else 0.05)
+    for mel in GRID:
+        model = build(config, mel, 7)
+        x = np.random.default_rng(0).standard_normal((2, mel.n_frames, mel.n_mels)).astype(np.float32)
+        y = model(x, training=False).numpy()
+        assert y.shape == (2, 7) and np.all(np.isfinite(y)), mel.name
+        assert model.input_shape == (None, mel.n_frames, mel.n_mels)
+        # logits, not probabilities: no sigmoid at the output
+        assert model.layers[-1].get_config().get("activation") in (None, "linear")
+        keras.backend.clear_session()
+
+
+def test_patch_inputs_shorter_than_a_clip():
+    for mel, frames in ((MelConfig(16000, 96, 1, "log"), 187), (MelConfig(12000, 8, 10, "log"), 16)):
+        for name in ("vgg", "musicnn"):
+            model = build(ModelConfig(name, width=0.05, patch_frames=frames), mel, 5)
+            assert model(np.zeros((1, frames, mel.n_mels), np.float32)).shape == (1, 5)
+
+
+def test_vgg_structure_and_width():
+    model = build(ModelConfig("vgg"), MelConfig(12000, 96, 1, "db"), 50)
+    convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert [c.filters for c in convs] == [128, 384, 768, 2048]
+    assert model.get_layer("flatten").output.shape[-1] == 2048
+    assert [type(layer).__name__ for layer in model.layers[1:4]] == ["Reshape", "BatchNormalization", "Conv2D"]
+    half = build(ModelConfig("vgg", width=0.5), MelConfig(12000, 96, 1, "db"), 50)
+    assert [c.filters for c in half.layers if isinstance(c, keras.layers.Conv2D)] == [64, 192, 384, 1024]
+
+
+def test_musicnn_shapes():
+    paper = musicnn.PRESETS["paper"]
+    s96 = musicnn.musicnn_shapes(paper, 96, 1)
+    assert sorted({h for _, h, _ in s96["timbral"]}) == [38, 86]
+    assert sorted({w for w, _, _ in s96["timbral"]}) == [1, 3, 7]
+    assert [t for t, _, _ in s96["temporal"]] == [165, 128, 64, 32]
+    assert [t for t, _, _ in musicnn.musicnn_shapes(paper, 96, 10)["temporal"]] == [17, 13, 6, 3]
+    assert musicnn.timbral_height(24, 0.4, "round") == 10  # the authors' code truncates to 9
+    assert musicnn.timbral_height(24, 0.4, "truncate") == 9
+    assert musicnn.timbral_height(8, 0.4, "round") == 3
+    mtt = musicnn.musicnn_shapes(musicnn.PRESETS["musicnn_mtt"], 96, 1)
+    assert mtt["timbral"] == [(7, 38, 204), (7, 67, 204)]
+    assert mtt["temporal"] == [(128, 1, 51), (64, 1, 51), (32, 1, 51)]
+    model = build(ModelConfig("musicnn", preset="musicnn_mtt", patch_frames=187),
+                  MelConfig(16000, 96, 1, "log"), 50)
+    assert model.get_layer("frontend").output.shape[1:] == (187, 561)
+    assert model.get_layer("midend").output.shape[1:] == (187, 753)
+    assert model.get_layer("pooled").output.shape[1:] == (1506,)
+
+
+def test_registry_and_config_errors():
+    assert names() == ["musicnn", "musicnn_vgg", "vgg"]
+    with pytest.raises(ValueError, match="unknown model 'vgg2'; known: musicnn, musicnn_vgg, vgg"):
+        build(ModelConfig("vgg2"), MelConfig(16000, 96, 1, "log"), 50)
+    with pytest.raises(ValueError, match="unknown musicnn preset 'big'; known: musicnn_mtt, paper"):
+        build(ModelConfig("musicnn", preset="big"), MelConfig(16000, 96, 1, "log"), 50)
+    with pytest.raises(ValueError, match="width must be > 0"):
+        ModelConfig("vgg", width=0)
+    with pytest.raises(ValueError, match="musicnn_vgg needs larger inputs"):
+        build(ModelConfig("musicnn_vgg"), MelConfig(16000, 8, 1, "log"), 50)
+
+
+# ----------------------------------------------------------------------------- pretrained
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return np.load(os.path.join(SHARED, "fixtures", "musicnn", "reference.npz"))
+
+
+@pytest.mark.parametrize("name", ["MTT_musicnn", "MTT_vgg"])
+def test_pretrained_port_equals_the_musicnn_package(reference, name):
+    """Sigmoid outputs of the port vs the musicnn package's taggram for the fixture's patches."""
+    model = pretrained.load_musicnn(name)
+    assert model.input_shape == (None, 187, 96) and model.output_shape == (None, 50)
+    assert list(reference["tags"]) == list(pretrained.MTT_TAGS)
+    logits = model(reference["patches"], training=False).numpy()
+    probabilities = 1 / (1 + np.exp(-logits))
+    assert np.abs(probabilities - reference[f"{name}_taggram"]).max() <= 1e-4
+    # Inference mode: same outputs whatever the batch (BatchNorm uses moving statistics).
+    single = model(reference["patches"][:1], training=False).numpy()
+    np.testing.assert_allclose(single, logits[:1], rtol=1e-5, atol=1e-5)
+
+
+def test_pretrained_input_is_tftag_log_mel(reference):
+    """The fixture's mel is musicnn's librosa log-mel; tftag's chain gives the same patches."""
+    from tftag import features
+
+    audio = features.load_audio(os.path.join(SHARED, "fixtures", "musicnn", "synthetic_12s.wav"), 16000)
+    mel = features.melspectrogram(audio, pretrained.MEL_CONFIG)
+    ref = reference["mel_log"]  # [751, 96], librosa periodic Hann and float16 power
+    n = min(len(ref), len(mel))
+    assert abs(len(ref) - len(mel)) <= 1
+    assert np.median(np.abs(mel[:n] - ref[:n])) < 0.01
+
+
+def test_pretrained_errors_list_unmatched_variables(monkeypatch):
+    broken = [m for m in pretrained.VARIABLE_MAPS["MTT_vgg"] if not m[0].startswith("dense/")]
+    monkeypatch.setitem(pretrained.VARIABLE_MAPS, "MTT_vgg", broken)
+    with pytest.raises(ValueError) as err:
+        pretrained.load_musicnn("MTT_vgg")
+    assert "checkpoint variable dense/bias (50,) has no Keras weight" in str(err.value)
+    assert "checkpoint variable dense/kernel (256, 50) has no Keras weight" in str(err.value)
+    with pytest.raises(ValueError, match="unknown pretrained model 'MSD_big'; known: MTT_musicnn, MTT_vgg"):
+        pretrained.load_musicnn("MSD_big")

@@ -1,0 +1,106 @@
+"""Compute cost of a model: GMACs from the TF profiler and from layer shapes, parameters, latency.
+
+MAC convention (paper-notes §4): one example; convolutions = output positions × kernel volume
+(kh·kw·C_in·C_out), dense = in·out; BatchNorm, activations, pooling and biases are not counted.
+The TF profiler counts 2 float ops per multiply-add of Conv2D and MatMul, so MACs = FLOPs / 2.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import statistics
+import time
+
+import numpy as np
+import tensorflow as tf
+
+_MAC_OPS = ["Conv2D", "Conv3D", "MatMul", "BatchMatMulV2", "DepthwiseConv2dNative"]
+
+
+def _concrete(model, batch: int):
+    spec = tf.TensorSpec([batch, *model.input_shape[1:]], tf.float32)
+
+    @tf.autograph.experimental.do_not_convert
+    def forward(x):
+        return model(x, training=False)
+
+    return tf.function(forward).get_concrete_function(spec)
+
+
+def gmacs(model, batch: int = 1) -> float:
+    """GMACs per example from the TF profiler's float-op count of the traced inference graph.
+
+    Only multiply-accumulate ops (Conv2D, MatMul, ...) are counted; MACs = FLOPs / 2.
+    """
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+    from tensorflow.python.profiler import model_analyzer, option_builder
+
+    graph = convert_variables_to_constants_v2(_concrete(model, batch)).graph
+    options = (option_builder.ProfileOptionBuilder(
+        option_builder.ProfileOptionBuilder.float_operation()).with_empty_output().build())
+    options["account_type_regexes"] = _MAC_OPS
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        flops = model_analyzer.profile(graph, options=options).total_float_ops
+    return flops / 2 / batch / 1e9
+
+
+def analytic_macs(model) -> int:
+    """MACs per example from layer shapes: conv = output positions × kernel volume; dense = in·out."""
+    total = 0
+    for layer in model.layers:
+        kernel = getattr(layer, "kernel", None)
+        if kernel is None or not layer.weights:
+            continue
+        positions = int(np.prod(layer.output.shape[1:-1])) if len(layer.output.shape) > 2 else 1
+        total += positions * int(np.prod(kernel.shape))
+    return total
+
+
+def param_count(model) -> int:
+    """All parameters (trainable and BatchNorm statistics)."""
+    return int(model.count_params())
+
+
+def latency_ms(model, batch: int = 1, runs: int = 10, warmup: int = 2, seed: int = 0) -> float:
+    """Median wall time in ms of ``runs`` inference calls on random input of ``batch`` examples."""
+    forward = _concrete(model, batch)
+    x = tf.random.stateless_normal([batch, *model.input_shape[1:]], seed=[seed, 0])
+    for _ in range(warmup):
+        forward(x).numpy()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        forward(x).numpy()
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
+def profile_model(model, latency_runs: int = 10, batches: tuple[int, ...] = (1, 32)) -> dict:
+    """GMACs (profiler and analytic), parameters and median latency at each batch size."""
+    result = {
+        "gmacs_profiler": round(gmacs(model), 4),
+        "gmacs_analytic": round(analytic_macs(model) / 1e9, 4),
+        "params": param_count(model),
+    }
+    for b in batches:
+        if latency_runs > 0:
+            result[f"latency_ms_b{b}"] = round(latency_ms(model, b, latency_runs), 2)
+    return result
+
+
+def trace_training(model, logdir: str, steps: int = 5, batch: int = 4, n_tags: int | None = None) -> str:
+    """Captures a TensorBoard profiler trace of ``steps`` training steps on random data."""
+    n_tags = n_tags or model.output_shape[-1]
+    model.compile(optimizer=tf.keras.optimizers.Adam(1e-3),
+                  loss=tf.keras.losses.BinaryCrossentropy(from_logits=True))
+    x = tf.random.stateless_normal([batch, *model.input_shape[1:]], seed=[1, 0])
+    y = tf.cast(tf.random.stateless_uniform([batch, n_tags], seed=[2, 0]) > 0.8, tf.float32)
+    model.train_on_batch(x, y)  # build and compile outside the trace
+    tf.profiler.experimental.start(logdir)
+    try:
+        for _ in range(steps):
+            model.train_on_batch(x, y)
+    finally:
+        tf.profiler.experimental.stop()
+    return logdir
