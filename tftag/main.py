@@ -1,9 +1,12 @@
 r"""tftag's entry point: ``python -m tftag.main --flagfile=configs/NAME.flags``.
 
-Modes (more arrive with training, evaluation and serving):
+Modes (training, evaluation and serving follow):
   extract   render the built-in corpus when --catalog=synthetic has no --input, then extract
             mel-spectrograms of the requested resolutions into <run_dir>/dataset (Apache Beam);
-  describe  print and write the data card of a catalogue into <run_dir>.
+  describe  print and write the data card of a catalogue into <run_dir>;
+  profile   GMACs (TF profiler and analytic), parameters and latency of --model at every
+            requested resolution: a table, profile.json and profile.csv; --profile_trace adds a
+            TensorBoard profiler trace of a few training steps.
 
 Every run writes a self-describing --run_dir: flags.txt (the flags as used, a valid flagfile),
 configs.json (resolved configs), TensorBoard logs (tb/) and summary.json.
@@ -21,7 +24,7 @@ from absl import app, flags, logging
 from pipelines import mel_flags
 from tftag import datacard, datasets, extraction
 
-MODES = ("extract", "describe")
+MODES = ("extract", "describe", "profile")
 CATALOGS = ("synthetic", "mtat", "msd", "csv", "folder")
 
 FLAGS = flags.FLAGS
@@ -44,6 +47,18 @@ flags.DEFINE_enum("mel_dtype", "float32", ["float32", "float16"], "Storage dtype
 flags.DEFINE_integer("clips_per_shard", 256, "Clips per TFRecord shard.", lower_bound=1)
 flags.DEFINE_integer("direct_num_workers", 1, "Beam DirectRunner workers (0 = all cores).",
                      lower_bound=0)
+flags.DEFINE_string("model", "vgg", "Model name from the registry: musicnn, musicnn_vgg, vgg.")
+flags.DEFINE_float("width", 1.0, "Filter-count multiplier (1 = the paper's full-size model).")
+flags.DEFINE_string("preset", "paper", "Architecture preset (musicnn: paper, musicnn_mtt).")
+flags.DEFINE_float("dropout", -1.0, "Dropout rate; -1 = the architecture's own.")
+flags.DEFINE_integer("patch_frames", 0, "Model input frames; 0 = the whole crop of each "
+                     "resolution.", lower_bound=0)
+flags.DEFINE_integer("latency_runs", 5, "profile: timed runs per batch size (median reported); "
+                     "0 skips latency.", lower_bound=0)
+flags.DEFINE_list("latency_batches", ["1", "32"], "profile: batch sizes to time.")
+flags.DEFINE_bool("profile_trace", False, "profile: also capture a TensorBoard profiler trace of "
+                  "a few training steps (first resolution) into <run_dir>/tb/trace.")
+flags.DEFINE_integer("trace_steps", 3, "profile: training steps in the trace.", lower_bound=1)
 
 
 def _write_run_files(configs) -> None:
@@ -120,6 +135,89 @@ def run_extract(configs) -> dict:
     return {"mode": "extract", "dataset_dir": dataset_dir, **summary}
 
 
+def model_config():
+    """The ModelConfig of the flags, with errors naming the flag."""
+    from tftag import models
+
+    if FLAGS.model not in models.names():
+        raise app.UsageError(f"--model={FLAGS.model!r}; known: {', '.join(models.names())}")
+    try:
+        return models.ModelConfig(
+            FLAGS.model, width=FLAGS.width, preset=FLAGS.preset,
+            dropout=None if FLAGS.dropout < 0 else FLAGS.dropout,
+            patch_frames=FLAGS.patch_frames or None,
+        )
+    except ValueError as e:
+        raise app.UsageError(f"--width/--dropout/--patch_frames: {e}") from None
+
+
+
+
+def run_profile(configs) -> dict:
+    import csv
+    import io
+
+    import keras
+
+    from tftag import models, profile
+    from tftag.data import write_bytes_atomic, write_json_atomic
+
+    try:
+        batches = [int(b) for b in FLAGS.latency_batches]
+    except ValueError:
+        raise app.UsageError("--latency_batches must be comma-separated integers") from None
+    mc = model_config()
+    # Compression does not change the cost: one row per (sr, n_mels, hop factor).
+    seen, resolutions = set(), []
+    for c in configs:
+        if (c.sr, c.n_mels, c.hop_factor) not in seen:
+            seen.add((c.sr, c.n_mels, c.hop_factor))
+            resolutions.append(c)
+    rows = []
+    for i, config in enumerate(resolutions, start=1):
+        try:
+            model = models.build(mc, config, 50)
+        except ValueError as e:
+            raise app.UsageError(f"--model={mc.name} at {config.name}: {e}") from None
+        row = {"config": config.name.rsplit("-", 1)[0], "n_frames": mc.n_frames(config),
+               "n_mels": config.n_mels}
+        row.update(profile.profile_model(model, FLAGS.latency_runs, tuple(batches)))
+        rows.append(row)
+        logging.info("[%d/%d] %s", i, len(resolutions), json.dumps(row))
+        if FLAGS.profile_trace and i == 1:
+            profile.trace_training(model, os.path.join(FLAGS.run_dir, "tb", "trace"),
+                                   FLAGS.trace_steps)
+        keras.backend.clear_session()
+    columns = list(rows[0])
+    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in columns}
+    table = "\n".join([" ".join(f"{c:>{widths[c]}}" for c in columns)]
+                      + [" ".join(f"{str(r[c]):>{widths[c]}}" for c in columns) for r in rows])
+    print(f"model {mc.name} (width {mc.width}, preset {mc.preset}), 50 tags, MACs per example")
+    print(table)
+    write_json_atomic(os.path.join(FLAGS.run_dir, "profile.json"),
+                      {"model": dataclasses.asdict(mc), "rows": rows})
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_bytes_atomic(os.path.join(FLAGS.run_dir, "profile.csv"), buf.getvalue().encode())
+    import tensorflow as tf
+
+    writer_tb = tf.summary.create_file_writer(os.path.join(FLAGS.run_dir, "tb", "profile"))
+    with writer_tb.as_default():
+        tf.summary.text("profile", "```\n" + table + "\n```", step=0)
+        for step, row in enumerate(rows):
+            tf.summary.scalar("gmacs", row["gmacs_profiler"], step=step)
+    writer_tb.close()
+    return {"mode": "profile", "model": mc.name, "rows": len(rows),
+            "profile_json": os.path.join(FLAGS.run_dir, "profile.json"),
+            "profile_csv": os.path.join(FLAGS.run_dir, "profile.csv")}
+
+
+MODE_FUNCTIONS = {"extract": run_extract, "describe": lambda configs: run_describe(),
+                  "profile": run_profile}
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -127,7 +225,7 @@ def main(argv):
         raise app.UsageError("--run_dir is required")
     configs = mel_flags.mel_configs()
     _write_run_files(configs)
-    summary = run_describe() if FLAGS.mode == "describe" else run_extract(configs)
+    summary = MODE_FUNCTIONS[FLAGS.mode](configs)
     from tftag.data import write_json_atomic
 
     write_json_atomic(os.path.join(FLAGS.run_dir, "summary.json"), summary)
