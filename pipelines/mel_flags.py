@@ -22,6 +22,9 @@ def define_mel_flags(duration_name: str = "duration") -> None:
                       f"Compressions: any of {', '.join(features.COMPRESSIONS)}. Derived on read.")
     flags.DEFINE_float(duration_name, features.DEFAULT_DURATION, "Centred crop in seconds "
                        "(zero-padded if shorter).")
+    flags.DEFINE_list("resolutions", [], "Explicit resolutions by name (e.g. "
+                      "sr16000-mel96-hop1-log,sr16000-mel32-hop4-log) instead of the grid of "
+                      "--sr × --n_mels × --hop_factors × --compressions.")
 
 
 def _ints(name: str) -> list[int]:
@@ -35,6 +38,11 @@ def _ints(name: str) -> list[int]:
 def mel_configs(duration_name: str = "duration") -> list[features.MelConfig]:
     """The MelConfig grid of the flags, with errors naming the flag and the allowed values."""
     duration = getattr(FLAGS, duration_name)
+    if FLAGS.resolutions:
+        try:
+            return [features.MelConfig.from_name(n, duration) for n in FLAGS.resolutions]
+        except (ValueError, TypeError) as e:
+            raise app.UsageError(f"--resolutions: {e}") from None
     values = {"sr": _ints("sr"), "n_mels": _ints("n_mels"), "hop_factors": _ints("hop_factors"),
               "compressions": list(FLAGS.compressions)}
     fields = {"sr": "sr", "n_mels": "n_mels", "hop_factors": "hop_factor",

@@ -121,6 +121,10 @@ class MelConfig:
         """Frames of the crop at this hop: every k-th hop-256 frame, ceil(N1 / k)."""
         return decimated_length(self.n_frames_hop1, self.hop_factor)
 
+    def frames_in(self, seconds: float) -> int:
+        """Frames of ``seconds`` at this hop: floor(seconds · sr / hop_length) (3 s: 187 at 16 kHz)."""
+        return int(seconds * self.sr // self.hop_length)
+
     @property
     def shape(self) -> tuple[int, int]:
         """(n_frames, n_mels) of one cropped clip."""

@@ -1,9 +1,15 @@
 r"""tftag's entry point: ``python -m tftag.main --flagfile=configs/NAME.flags``.
 
-Modes (training, evaluation and serving follow):
+Modes (export and tag arrive with the serving issue):
   extract   render the built-in corpus when --catalog=synthetic has no --input, then extract
             mel-spectrograms of the requested resolutions into <run_dir>/dataset (Apache Beam);
   describe  print and write the data card of a catalogue into <run_dir>;
+  train     train --model at one resolution (dataset from --dataset_dir or made as in extract),
+            keep the best weights by validation ROC-AUC, evaluate them on the test split;
+  evaluate  macro ROC-AUC / PR-AUC (patch-averaged) of --weights on --split, per-tag table;
+  sweep     train and evaluate every (--models × resolution) --repeats times; results.csv,
+            results.md (mean ± std, GMACs, storage, time, t-test vs the full resolution), plots;
+  tune      keras-tuner search of width, learning rate and dropout at one resolution;
   profile   GMACs (TF profiler and analytic), parameters and latency of --model at every
             requested resolution: a table, profile.json and profile.csv; --profile_trace adds a
             TensorBoard profiler trace of a few training steps.
@@ -24,11 +30,11 @@ from absl import app, flags, logging
 from pipelines import mel_flags
 from tftag import datacard, datasets, extraction
 
-MODES = ("extract", "describe", "profile")
+MODES = ("train", "evaluate", "sweep", "tune", "profile", "extract", "describe")
 CATALOGS = ("synthetic", "mtat", "msd", "csv", "folder")
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("mode", "extract", list(MODES), "What to run.")
+flags.DEFINE_enum("mode", "train", list(MODES), "What to run.")
 flags.DEFINE_string("run_dir", None, "Run directory (created): flags, configs, TensorBoard logs, "
                     "summary.json, and the dataset of --mode=extract.")
 flags.DEFINE_enum("catalog", "synthetic", list(CATALOGS), "Which collection: the built-in corpus "
@@ -47,7 +53,29 @@ flags.DEFINE_enum("mel_dtype", "float32", ["float32", "float16"], "Storage dtype
 flags.DEFINE_integer("clips_per_shard", 256, "Clips per TFRecord shard.", lower_bound=1)
 flags.DEFINE_integer("direct_num_workers", 1, "Beam DirectRunner workers (0 = all cores).",
                      lower_bound=0)
+flags.DEFINE_string("dataset_dir", None, "An extracted dataset directory to train on; default: "
+                    "make one in <run_dir>/dataset from --catalog/--input (as --mode=extract).")
 flags.DEFINE_string("model", "vgg", "Model name from the registry: musicnn, musicnn_vgg, vgg.")
+flags.DEFINE_list("models", [], "sweep: model names (default: --model).")
+flags.DEFINE_integer("repeats", 3, "sweep: runs per (model, resolution), seeds seed, seed+1, ...",
+                     lower_bound=1)
+flags.DEFINE_integer("batch_size", 32, "Global batch size.", lower_bound=1)
+flags.DEFINE_integer("epochs", 20, "Maximum training epochs.", lower_bound=1)
+flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate (paper: 1e-3).")
+flags.DEFINE_integer("patience", 5, "Early stopping: epochs without a better validation ROC-AUC "
+                     "(0 = off).", lower_bound=0)
+flags.DEFINE_float("patch_seconds", 0.0, "Train and score on patches of this many seconds "
+                   "(clip score = mean over non-overlapping patches); 0 = whole clips.",
+                   lower_bound=0.0)
+flags.DEFINE_integer("steps_per_epoch", 0, "Training steps per epoch; 0 = one pass over the "
+                     "training split.", lower_bound=0)
+flags.DEFINE_enum("strategy", "auto", ["auto", "default", "mirrored", "one_device_cpu"],
+                  "tf.distribute strategy; auto = MirroredStrategy on several GPUs, else the "
+                  "default strategy of the visible device.")
+flags.DEFINE_bool("deterministic", True, "TensorFlow op determinism (repeatable runs).")
+flags.DEFINE_string("weights", None, "evaluate: weights file (default <run_dir>/best.weights.h5).")
+flags.DEFINE_enum("split", "test", ["train", "valid", "test", "all"], "evaluate: which split.")
+flags.DEFINE_integer("max_trials", 5, "tune: keras-tuner trials.", lower_bound=1)
 flags.DEFINE_float("width", 1.0, "Filter-count multiplier (1 = the paper's full-size model).")
 flags.DEFINE_string("preset", "paper", "Architecture preset (musicnn: paper, musicnn_mtt).")
 flags.DEFINE_float("dropout", -1.0, "Dropout rate; -1 = the architecture's own.")
@@ -69,6 +97,12 @@ def _write_run_files(configs) -> None:
                        FLAGS.flags_into_string().encode("utf-8"))
     write_json_atomic(os.path.join(FLAGS.run_dir, "configs.json"),
                       {"mel_configs": [dict(dataclasses.asdict(c), name=c.name) for c in configs]})
+    import tensorflow as tf
+
+    writer = tf.summary.create_file_writer(os.path.join(FLAGS.run_dir, "tb", "config"))
+    with writer.as_default():
+        tf.summary.text("flags", "```\n" + FLAGS.flags_into_string() + "\n```", step=0)
+    writer.close()
 
 
 def _catalog():
@@ -214,8 +248,172 @@ def run_profile(configs) -> dict:
             "profile_csv": os.path.join(FLAGS.run_dir, "profile.csv")}
 
 
+def train_config(patch_frames=None):
+    """The TrainConfig of the flags, with errors naming the flag."""
+    from tftag.train import TrainConfig
+
+    try:
+        return TrainConfig(
+            batch_size=FLAGS.batch_size, epochs=FLAGS.epochs, learning_rate=FLAGS.learning_rate,
+            patch_frames=patch_frames, patience=FLAGS.patience, seed=FLAGS.seed,
+            steps_per_epoch=FLAGS.steps_per_epoch or None, deterministic=FLAGS.deterministic,
+        )
+    except ValueError as e:
+        raise app.UsageError(f"--learning_rate/--batch_size/--epochs: {e}") from None
+
+
+def _one(configs):
+    if len(configs) != 1:
+        raise app.UsageError(
+            f"--mode={FLAGS.mode} takes one resolution: give --sr, --n_mels, --hop_factors and "
+            f"--compressions one value each (got {len(configs)} configs: "
+            f"{', '.join(c.name for c in configs[:4])}{', ...' if len(configs) > 4 else ''})")
+    return configs[0]
+
+
+def _patch_frames(config):
+    if not FLAGS.patch_seconds:
+        return None
+    return min(config.n_frames, max(16, config.frames_in(FLAGS.patch_seconds)))
+
+
+def _dataset(configs) -> str:
+    """--dataset_dir checked against the configs, or a dataset made as --mode=extract does."""
+    from tftag.data import load_dataset_info
+
+    if FLAGS.dataset_dir:
+        try:
+            info = load_dataset_info(FLAGS.dataset_dir)
+            for c in configs:
+                info.check(c)
+        except (FileNotFoundError, ValueError) as e:
+            raise app.UsageError(f"--dataset_dir: {e}") from None
+        return FLAGS.dataset_dir
+    return run_extract(configs)["dataset_dir"]
+
+
+def run_train(configs) -> dict:
+    from tftag import evaluate, train
+    from tftag.data import load_dataset_info, write_bytes_atomic, write_json_atomic
+
+    config = _one(configs)
+    dataset_dir = _dataset(configs)
+    mc, patch = model_config(), _patch_frames(config)
+    strategy = train.STRATEGIES[FLAGS.strategy]()
+    outcome = train.train(dataset_dir, config, mc, train_config(patch), FLAGS.run_dir, strategy)
+    model = train.load_best(FLAGS.run_dir, dataset_dir, config, mc, patch)
+    info = load_dataset_info(dataset_dir)
+    metrics = evaluate.evaluate(model, dataset_dir, config, "test", info.tags, patch)
+    table = evaluate.format_per_tag(metrics)
+    print(table)
+    results = os.path.join(FLAGS.run_dir, "results.json")
+    write_json_atomic(results, {"test": metrics.as_dict(), "train": outcome})
+    write_bytes_atomic(os.path.join(FLAGS.run_dir, "per_tag.txt"), (table + "\n").encode())
+    return {"mode": "train", "resolution": config.name, "model": mc.name,
+            "test_roc_auc": metrics.roc_auc, "test_pr_auc": metrics.pr_auc,
+            "best_valid_roc_auc": outcome["best_valid_roc_auc"],
+            "best_epoch": outcome["best_epoch"], "epochs_done": outcome["epochs_done"],
+            "best_checkpoint": outcome["best_weights"], "results": results,
+            "dataset_dir": dataset_dir, "export_path": None}
+
+
+def run_evaluate(configs) -> dict:
+    from tftag import evaluate
+    from tftag.data import load_dataset_info, write_bytes_atomic, write_json_atomic
+    from tftag.models import build
+
+    config = _one(configs)
+    dataset_dir = _dataset(configs)
+    mc, patch = model_config(), _patch_frames(config)
+    weights = FLAGS.weights or os.path.join(FLAGS.run_dir, "best.weights.h5")
+    if not os.path.exists(weights):
+        raise app.UsageError(f"--weights={weights!r} does not exist (train first, or point "
+                             "--weights at a best.weights.h5)")
+    info = load_dataset_info(dataset_dir)
+    model = build(dataclasses.replace(mc, patch_frames=patch), config, info.n_tags)
+    model.load_weights(weights)
+    split = None if FLAGS.split == "all" else FLAGS.split
+    if split is not None and info.splits.get(split, 0) == 0:
+        raise app.UsageError(f"--split={split}: empty in {dataset_dir} (splits {info.splits})")
+    metrics = evaluate.evaluate(model, dataset_dir, config, split, info.tags, patch)
+    table = evaluate.format_per_tag(metrics)
+    print(table)
+    path = os.path.join(FLAGS.run_dir, f"evaluation_{FLAGS.split}.json")
+    write_json_atomic(path, dict(metrics.as_dict(), weights=weights, resolution=config.name))
+    write_bytes_atomic(os.path.join(FLAGS.run_dir, f"per_tag_{FLAGS.split}.txt"),
+                       (table + "\n").encode())
+    return {"mode": "evaluate", "split": FLAGS.split, "roc_auc": metrics.roc_auc,
+            "pr_auc": metrics.pr_auc, "results": path, "weights": weights}
+
+
+def run_sweep(configs) -> dict:
+    from tftag import models, sweep
+    from tftag.data import write_bytes_atomic, write_json_atomic
+
+    dataset_dir = _dataset(configs)
+    names = FLAGS.models or [FLAGS.model]
+    unknown = [n for n in names if n not in models.names()]
+    if unknown:
+        raise app.UsageError(f"--models: unknown {unknown}; known: {', '.join(models.names())}")
+    base = model_config()
+    model_configs = [dataclasses.replace(base, name=n) for n in names]
+    items = sweep.make_items(model_configs, configs, FLAGS.repeats, FLAGS.seed,
+                             FLAGS.patch_seconds or None)
+    results = sweep.run_sweep(items, dataset_dir, train_config(), FLAGS.run_dir)
+    rows = sweep.summarize(results)
+    table = sweep.markdown_table(rows)
+    print(table)
+    sweep.write_csv(results, os.path.join(FLAGS.run_dir, "results.csv"))
+    write_json_atomic(os.path.join(FLAGS.run_dir, "summary_rows.json"), rows)
+    write_bytes_atomic(os.path.join(FLAGS.run_dir, "results.md"), (table + "\n").encode())
+    plots = sweep.plot(rows, FLAGS.run_dir)
+    import tensorflow as tf
+
+    writer = tf.summary.create_file_writer(os.path.join(FLAGS.run_dir, "tb", "sweep"))
+    with writer.as_default():
+        tf.summary.text("results", table, step=0)
+        for path in plots:
+            image = tf.image.decode_png(tf.io.read_file(path), channels=4)[tf.newaxis]
+            tf.summary.image(os.path.basename(path)[:-4], image, step=0)
+    writer.close()
+    best = max(rows, key=lambda r: r["roc_auc_mean"])
+    print(f"results: {os.path.join(FLAGS.run_dir, 'results.md')}; plots: {', '.join(plots)}; "
+          f"TensorBoard: .venv/bin/tensorboard --logdir {FLAGS.run_dir}")
+    return {"mode": "sweep", "runs": len(results), "rows": len(rows),
+            "results_csv": os.path.join(FLAGS.run_dir, "results.csv"),
+            "results_table": os.path.join(FLAGS.run_dir, "results.md"), "plots": plots,
+            "best": {k: best[k] for k in ("model", "resolution", "roc_auc_mean", "pr_auc_mean")},
+            "dataset_dir": dataset_dir, "export_path": None}
+
+
+def run_tune(configs) -> dict:
+    from tftag import tune
+    from tftag.data import write_bytes_atomic, write_json_atomic
+
+    config = _one(configs)
+    dataset_dir = _dataset(configs)
+    outcome = tune.tune(dataset_dir, config, model_config(),
+                        train_config(_patch_frames(config)), FLAGS.run_dir, FLAGS.max_trials)
+    best = outcome["best"]
+    flagfile = "\n".join([
+        "# Best keras-tuner trial (val ROC-AUC %.4f) of %s" % (outcome["best_score"], FLAGS.run_dir),
+        "--mode=train", f"--model={FLAGS.model}", f"--preset={FLAGS.preset}",
+        f"--width={best['width']}", f"--learning_rate={best['learning_rate']:.6g}",
+        f"--dropout={best['dropout']:.2f}", f"--sr={config.sr}", f"--n_mels={config.n_mels}",
+        f"--hop_factors={config.hop_factor}", f"--compressions={config.compression}",
+        f"--duration={config.duration}", f"--patch_seconds={FLAGS.patch_seconds}",
+        f"--dataset_dir={dataset_dir}", ""])
+    path = os.path.join(FLAGS.run_dir, "best.flags")
+    write_bytes_atomic(path, flagfile.encode())
+    write_json_atomic(os.path.join(FLAGS.run_dir, "tune.json"), outcome)
+    print(f"best trial: {best} (val ROC-AUC {outcome['best_score']:.4f}); flagfile {path}")
+    return {"mode": "tune", "best": best, "best_score": outcome["best_score"],
+            "best_flagfile": path, "trials": len(outcome["trials"])}
+
+
 MODE_FUNCTIONS = {"extract": run_extract, "describe": lambda configs: run_describe(),
-                  "profile": run_profile}
+                  "profile": run_profile, "train": run_train, "evaluate": run_evaluate,
+                  "sweep": run_sweep, "tune": run_tune}
 
 
 def main(argv):

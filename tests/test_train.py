@@ -1,0 +1,161 @@
+"""Training, evaluation, resume, sweeps and the main job's training modes on a tiny corpus."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import warnings
+
+import numpy as np
+import pytest
+
+from tftag import evaluate, train
+from tftag.features import MelConfig
+from tftag.models import ModelConfig
+
+from conftest import ROOT, run_module
+
+# paper-notes §8 (scikit-learn 1.9.1): the known-value metrics fixture.
+Y_TRUE = np.array([[1, 0, 1], [0, 1, 0], [1, 1, 0], [0, 0, 1], [1, 0, 0], [0, 1, 1]])
+Y_SCORE = np.array([[0.90, 0.20, 0.60], [0.30, 0.80, 0.40], [0.70, 0.55, 0.20],
+                    [0.20, 0.10, 0.85], [0.40, 0.45, 0.30], [0.60, 0.35, 0.50]], np.float32)
+MEL = MelConfig(16000, 16, 2, "log", 3.0)
+
+
+def test_metrics_fixture():
+    m = evaluate.macro_metrics(Y_TRUE, Y_SCORE, ["a", "b", "c"])
+    assert m.roc_auc == pytest.approx(0.925926, abs=1e-6)
+    assert m.pr_auc == pytest.approx(0.944444, abs=1e-6)
+    assert [m.per_tag[t]["roc_auc"] for t in "abc"] == pytest.approx([0.888889, 0.888889, 1.0], abs=1e-6)
+    assert [m.per_tag[t]["pr_auc"] for t in "abc"] == pytest.approx([0.916667, 0.916667, 1.0], abs=1e-6)
+    logits = np.log(Y_SCORE / (1 - Y_SCORE))  # ranks are unchanged: same values
+    assert evaluate.macro_metrics(Y_TRUE, logits).roc_auc == pytest.approx(0.925926, abs=1e-6)
+    zeroed = Y_TRUE.copy()
+    zeroed[:, 2] = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no UndefinedMetricWarning: the empty tag is skipped
+        m2 = evaluate.macro_metrics(zeroed, Y_SCORE, ["a", "b", "c"])
+    assert m2.roc_auc == pytest.approx(0.888889, abs=1e-6) and m2.skipped_tags == ("c",)
+    assert m2.n_tags_evaluated == 2
+    with pytest.raises(ValueError, match="no tag has both positive and negative clips"):
+        evaluate.macro_metrics(np.zeros((3, 2)), np.zeros((3, 2)))
+    assert "macro (3 tags, 6 clips): ROC-AUC 0.9259, PR-AUC 0.9444" in evaluate.format_per_tag(m)
+
+
+def test_patch_scores_average_non_overlapping_patches():
+    import keras
+
+    inputs = keras.Input((4, 2))
+    logits = keras.layers.Lambda(lambda x: keras.ops.mean(x, axis=(1, 2), keepdims=False)[:, None])(inputs)
+    model = keras.Model(inputs, logits)
+    mel = np.arange(2 * 10 * 2, dtype=np.float32).reshape(2, 10, 2) / 40
+    got = evaluate.patch_scores(model, mel, 4).numpy()  # 2 patches of 4, last 2 frames dropped
+    expected = [np.mean([1 / (1 + np.exp(-mel[b, s:s + 4].mean())) for s in (0, 4)]) for b in (0, 1)]
+    np.testing.assert_allclose(got[:, 0], expected, rtol=1e-6)
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("tiny")
+    run_module("tftag.main", "--mode=extract", f"--run_dir={run_dir}", "--num_clips=48",
+               "--clip_seconds=3", "--sr=16000", "--n_mels=16", "--hop_factors=2",
+               "--compressions=log", "--duration=3", "--clips_per_shard=8")
+    return str(run_dir / "dataset")
+
+
+def _weights(model):
+    return [w.numpy() for w in model.weights]
+
+
+def test_train_evaluate_resume_round_trip(tiny_dataset, tmp_path):
+    """2 epochs straight == 1 epoch, interruption, resume for the 2nd (weights, history)."""
+    mc = ModelConfig("vgg", width=0.05)
+    cfg = train.TrainConfig(batch_size=8, epochs=2, steps_per_epoch=2, patience=0, seed=3)
+    straight = train.train(tiny_dataset, MEL, mc, cfg, str(tmp_path / "straight"))
+    assert straight["epochs_done"] == 2 and len(straight["history"]) == 2
+    assert all(h["steps"] == 2 for h in straight["history"])
+    first = train.train(tiny_dataset, MEL, mc, cfg, str(tmp_path / "resumed"), stop_after_epochs=1)
+    assert first["epochs_done"] == 1
+    resumed = train.train(tiny_dataset, MEL, mc, cfg, str(tmp_path / "resumed"))
+    assert resumed["epochs_done"] == 2
+    assert [h["loss"] for h in resumed["history"]] == [h["loss"] for h in straight["history"]]
+    assert resumed["best_valid_roc_auc"] == straight["best_valid_roc_auc"]
+    a = train.load_best(str(tmp_path / "straight"), tiny_dataset, MEL, mc)
+    b = train.load_best(str(tmp_path / "resumed"), tiny_dataset, MEL, mc)
+    for wa, wb in zip(_weights(a), _weights(b)):
+        np.testing.assert_array_equal(wa, wb)
+    metrics = evaluate.evaluate(a, tiny_dataset, MEL, "test", [str(i) for i in range(28)])
+    assert 0.0 <= metrics.roc_auc <= 1.0 and metrics.n_clips == 9
+    assert os.path.exists(tmp_path / "straight" / "tb" / "train")
+    history = json.loads((tmp_path / "resumed" / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [0, 1]
+
+
+def test_train_config_errors():
+    with pytest.raises(ValueError, match="learning_rate must be > 0"):
+        train.TrainConfig(learning_rate=0)
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        train.TrainConfig(batch_size=0)
+
+
+def test_main_train_and_evaluate(tiny_dataset, tmp_path):
+    run_dir = tmp_path / "run"
+    args = [f"--dataset_dir={tiny_dataset}", f"--run_dir={run_dir}", "--resolutions=sr16000-mel16-hop2-log",
+            "--duration=3", "--model=vgg", "--width=0.05", "--batch_size=8", "--epochs=2",
+            "--patch_seconds=1"]
+    proc = run_module("tftag.main", "--mode=train", *args)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["epochs_done"] == 2 and summary["best_checkpoint"].endswith("best.weights.h5")
+    assert "export_path" in summary and os.path.exists(summary["results"])
+    assert "macro (" in proc.stdout
+    ev = run_module("tftag.main", "--mode=evaluate", *args, "--split=valid")
+    evaluation = json.loads((run_dir / "evaluation_valid.json").read_text())
+    assert evaluation["n_clips"] == 3 and "ROC-AUC" in ev.stdout
+    assert (run_dir / "tb" / "config").exists() and (run_dir / "tb" / "valid").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--mode=train", "--n_mels=16,8", "--hop_factors=2", "--sr=16000", "--compressions=log"],
+     "--mode=train takes one resolution"),
+    (["--mode=train", "--resolutions=sr16000-mel16"], "--resolutions: bad mel config name"),
+    (["--mode=sweep", "--models=vgg,resnet", "--resolutions=sr16000-mel16-hop2-log"],
+     "--models: unknown ['resnet']"),
+    (["--mode=train", "--resolutions=sr16000-mel96-hop1-log"], "--dataset_dir: "),
+    (["--mode=evaluate", "--resolutions=sr16000-mel16-hop2-log", "--weights=/nope.weights.h5"],
+     "--weights='/nope.weights.h5' does not exist"),
+])
+def test_training_flag_errors(tiny_dataset, tmp_path, args, message):
+    proc = run_module("tftag.main", f"--run_dir={tmp_path}", f"--dataset_dir={tiny_dataset}",
+                      "--duration=3", *args, check=False)
+    assert proc.returncode != 0 and message in proc.stderr, proc.stderr[-1500:]
+
+
+def test_sweep_resume_after_kill(tiny_dataset, tmp_path):
+    run_dir = tmp_path / "sweep"
+    args = ["tftag.main", "--mode=sweep", f"--dataset_dir={tiny_dataset}", f"--run_dir={run_dir}",
+            "--sr=16000", "--n_mels=16", "--hop_factors=2", "--compressions=log", "--duration=3",
+            "--model=vgg", "--width=0.05", "--repeats=2", "--batch_size=8", "--epochs=1"]
+    proc = subprocess.Popen([sys.executable, "-m", *args], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    results = lambda: sorted(run_dir.glob("runs/*/result.json"))  # noqa: E731
+    deadline = time.monotonic() + 300
+    while not results() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = results()
+    assert len(done) == 1, done
+    first = done[0].read_bytes(), os.path.getmtime(done[0])
+    rerun = run_module(*args)
+    assert "2 runs, 1 done already" in rerun.stderr
+    assert (done[0].read_bytes(), os.path.getmtime(done[0])) == first  # not computed again
+    lines = (run_dir / "results.csv").read_text().splitlines()
+    assert len(lines) == 3 and lines[0].startswith("model,width,preset,resolution")
+    md = (run_dir / "results.md").read_text()
+    assert "| vgg (paper, w0.05) | sr16000-mel16-hop2-log | 2 |" in md
+    assert (run_dir / "roc_vs_gmacs.png").read_bytes()[:4] == b"\x89PNG"
+    assert (run_dir / "roc_vs_storage.png").exists()

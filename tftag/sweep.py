@@ -1,0 +1,219 @@
+"""Sweeps over (model × resolution × repeat): train, evaluate, compare with the baseline, plot.
+
+Every run lives in ``<sweep_dir>/runs/<key>/`` and ends with an atomically written
+``result.json``; a rerun skips finished runs and resumes an interrupted one from its last
+checkpoint, so nothing is computed twice. The summary groups repeats per (model, resolution):
+mean ± std of test ROC-AUC and PR-AUC, GMACs, storage per clip and training time, and an
+independent-samples t-test against the baseline of its group (the most bands at hop ×1, same
+model, sample rate and compression), as the paper compares 48 with 96 bands.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import math
+import os
+from typing import Iterable, Sequence
+
+import numpy as np
+from absl import logging
+
+from tftag import data, evaluate, train
+from tftag.features import MelConfig
+from tftag.models import ModelConfig, build
+
+RESULT_FIELDS = ("model", "width", "preset", "resolution", "sr", "n_mels", "hop_factor",
+                 "compression", "seed", "test_roc_auc", "test_pr_auc", "valid_roc_auc",
+                 "best_epoch", "epochs_done", "train_seconds", "gmacs", "storage_bytes",
+                 "patch_frames", "skipped_tags")
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepItem:
+    """One training run of a sweep."""
+
+    model_config: ModelConfig
+    mel_config: MelConfig
+    seed: int
+    patch_frames: int | None = None
+
+    @property
+    def key(self) -> str:
+        m = self.model_config
+        return f"{m.name}-{m.preset}-w{m.width:g}-{self.mel_config.name}-seed{self.seed}"
+
+
+def make_items(models: Sequence[ModelConfig], configs: Sequence[MelConfig], repeats: int,
+               seed: int = 0, patch_seconds: float | None = None) -> list[SweepItem]:
+    """models × configs × repeats (seeds seed, seed+1, ...), patches of ``patch_seconds``."""
+    items = []
+    for m in models:
+        for c in configs:
+            patch = None
+            if patch_seconds:
+                patch = min(c.n_frames, max(16, c.frames_in(patch_seconds)))
+            for r in range(repeats):
+                items.append(SweepItem(m, c, seed + r, patch))
+    return items
+
+
+def run_item(item: SweepItem, dataset_dir: str, train_config: train.TrainConfig, run_dir: str) -> dict:
+    """Trains one item (resuming if interrupted), evaluates its best weights on the test split."""
+    from tftag import profile
+
+    cfg = dataclasses.replace(train_config, seed=item.seed, patch_frames=item.patch_frames)
+    info = data.load_dataset_info(dataset_dir)
+    outcome = train.train(dataset_dir, item.mel_config, item.model_config, cfg, run_dir)
+    model = train.load_best(run_dir, dataset_dir, item.mel_config, item.model_config,
+                            item.patch_frames)
+    metrics = evaluate.evaluate(model, dataset_dir, item.mel_config, "test", info.tags,
+                                item.patch_frames, cfg.eval_batch_size)
+    data.write_bytes_atomic(os.path.join(run_dir, "per_tag.txt"),
+                            (evaluate.format_per_tag(metrics) + "\n").encode())
+    # Cost per clip: the model over the whole clip (patch models cost the same per frame).
+    full_clip = build(dataclasses.replace(item.model_config, patch_frames=None), item.mel_config,
+                      info.n_tags)
+    m, c = item.model_config, item.mel_config
+    return {
+        "model": m.name, "width": m.width, "preset": m.preset, "resolution": c.name,
+        "sr": c.sr, "n_mels": c.n_mels, "hop_factor": c.hop_factor, "compression": c.compression,
+        "seed": item.seed, "test_roc_auc": metrics.roc_auc, "test_pr_auc": metrics.pr_auc,
+        "valid_roc_auc": outcome["best_valid_roc_auc"], "best_epoch": outcome["best_epoch"],
+        "epochs_done": outcome["epochs_done"], "train_seconds": outcome["train_seconds"],
+        "gmacs": round(profile.analytic_macs(full_clip) / 1e9, 5),
+        "storage_bytes": 4 * c.n_frames * c.n_mels, "patch_frames": item.patch_frames,
+        "skipped_tags": len(metrics.skipped_tags),
+    }
+
+
+
+def run_sweep(items: Sequence[SweepItem], dataset_dir: str, train_config: train.TrainConfig,
+              sweep_dir: str) -> list[dict]:
+    """Runs every item not finished yet; returns all results in item order."""
+    import keras
+
+    results = []
+    done = sum(os.path.exists(os.path.join(sweep_dir, "runs", i.key, "result.json")) for i in items)
+    logging.info("sweep: %d runs, %d done already", len(items), done)
+    for n, item in enumerate(items, start=1):
+        run_dir = os.path.join(sweep_dir, "runs", item.key)
+        path = os.path.join(run_dir, "result.json")
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as f:
+                results.append(json.load(f))
+            continue
+        logging.info("sweep [%d/%d] %s", n, len(items), item.key)
+        result = run_item(item, dataset_dir, train_config, run_dir)
+        data.write_json_atomic(path, result)
+        results.append(result)
+        keras.backend.clear_session()
+    return results
+
+
+def _group_key(r: dict) -> tuple:
+    return (r["model"], r["preset"], r["width"], r["sr"], r["compression"])
+
+
+def summarize(results: Iterable[dict]) -> list[dict]:
+    """One row per (model, resolution): means, stds, costs and the t-test against the baseline."""
+    from scipy import stats
+
+    groups: dict[tuple, list[dict]] = {}
+    for r in results:
+        groups.setdefault(_group_key(r) + (r["n_mels"], r["hop_factor"]), []).append(r)
+    baselines = {}
+    for key in groups:
+        g, n_mels, hop = key[:-2], key[-2], key[-1]
+        best = baselines.get(g)
+        if hop == 1 and (best is None or n_mels > best[0]):
+            baselines[g] = (n_mels, hop)
+    rows = []
+    for key, runs in sorted(groups.items(), key=lambda kv: (kv[0][:-2], -kv[0][-2], kv[0][-1])):
+        roc = np.array([r["test_roc_auc"] for r in runs])
+        pr = np.array([r["test_pr_auc"] for r in runs])
+        row = {
+            "model": runs[0]["model"], "preset": runs[0]["preset"], "width": runs[0]["width"],
+            "resolution": runs[0]["resolution"], "sr": runs[0]["sr"], "n_mels": runs[0]["n_mels"],
+            "hop_factor": runs[0]["hop_factor"], "compression": runs[0]["compression"],
+            "repeats": len(runs),
+            "roc_auc_mean": float(roc.mean()), "roc_auc_std": float(roc.std(ddof=1)) if len(roc) > 1 else 0.0,
+            "pr_auc_mean": float(pr.mean()), "pr_auc_std": float(pr.std(ddof=1)) if len(pr) > 1 else 0.0,
+            "gmacs": runs[0]["gmacs"], "storage_bytes": runs[0]["storage_bytes"],
+            "train_seconds_mean": float(np.mean([r["train_seconds"] for r in runs])),
+            "baseline": None, "p_value": None,
+        }
+        base = baselines.get(key[:-2])
+        if base is not None:
+            row["baseline"] = f"sr{key[3]}-mel{base[0]}-hop{base[1]}"
+            base_runs = groups[key[:-2] + base]
+            if base != (key[-2], key[-1]) and len(runs) > 1 and len(base_runs) > 1:
+                p = stats.ttest_ind(roc, [r["test_roc_auc"] for r in base_runs]).pvalue
+                row["p_value"] = None if math.isnan(p) else float(p)
+        rows.append(row)
+    return rows
+
+
+def markdown_table(rows: Sequence[dict]) -> str:
+    """The paper-style table: ROC-AUC and PR-AUC in % (mean ± std), GMACs, KiB per clip, time."""
+    header = ("| model | resolution | n | ROC-AUC % | PR-AUC % | GMAC | KiB/clip | train s | "
+              "p vs baseline |\n|---|---|---|---|---|---|---|---|---|")
+    lines = [header]
+    for r in rows:
+        p = "baseline" if r["baseline"] and r["resolution"].startswith(r["baseline"] + "-") else (
+            f"{r['p_value']:.3f}" if r["p_value"] is not None else "–")
+        lines.append(
+            f"| {r['model']} ({r['preset']}, w{r['width']:g}) | {r['resolution']} | {r['repeats']} | "
+            f"{100 * r['roc_auc_mean']:.2f} ± {100 * r['roc_auc_std']:.2f} | "
+            f"{100 * r['pr_auc_mean']:.2f} ± {100 * r['pr_auc_std']:.2f} | {r['gmacs']:.3f} | "
+            f"{r['storage_bytes'] / 1024:.0f} | {r['train_seconds_mean']:.0f} | {p} |")
+    return "\n".join(lines)
+
+
+def write_csv(results: Sequence[dict], path: str) -> None:
+    """All individual results as CSV (atomic)."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=RESULT_FIELDS, lineterminator="\n", extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(results)
+    data.write_bytes_atomic(path, buf.getvalue().encode())
+
+
+def plot(rows: Sequence[dict], out_dir: str) -> list[str]:
+    """ROC-AUC vs GMACs and vs storage per clip, one point (± std) per resolution."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for x_key, label, name in (("gmacs", "GMAC per clip (log)", "roc_vs_gmacs.png"),
+                               ("storage_bytes", "KiB per clip (float32, log)", "roc_vs_storage.png")):
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        series: dict[tuple, list[dict]] = {}
+        for r in rows:
+            series.setdefault((r["model"], r["sr"], r["compression"]), []).append(r)
+        for (model, sr, comp), rs in sorted(series.items()):
+            xs = [r[x_key] / (1024 if x_key == "storage_bytes" else 1) for r in rs]
+            ax.errorbar(xs, [100 * r["roc_auc_mean"] for r in rs],
+                        yerr=[100 * r["roc_auc_std"] for r in rs], fmt="o", capsize=3,
+                        label=f"{model} {sr // 1000} kHz {comp}")
+            for x, r in zip(xs, rs):
+                ax.annotate(f"{r['n_mels']}×{r['hop_factor']}", (x, 100 * r["roc_auc_mean"]),
+                            fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.set_xscale("log")
+        ax.set_xlabel(label)
+        ax.set_ylabel("test ROC-AUC % (mean ± std)")
+        ax.set_title("ROC-AUC vs " + ("compute" if x_key == "gmacs" else "storage")
+                     + " (labels: bands × hop factor)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = os.path.join(out_dir, name)
+        fig.savefig(path + ".tmp.png", dpi=100)
+        plt.close(fig)
+        os.replace(path + ".tmp.png", path)
+        paths.append(path)
+    return paths

@@ -1,0 +1,262 @@
+"""Training: Adam (1e-3) on binary cross-entropy of logits, validation ROC-AUC, resumable.
+
+A custom loop under a ``tf.distribute`` strategy (the default one for the visible devices
+unless told otherwise). Every epoch reads the training split with a shuffle and patch seed
+derived from (seed, epoch), so an interrupted run resumed from its last checkpoint (model,
+optimizer, epoch, early-stopping state) ends in the same state as an uninterrupted one. After
+each epoch the validation split is scored clip by clip (patch-averaged, :mod:`tftag.evaluate`);
+the best weights by validation ROC-AUC are kept, and training stops after ``patience`` epochs
+without improvement.
+
+Run directory: ``checkpoints/`` (last state), ``best.weights.h5``, ``history.json``,
+``tb/train`` and ``tb/valid`` (TensorBoard).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from tftag import data, evaluate
+from tftag.features import MelConfig
+from tftag.models import ModelConfig, build
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """How to train.
+
+    Attributes:
+      batch_size: global batch size.
+      epochs: maximum epochs.
+      learning_rate: Adam learning rate (paper: 1e-3).
+      patch_frames: train (and score) on patches of this many frames; None = whole clips.
+      patience: stop after this many epochs without a better validation ROC-AUC (0 = never).
+      seed: seeds weights, shuffling and patch offsets.
+      shuffle_buffer: examples in the shuffle buffer.
+      steps_per_epoch: training steps per epoch; None = one pass over the training split.
+      eval_batch_size: clips per evaluation batch.
+      deterministic: enable TensorFlow op determinism (bitwise-repeatable runs).
+    """
+
+    batch_size: int = 32
+    epochs: int = 20
+    learning_rate: float = 1e-3
+    patch_frames: int | None = None
+    patience: int = 5
+    seed: int = 0
+    shuffle_buffer: int = 512
+    steps_per_epoch: int | None = None
+    eval_batch_size: int = 16
+    deterministic: bool = True
+
+    def __post_init__(self):
+        for name in ("batch_size", "epochs", "eval_batch_size", "shuffle_buffer"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if self.patience < 0:
+            raise ValueError(f"patience must be >= 0, got {self.patience}")
+        if self.patch_frames is not None and self.patch_frames < 1:
+            raise ValueError(f"patch_frames must be >= 1 or None, got {self.patch_frames}")
+        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
+            raise ValueError(f"steps_per_epoch must be >= 1 or None, got {self.steps_per_epoch}")
+
+
+def default_strategy() -> tf.distribute.Strategy:
+    """MirroredStrategy over several GPUs, else the default strategy of the visible device."""
+    gpus = tf.config.list_logical_devices("GPU")
+    return tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
+
+
+STRATEGIES = {
+    "auto": default_strategy,
+    "default": tf.distribute.get_strategy,
+    "mirrored": lambda: tf.distribute.MirroredStrategy(),
+    "one_device_cpu": lambda: tf.distribute.OneDeviceStrategy("/cpu:0"),
+}
+
+
+def _save_weights_atomic(model, path: str) -> None:
+    tmp = path[: -len(".weights.h5")] + ".tmp.weights.h5"
+    model.save_weights(tmp)
+    os.replace(tmp, path)
+
+
+def _hparams(run_dir: str, mel_config: MelConfig, model_config: ModelConfig, cfg: TrainConfig,
+             gmacs: float) -> None:
+    from tensorboard.plugins.hparams import api as hp
+
+    writer = tf.summary.create_file_writer(os.path.join(run_dir, "tb", "valid"))
+    with writer.as_default():
+        hp.hparams({
+            "resolution": mel_config.name, "sr": mel_config.sr, "n_mels": mel_config.n_mels,
+            "hop_factor": mel_config.hop_factor, "compression": mel_config.compression,
+            "model": model_config.name, "width": model_config.width, "preset": model_config.preset,
+            "gmacs": gmacs, "learning_rate": cfg.learning_rate, "batch_size": cfg.batch_size,
+            "seed": cfg.seed,
+        })
+    writer.close()
+
+
+def train(
+    dataset_dir: str,
+    mel_config: MelConfig,
+    model_config: ModelConfig,
+    train_config: TrainConfig,
+    run_dir: str,
+    strategy: tf.distribute.Strategy | None = None,
+    stop_after_epochs: int | None = None,
+) -> dict:
+    """Trains (or resumes training) one model at one resolution.
+
+    Args:
+      dataset_dir: an extraction output directory with train and valid splits.
+      mel_config: the input resolution.
+      model_config: the model.
+      train_config: the training settings.
+      run_dir: where checkpoints, best weights, history and TensorBoard logs go.
+      strategy: a tf.distribute strategy (default: :func:`default_strategy`).
+      stop_after_epochs: end this call after so many epochs (simulates an interruption).
+
+    Returns:
+      {"best_weights", "best_epoch", "best_valid_roc_auc", "best_valid_pr_auc", "epochs_done",
+       "stopped_early", "train_seconds", "history"}.
+    """
+    cfg = train_config
+    info = data.load_dataset_info(dataset_dir)
+    for split in ("train", "valid"):
+        if info.splits.get(split, 0) == 0:
+            raise ValueError(f"{dataset_dir}: split {split!r} is empty or missing; splits: "
+                             f"{info.splits}")
+    if info.n_tags == 0:
+        raise ValueError(f"{dataset_dir}: the dataset has no tags to learn")
+    keras.utils.set_random_seed(cfg.seed)
+    if cfg.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    strategy = strategy or default_strategy()
+    os.makedirs(run_dir, exist_ok=True)
+    with strategy.scope():
+        model = build(dataclasses.replace(model_config, patch_frames=cfg.patch_frames),
+                      mel_config, info.n_tags)
+        optimizer = keras.optimizers.Adam(cfg.learning_rate)
+        optimizer.build(model.trainable_variables)
+    state = {
+        "epoch": tf.Variable(0, dtype=tf.int64), "best": tf.Variable(-1.0, dtype=tf.float64),
+        "best_epoch": tf.Variable(-1, dtype=tf.int64), "bad_epochs": tf.Variable(0, dtype=tf.int64),
+    }
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, **state)
+    manager = tf.train.CheckpointManager(checkpoint, os.path.join(run_dir, "checkpoints"),
+                                         max_to_keep=1)
+    if manager.latest_checkpoint:
+        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        logging.info("resumed %s at epoch %d", manager.latest_checkpoint, int(state["epoch"]))
+    history_path = os.path.join(run_dir, "history.json")
+    history = json.load(open(history_path)) if os.path.exists(history_path) else []
+    history = [h for h in history if h["epoch"] < int(state["epoch"])]
+    best_path = os.path.join(run_dir, "best.weights.h5")
+
+    from tftag import profile
+
+    _hparams(run_dir, mel_config, model_config, cfg, profile.analytic_macs(model) / 1e9)
+    train_writer = tf.summary.create_file_writer(os.path.join(run_dir, "tb", "train"))
+    valid_writer = tf.summary.create_file_writer(os.path.join(run_dir, "tb", "valid"))
+
+    def step(x, y):
+        with tf.GradientTape() as tape:
+            logits = model(x, training=True)
+            per_example = tf.reduce_mean(
+                tf.nn.sigmoid_cross_entropy_with_logits(labels=y, logits=logits), axis=-1)
+            loss = tf.nn.compute_average_loss(per_example)
+        grads = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        return loss
+
+    @tf.function
+    def distributed_step(x, y):
+        losses = strategy.run(step, args=(x, y))
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, losses, axis=None)
+
+    started = time.monotonic()
+    epochs_this_call = 0
+    stopped_early = False
+    while int(state["epoch"]) < cfg.epochs:
+        epoch = int(state["epoch"])
+        if cfg.patience and int(state["bad_epochs"]) >= cfg.patience:
+            stopped_early = True
+            break
+        if stop_after_epochs is not None and epochs_this_call >= stop_after_epochs:
+            break
+        ds = data.make_dataset(
+            dataset_dir, mel_config, "train", cfg.batch_size, cfg.patch_frames,
+            shuffle_buffer=cfg.shuffle_buffer, seed=cfg.seed * 100003 + epoch,
+            repeat=cfg.steps_per_epoch is not None,
+        )
+        if cfg.steps_per_epoch is not None:
+            ds = ds.take(cfg.steps_per_epoch)
+        t0 = time.monotonic()
+        losses = [float(distributed_step(x, y)) for x, y in strategy.experimental_distribute_dataset(ds)]
+        train_seconds = time.monotonic() - t0
+        metrics = evaluate.evaluate(model, dataset_dir, mel_config, "valid", info.tags,
+                                    cfg.patch_frames, cfg.eval_batch_size)
+        improved = metrics.roc_auc > float(state["best"])
+        if improved:
+            _save_weights_atomic(model, best_path)
+            state["best"].assign(metrics.roc_auc)
+            state["best_epoch"].assign(epoch)
+            state["bad_epochs"].assign(0)
+        else:
+            state["bad_epochs"].assign_add(1)
+        record = {"epoch": epoch, "loss": float(np.mean(losses)), "steps": len(losses),
+                  "valid_roc_auc": metrics.roc_auc, "valid_pr_auc": metrics.pr_auc,
+                  "epoch_seconds": round(train_seconds, 3), "best": improved}
+        history.append(record)
+        with train_writer.as_default():
+            tf.summary.scalar("loss", record["loss"], step=epoch)
+            tf.summary.scalar("learning_rate", cfg.learning_rate, step=epoch)
+            tf.summary.scalar("examples_per_second",
+                              len(losses) * cfg.batch_size / max(train_seconds, 1e-9), step=epoch)
+        with valid_writer.as_default():
+            tf.summary.scalar("roc_auc", metrics.roc_auc, step=epoch)
+            tf.summary.scalar("pr_auc", metrics.pr_auc, step=epoch)
+        state["epoch"].assign(epoch + 1)
+        manager.save()
+        data.write_json_atomic(history_path, history)
+        epochs_this_call += 1
+        logging.info("%s %s epoch %d: loss %.4f, valid ROC-AUC %.4f, PR-AUC %.4f%s",
+                     model_config.name, mel_config.name, epoch, record["loss"], metrics.roc_auc,
+                     metrics.pr_auc, " (best)" if improved else "")
+    train_writer.close()
+    valid_writer.close()
+    return {
+        "best_weights": best_path,
+        "best_epoch": int(state["best_epoch"]),
+        "best_valid_roc_auc": float(state["best"]),
+        "best_valid_pr_auc": next((h["valid_pr_auc"] for h in history
+                                   if h["epoch"] == int(state["best_epoch"])), None),
+        "epochs_done": int(state["epoch"]),
+        "stopped_early": stopped_early,
+        "train_seconds": round(time.monotonic() - started, 2),
+        "history": history,
+    }
+
+
+def load_best(run_dir: str, dataset_dir: str, mel_config: MelConfig, model_config: ModelConfig,
+              patch_frames: int | None = None):
+    """The model of a run directory with its best weights."""
+    info = data.load_dataset_info(dataset_dir)
+    model = build(dataclasses.replace(model_config, patch_frames=patch_frames), mel_config,
+                  info.n_tags)
+    path = os.path.join(run_dir, "best.weights.h5")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} not found: train first (--mode=train --run_dir={run_dir})")
+    model.load_weights(path)
+    return model

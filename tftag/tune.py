@@ -1,0 +1,58 @@
+"""Hyper-parameter search with keras-tuner at one resolution: width, learning rate, dropout.
+
+The objective is Keras' multi-label ROC-AUC on patch-cropped validation batches (a fast proxy
+of :mod:`tftag.evaluate`'s clip-level metric). Trials are logged to TensorBoard; a rerun
+continues the same search (keras-tuner's own trial state in ``<out_dir>/tuner``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+from tftag import data
+from tftag.features import MelConfig
+from tftag.models import ModelConfig, build
+from tftag.train import TrainConfig
+
+WIDTHS = (0.0625, 0.125, 0.25)
+
+
+def tune(dataset_dir: str, mel_config: MelConfig, model_config: ModelConfig,
+         train_config: TrainConfig, out_dir: str, max_trials: int = 5) -> dict:
+    """Runs the search; returns {"best": {width, learning_rate, dropout}, "best_score", "trials"}."""
+    import keras
+    import keras_tuner as kt
+
+    keras.utils.set_random_seed(train_config.seed)
+    info = data.load_dataset_info(dataset_dir)
+    patch = train_config.patch_frames
+    train_ds = data.make_dataset(dataset_dir, mel_config, "train", train_config.batch_size, patch,
+                                 shuffle_buffer=train_config.shuffle_buffer, seed=train_config.seed)
+    valid_ds = data.make_dataset(dataset_dir, mel_config, "valid", train_config.eval_batch_size,
+                                 patch, seed=train_config.seed)
+
+    def build_model(hp):
+        config = dataclasses.replace(
+            model_config, width=hp.Choice("width", list(WIDTHS)),
+            dropout=hp.Float("dropout", 0.0, 0.5, step=0.1), patch_frames=patch)
+        model = build(config, mel_config, info.n_tags)
+        model.compile(
+            optimizer=keras.optimizers.Adam(hp.Float("learning_rate", 1e-4, 1e-2, sampling="log")),
+            loss=keras.losses.BinaryCrossentropy(from_logits=True),
+            metrics=[keras.metrics.AUC(multi_label=True, num_labels=info.n_tags, from_logits=True,
+                                       name="roc_auc")],
+        )
+        return model
+
+    tuner = kt.RandomSearch(
+        build_model, objective=kt.Objective("val_roc_auc", direction="max"),
+        max_trials=max_trials, seed=train_config.seed, directory=out_dir, project_name="tuner",
+    )
+    tuner.search(train_ds, validation_data=valid_ds, epochs=train_config.epochs, verbose=0,
+                 callbacks=[keras.callbacks.TensorBoard(os.path.join(out_dir, "tb", "tune"))])
+    best_trial = tuner.oracle.get_best_trials(1)[0]
+    trials = [{"trial": t.trial_id, "score": t.score, **t.hyperparameters.values}
+              for t in tuner.oracle.trials.values() if t.score is not None]
+    return {"best": dict(best_trial.hyperparameters.values), "best_score": best_trial.score,
+            "trials": sorted(trials, key=lambda t: -t["score"])}
