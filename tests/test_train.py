@@ -159,3 +159,40 @@ def test_sweep_resume_after_kill(tiny_dataset, tmp_path):
     assert "| vgg (paper, w0.05) | sr16000-mel16-hop2-log | 2 |" in md
     assert (run_dir / "roc_vs_gmacs.png").read_bytes()[:4] == b"\x89PNG"
     assert (run_dir / "roc_vs_storage.png").exists()
+
+
+def test_summarize_t_test_against_full_resolution():
+    from scipy import stats
+
+    from tftag import sweep
+
+    def result(n_mels, hop, seed, roc):
+        return {"model": "vgg", "preset": "paper", "width": 0.125, "sr": 16000, "compression": "log",
+                "n_mels": n_mels, "hop_factor": hop, "resolution": f"sr16000-mel{n_mels}-hop{hop}-log",
+                "seed": seed, "test_roc_auc": roc, "test_pr_auc": roc / 2, "gmacs": 1.0 / hop,
+                "storage_bytes": 4 * n_mels * 1820 // hop, "train_seconds": 10.0}
+
+    full = [0.90, 0.91, 0.92]
+    low = [0.80, 0.82, 0.81]
+    rows = sweep.summarize([result(96, 1, s, r) for s, r in enumerate(full)]
+                           + [result(8, 10, s, r) for s, r in enumerate(low)])
+    assert [r["resolution"] for r in rows] == ["sr16000-mel96-hop1-log", "sr16000-mel8-hop10-log"]
+    assert rows[0]["baseline"] == "sr16000-mel96-hop1" and rows[0]["p_value"] is None
+    assert rows[1]["p_value"] == pytest.approx(stats.ttest_ind(low, full).pvalue)
+    assert rows[1]["roc_auc_mean"] == pytest.approx(0.81) and rows[1]["roc_auc_std"] == pytest.approx(0.01)
+    md = sweep.markdown_table(rows)
+    assert "| 91.00 ± 1.00 |" in md and "| baseline |" in md
+    assert f"| {rows[1]['p_value']:.3f} |" in md
+
+
+def test_tune_writes_best_flagfile(tiny_dataset, tmp_path):
+    run_dir = tmp_path / "tune"
+    proc = run_module("tftag.main", "--mode=tune", f"--dataset_dir={tiny_dataset}",
+                      f"--run_dir={run_dir}", "--resolutions=sr16000-mel16-hop2-log", "--duration=3",
+                      "--model=vgg", "--max_trials=2", "--epochs=1", "--batch_size=8")
+    flagfile = (run_dir / "best.flags").read_text()
+    assert "--mode=train" in flagfile and "--width=" in flagfile and "--learning_rate=" in flagfile
+    tune = json.loads((run_dir / "tune.json").read_text())
+    assert len(tune["trials"]) == 2 and tune["best"]["width"] in (0.0625, 0.125, 0.25)
+    assert "best trial:" in proc.stdout
+    assert list((run_dir / "tb" / "tune").rglob("events.out.tfevents.*"))
