@@ -30,7 +30,8 @@ def test_flag_errors(tmp_path):
     assert proc.returncode != 0 and "--n_mels: n_mels must be one of" in proc.stderr
     proc = run_module("tftag.main", f"--run_dir={tmp_path}", "--mode=train2", check=False)
     assert proc.returncode != 0 and "--mode" in proc.stderr and "extract" in proc.stderr
-    proc = run_module("tftag.main", f"--run_dir={tmp_path}", "--catalog=csv", check=False)
+    proc = run_module("tftag.main", "--mode=extract", f"--run_dir={tmp_path}", "--catalog=csv",
+                      check=False)
     assert proc.returncode != 0 and "--input is required with --catalog=csv" in proc.stderr
 
 

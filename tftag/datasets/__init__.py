@@ -11,6 +11,8 @@ import hashlib
 import json
 from typing import Callable, Sequence
 
+from tftag.registry import Registry
+
 SPLITS = ("train", "valid", "test")
 UNSPLIT = "all"
 
@@ -69,35 +71,18 @@ def check_unique_ids(clips: Sequence[Clip], source: str) -> None:
         raise ValueError(f"{source}: {len(duplicates)} duplicate clip ids, e.g. {shown}")
 
 
-_REGISTRY: dict[str, Callable[..., Catalog]] = {}
+def _load_builtin() -> None:
+    from tftag.datasets import csv_catalog, folder, msd, mtat, synthetic  # noqa: F401  (registers)
 
 
-def register(name: str):
-    """Decorator adding a catalogue reader ``fn(input_path, **options) -> Catalog``."""
-
-    def wrap(fn):
-        _REGISTRY[name] = fn
-        return fn
-
-    return wrap
-
-
-def names() -> list[str]:
-    """Known catalogue names."""
-    _load_builtin()
-    return sorted(_REGISTRY)
+REGISTRY: Registry[Callable[..., Catalog]] = Registry("catalog", _load_builtin)
+register = REGISTRY.register
+names = REGISTRY.names
 
 
 def load(name: str, input_path: str, **options) -> Catalog:
     """Reads a catalogue by name; unknown names fail with the list of known ones."""
-    _load_builtin()
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown catalog {name!r}; known: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name](input_path, **options)
-
-
-def _load_builtin() -> None:
-    from tftag.datasets import csv_catalog, folder, msd, mtat, synthetic  # noqa: F401  (registers)
+    return REGISTRY.get(name)(input_path, **options)
 
 
 def detect(input_path: str) -> str:

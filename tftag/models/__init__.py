@@ -11,6 +11,7 @@ import dataclasses
 from typing import Callable
 
 from tftag.features import MelConfig
+from tftag.registry import Registry
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,23 +55,15 @@ class ModelConfig:
 
 
 Builder = Callable[[ModelConfig, MelConfig, int], "keras.Model"]  # noqa: F821
-_REGISTRY: dict[str, Builder] = {}
 
 
-def register(name: str):
-    """Decorator adding a builder ``fn(model_config, mel_config, n_tags) -> keras.Model``."""
-
-    def wrap(fn: Builder) -> Builder:
-        _REGISTRY[name] = fn
-        return fn
-
-    return wrap
+def _load_builtin() -> None:
+    from tftag.models import musicnn, vgg  # noqa: F401  (registration side effects)
 
 
-def names() -> list[str]:
-    """Known model names."""
-    _load_builtin()
-    return sorted(_REGISTRY)
+REGISTRY: Registry[Builder] = Registry("model", _load_builtin)
+register = REGISTRY.register
+names = REGISTRY.names
 
 
 def build(model_config: ModelConfig, mel_config: MelConfig, n_tags: int):
@@ -79,13 +72,7 @@ def build(model_config: ModelConfig, mel_config: MelConfig, n_tags: int):
     Raises:
       ValueError: unknown model name (the message lists the known ones) or bad sizes.
     """
-    _load_builtin()
-    if model_config.name not in _REGISTRY:
-        raise ValueError(f"unknown model {model_config.name!r}; known: {', '.join(sorted(_REGISTRY))}")
+    builder = REGISTRY.get(model_config.name)
     if n_tags < 1:
         raise ValueError(f"n_tags must be >= 1, got {n_tags}")
-    return _REGISTRY[model_config.name](model_config, mel_config, n_tags)
-
-
-def _load_builtin() -> None:
-    from tftag.models import musicnn, vgg  # noqa: F401  (registration side effects)
+    return builder(model_config, mel_config, n_tags)

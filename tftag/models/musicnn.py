@@ -26,6 +26,7 @@ from keras import layers
 
 from tftag.features import MelConfig
 from tftag.models import ModelConfig, register
+from tftag.models.blocks import mel_input
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,9 +92,7 @@ def build_musicnn(model_config: ModelConfig, mel_config: MelConfig, n_tags: int)
     n_frames = model_config.n_frames(mel_config)
     n_mels = mel_config.n_mels
     shapes = musicnn_shapes(spec, n_mels, mel_config.hop_factor)
-    inputs = keras.Input(shape=(n_frames, n_mels), name="mel")  # [batch, T, F]
-    x = layers.Reshape((n_frames, n_mels, 1), name="add_channel")(inputs)  # [b, T, F, 1]
-    x = layers.BatchNormalization(name="input_bn")(x)
+    inputs, x = mel_input(n_frames, n_mels)  # [b, T, F, 1], batch-normalised
     branches = []
     for i, (w, h, c) in enumerate(shapes["timbral"]):
         name = f"timbral{i}"
@@ -154,9 +153,7 @@ def build_musicnn_vgg(model_config: ModelConfig, mel_config: MelConfig, n_tags: 
                              "bands (its pools are fixed; it was trained on 187 × 96)")
     filters = model_config.filters(128)
     dropout = model_config.dropout_or(0.5)
-    inputs = keras.Input(shape=(n_frames, n_mels), name="mel")
-    x = layers.Reshape((n_frames, n_mels, 1), name="add_channel")(inputs)
-    x = layers.BatchNormalization(name="input_bn")(x)
+    inputs, x = mel_input(n_frames, n_mels)  # [b, T, F, 1], batch-normalised
     for i, (pool, strides) in enumerate(MUSICNN_VGG_POOLS, start=1):
         x = layers.Conv2D(filters, 3, padding="same", activation="relu", name=f"conv{i}")(x)
         x = layers.BatchNormalization(name=f"bn{i}")(x)

@@ -12,6 +12,7 @@ from keras import layers
 
 from tftag.features import MelConfig
 from tftag.models import ModelConfig, register
+from tftag.models.blocks import mel_input
 
 FILTERS = (128, 384, 768, 2048)
 
@@ -71,9 +72,7 @@ def build_vgg(model_config: ModelConfig, mel_config: MelConfig, n_tags: int) -> 
     n_frames = model_config.n_frames(mel_config)
     n_mels = mel_config.n_mels
     pools = vgg_pools(n_mels, n_frames, mel_config.sr)
-    inputs = keras.Input(shape=(n_frames, n_mels), name="mel")  # [batch, n_frames, n_mels]
-    x = layers.Reshape((n_frames, n_mels, 1), name="add_channel")(inputs)  # [b, T, F, 1]
-    x = layers.BatchNormalization(name="input_bn")(x)
+    inputs, x = mel_input(n_frames, n_mels)  # [b, T, F, 1], batch-normalised
     for i, (base, (f, t)) in enumerate(zip(FILTERS, pools), start=1):
         x = layers.Conv2D(model_config.filters(base), 3, padding="same", name=f"conv{i}")(x)
         x = layers.BatchNormalization(name=f"bn{i}")(x)

@@ -1,0 +1,42 @@
+"""A name → factory registry whose unknown-name error lists the known names."""
+
+from __future__ import annotations
+
+from typing import Callable, Generic, TypeVar
+
+F = TypeVar("F", bound=Callable)
+
+
+class Registry(Generic[F]):
+    """Factories by name, loaded lazily.
+
+    Args:
+      kind: what the names are, for error messages ("model", "catalog").
+      load_builtin: imports the modules whose decorators fill the registry.
+    """
+
+    def __init__(self, kind: str, load_builtin: Callable[[], None]):
+        self.kind = kind
+        self._load_builtin = load_builtin
+        self._factories: dict[str, F] = {}
+
+    def register(self, name: str) -> Callable[[F], F]:
+        """Decorator adding a factory under ``name``."""
+
+        def wrap(fn: F) -> F:
+            self._factories[name] = fn
+            return fn
+
+        return wrap
+
+    def names(self) -> list[str]:
+        """Known names, sorted."""
+        self._load_builtin()
+        return sorted(self._factories)
+
+    def get(self, name: str) -> F:
+        """The factory of ``name``; an unknown name raises ValueError listing the known ones."""
+        known = self.names()
+        if name not in self._factories:
+            raise ValueError(f"unknown {self.kind} {name!r}; known: {', '.join(known)}")
+        return self._factories[name]
