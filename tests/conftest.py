@@ -113,3 +113,12 @@ def extracted(audio_dir, tmp_path_factory):
     proc = run_module("pipelines.extract", f"--input={audio_dir / 'catalog.csv'}",
                       f"--output_dir={out}", "--direct_num_workers=2", *EXTRACT_ARGS)
     return out, proc
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("tiny")
+    run_module("tftag.main", "--mode=extract", f"--run_dir={run_dir}", "--num_clips=48",
+               "--clip_seconds=3", "--sr=16000", "--n_mels=16", "--hop_factors=2",
+               "--compressions=log", "--duration=3", "--clips_per_shard=8")
+    return str(run_dir / "dataset")

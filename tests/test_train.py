@@ -58,15 +58,6 @@ def test_patch_scores_average_non_overlapping_patches():
     np.testing.assert_allclose(got[:, 0], expected, rtol=1e-6)
 
 
-@pytest.fixture(scope="session")
-def tiny_dataset(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("tiny")
-    run_module("tftag.main", "--mode=extract", f"--run_dir={run_dir}", "--num_clips=48",
-               "--clip_seconds=3", "--sr=16000", "--n_mels=16", "--hop_factors=2",
-               "--compressions=log", "--duration=3", "--clips_per_shard=8")
-    return str(run_dir / "dataset")
-
-
 def _weights(model):
     return [w.numpy() for w in model.weights]
 

@@ -1,6 +1,6 @@
 r"""tftag's entry point: ``python -m tftag.main --flagfile=configs/NAME.flags``.
 
-Modes (export and tag arrive with the serving issue):
+Modes:
   extract   render the built-in corpus when --catalog=synthetic has no --input, then extract
             mel-spectrograms of the requested resolutions into <run_dir>/dataset (Apache Beam);
   describe  print and write the data card of a catalogue into <run_dir>;
@@ -10,6 +10,10 @@ Modes (export and tag arrive with the serving issue):
   sweep     train and evaluate every (--models × resolution) --repeats times; results.csv,
             results.md (mean ± std, GMACs, storage, time, t-test vs the full resolution), plots;
   tune      keras-tuner search of width, learning rate and dropout at one resolution;
+  export    write the trained model (--weights) as a SavedModel for TF Serving in
+            <export_dir>/<model>-<resolution>/<version>/ (+ frozen graph for Essentia);
+  tag       tag audio files or folders (--audio) with an exported model (--model_dir) or a
+            TF Serving server (--server), writing --output (.json or .csv);
   profile   GMACs (TF profiler and analytic), parameters and latency of --model at every
             requested resolution: a table, profile.json and profile.csv; --profile_trace adds a
             TensorBoard profiler trace of a few training steps.
@@ -21,16 +25,19 @@ configs.json (resolved configs), TensorBoard logs (tb/) and summary.json.
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import os
 import time
+
+import numpy as np
 
 from absl import app, flags, logging
 
 from pipelines import mel_flags
 from tftag import datacard, datasets, extraction
 
-MODES = ("train", "evaluate", "sweep", "tune", "profile", "extract", "describe")
+MODES = ("train", "evaluate", "sweep", "tune", "profile", "export", "tag", "extract", "describe")
 CATALOGS = ("synthetic", "mtat", "msd", "csv", "folder")
 
 FLAGS = flags.FLAGS
@@ -76,6 +83,19 @@ flags.DEFINE_bool("deterministic", True, "TensorFlow op determinism (repeatable 
 flags.DEFINE_string("weights", None, "evaluate: weights file (default <run_dir>/best.weights.h5).")
 flags.DEFINE_enum("split", "test", ["train", "valid", "test", "all"], "evaluate: which split.")
 flags.DEFINE_integer("max_trials", 5, "tune: keras-tuner trials.", lower_bound=1)
+flags.DEFINE_bool("export", True, "train/sweep: export the (best) trained model at the end.")
+flags.DEFINE_string("export_dir", "export", "Root of exported models (TF Serving base paths are "
+                    "<export_dir>/<model_name>).")
+flags.DEFINE_integer("export_version", 0, "Version to write (0 = the next free integer).",
+                     lower_bound=0)
+flags.DEFINE_string("model_dir", None, "tag: an exported model: <export_dir>/<model_name> (latest "
+                    "version) or one version directory.")
+flags.DEFINE_string("audio", None, "tag: an audio file or a folder (searched recursively).")
+flags.DEFINE_string("output", None, "tag: where to write all probabilities: .json or .csv.")
+flags.DEFINE_string("server", None, "tag: host:port of a TF Serving server to use instead of "
+                    "loading --model_dir (which still provides tags and sample rate).")
+flags.DEFINE_enum("server_protocol", "grpc", ["grpc", "rest"], "tag: protocol of --server.")
+flags.DEFINE_integer("top_k", 5, "tag: tags printed per file.", lower_bound=1)
 flags.DEFINE_float("width", 1.0, "Filter-count multiplier (1 = the paper's full-size model).")
 flags.DEFINE_string("preset", "paper", "Architecture preset (musicnn: paper, musicnn_mtt).")
 flags.DEFINE_float("dropout", -1.0, "Dropout rate; -1 = the architecture's own.")
@@ -292,6 +312,122 @@ def _dataset(configs) -> str:
     return run_extract(configs)["dataset_dir"]
 
 
+def _export(config, mc, patch, weights, dataset_dir, metrics=None) -> str:
+    """Exports the model with ``weights`` for TF Serving; returns the version directory."""
+    from tftag import export
+    from tftag.data import load_dataset_info
+    from tftag.models import build
+
+    info = load_dataset_info(dataset_dir)
+    model = build(dataclasses.replace(mc, patch_frames=patch), config, info.n_tags)
+    model.load_weights(weights)
+    spec = export.ExportSpec(config, mc, info.tags, patch, info.mel_dtype, metrics)
+    path = export.export(model, spec, FLAGS.export_dir, FLAGS.export_version or None)
+    logging.info("exported %s", path)
+    return path
+
+
+def run_export(configs) -> dict:
+    config = _one(configs)
+    dataset_dir = _dataset(configs)
+    weights = FLAGS.weights or os.path.join(FLAGS.run_dir, "best.weights.h5")
+    if not os.path.exists(weights):
+        raise app.UsageError(f"--weights={weights!r} does not exist (train first, or point "
+                             "--weights at a best.weights.h5)")
+    path = _export(config, model_config(), _patch_frames(config), weights, dataset_dir)
+    print(f"exported {path}; inspect it with: .venv/bin/saved_model_cli show --all --dir {path}")
+    return {"mode": "export", "export_path": path}
+
+
+def _model_version_dir(model_dir: str) -> str:
+    if os.path.exists(os.path.join(model_dir, "saved_model.pb")):
+        return model_dir
+    versions = sorted((int(d) for d in os.listdir(model_dir) if d.isdigit()), reverse=True) \
+        if os.path.isdir(model_dir) else []
+    if not versions:
+        raise app.UsageError(f"--model_dir={model_dir!r} holds no SavedModel version "
+                             "(expected <export_dir>/<model_name>[/<version>])")
+    return os.path.join(model_dir, str(versions[0]))
+
+
+def run_tag(configs) -> dict:
+    del configs
+    import csv
+    import glob
+
+    from tqdm import tqdm
+
+    from tftag import export, features, serving
+    from tftag._essentia import DecoderCrashedError
+    from tftag.data import write_bytes_atomic, write_json_atomic
+    from tftag.datasets.folder import AUDIO_EXTENSIONS
+
+    if not FLAGS.model_dir:
+        raise app.UsageError("--model_dir is required with --mode=tag (an exported model)")
+    if not FLAGS.audio or not os.path.exists(FLAGS.audio):
+        raise app.UsageError(f"--audio={FLAGS.audio!r}: no such file or folder")
+    version_dir = _model_version_dir(FLAGS.model_dir)
+    tags = export.load_tags(version_dir)
+    card = json.load(open(glob.glob(os.path.join(version_dir, "essentia", "*.json"))[0]))
+    sr = int(card["inference"]["sample_rate"])
+    if os.path.isdir(FLAGS.audio):
+        files = sorted(p for p in glob.glob(os.path.join(FLAGS.audio, "**", "*"), recursive=True)
+                       if p.lower().endswith(AUDIO_EXTENSIONS))
+    else:
+        files = [FLAGS.audio]
+    if FLAGS.server:
+        model_name = os.path.basename(os.path.dirname(version_dir.rstrip("/")))
+        client = (serving.GrpcClient(FLAGS.server, model_name) if FLAGS.server_protocol == "grpc"
+                  else serving.RestClient(FLAGS.server, model_name))
+
+        def probabilities(audio):
+            if FLAGS.server_protocol == "grpc":
+                return client.predict(audio[None])["probabilities"][0]
+            return client.predict([audio])[0]["probabilities"]
+    else:
+        import tensorflow as tf
+
+        loaded = tf.saved_model.load(version_dir)
+
+        def probabilities(audio):
+            return export.tag_probabilities(loaded, audio)
+
+    results, failures = {}, []
+    for path in tqdm(files, desc="tag", unit="file", disable=len(files) < 2):
+        try:
+            audio = features.load_audio(path, sr)
+        except (features.AudioDecodeError, FileNotFoundError, DecoderCrashedError) as e:
+            failures.append({"path": path, "error": type(e).__name__, "reason": str(e)})
+            logging.warning("skipped %s: %s", path, e)
+            continue
+        p = np.asarray(probabilities(audio), dtype=float)
+        results[path] = p
+        top = ", ".join(f"{t} {v:.2f}" for t, v in export.top_tags(tags, p, FLAGS.top_k))
+        print(f"{path}: {top}")
+    output = FLAGS.output or os.path.join(FLAGS.run_dir, "tags.json")
+    if output.endswith(".csv"):
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(["path"] + tags)
+        for path, p in results.items():
+            writer.writerow([path] + [f"{v:.6f}" for v in p])
+        write_bytes_atomic(output, buf.getvalue().encode())
+    else:
+        write_json_atomic(output, {
+            "model": version_dir, "tags": tags,
+            "files": {path: {"probabilities": dict(zip(tags, map(float, p))),
+                             "top": export.top_tags(tags, p, FLAGS.top_k)}
+                      for path, p in results.items()},
+            "failures": failures})
+    if failures:
+        failed = os.path.splitext(output)[0] + ".failures.jsonl"
+        write_bytes_atomic(failed, "".join(json.dumps(f) + "\n" for f in failures).encode())
+    print(f"tagged {len(results)}/{len(files)} files with {version_dir} -> {output}"
+          + (f"; {len(failures)} unreadable, see {failed}" if failures else ""))
+    return {"mode": "tag", "files": len(files), "tagged": len(results), "failed": len(failures),
+            "output": output, "model": version_dir}
+
+
 def run_train(configs) -> dict:
     from tftag import evaluate, train
     from tftag.data import load_dataset_info, write_bytes_atomic, write_json_atomic
@@ -314,7 +450,10 @@ def run_train(configs) -> dict:
             "best_valid_roc_auc": outcome["best_valid_roc_auc"],
             "best_epoch": outcome["best_epoch"], "epochs_done": outcome["epochs_done"],
             "best_checkpoint": outcome["best_weights"], "results": results,
-            "dataset_dir": dataset_dir, "export_path": None}
+            "dataset_dir": dataset_dir,
+            "export_path": _export(config, mc, patch, outcome["best_weights"], dataset_dir,
+                                   {"test_roc_auc": metrics.roc_auc, "test_pr_auc": metrics.pr_auc})
+            if FLAGS.export else None}
 
 
 def run_evaluate(configs) -> dict:
@@ -377,13 +516,24 @@ def run_sweep(configs) -> dict:
             tf.summary.image(os.path.basename(path)[:-4], image, step=0)
     writer.close()
     best = max(rows, key=lambda r: r["roc_auc_mean"])
+    export_path = None
+    if FLAGS.export:
+        # The best run of the best resolution, exported for serving.
+        run = max((r for r in results if r["resolution"] == best["resolution"]
+                   and r["model"] == best["model"]), key=lambda r: r["test_roc_auc"])
+        item = next(i for i in items if i.model_config.name == run["model"]
+                    and i.mel_config.name == run["resolution"] and i.seed == run["seed"])
+        weights = os.path.join(FLAGS.run_dir, "runs", item.key, "best.weights.h5")
+        export_path = _export(item.mel_config, item.model_config, item.patch_frames, weights,
+                              dataset_dir, {"test_roc_auc": run["test_roc_auc"],
+                                            "test_pr_auc": run["test_pr_auc"]})
     print(f"results: {os.path.join(FLAGS.run_dir, 'results.md')}; plots: {', '.join(plots)}; "
-          f"TensorBoard: .venv/bin/tensorboard --logdir {FLAGS.run_dir}")
+          f"TensorBoard: .venv/bin/tensorboard --logdir {FLAGS.run_dir}; exported: {export_path}")
     return {"mode": "sweep", "runs": len(results), "rows": len(rows),
             "results_csv": os.path.join(FLAGS.run_dir, "results.csv"),
             "results_table": os.path.join(FLAGS.run_dir, "results.md"), "plots": plots,
             "best": {k: best[k] for k in ("model", "resolution", "roc_auc_mean", "pr_auc_mean")},
-            "dataset_dir": dataset_dir, "export_path": None}
+            "dataset_dir": dataset_dir, "export_path": export_path}
 
 
 def run_tune(configs) -> dict:
@@ -413,7 +563,7 @@ def run_tune(configs) -> dict:
 
 MODE_FUNCTIONS = {"extract": run_extract, "describe": lambda configs: run_describe(),
                   "profile": run_profile, "train": run_train, "evaluate": run_evaluate,
-                  "sweep": run_sweep, "tune": run_tune}
+                  "sweep": run_sweep, "tune": run_tune, "export": run_export, "tag": run_tag}
 
 
 def main(argv):

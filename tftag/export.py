@@ -1,0 +1,343 @@
+"""SavedModel export laid out for TF Serving: mel, tf.Example and raw-waveform signatures.
+
+``export/<model_name>/<version>/`` (integer versions, the next free one by default) holds a
+SavedModel with three signatures, all returning ``probabilities`` (sigmoid of the logits,
+[batch, n_tags]), ``top_k_tags`` / ``top_k_probabilities`` ([batch, k]) and ``tags``
+([batch, n_tags], the tag list):
+
+- ``serving_default``: ``mel`` float32 [batch, n_frames, n_mels] at the model's resolution (a
+  whole cropped clip, as extraction stores it);
+- ``serving_example``: ``examples``, serialized ``tf.train.Example`` of :data:`tftag.data.FEATURE_SPEC`
+  (the stored hop-1 power mel of the model's (sr, n_mels));
+- ``serving_waveform``: ``audio`` float32 mono [batch, samples] at the model's sample rate; the
+  clip is centre-cropped / zero-padded like extraction and the mel is computed in-graph with
+  TensorFlow ops using Essentia's window and MelBands filterbank (the same arrays
+  :mod:`tftag.features` applies).
+
+A patch model scores the non-overlapping patches of the clip and averages them, as evaluation
+does. ``assets/tags.txt`` holds the tag list. Beside the SavedModel, ``essentia/`` holds a frozen
+GraphDef of the mel → probabilities function and a JSON model card in the layout of Essentia's
+published models, for ``essentia.standard.TensorflowPredict`` (whose TensorFlow 2.5 cannot load
+a TensorFlow 2.21 SavedModel). Export reloads the SavedModel and checks it against the Keras
+model before it is renamed into place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import tempfile
+from typing import Sequence
+
+import numpy as np
+import tensorflow as tf
+
+import tftag
+from tftag import data, evaluate, features
+from tftag.features import MelConfig
+from tftag.models import ModelConfig
+
+TOP_K = 5
+ESSENTIA_INPUT = "mel"
+ESSENTIA_OUTPUT = "probabilities"
+
+
+def waveform_to_mel(audio: tf.Tensor, config: MelConfig) -> tf.Tensor:
+    """In-graph twin of crop + :func:`tftag.features.melspectrogram`: [b, samples] -> [b, T, F].
+
+    Centre crop / zero pad to ``config.n_samples``, Essentia framing (512, hop 256, first frame
+    centred on sample 0), Essentia's symmetric Hann, |rfft|², Essentia's MelBands matrix,
+    decimation to the hop factor, compression.
+    """
+    n = config.n_samples
+    length = tf.shape(audio)[1]
+    short = tf.maximum(n - length, 0)
+    audio = tf.pad(audio, [[0, 0], [short // 2, short - short // 2]])
+    start = (tf.shape(audio)[1] - n) // 2
+    audio = tf.ensure_shape(audio[:, start:start + n], [None, n])  # [b, n]
+    n_frames = features.frame_count(n)
+    half = features.N_FFT // 2
+    after = (n_frames - 1) * features.BASE_HOP + features.N_FFT - half - n
+    padded = tf.pad(audio, [[0, 0], [half, after]])
+    frames = tf.signal.frame(padded, features.N_FFT, features.BASE_HOP)  # [b, N1, 512]
+    window = tf.constant(features.hann_window(features.N_FFT))
+    spectrum = tf.signal.rfft(frames * window, fft_length=[features.N_FFT])  # [b, N1, 257]
+    power = tf.math.real(spectrum) ** 2 + tf.math.imag(spectrum) ** 2
+    fb = tf.constant(features.mel_filterbank(config.sr, config.n_mels))  # [257, F]
+    mel = tf.einsum("btk,km->btm", power, fb)[:, :: config.hop_factor]  # [b, T, F]
+    return tf.ensure_shape(data.compress_tf(mel, config.compression), [None, *config.shape])
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportSpec:
+    """What a SavedModel serves: resolution, model, patching and tags."""
+
+    mel_config: MelConfig
+    model_config: ModelConfig
+    tags: tuple[str, ...]
+    patch_frames: int | None = None
+    mel_dtype: str = "float32"
+    metrics: dict | None = None
+
+    @property
+    def model_name(self) -> str:
+        """``<model>-<resolution>``, the TF Serving model name."""
+        return f"{self.model_config.name}-{self.mel_config.name}"
+
+
+class ServingModule(tf.Module):
+    """The exported object: a Keras model and its three signatures."""
+
+    def __init__(self, model, spec: ExportSpec, tags_file: str):
+        super().__init__()
+        self.model = model
+        self.spec = spec
+        self.tags_asset = tf.saved_model.Asset(tags_file)
+        self._tags = tf.constant(list(spec.tags))
+        c = spec.mel_config
+        self._n_frames, self._n_mels = c.n_frames, c.n_mels
+        self.serving_default = tf.function(
+            self._from_mel, input_signature=[tf.TensorSpec(None, tf.float32, name="mel")])
+        self.serving_example = tf.function(
+            self._from_examples, input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+        self.serving_waveform = tf.function(
+            self._from_waveform, input_signature=[tf.TensorSpec(None, tf.float32, name="audio")])
+        self.probabilities = tf.function(
+            self._probabilities,
+            input_signature=[tf.TensorSpec([None, c.n_frames, c.n_mels], tf.float32, name="mel")])
+
+    def _probabilities(self, mel):
+        return evaluate.patch_scores(self.model, mel, self.spec.patch_frames)
+
+    def _outputs(self, mel):
+        probabilities = self._probabilities(mel)  # [b, n_tags]
+        k = min(TOP_K, len(self.spec.tags))
+        top = tf.math.top_k(probabilities, k=k)
+        batch = tf.shape(probabilities)[0]
+        return {
+            "probabilities": probabilities,
+            "top_k_tags": tf.gather(self._tags, top.indices),
+            "top_k_probabilities": top.values,
+            "tags": tf.tile(self._tags[tf.newaxis], [batch, 1]),
+        }
+
+    @staticmethod
+    def _require(x, ok, message: Sequence, placeholder_shape: Sequence[int]):
+        """``x`` if ``ok`` holds; otherwise the call fails with ``message``.
+
+        The failing branch hands on a well-formed placeholder, so that no other op can fail on
+        the bad input first and hide the message.
+        """
+
+        def fail():
+            with tf.control_dependencies([tf.debugging.Assert(False, list(message))]):
+                return tf.zeros(placeholder_shape, x.dtype)
+
+        return tf.cond(ok, lambda: tf.identity(x), fail)
+
+    def _from_mel(self, mel):
+        c = self.spec.mel_config
+        shape = tf.shape(mel)
+        good_shape = tf.cond(tf.equal(tf.rank(mel), 3),
+                             lambda: tf.reduce_all(tf.equal(shape[1:], [c.n_frames, c.n_mels])),
+                             lambda: tf.constant(False))
+        one = [1, c.n_frames, c.n_mels]
+        mel = self._require(mel, good_shape, [
+            f"mel must be [batch, {c.n_frames}, {c.n_mels}] float32 ({c.name}); got shape", shape],
+            one)
+        mel = self._require(mel, tf.shape(mel)[0] > 0, ["mel: empty batch"], one)
+        mel = self._require(mel, tf.reduce_all(tf.math.is_finite(mel)), ["mel contains NaN or inf"],
+                            one)
+        return self._outputs(tf.ensure_shape(mel, [None, c.n_frames, c.n_mels]))
+
+    def _from_examples(self, examples):
+        c = self.spec.mel_config
+        examples = self._require(examples, tf.shape(examples)[0] > 0, ["examples: empty batch"],
+                                 [0])
+
+        def one(serialized):
+            parsed = data.parse_example(serialized, self.spec.mel_dtype)
+            mel = parsed["mel"]
+            checks = [tf.debugging.assert_equal(
+                tf.shape(mel), tf.constant([c.n_frames_hop1, c.n_mels]), message=(
+                    f"examples must hold the stored hop-1 mel [{c.n_frames_hop1}, {c.n_mels}] "
+                    f"of {c.base_name}"))]
+            with tf.control_dependencies(checks):
+                mel = tf.identity(mel)[:: c.hop_factor]
+            return data.compress_tf(mel, c.compression)
+
+        mel = tf.map_fn(one, examples, fn_output_signature=tf.TensorSpec([None, c.n_mels], tf.float32))
+        return self._outputs(tf.ensure_shape(mel, [None, c.n_frames, c.n_mels]))
+
+    def _from_waveform(self, audio):
+        c = self.spec.mel_config
+        audio = self._require(audio, tf.equal(tf.rank(audio), 2), [
+            f"audio must be [batch, samples] mono float32 at {c.sr} Hz; got shape", tf.shape(audio)],
+            [1, 1])
+        audio = tf.ensure_shape(audio, [None, None])
+        audio = self._require(audio, tf.shape(audio)[0] > 0, ["audio: empty batch"], [1, 1])
+        audio = self._require(audio, tf.shape(audio)[1] > 0, ["audio: no samples"], [1, 1])
+        audio = self._require(audio, tf.reduce_all(tf.math.is_finite(audio)),
+                              ["audio contains NaN or inf"], [1, 1])
+        return self._outputs(waveform_to_mel(tf.ensure_shape(audio, [None, None]), c))
+
+
+def next_version(base_dir: str) -> int:
+    """1 + the largest integer version directory in ``base_dir`` (1 if none)."""
+    versions = [int(d) for d in os.listdir(base_dir) if d.isdigit()] if os.path.isdir(base_dir) else []
+    return max(versions, default=0) + 1
+
+
+def model_card(spec: ExportSpec, version: int) -> dict:
+    """The JSON model card of the frozen graph, in the layout of Essentia's published models."""
+    c = spec.mel_config
+    return {
+        "name": spec.model_name,
+        "type": "Music auto-tagging",
+        "link": "",
+        "version": str(version),
+        "description": f"{spec.model_config.name} trained by tftag {tftag.__version__} at {c.name}",
+        "author": "tftag",
+        "email": "",
+        "release_date": "",
+        "framework": "tensorflow",
+        "framework_version": tf.__version__,
+        "classes": list(spec.tags),
+        "model_types": ["frozen_model"],
+        "dataset": {"name": "", "size": None, "metrics": spec.metrics or {}},
+        "schema": {
+            "inputs": [{"name": ESSENTIA_INPUT, "type": "float",
+                        "shape": ["batch_size", c.n_frames, c.n_mels]}],
+            "outputs": [{"name": ESSENTIA_OUTPUT, "type": "float", "op": "Sigmoid",
+                         "shape": ["batch_size", len(spec.tags)], "output_purpose": "predictions"}],
+        },
+        "inference": {
+            "sample_rate": c.sr,
+            "algorithm": "TensorflowPredict",
+            "mel": dict(dataclasses.asdict(c), name=c.name, n_fft=c.n_fft, hop_length=c.hop_length,
+                        n_frames=c.n_frames, chain="tftag.features.melspectrogram (Essentia)"),
+            "patch_frames": spec.patch_frames,
+            "essentia_usage": (
+                "TensorflowPredict(graphFilename=..., inputs=['mel'], outputs=['probabilities']) "
+                "on a Pool holding 'mel' as a [batch, 1, n_frames, n_mels] tensor"),
+        },
+    }
+
+
+def _freeze(module: ServingModule, path: str) -> None:
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    concrete = module.probabilities.get_concrete_function()
+    frozen = convert_variables_to_constants_v2(concrete)
+    graph_def = frozen.graph.as_graph_def()
+    # Name the input and output nodes as the model card says.
+    input_name = frozen.inputs[0].op.name
+    output_name = frozen.outputs[0].op.name
+    for node in graph_def.node:
+        if node.name == input_name:
+            node.name = ESSENTIA_INPUT
+        for i, inp in enumerate(node.input):
+            if inp == input_name or inp.startswith(input_name + ":"):
+                node.input[i] = inp.replace(input_name, ESSENTIA_INPUT, 1)
+    identity = graph_def.node.add()
+    identity.name = ESSENTIA_OUTPUT
+    identity.op = "Identity"
+    identity.input.append(output_name)
+    identity.attr["T"].type = tf.float32.as_datatype_enum
+    with open(path, "wb") as f:
+        f.write(graph_def.SerializeToString())
+
+
+def export(model, spec: ExportSpec, export_root: str = "export", version: int | None = None,
+           check_audio: np.ndarray | None = None) -> str:
+    """Writes ``<export_root>/<model_name>/<version>/`` atomically and checks the reload.
+
+    Args:
+      model: the trained Keras model (logits out), at ``spec.patch_frames`` input frames or the
+        whole clip.
+      spec: resolution, model config, tags, patching.
+      export_root: the folder TF Serving's model base paths live in.
+      version: integer version (default: the next free one).
+      check_audio: optional mono audio [samples] for the waveform-vs-mel reload check.
+
+    Returns:
+      The version directory.
+
+    Raises:
+      RuntimeError: the reloaded SavedModel disagrees with the Keras model.
+    """
+    base = os.path.join(export_root, spec.model_name)
+    os.makedirs(base, exist_ok=True)
+    version = version or next_version(base)
+    final = os.path.join(base, str(version))
+    if os.path.exists(final):
+        raise FileExistsError(f"{final} exists; versions are immutable (omit --export_version to "
+                              "take the next free one)")
+    tmp = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=base)
+    try:
+        tags_file = os.path.join(tmp, "tags.txt")
+        with open(tags_file, "w", encoding="utf-8") as f:
+            f.write("\n".join(spec.tags) + "\n")
+        module = ServingModule(model, spec, tags_file)
+        saved = os.path.join(tmp, "model")
+        tf.saved_model.save(module, saved, signatures={
+            "serving_default": module.serving_default,
+            "serving_example": module.serving_example.get_concrete_function(),
+            "serving_waveform": module.serving_waveform.get_concrete_function(),
+        })
+        os.makedirs(os.path.join(saved, "essentia"), exist_ok=True)
+        _freeze(module, os.path.join(saved, "essentia", f"{spec.model_name}.pb"))
+        data.write_json_atomic(os.path.join(saved, "essentia", f"{spec.model_name}.json"),
+                               model_card(spec, version))
+        check_reload(model, spec, saved, check_audio)
+        os.remove(tags_file)
+        os.rename(saved, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def check_reload(model, spec: ExportSpec, path: str, audio: np.ndarray | None = None,
+                 atol: float = 1e-5) -> dict:
+    """Reloads a SavedModel and compares its signatures with the Keras model.
+
+    Returns:
+      {"mel_max_abs_diff", "waveform_max_abs_diff" (if audio)}.
+    """
+    c = spec.mel_config
+    loaded = tf.saved_model.load(path)
+    rng = np.random.default_rng(0)
+    if audio is None:
+        audio = (0.1 * rng.standard_normal(c.n_samples)).astype(np.float32)
+    mel = features.melspectrogram(features.crop(audio, c.sr, c.duration).audio, c)[None]
+    expected = evaluate.patch_scores(model, tf.constant(mel), spec.patch_frames).numpy()
+    got = loaded.signatures["serving_default"](mel=tf.constant(mel))["probabilities"].numpy()
+    report = {"mel_max_abs_diff": float(np.abs(got - expected).max())}
+    if report["mel_max_abs_diff"] > atol:
+        raise RuntimeError(f"{path}: serving_default differs from the Keras model by "
+                           f"{report['mel_max_abs_diff']:.2e} > {atol}")
+    wave = loaded.signatures["serving_waveform"](audio=tf.constant(audio[None]))["probabilities"]
+    report["waveform_max_abs_diff"] = float(np.abs(wave.numpy() - expected).max())
+    if report["waveform_max_abs_diff"] > 1e-3:
+        raise RuntimeError(f"{path}: serving_waveform differs from the mel path by "
+                           f"{report['waveform_max_abs_diff']:.2e} > 1e-3")
+    return report
+
+
+def load_tags(version_dir: str) -> list[str]:
+    """The tag list asset of an exported version."""
+    with open(os.path.join(version_dir, "assets", "tags.txt"), encoding="utf-8") as f:
+        return [line.strip() for line in f if line.strip()]
+
+
+def tag_probabilities(loaded, audio: np.ndarray) -> np.ndarray:
+    """Probabilities [n_tags] of one mono clip through ``serving_waveform``."""
+    out = loaded.signatures["serving_waveform"](audio=tf.constant(audio[None], tf.float32))
+    return out["probabilities"].numpy()[0]
+
+
+def top_tags(tags: Sequence[str], probabilities: np.ndarray, k: int = TOP_K) -> list[tuple[str, float]]:
+    """The k most probable tags with their probabilities."""
+    order = np.argsort(-probabilities)[:k]
+    return [(tags[i], float(probabilities[i])) for i in order]
