@@ -219,3 +219,22 @@ def test_tag_mode_on_a_folder_with_a_corrupt_file(exported, rendered, tmp_path):
                                         features.load_audio(rendered[0], 16000))
     np.testing.assert_allclose([first["probabilities"][t] for t in TAGS], expected, atol=1e-6)
     assert ROOT
+
+
+def test_tag_mode_through_a_server(exported, rendered, tmp_path):
+    _, path, _, spec = exported
+    server = serving.LocalServer(path, spec.model_name)
+    try:
+        port = server.start_grpc()
+        out = tmp_path / "tags.csv"
+        proc = run_module("tftag.main", "--mode=tag", f"--run_dir={tmp_path / 'run'}",
+                          f"--model_dir={path}", f"--audio={rendered[0]}", f"--output={out}",
+                          f"--server=127.0.0.1:{port}")
+        header, row = out.read_text().splitlines()
+        assert header == "path," + ",".join(TAGS)
+        expected = export.tag_probabilities(tf.saved_model.load(path),
+                                            features.load_audio(rendered[0], 16000))
+        np.testing.assert_allclose([float(v) for v in row.split(",")[1:]], expected, atol=1e-5)
+        assert "tagged 1/1 files" in proc.stdout
+    finally:
+        server.stop()
