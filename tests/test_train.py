@@ -97,11 +97,13 @@ def test_main_train_and_evaluate(tiny_dataset, tmp_path):
     run_dir = tmp_path / "run"
     args = [f"--dataset_dir={tiny_dataset}", f"--run_dir={run_dir}", "--resolutions=sr16000-mel16-hop2-log",
             "--duration=3", "--model=vgg", "--width=0.05", "--batch_size=8", "--epochs=2",
-            "--patch_seconds=1"]
+            "--patch_seconds=1", f"--export_dir={tmp_path / 'export'}"]
     proc = run_module("tftag.main", "--mode=train", *args)
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["epochs_done"] == 2 and summary["best_checkpoint"].endswith("best.weights.h5")
-    assert "export_path" in summary and os.path.exists(summary["results"])
+    assert os.path.exists(summary["results"])
+    assert summary["export_path"] == str(tmp_path / "export" / "vgg-sr16000-mel16-hop2-log" / "1")
+    assert os.path.exists(os.path.join(summary["export_path"], "saved_model.pb"))
     assert "macro (" in proc.stdout
     ev = run_module("tftag.main", "--mode=evaluate", *args, "--split=valid")
     evaluation = json.loads((run_dir / "evaluation_valid.json").read_text())
@@ -129,7 +131,8 @@ def test_sweep_resume_after_kill(tiny_dataset, tmp_path):
     run_dir = tmp_path / "sweep"
     args = ["tftag.main", "--mode=sweep", f"--dataset_dir={tiny_dataset}", f"--run_dir={run_dir}",
             "--sr=16000", "--n_mels=16", "--hop_factors=2", "--compressions=log", "--duration=3",
-            "--model=vgg", "--width=0.05", "--repeats=2", "--batch_size=8", "--epochs=1"]
+            "--model=vgg", "--width=0.05", "--repeats=2", "--batch_size=8", "--epochs=1",
+            f"--export_dir={tmp_path / 'export'}"]
     proc = subprocess.Popen([sys.executable, "-m", *args], cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     results = lambda: sorted(run_dir.glob("runs/*/result.json"))  # noqa: E731
@@ -150,6 +153,9 @@ def test_sweep_resume_after_kill(tiny_dataset, tmp_path):
     assert "| vgg (paper, w0.05) | sr16000-mel16-hop2-log | 2 |" in md
     assert (run_dir / "roc_vs_gmacs.png").read_bytes()[:4] == b"\x89PNG"
     assert (run_dir / "roc_vs_storage.png").exists()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["export_path"].startswith(str(tmp_path / "export" / "vgg-sr16000-mel16-hop2-log"))
+    assert summary["best_checkpoint"].endswith("best.weights.h5")
 
 
 def test_summarize_t_test_against_full_resolution():

@@ -516,24 +516,25 @@ def run_sweep(configs) -> dict:
             tf.summary.image(os.path.basename(path)[:-4], image, step=0)
     writer.close()
     best = max(rows, key=lambda r: r["roc_auc_mean"])
+    # The best run of the best resolution: its checkpoint, exported for serving.
+    run = max((r for r in results if r["resolution"] == best["resolution"]
+               and r["model"] == best["model"]), key=lambda r: r["test_roc_auc"])
+    item = next(i for i in items if i.model_config.name == run["model"]
+                and i.mel_config.name == run["resolution"] and i.seed == run["seed"])
+    best_checkpoint = os.path.join(FLAGS.run_dir, "runs", item.key, "best.weights.h5")
     export_path = None
     if FLAGS.export:
-        # The best run of the best resolution, exported for serving.
-        run = max((r for r in results if r["resolution"] == best["resolution"]
-                   and r["model"] == best["model"]), key=lambda r: r["test_roc_auc"])
-        item = next(i for i in items if i.model_config.name == run["model"]
-                    and i.mel_config.name == run["resolution"] and i.seed == run["seed"])
-        weights = os.path.join(FLAGS.run_dir, "runs", item.key, "best.weights.h5")
-        export_path = _export(item.mel_config, item.model_config, item.patch_frames, weights,
-                              dataset_dir, {"test_roc_auc": run["test_roc_auc"],
-                                            "test_pr_auc": run["test_pr_auc"]})
+        export_path = _export(item.mel_config, item.model_config, item.patch_frames,
+                              best_checkpoint, dataset_dir,
+                              {"test_roc_auc": run["test_roc_auc"], "test_pr_auc": run["test_pr_auc"]})
     print(f"results: {os.path.join(FLAGS.run_dir, 'results.md')}; plots: {', '.join(plots)}; "
           f"TensorBoard: .venv/bin/tensorboard --logdir {FLAGS.run_dir}; exported: {export_path}")
     return {"mode": "sweep", "runs": len(results), "rows": len(rows),
             "results_csv": os.path.join(FLAGS.run_dir, "results.csv"),
             "results_table": os.path.join(FLAGS.run_dir, "results.md"), "plots": plots,
             "best": {k: best[k] for k in ("model", "resolution", "roc_auc_mean", "pr_auc_mean")},
-            "dataset_dir": dataset_dir, "export_path": export_path}
+            "dataset_dir": dataset_dir, "best_checkpoint": best_checkpoint,
+            "export_path": export_path}
 
 
 def run_tune(configs) -> dict:
