@@ -17,10 +17,11 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-import time
 
 import numpy as np
 from absl import app, flags
+
+from benchmarks.common import best_of
 
 from tftag import features
 from tftag.features import MelConfig
@@ -42,13 +43,6 @@ def _clips(tmp: str) -> list[str]:
     return [c.path for c in corpus.clips]
 
 
-def _best(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def main(argv):
@@ -83,13 +77,13 @@ def main(argv):
                 audio = features.crop(features.load_audio(path, sr), sr).audio
                 features.melspectrogram(audio, config)
 
-        t_shared = _best(shared, FLAGS.repeats)
-        t_shared_mat = _best(lambda: shared(materialise=True), FLAGS.repeats)
-        t_naive = _best(naive, FLAGS.repeats)
+        t_shared = best_of(shared, FLAGS.repeats)
+        t_shared_mat = best_of(lambda: shared(materialise=True), FLAGS.repeats)
+        t_naive = best_of(naive, FLAGS.repeats)
         per_sr = {}
         for sr in by_sr:
-            t_a = _best(lambda: shared((sr,)), FLAGS.repeats)
-            t_c = _best(lambda: single(sr), FLAGS.repeats)
+            t_a = best_of(lambda: shared((sr,)), FLAGS.repeats)
+            t_c = best_of(lambda: single(sr), FLAGS.repeats)
             per_sr[str(sr)] = {"shared_s_per_clip": round(t_a / n, 4),
                                "single_s_per_clip": round(t_c / n, 4),
                                "shared_over_single": round(t_a / t_c, 3)}

@@ -21,6 +21,8 @@ import time
 import numpy as np
 from absl import app, flags
 
+from benchmarks.common import best_of
+
 flags.DEFINE_string("model_dir", None, "Exported model (<export_dir>/<model_name>[/<version>]); "
                     "default: export an untrained width-1/8 VGG-CNN at 16 kHz, 96 bands, hop 1.")
 flags.DEFINE_integer("num_tracks", 8, "Rendered 30-s tracks to tag.", lower_bound=1)
@@ -28,13 +30,6 @@ flags.DEFINE_integer("repeats", 2, "Timing repetitions (best of).", lower_bound=
 FLAGS = flags.FLAGS
 
 
-def _best(fn, repeats):
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def main(argv):
@@ -59,7 +54,8 @@ def main(argv):
             model = build(ModelConfig("vgg", width=0.125), mel, 28)
             version_dir = export.export(model, export.ExportSpec(
                 mel, ModelConfig("vgg", width=0.125), synthetic.TAGS), os.path.join(tmp, "export"))
-        card = json.load(open(glob.glob(os.path.join(version_dir, "essentia", "*.json"))[0]))
+        with open(glob.glob(os.path.join(version_dir, "essentia", "*.json"))[0]) as f:
+            card = json.load(f)
         c = card["inference"]["mel"]
         config = MelConfig(c["sr"], c["n_mels"], c["hop_factor"], c["compression"], c["duration"])
         loaded = tf.saved_model.load(version_dir)
@@ -93,11 +89,11 @@ def main(argv):
         result = {
             "benchmark": "tagging", "tracks": n, "track_seconds": 30.0, "model": version_dir,
             "resolution": config.name,
-            "decode_s_per_track": round(_best(decode, FLAGS.repeats) / n, 4),
-            "waveform_single_s_per_track": round(_best(waveform_single, FLAGS.repeats) / n, 4),
-            "waveform_batched_s_per_track": round(_best(waveform_batched, FLAGS.repeats) / n, 4),
-            "essentia_mel_single_s_per_track": round(_best(mel_single, FLAGS.repeats) / n, 4),
-            "essentia_mel_batched_s_per_track": round(_best(mel_batched, FLAGS.repeats) / n, 4),
+            "decode_s_per_track": round(best_of(decode, FLAGS.repeats) / n, 4),
+            "waveform_single_s_per_track": round(best_of(waveform_single, FLAGS.repeats) / n, 4),
+            "waveform_batched_s_per_track": round(best_of(waveform_batched, FLAGS.repeats) / n, 4),
+            "essentia_mel_single_s_per_track": round(best_of(mel_single, FLAGS.repeats) / n, 4),
+            "essentia_mel_batched_s_per_track": round(best_of(mel_batched, FLAGS.repeats) / n, 4),
         }
         result["waveform_over_essentia_mel_single"] = round(
             result["waveform_single_s_per_track"] / result["essentia_mel_single_s_per_track"], 3)

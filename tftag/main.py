@@ -368,7 +368,8 @@ def run_tag(configs) -> dict:
         raise app.UsageError(f"--audio={FLAGS.audio!r}: no such file or folder")
     version_dir = _model_version_dir(FLAGS.model_dir)
     tags = export.load_tags(version_dir)
-    card = json.load(open(glob.glob(os.path.join(version_dir, "essentia", "*.json"))[0]))
+    with open(glob.glob(os.path.join(version_dir, "essentia", "*.json"))[0], encoding="utf-8") as f:
+        card = json.load(f)
     sr = int(card["inference"]["sample_rate"])
     if os.path.isdir(FLAGS.audio):
         files = sorted(p for p in glob.glob(os.path.join(FLAGS.audio, "**", "*"), recursive=True)

@@ -160,7 +160,10 @@ def train(
         checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
         logging.info("resumed %s at epoch %d", manager.latest_checkpoint, int(state["epoch"]))
     history_path = os.path.join(run_dir, "history.json")
-    history = json.load(open(history_path)) if os.path.exists(history_path) else []
+    history = []
+    if os.path.exists(history_path):
+        with open(history_path, encoding="utf-8") as f:
+            history = json.load(f)
     history = [h for h in history if h["epoch"] < int(state["epoch"])]
     best_path = os.path.join(run_dir, "best.weights.h5")
 
