@@ -15,7 +15,9 @@ import pytest
 import soundfile as sf
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED = os.path.join(os.path.dirname(ROOT), "shared")
+# The project's shared notes and fixtures live beside the checkout (CI puts a copy there too);
+# TFTAG_SHARED points elsewhere.
+SHARED = os.environ.get("TFTAG_SHARED", os.path.join(os.path.dirname(ROOT), "shared"))
 
 
 def tone_mix(seconds: float, sr: int, seed: int = 0, channels: int = 1) -> np.ndarray:
