@@ -25,6 +25,7 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 from typing import Any
 
 _HEADER = struct.Struct("<Q")
@@ -57,8 +58,6 @@ def in_process_safe() -> bool:
 
 
 def _read_exact(fd: int, n: int, deadline: float | None) -> bytes:
-    import time
-
     chunks, got = [], 0
     while got < n:
         if deadline is not None:
@@ -120,8 +119,6 @@ class EssentiaWorker:
           DecoderCrashedError: the child died or timed out (a new one starts on the next call).
           Exception: whatever the operation raised in the child, re-raised here.
         """
-        import time
-
         with self._lock:
             if self._proc is None or self._proc.poll() is not None:
                 self._proc = self._start()

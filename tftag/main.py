@@ -209,7 +209,6 @@ def model_config():
 
 def run_profile(configs) -> dict:
     import csv
-    import io
 
     import keras
 
