@@ -25,7 +25,7 @@ flags.DEFINE_string("dataset_dir", None, "An extracted dataset (default: make a 
 flags.DEFINE_string("resolution", "sr16000-mel96-hop1-log", "Resolution to read and train on.")
 flags.DEFINE_float("width", 0.125, "VGG-CNN width of the model timed.")
 flags.DEFINE_integer("batch_size", 16, "Batch size.")
-flags.DEFINE_integer("patch_frames", 0, "Patch frames (0 = whole clips).")
+flags.DEFINE_float("patch_seconds", 0.0, "Patch seconds (0 = whole clips).")
 flags.DEFINE_integer("batches", 30, "Batches timed for each side.")
 FLAGS = flags.FLAGS
 
@@ -52,7 +52,8 @@ def main(argv):
         dataset_dir = FLAGS.dataset_dir or _make_dataset(tmp)
         info = data.load_dataset_info(dataset_dir)
         config = MelConfig.from_name(FLAGS.resolution, info.duration)
-        patch = FLAGS.patch_frames or None
+        model_config = ModelConfig("vgg", width=FLAGS.width, patch_seconds=FLAGS.patch_seconds or None)
+        patch = model_config.patch_frames(config)
         ds = data.make_dataset(dataset_dir, config, "train", FLAGS.batch_size, patch,
                                shuffle_buffer=256, seed=0, repeat=True, drop_remainder=True)
         it = iter(ds)
@@ -63,7 +64,7 @@ def main(argv):
             mel, labels = next(it)
         pipeline_eps = FLAGS.batches * FLAGS.batch_size / (time.perf_counter() - start)
 
-        model = build(ModelConfig("vgg", width=FLAGS.width, patch_frames=patch), config, info.n_tags)
+        model = build(model_config, config, info.n_tags)
         optimizer = keras.optimizers.Adam(1e-3)
 
         @tf.function

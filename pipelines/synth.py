@@ -13,7 +13,7 @@ import time
 
 from absl import app, flags, logging
 
-from tftag import datacard
+from tftag import cli, datacard
 from tftag.datasets import synthetic
 
 FLAGS = flags.FLAGS
@@ -49,8 +49,7 @@ def render_from_flags(output_dir: str):
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    del argv
     if FLAGS.mode == "render":
         try:
             catalog = render_from_flags(FLAGS.output_dir)
@@ -65,4 +64,4 @@ def main(argv):
 if __name__ == "__main__":
     define_flags()
     flags.mark_flag_as_required("output_dir")
-    app.run(main)
+    cli.run(main)

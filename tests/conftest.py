@@ -15,9 +15,8 @@ import pytest
 import soundfile as sf
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# The project's shared notes and fixtures live beside the checkout (CI puts a copy there too);
-# TFTAG_SHARED points elsewhere.
-SHARED = os.environ.get("TFTAG_SHARED", os.path.join(os.path.dirname(ROOT), "shared"))
+# Fixture files checked into the repository (each directory's README says where they come from).
+FIXTURES = os.path.join(ROOT, "tests", "fixtures")
 
 
 def tone_mix(seconds: float, sr: int, seed: int = 0, channels: int = 1) -> np.ndarray:
@@ -98,7 +97,7 @@ BAD_CLIPS = {
     "empty.wav": "empty file",
     "text.mp3": "Essentia could not decode",
     "random.flac": "Essentia could not decode",
-    "truncated.wav": "",
+    "truncated.wav": "Essentia could not decode",  # 40 bytes: not even a whole header
     "silent.wav": "silent",
     "tiny.wav": "too short",
     "missing.wav": "no such audio file",

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from tftag import datacard, datasets
-from tftag.datasets import csv_catalog, msd, mtat, synthetic
+from tftag.datasets import csv_catalog, mtat, synthetic
 
 from conftest import run_module, write_clip
 
@@ -57,7 +57,7 @@ def test_corpus_files(corpus):
         audio, _ = sf.read(clip.path)
         assert np.abs(audio).max() > 1e-3  # real sound, not silence
         assert 4 <= len(clip.tags) <= 12
-    assert catalog.tags == synthetic.TAGS and 20 <= len(synthetic.TAGS) <= 40
+    assert catalog.tags == synthetic.TAGS
     with open(d / "catalog.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert rows[0]["path"] == "audio/0/synth000000.wav"
@@ -144,6 +144,7 @@ def test_synth_pipeline_and_data_card(tmp_path):
     assert (out / "tag_frequencies.png").read_bytes()[:4] == b"\x89PNG"
     assert "catalog synthetic: 5 clips, train 5" in proc.stdout
     described = run_module("pipelines.synth", "--mode=describe", f"--output_dir={out}")
+    assert "catalog synthetic: 5 clips, train 5" in described.stdout
     assert "labels per clip" in described.stdout
 
 
@@ -223,7 +224,7 @@ def test_extract_mtat_records_catalogue_skips(tmp_path):
     failures = [json.loads(line) for line in (out / "failures.jsonl").read_text().splitlines()]
     assert [(f["clip_id"], f["stage"]) for f in failures] == [("20", "catalog"), ("35644", "catalog")]
     assert "0 failed and 2 skipped by the catalogue" in proc.stdout
-    assert (out / "tag_frequencies.png").exists()
+    assert (out / "tag_frequencies.png").read_bytes()[:4] == b"\x89PNG"
 
 
 # ----------------------------------------------------------------------------- CSV and MSD
@@ -299,4 +300,3 @@ def test_format_card():
     text = datacard.format_card(card)
     assert text.splitlines()[0] == "catalog t: 2 clips, test 1, train 1"
     assert csv_catalog.build_tag_list(cat.clips, 1) == ("x", "y")
-    assert msd.PAPER_SPLIT_COUNTS["train"] == 201680

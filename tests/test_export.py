@@ -16,7 +16,7 @@ from tftag.datasets import synthetic
 from tftag.features import MelConfig
 from tftag.models import ModelConfig, build
 
-from conftest import ROOT, run_module
+from conftest import run_module
 
 TAGS = ("piano", "drums", "bass", "fast", "slow")
 
@@ -31,7 +31,15 @@ def rendered(tmp_path_factory):
 
 def _model(mel, patch=None, width=0.05):
     tf.keras.utils.set_random_seed(0)
-    return build(ModelConfig("vgg", width=width, patch_frames=patch), mel, len(TAGS))
+    return build(_config(mel, patch, width), mel, len(TAGS))
+
+
+def _config(mel, patch=None, width=0.05):
+    """VGG of ``width`` whose patches are ``patch`` frames at ``mel`` (None: whole clips)."""
+    seconds = None if patch is None else (patch + 0.5) * mel.hop_length / mel.sr
+    config = ModelConfig("vgg", width=width, patch_seconds=seconds)
+    assert config.patch_frames(mel) == patch
+    return config
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +97,8 @@ def test_in_graph_mel_equals_essentia_mel(rendered, name):
 def test_patch_model_averages_patches(tmp_path, rendered):
     mel = MelConfig(16000, 32, 1, "log", 5.0)
     model = _model(mel, patch=64)
-    spec = export.ExportSpec(mel, ModelConfig("vgg", width=0.05), TAGS, patch_frames=64)
+    spec = export.ExportSpec(mel, _config(mel, 64), TAGS)
+    assert spec.patch_frames == 64
     path = export.export(model, spec, str(tmp_path))
     audio = features.load_audio(rendered[0], 16000)
     x = features.melspectrogram(features.crop(audio, 16000, 5.0).audio, mel)[None]
@@ -208,8 +217,11 @@ def test_tag_mode_on_a_folder_with_a_corrupt_file(exported, rendered, tmp_path):
         os.symlink(p, folder / os.path.basename(p))
     (folder / "corrupt.wav").write_text("not audio")
     out = tmp_path / "tags.json"
-    proc = run_module("tftag.main", "--mode=tag", f"--run_dir={tmp_path / 'run'}",
-                      f"--model_dir={os.path.dirname(path)}", f"--audio={folder}", f"--output={out}")
+    # The README's command: no --run_dir needed.
+    proc = run_module("tftag.main", "--mode=tag", f"--model_dir={os.path.dirname(path)}",
+                      f"--audio={folder}", f"--output={out}")
+    # Without --run_dir, tag mode writes its --output and the failures beside it, nothing else.
+    assert sorted(os.listdir(tmp_path)) == ["music", "tags.failures.jsonl", "tags.json"]
     result = json.loads(out.read_text())
     assert len(result["files"]) == 2 and result["tags"] == list(TAGS)
     assert [os.path.basename(f["path"]) for f in result["failures"]] == ["corrupt.wav"]
@@ -218,7 +230,6 @@ def test_tag_mode_on_a_folder_with_a_corrupt_file(exported, rendered, tmp_path):
     expected = export.tag_probabilities(tf.saved_model.load(result["model"]),
                                         features.load_audio(rendered[0], 16000))
     np.testing.assert_allclose([first["probabilities"][t] for t in TAGS], expected, atol=1e-6)
-    assert ROOT
 
 
 def test_tag_mode_through_a_server(exported, rendered, tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import json
+import os
 
 from conftest import run_module
 
@@ -21,8 +22,13 @@ def test_extract_mode_on_the_built_in_corpus(tmp_path):
     assert "--num_clips=4" in (run_dir / "flags.txt").read_text()
     assert glob.glob(str(run_dir / "tb" / "data" / "events.out.tfevents.*"))
     assert "extracted 4/4 clips" in proc.stdout
+    shards = sorted(glob.glob(str(run_dir / "dataset" / "*" / "*.tfrecord")))
+    assert len(shards) == 2  # 4 clips, 2 per shard, one base mel
+    written = [(os.path.getmtime(p), open(p, "rb").read()) for p in shards]
     again = run_module("tftag.main", f"--flagfile={run_dir / 'flags.txt'}")
-    assert "extracted 4/4 clips" in again.stdout  # complete already: nothing redone
+    assert "extracted 4/4 clips" in again.stdout
+    # complete already: nothing redone
+    assert [(os.path.getmtime(p), open(p, "rb").read()) for p in shards] == written
 
 
 def test_flag_errors(tmp_path):
@@ -49,7 +55,7 @@ def test_profile_mode(tmp_path):
         assert abs(r["gmacs_profiler"] - r["gmacs_analytic"]) <= 0.01 * r["gmacs_analytic"] + 1e-4
         assert r["latency_ms_b1"] > 0 and r["latency_ms_b4"] > 0 and r["params"] > 0
     assert rows["sr12000-mel96-hop1"]["n_frames"] == 1366
-    # hop ×10 costs about a tenth (paper-notes §4: 10.01 vs 0.98 GMAC at width 1)
+    # hop ×10 costs about a tenth (the paper's VGG-CNN: 10.01 vs 0.98 GMAC at width 1)
     ratio = rows["sr12000-mel96-hop10"]["gmacs_analytic"] / rows["sr12000-mel96-hop1"]["gmacs_analytic"]
     assert 0.08 < ratio < 0.12
     csv_lines = (run_dir / "profile.csv").read_text().splitlines()

@@ -13,9 +13,11 @@ from tftag.features import MelConfig
 from tftag.models import ModelConfig, build, musicnn, names, pretrained
 from tftag.models.vgg import vgg_pools
 
-from conftest import SHARED
+from conftest import FIXTURES
 
-# paper-notes §4, paper Table III: frequency pools per band count (any hop / sr) ...
+MUSICNN_FIXTURE = os.path.join(FIXTURES, "musicnn")  # provenance: its README.md
+
+# Paper Table III: frequency pools per band count (any hop / sr) ...
 TABLE_III_FREQ = {128: (2, 4, 4, 4), 96: (2, 4, 3, 4), 48: (2, 4, 3, 2), 32: (2, 2, 3, 2),
                   24: (2, 2, 3, 2), 16: (2, 2, 2, 2), 8: (2, 2, 2, 1)}
 # ... and time pools per (sr, hop factor) (any band count).
@@ -25,7 +27,7 @@ TABLE_III_TIME = {
     16000: {1: (4, 5, 9, 10), 2: (4, 5, 9, 5), 3: (4, 5, 9, 3), 4: (4, 5, 9, 2), 5: (4, 5, 9, 2),
             10: (4, 5, 9, 1)},
 }
-# paper-notes §4: GMAC per example, width 1, Table III pools.
+# The paper's GMAC per example (VGG-CNN, width 1, Table III pools).
 PAPER_GMACS = {
     (12000, 1): {128: 13.20, 96: 10.01, 48: 5.01, 32: 4.13, 24: 3.16, 16: 2.18, 8: 1.09},
     (12000, 2): {128: 6.58, 96: 4.99, 48: 2.50, 32: 2.06, 24: 1.58, 16: 1.09, 8: 0.54},
@@ -86,46 +88,76 @@ def test_pool_rule_is_valid_everywhere():
 @pytest.mark.parametrize("key", sorted(PAPER_GMACS), ids=lambda k: f"sr{k[0]}-hop{k[1]}")
 def test_analytic_macs_equal_paper(key):
     sr, k = key
-    for n_mels, expected in PAPER_GMACS[key].items():
-        model = build(ModelConfig("vgg"), MelConfig(sr, n_mels, k, "db"), 50)
-        got = profile.analytic_macs(model) / 1e9
-        assert got == pytest.approx(expected, rel=0.01, abs=0.006), (n_mels, got)
-        keras.backend.clear_session()
+    try:
+        for n_mels, expected in PAPER_GMACS[key].items():
+            model = build(ModelConfig("vgg"), MelConfig(sr, n_mels, k, "db"), 50)
+            got = profile.analytic_macs(model) / 1e9
+            assert got == pytest.approx(expected, rel=0.01, abs=0.006), (n_mels, got)
+    finally:
+        keras.backend.clear_session()  # once for the 7 width-1 models (~70 MB of weights each)
 
 
 @pytest.mark.parametrize("model_config, mel", [
     (ModelConfig("vgg"), MelConfig(12000, 96, 1, "db")),
     (ModelConfig("vgg", width=0.25), MelConfig(16000, 8, 10, "log")),
     (ModelConfig("musicnn"), MelConfig(16000, 48, 2, "log")),
-    (ModelConfig("musicnn", preset="musicnn_mtt", patch_frames=187), MelConfig(16000, 96, 1, "log")),
-    (ModelConfig("musicnn_vgg", patch_frames=187), MelConfig(16000, 96, 1, "log")),
+    (ModelConfig("musicnn", preset="musicnn_mtt", patch_seconds=3.0), MelConfig(16000, 96, 1, "log")),
+    (ModelConfig("musicnn_vgg", patch_seconds=3.0), MelConfig(16000, 96, 1, "log")),
 ], ids=lambda x: getattr(x, "name", None))
 def test_profiler_gmacs_equal_analytic(model_config, mel):
     model = build(model_config, mel, 50)
-    assert profile.gmacs(model) == pytest.approx(profile.analytic_macs(model) / 1e9, rel=0.01)
+    gmacs = profile.gmacs(model)  # the TF profiler: slow, run once
+    assert gmacs == pytest.approx(profile.analytic_macs(model) / 1e9, rel=0.01)
     if model_config.name == "vgg" and model_config.width == 1:
-        assert profile.gmacs(model) == pytest.approx(10.01, rel=0.01)  # paper-notes §4
+        assert gmacs == pytest.approx(10.01, rel=0.01)  # PAPER_GMACS[(12000, 1)][96]
+
+
+# Forward passes on 14 of the 84 grid inputs: each of the 12 (sr, hop) frame counts paired with a
+# band count so that all 7 band counts occur, plus the largest (16 kHz, 128 bands, hop 1) and the
+# smallest (12 kHz, 8 bands, hop 10) input. Both models' kernels and pools depend on the band count
+# along frequency and on (sr, hop) along time only (VGG: Table III; MUSICNN: musicnn_shapes), so
+# these run every kernel and pool size the grid has.
+_SR_HOPS = [(sr, k) for sr in (12000, 16000) for k in (1, 2, 3, 4, 5, 10)]
+_BANDS = (128, 96, 48, 32, 24, 16, 8)
+FORWARD_GRID = [MelConfig(sr, _BANDS[i % len(_BANDS)], k, "log") for i, (sr, k) in enumerate(_SR_HOPS)]
+FORWARD_GRID += [MelConfig(16000, 128, 1, "log"), MelConfig(12000, 8, 10, "log")]
+
+
+def test_forward_grid_covers_every_band_count_and_frame_count():
+    assert {m.n_mels for m in FORWARD_GRID} == set(_BANDS)
+    assert {(m.sr, m.hop_factor) for m in FORWARD_GRID} == set(_SR_HOPS)
+    assert set(FORWARD_GRID) <= set(GRID) and len(set(FORWARD_GRID)) == 14
 
 
 @pytest.mark.parametrize("name", ["vgg", "musicnn"])
 def test_every_grid_resolution_builds_and_runs(name):
-    """2 sr × 7 bands × 6 hops, one forward pass each, tiny widths; logits out."""
+    """2 sr × 7 bands × 6 hops built at tiny widths (Keras infers every layer's shape), logits
+    out; one forward pass on each FORWARD_GRID input."""
     config = ModelConfig(name, width=1 / 64 if name == "vgg" else 0.05)
-    for mel in GRID:
-        model = build(config, mel, 7)
-        x = np.random.default_rng(0).standard_normal((2, mel.n_frames, mel.n_mels)).astype(np.float32)
-        y = model(x, training=False).numpy()
-        assert y.shape == (2, 7) and np.all(np.isfinite(y)), mel.name
-        assert model.input_shape == (None, mel.n_frames, mel.n_mels)
-        # logits, not probabilities: no sigmoid at the output
-        assert model.layers[-1].get_config().get("activation") in (None, "linear")
+    try:
+        for mel in GRID:
+            model = build(config, mel, 7)
+            assert model.input_shape == (None, mel.n_frames, mel.n_mels)
+            assert model.output_shape == (None, 7), mel.name
+            # logits, not probabilities: no sigmoid at the output
+            assert model.layers[-1].get_config().get("activation") in (None, "linear")
+            if mel in FORWARD_GRID:
+                x = np.random.default_rng(0).standard_normal((2, mel.n_frames, mel.n_mels)).astype(np.float32)
+                y = model(x, training=False).numpy()
+                assert y.shape == (2, 7) and np.all(np.isfinite(y)), mel.name
+    finally:
         keras.backend.clear_session()
 
 
 def test_patch_inputs_shorter_than_a_clip():
-    for mel, frames in ((MelConfig(16000, 96, 1, "log"), 187), (MelConfig(12000, 8, 10, "log"), 16)):
+    # The patch rule: floor(seconds · sr / hop_length), at least 16, at most the whole crop.
+    for mel, seconds, frames in ((MelConfig(16000, 96, 1, "log"), 3.0, 187),
+                                 (MelConfig(12000, 8, 10, "log"), 3.0, 16),
+                                 (MelConfig(12000, 8, 10, "log"), 1000.0, 137)):
         for name in ("vgg", "musicnn"):
-            model = build(ModelConfig(name, width=0.05, patch_frames=frames), mel, 5)
+            config = ModelConfig(name, width=0.05, patch_seconds=seconds)
+            assert config.patch_frames(mel) == frames
+            model = build(config, mel, 5)
             assert model(np.zeros((1, frames, mel.n_mels), np.float32)).shape == (1, 5)
 
 
@@ -152,7 +184,7 @@ def test_musicnn_shapes():
     mtt = musicnn.musicnn_shapes(musicnn.PRESETS["musicnn_mtt"], 96, 1)
     assert mtt["timbral"] == [(7, 38, 204), (7, 67, 204)]
     assert mtt["temporal"] == [(128, 1, 51), (64, 1, 51), (32, 1, 51)]
-    model = build(ModelConfig("musicnn", preset="musicnn_mtt", patch_frames=187),
+    model = build(ModelConfig("musicnn", preset="musicnn_mtt", patch_seconds=3.0),
                   MelConfig(16000, 96, 1, "log"), 50)
     assert model.get_layer("frontend").output.shape[1:] == (187, 561)
     assert model.get_layer("midend").output.shape[1:] == (187, 753)
@@ -176,7 +208,7 @@ def test_registry_and_config_errors():
 
 @pytest.fixture(scope="module")
 def reference():
-    return np.load(os.path.join(SHARED, "fixtures", "musicnn", "reference.npz"))
+    return np.load(os.path.join(MUSICNN_FIXTURE, "reference.npz"))
 
 
 @pytest.mark.parametrize("name", ["MTT_musicnn", "MTT_vgg"])
@@ -197,7 +229,7 @@ def test_pretrained_input_is_tftag_log_mel(reference):
     """The fixture's mel is musicnn's librosa log-mel; tftag's chain gives the same patches."""
     from tftag import features
 
-    audio = features.load_audio(os.path.join(SHARED, "fixtures", "musicnn", "synthetic_12s.wav"), 16000)
+    audio = features.load_audio(os.path.join(MUSICNN_FIXTURE, "synthetic_12s.wav"), 16000)
     mel = features.melspectrogram(audio, pretrained.MEL_CONFIG)
     ref = reference["mel_log"]  # [751, 96], librosa periodic Hann and float16 power
     n = min(len(ref), len(mel))

@@ -74,7 +74,7 @@ def resample(audio: np.ndarray, in_sr: float, out_sr: float) -> np.ndarray:
     return np.asarray(algo(np.ascontiguousarray(audio, dtype=np.float32)), dtype=np.float32)
 
 
-def load_audio(path: str, sr: int) -> np.ndarray:
+def load_audio(path: str, sr: int, offset: float = 0.0, duration: float | None = None) -> np.ndarray:
     """Decodes ``path`` to mono float32 at ``sr`` (see :func:`tftag.features.load_audio`)."""
     import soundfile as sf
 
@@ -87,7 +87,14 @@ def load_audio(path: str, sr: int) -> np.ndarray:
         info = sf.info(path)
     except Exception:  # not a libsndfile format: Essentia decides.
         info = None
-    if info is not None and info.subtype in SOUNDFILE_SUBTYPES:
+    segment = offset > 0 or duration is not None
+    if segment and info is not None:  # seek and decode the segment alone
+        audio = _load_soundfile(path, sr, info, offset, duration)
+    elif segment:
+        audio = load_audio(path, sr)
+        start = int(round(offset * sr))
+        audio = audio[start:] if duration is None else audio[start:start + int(round(duration * sr))]
+    elif info is not None and info.subtype in SOUNDFILE_SUBTYPES:
         audio = _load_soundfile(path, sr, info)
     else:
         try:
@@ -105,12 +112,16 @@ def load_audio(path: str, sr: int) -> np.ndarray:
     return audio
 
 
-def _load_soundfile(path: str, sr: int, info) -> np.ndarray:
-    """libsndfile decode, channel average (MonoLoader's downmix), Essentia resampling."""
+def _load_soundfile(path: str, sr: int, info, offset: float = 0.0,
+                    duration: float | None = None) -> np.ndarray:
+    """libsndfile decode (of a segment: seek, read), channel average (MonoLoader's downmix),
+    Essentia resampling."""
     import soundfile as sf
 
+    start = int(round(offset * info.samplerate))
+    frames = -1 if duration is None else int(round(duration * info.samplerate))
     try:
-        data, file_sr = sf.read(path, dtype="float32", always_2d=True)
+        data, file_sr = sf.read(path, start=start, frames=frames, dtype="float32", always_2d=True)
     except Exception as e:
         raise AudioDecodeError(f"{path}: libsndfile could not decode {info.subtype}: {e}") from None
     return resample(data.mean(axis=1), file_sr, sr)

@@ -113,7 +113,7 @@ def plot_card(card: dict[str, Any], path: str) -> None:
 
 def write_card(catalog: Catalog, out_dir: str, durations: bool = True) -> dict[str, Any]:
     """Writes ``datacard.json``, ``datacard.txt`` and ``tag_frequencies.png`` into ``out_dir``."""
-    from tftag.data import write_bytes_atomic, write_json_atomic
+    from tftag.runfiles import write_bytes_atomic, write_json_atomic
 
     card = describe(catalog, durations)
     os.makedirs(out_dir, exist_ok=True)

@@ -5,11 +5,16 @@ patch is dropped; a clip shorter than one patch is zero-padded to one). Metrics 
 scikit-learn's ``roc_auc_score`` and ``average_precision_score`` (PR-AUC = average precision)
 per tag, macro-averaged over the tags that have both positives and negatives in the split; the
 others are skipped and counted (ROC-AUC is undefined for them).
+
+On a teacher-labelled split (soft labels stored) the metrics above are against the hard labels,
+and :func:`agreement` adds how closely the model follows the teacher: the mean top-5 overlap
+and the Pearson correlation of the probabilities (over all clip × tag values, and per clip).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Sequence
 
 import numpy as np
@@ -25,6 +30,11 @@ class Metrics:
     skipped_tags: tuple[str, ...]
     per_tag: dict[str, dict[str, float]]
     n_clips: int
+    # Agreement with the teacher on a teacher-labelled split (:func:`agreement`); None on
+    # catalogue-labelled data (or when a correlation is undefined: constant probabilities).
+    top5_overlap: float | None = None
+    prob_correlation: float | None = None
+    prob_correlation_per_clip: float | None = None
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -87,25 +97,105 @@ def patch_scores(model, mel, patch_frames: int | None):
     return tf.reduce_mean(tf.reshape(probabilities, [-1, n_patches, probabilities.shape[-1]]), axis=1)
 
 
-def predict(model, dataset_dir: str, mel_config, split: str, patch_frames: int | None = None,
-            batch_size: int = 16):
-    """Clip ids, labels [clips, tags] and patch-averaged probabilities [clips, tags] of a split."""
+def agreement(teacher_probs: np.ndarray, student_probs: np.ndarray, k: int = 5) -> dict:
+    """How closely a student's clip probabilities follow its teacher's.
+
+    Args:
+      teacher_probs: [clips, tags] the teacher's probabilities (the soft labels).
+      student_probs: [clips, tags] the student's probabilities.
+      k: tags in each clip's top list.
+
+    Returns:
+      {"top{k}_overlap": mean over clips of |top-k(teacher) ∩ top-k(student)| / k (ties broken
+       towards the lower tag index), "correlation": Pearson correlation over all clip × tag
+       values, "correlation_per_clip": mean over clips of the Pearson correlation of a clip's
+       tag probabilities (clips where either row is constant are left out)}. An undefined
+       correlation (constant values) is NaN.
+    """
+    t = np.asarray(teacher_probs, dtype=np.float64)
+    s = np.asarray(student_probs, dtype=np.float64)
+    if t.shape != s.shape or t.ndim != 2 or t.shape[0] == 0:
+        raise ValueError(f"teacher {t.shape} and student {s.shape} probabilities must be equal, "
+                         "non-empty [clips, tags]")
+    if not 1 <= k <= t.shape[1]:
+        raise ValueError(f"k must be in [1, {t.shape[1]}] (the number of tags), got {k}")
+    top_t = np.argsort(-t, axis=1, kind="stable")[:, :k]
+    top_s = np.argsort(-s, axis=1, kind="stable")[:, :k]
+    overlap = np.mean([len(set(a) & set(b)) / k for a, b in zip(top_t, top_s)])
+
+    def pearson(a: np.ndarray, b: np.ndarray) -> float:
+        a, b = a - a.mean(), b - b.mean()
+        denominator = np.sqrt((a * a).sum() * (b * b).sum())
+        return float((a * b).sum() / denominator) if denominator > 0 else float("nan")
+
+    per_clip = [pearson(a, b) for a, b in zip(t, s)]
+    per_clip = [r for r in per_clip if not np.isnan(r)]
+    return {f"top{k}_overlap": float(overlap), "correlation": pearson(t.ravel(), s.ravel()),
+            "correlation_per_clip": float(np.mean(per_clip)) if per_clip else float("nan")}
+
+
+@dataclasses.dataclass(frozen=True)
+class Predictions:
+    """A model's clip-level outputs on a split, with the clips' labels."""
+
+    clip_ids: list[str]
+    labels: np.ndarray  # int64 [clips, tags], the hard labels
+    probabilities: np.ndarray  # [clips, tags], patch-averaged sigmoids
+    soft_labels: np.ndarray | None  # float32 [clips, tags] teacher probabilities, or None
+
+
+def predict_clips(model, dataset_dir: str, mel_config, split: str,
+                  patch_frames: int | None = None, batch_size: int = 16) -> Predictions:
+    """Patch-averaged probabilities of every clip of a split, its labels and (on a
+    teacher-labelled dataset) its soft labels."""
     from tftag import data
 
     ds = data.make_dataset(dataset_dir, mel_config, split, batch_size, as_dict=True)
-    ids, labels, scores = [], [], []
-    for batch in ds:
-        scores.append(patch_scores(model, batch["mel"], patch_frames).numpy())
-        labels.append(batch["labels"].numpy())
-        ids.extend(c.decode("utf-8") for c in batch["clip_id"].numpy())
-    return ids, np.concatenate(labels).astype(np.int64), np.concatenate(scores)
+    ids, labels, scores, soft = [], [], [], []
+    with data.naming_corrupt_shards(dataset_dir, mel_config, split):  # names a corrupt shard
+        for batch in ds:
+            scores.append(patch_scores(model, batch["mel"], patch_frames).numpy())
+            labels.append(batch["labels"].numpy())
+            if "soft_labels" in batch:
+                soft.append(batch["soft_labels"].numpy())
+            ids.extend(c.decode("utf-8") for c in batch["clip_id"].numpy())
+    return Predictions(ids, np.concatenate(labels).astype(np.int64), np.concatenate(scores),
+                       np.concatenate(soft).astype(np.float32) if soft else None)
+
+
+def predict(model, dataset_dir: str, mel_config, split: str, patch_frames: int | None = None,
+            batch_size: int = 16):
+    """Clip ids, labels [clips, tags] and patch-averaged probabilities [clips, tags] of a split
+    (:func:`predict_clips` also returns the soft labels)."""
+    p = predict_clips(model, dataset_dir, mel_config, split, patch_frames, batch_size)
+    return p.clip_ids, p.labels, p.probabilities
+
+
+def _finite_or_none(value: float) -> float | None:
+    return None if value is None or np.isnan(value) else float(value)
+
+
+def with_agreement(metrics: Metrics, soft_labels: np.ndarray | None,
+                   probabilities: np.ndarray) -> Metrics:
+    """``metrics`` plus the agreement with the teacher (unchanged without soft labels); top-5
+    (top-n with fewer than 5 tags)."""
+    if soft_labels is None:
+        return metrics
+    k = min(5, soft_labels.shape[1])
+    a = agreement(soft_labels, probabilities, k=k)
+    return dataclasses.replace(
+        metrics, top5_overlap=_finite_or_none(a[f"top{k}_overlap"]),
+        prob_correlation=_finite_or_none(a["correlation"]),
+        prob_correlation_per_clip=_finite_or_none(a["correlation_per_clip"]))
 
 
 def evaluate(model, dataset_dir: str, mel_config, split: str, tags: Sequence[str],
              patch_frames: int | None = None, batch_size: int = 16) -> Metrics:
-    """Macro ROC-AUC / PR-AUC of ``model`` on a split of a dataset directory."""
-    _, y_true, y_score = predict(model, dataset_dir, mel_config, split, patch_frames, batch_size)
-    return macro_metrics(y_true, y_score, tags)
+    """Macro ROC-AUC / PR-AUC of ``model`` on a split of a dataset directory (against the hard
+    labels), plus the agreement with the teacher on a teacher-labelled dataset."""
+    p = predict_clips(model, dataset_dir, mel_config, split, patch_frames, batch_size)
+    return with_agreement(macro_metrics(p.labels, p.probabilities, tags), p.soft_labels,
+                          p.probabilities)
 
 
 def format_per_tag(metrics: Metrics) -> str:
@@ -116,5 +206,49 @@ def format_per_tag(metrics: Metrics) -> str:
         lines.append(f"{tag:<{width}}  {v['roc_auc']:.4f}   {v['pr_auc']:.4f}  {v['positives']:>9}")
     lines.append(f"macro ({metrics.n_tags_evaluated} tags, {metrics.n_clips} clips): ROC-AUC "
                  f"{metrics.roc_auc:.4f}, PR-AUC {metrics.pr_auc:.4f}; skipped (one class only): "
-                 f"{', '.join(metrics.skipped_tags) or 'none'}")
+                 f"{', '.join(metrics.skipped_tags) or 'none'}"
+                 + _agreement_text(metrics))
     return "\n".join(lines)
+
+
+def _agreement_text(metrics: Metrics) -> str:
+    if metrics.top5_overlap is None and metrics.prob_correlation is None:
+        return ""
+
+    def fmt(value):
+        return "n/a" if value is None else f"{value:.4f}"
+
+    return (f"; teacher agreement: top-5 overlap {fmt(metrics.top5_overlap)}, probability "
+            f"correlation {fmt(metrics.prob_correlation)} (per clip "
+            f"{fmt(metrics.prob_correlation_per_clip)})")
+
+
+def run_evaluate(experiment, weights: str, split: str | None) -> dict:
+    """``--mode=evaluate``: metrics of ``weights`` on a split (None = all clips).
+
+    Writes ``evaluation_<split>.json`` and ``per_tag_<split>.txt`` into the run directory.
+    """
+    from tftag import data, pipeline, runfiles
+    from tftag.models import build
+
+    config, mc = experiment.mel_config, experiment.model
+    dataset_dir = pipeline.ensure_dataset(experiment)
+    if not os.path.exists(weights):
+        raise FileNotFoundError(f"--weights={weights!r} does not exist (train first, or point "
+                                "--weights at a best.weights.h5)")
+    info = data.load_dataset_info(dataset_dir)
+    if split is not None and info.splits.get(split, 0) == 0:
+        raise ValueError(f"--split={split}: empty in {dataset_dir} (splits {info.splits})")
+    model = build(mc, config, info.n_tags)
+    model.load_weights(weights)
+    metrics = evaluate(model, dataset_dir, config, split, info.tags, mc.patch_frames(config))
+    table = format_per_tag(metrics)
+    print(table)
+    name = split or "all"
+    path = experiment.path(f"evaluation_{name}.json")
+    runfiles.write_json_atomic(path, dict(metrics.as_dict(), weights=weights, resolution=config.name))
+    runfiles.write_text_atomic(experiment.path(f"per_tag_{name}.txt"), table)
+    return {"split": name, "roc_auc": metrics.roc_auc, "pr_auc": metrics.pr_auc,
+            "top5_overlap": metrics.top5_overlap, "prob_correlation": metrics.prob_correlation,
+            "results": path, "weights": weights}
+

@@ -76,9 +76,13 @@ class ExportSpec:
     mel_config: MelConfig
     model_config: ModelConfig
     tags: tuple[str, ...]
-    patch_frames: int | None = None
     mel_dtype: str = "float32"
     metrics: dict | None = None
+
+    @property
+    def patch_frames(self) -> int | None:
+        """Frames of the model's input patch (None: the whole clip), by the model config's rule."""
+        return self.model_config.patch_frames(self.mel_config)
 
     @property
     def model_name(self) -> str:
@@ -341,3 +345,34 @@ def top_tags(tags: Sequence[str], probabilities: np.ndarray, k: int = TOP_K) -> 
     """The k most probable tags with their probabilities."""
     order = np.argsort(-probabilities)[:k]
     return [(tags[i], float(probabilities[i])) for i in order]
+
+
+def export_weights(experiment, mel_config: MelConfig, model_config: ModelConfig, weights: str,
+                   dataset_dir: str, metrics: dict | None = None) -> str:
+    """Exports the model of ``model_config`` at ``mel_config`` with ``weights`` (tags and storage
+    codec from the dataset) under the experiment's export settings; returns the version dir."""
+    from absl import logging
+
+    from tftag.models import build
+
+    info = data.load_dataset_info(dataset_dir)
+    model = build(model_config, mel_config, info.n_tags)
+    model.load_weights(weights)
+    spec = ExportSpec(mel_config, model_config, info.tags, info.mel_dtype, metrics)
+    path = export(model, spec, experiment.export.export_dir, experiment.export.version)
+    logging.info("exported %s", path)
+    return path
+
+
+def run_export(experiment, weights: str) -> dict:
+    """``--mode=export``: the experiment's model at its one resolution with ``weights``."""
+    from tftag import pipeline
+
+    if not os.path.exists(weights):
+        raise FileNotFoundError(f"--weights={weights!r} does not exist (train first, or point "
+                                "--weights at a best.weights.h5)")
+    dataset_dir = pipeline.ensure_dataset(experiment)
+    path = export_weights(experiment, experiment.mel_config, experiment.model, weights, dataset_dir)
+    print(f"exported {path}; inspect it with: .venv/bin/saved_model_cli show --all --dir {path}")
+    return {"export_path": path}
+

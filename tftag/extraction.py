@@ -21,7 +21,8 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 from absl import logging
 
-from tftag import data, features
+from tftag import codecs, data, features
+from tftag import teacher as teacher_lib
 from tftag.datasets import Catalog, Clip
 from tftag.features import MelConfig
 
@@ -45,6 +46,9 @@ class ExtractionPlan:
       clips_per_shard: target clips per TFRecord shard.
       min_duration: clips shorter than this many seconds are skipped.
       silence_threshold: clips whose peak |sample| is below this are skipped as silent.
+      labels: "catalog" (the catalogue's tags) or "teacher:<name>" (:mod:`tftag.teacher`: hard
+        and soft labels from a pretrained model; ``tags`` must then be the teacher's).
+      teacher_top_k: teacher labels: tags per clip in the hard labels.
     """
 
     output_dir: str
@@ -54,14 +58,15 @@ class ExtractionPlan:
     clips_per_shard: int = 256
     min_duration: float = 1.0
     silence_threshold: float = 1e-5
+    labels: str = "catalog"
+    teacher_top_k: int = 3
 
     def __post_init__(self):
         if not self.configs:
             raise ValueError("no mel configs requested")
-        if self.mel_dtype not in data.MEL_DTYPES:
-            raise ValueError(
-                f"mel_dtype must be one of {', '.join(data.MEL_DTYPES)}, got {self.mel_dtype!r}"
-            )
+        if teacher_lib.parse_labels(self.labels) and tuple(self.tags) != teacher_lib.tags():
+            raise ValueError(f"labels={self.labels}: the tag list must be the teacher's 50 tags")
+        codecs.get(self.mel_dtype)  # unknown names: ValueError listing the known ones
         if self.clips_per_shard < 1:
             raise ValueError(f"clips_per_shard must be >= 1, got {self.clips_per_shard}")
         if len({c.duration for c in self.configs}) != 1:
@@ -94,7 +99,14 @@ class ExtractionPlan:
             "clips_per_shard": self.clips_per_shard,
             "min_duration": self.min_duration,
             "silence_threshold": self.silence_threshold,
+            **({"labels": self.labels, "teacher_top_k": self.teacher_top_k}
+               if self.labels != "catalog" else {}),
         }
+
+    @property
+    def teacher(self) -> str | None:
+        """The teacher's name, or None for catalogue labels."""
+        return teacher_lib.parse_labels(self.labels)
 
     # Paths -----------------------------------------------------------------------------------
     @property
@@ -115,11 +127,12 @@ class ExtractionPlan:
         return os.path.join(self.staging_dir, "padded", self.clip_key(clip_id))
 
 
-Decoder = Callable[[str, int], np.ndarray]
+Decoder = Callable[..., np.ndarray]  # decode(path, sr[, offset, duration]) -> mono float32
 
 
 def extract_clip(
-    clip: Clip, label_indices: Sequence[int], plan: ExtractionPlan, decode: Decoder
+    clip: Clip, label_indices: Sequence[int], plan: ExtractionPlan, decode: Decoder,
+    teacher=None,
 ) -> tuple[list[bytes], bool]:
     """Decodes one clip at every sample rate and serializes one Example per stored base.
 
@@ -127,7 +140,10 @@ def extract_clip(
       clip: the clip.
       label_indices: indices of its tags in ``plan.tags``.
       plan: what to extract.
-      decode: ``decode(path, sr) -> mono float32`` (e.g. :func:`tftag.features.load_audio`).
+      decode: ``decode(path, sr) -> mono float32`` (e.g. :func:`tftag.features.load_audio`);
+        segment clips call ``decode(path, sr, offset, duration)``.
+      teacher: a :class:`tftag.teacher.Teacher` when ``plan.labels`` names one: its hard labels
+        replace ``label_indices`` and its probabilities are stored as ``soft_labels``.
 
     Returns:
       (serialized Examples in ``plan.bases`` order, whether the clip was zero-padded).
@@ -135,11 +151,12 @@ def extract_clip(
     Raises:
       ClipRejected: too short or silent. Decoding errors propagate.
     """
-    labels = data.multi_hot(label_indices, len(plan.tags))
-    records: dict[str, bytes] = {}
-    padded_any = False
-    for sr, bases in features.group_by_sr(plan.bases).items():
-        audio = decode(clip.path, sr)
+    if plan.teacher and (teacher is None or teacher.name != plan.teacher):
+        raise ValueError(f"labels={plan.labels} needs the {plan.teacher} teacher")
+    by_sr = features.group_by_sr(plan.bases)
+    crops = {}
+    for sr in sorted(set(by_sr) | ({teacher_lib.SR} if plan.teacher else set())):
+        audio = decode(clip.path, sr, *clip.segment) if clip.segment else decode(clip.path, sr)
         seconds = audio.size / sr
         if seconds < plan.min_duration:
             raise ClipRejected(
@@ -148,13 +165,22 @@ def extract_clip(
         peak = float(np.max(np.abs(audio)))
         if peak < plan.silence_threshold:
             raise ClipRejected(f"silent: peak {peak:.2e} < silence_threshold {plan.silence_threshold}")
-        cropped = features.crop(audio, sr, plan.duration)
+        crops[sr] = features.crop(audio, sr, plan.duration)
+    soft = None
+    if plan.teacher:
+        labels, soft = teacher.label(crops[teacher_lib.SR].audio, plan.duration)
+    else:
+        labels = data.multi_hot(label_indices, len(plan.tags))
+    records: dict[str, bytes] = {}
+    padded_any = False
+    for sr, bases in by_sr.items():
+        cropped = crops[sr]
         padded_any |= cropped.padded
         mels = features.base_mels(cropped.audio, sr, (b.n_mels for b in bases))
         for base in bases:
             records[base.name] = data.serialize_example(
                 clip.clip_id, clip.split, mels[base.n_mels], base, labels, plan.tags_version,
-                plan.mel_dtype, cropped.padded,
+                plan.mel_dtype, cropped.padded, soft,
             )
     return [records[b.name] for b in plan.bases], padded_any
 
@@ -188,6 +214,10 @@ def failure_record(clip: Clip, error: BaseException) -> dict:
 def prepare_output(plan: ExtractionPlan, catalog: Catalog, overwrite: bool, retry_failed: bool) -> str:
     """Checks the output directory against this plan before any work.
 
+    A finished dataset of this plan whose shard files are missing or not the size dataset.json
+    records (a stat of each, no hashing) is reopened: the bad shards and dataset.json are removed
+    and the run rebuilds them.
+
     Returns:
       "complete" if the directory already holds this exact dataset, else "todo".
 
@@ -202,12 +232,21 @@ def prepare_output(plan: ExtractionPlan, catalog: Catalog, overwrite: bool, retr
     elif os.path.exists(dataset_json):
         with open(dataset_json, encoding="utf-8") as f:
             existing = json.load(f).get("plan")
-        if existing == identity:
+        if existing != identity:
+            raise FileExistsError(
+                f"--output_dir={plan.output_dir!r} already holds a dataset made from other input "
+                "or configs; pass --overwrite to replace it, or choose another --output_dir"
+            )
+        damaged = _damaged_shards(plan.output_dir)
+        if not damaged:
             return "complete"
-        raise FileExistsError(
-            f"--output_dir={plan.output_dir!r} already holds a dataset made from other input or "
-            "configs; pass --overwrite to replace it, or choose another --output_dir"
-        )
+        logging.warning("%s: %d shard file(s) missing or damaged (%s); rebuilding the dataset",
+                        plan.output_dir, len(damaged),
+                        "; ".join(f"{p}: {what}" for p, what in list(damaged.items())[:5]))
+        for path in damaged:
+            if os.path.exists(path):
+                os.remove(path)
+        os.remove(dataset_json)
     elif os.path.exists(plan_json):
         with open(plan_json, encoding="utf-8") as f:
             existing = json.load(f)
@@ -224,6 +263,15 @@ def prepare_output(plan: ExtractionPlan, catalog: Catalog, overwrite: bool, retr
             os.remove(path)
     data.write_json_atomic(plan_json, identity)
     return "todo"
+
+
+def _damaged_shards(output_dir: str) -> dict[str, str]:
+    """{shard path: what is wrong} of a finished dataset: missing, or not its recorded size."""
+    try:
+        info = data.load_dataset_info(output_dir)
+    except (ValueError, KeyError):  # another format: the plan identity decides alone
+        return {}
+    return data.shard_problems(output_dir, info)
 
 
 def clear_output(output_dir: str) -> None:
@@ -282,7 +330,8 @@ def finalize(plan: ExtractionPlan, catalog: Catalog, source: dict, keep_staging:
     """Completes the dataset directory after all clips are staged and shards written.
 
     Writes empty shards for hash buckets no clip fell into, removes shard files of other shard
-    counts, writes failures.jsonl and finally dataset.json; removes the staging area.
+    counts, writes failures.jsonl and finally dataset.json (with every shard's record count, size
+    and sha256 under "shard_files"); removes the staging area.
 
     Returns:
       The dataset.json dictionary.
@@ -322,6 +371,9 @@ def finalize(plan: ExtractionPlan, catalog: Catalog, source: dict, keep_staging:
     for clip in ok_clips:
         splits[clip.split] += 1
     padded = sum(os.path.exists(plan.padded_marker(c.clip_id)) for c in ok_clips)
+    # Every shard's record count, size and sha256 (one read of each), for tftag.verify and the
+    # readers' pre-flight check.
+    shard_files = data.shard_manifest(plan.output_dir, sorted(expected))
     meta = data.dataset_metadata(
         configs=plan.configs,
         mel_dtype=plan.mel_dtype,
@@ -336,6 +388,13 @@ def finalize(plan: ExtractionPlan, catalog: Catalog, source: dict, keep_staging:
             "catalog_skipped_count": len(catalog.skipped),
             "clips_padded": padded,
             "plan": dict(plan.describe(), catalog=catalog.fingerprint()),
+            "labels": plan.labels,
+            **({"teacher": {"name": plan.teacher, "top_k": plan.teacher_top_k,
+                            "hard_labels": "the clip's top-k tags by teacher probability",
+                            "soft_labels": "mean sigmoid over non-overlapping 3-s patches of "
+                                           "the 16 kHz 96-band log mel"}}
+               if plan.teacher else {}),
+            data.SHARD_FILES: shard_files,
         },
     )
     data.write_json_atomic(os.path.join(plan.output_dir, data.DATASET_JSON), meta)

@@ -1,6 +1,6 @@
 """Mel-spectrograms of the study in every resolution, one implementation for all of tftag.
 
-The chain is the paper's Essentia chain (``../shared/paper-notes.md`` §3): frames of 512 samples
+The chain is the paper's Essentia chain (Ferraro et al., EUSIPCO 2020, §III): frames of 512 samples
 every 256 with Essentia's ``FrameGenerator(startFromZero=False)`` convention (the first frame is
 centred on sample 0, zeros outside the signal), a symmetric Hann window
 (``Windowing(type='hann', normalized=False)``), the magnitude ``Spectrum`` and ``MelBands``
@@ -237,18 +237,28 @@ def crop(audio: np.ndarray, sr: int, duration: float = DEFAULT_DURATION) -> Crop
     return Crop(out, True, length)
 
 
-def load_audio(path: str | os.PathLike, sr: int) -> np.ndarray:
-    """Decodes an audio file to mono float32 at ``sr`` with Essentia.
+def load_audio(path: str | os.PathLike, sr: int, offset: float = 0.0,
+               duration: float | None = None) -> np.ndarray:
+    """Decodes an audio file (or the segment ``offset`` .. ``offset + duration`` s) to mono
+    float32 at ``sr`` with Essentia.
 
     MonoLoader (FFmpeg; wav, flac, ogg, mp3, ...) decodes, downmixes and resamples; codecs known
-    to crash Essentia (Ogg/Opus) are decoded by libsndfile and resampled by Essentia instead.
+    to crash Essentia (Ogg/Opus) are decoded by libsndfile and resampled by Essentia instead. A
+    segment of a libsndfile format (Ogg Vorbis, FLAC, WAV, ...) is read by seeking, without
+    decoding the rest of the file; other formats are decoded whole and sliced.
 
     Raises:
       FileNotFoundError: no such file.
       AudioDecodeError: the file is empty, not audio, or yields no finite samples.
     """
     _check_int(sr, "sr")
-    return _essentia.call("load_audio", os.fspath(path), int(sr))
+    if offset < 0 or (duration is not None and duration <= 0):
+        raise ValueError(f"{path}: segment offset {offset} s, duration {duration} s: need offset "
+                         ">= 0 and duration > 0")
+    if offset == 0 and duration is None:
+        return _essentia.call("load_audio", os.fspath(path), int(sr))
+    return _essentia.call("load_audio", os.fspath(path), int(sr), float(offset),
+                          None if duration is None else float(duration))
 
 
 @functools.lru_cache(maxsize=None)

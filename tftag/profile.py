@@ -1,6 +1,6 @@
 """Compute cost of a model: GMACs from the TF profiler and from layer shapes, parameters, latency.
 
-MAC convention (paper-notes §4): one example; convolutions = output positions × kernel volume
+MAC convention (tests/fixtures/paper-notes.md §4): one example; convolutions = output positions × kernel volume
 (kh·kw·C_in·C_out), dense = in·out; BatchNorm, activations, pooling and biases are not counted.
 The TF profiler counts 2 float ops per multiply-add of Conv2D and MatMul, so MACs = FLOPs / 2.
 """
@@ -104,3 +104,68 @@ def trace_training(model, logdir: str, steps: int = 5, batch: int = 4, n_tags: i
     finally:
         tf.profiler.experimental.stop()
     return logdir
+
+
+
+def format_table(rows: list[dict]) -> str:
+    """Right-aligned plain-text table of dict rows (columns of the first row)."""
+    columns = list(rows[0])
+    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in columns}
+    lines = [" ".join(f"{c:>{widths[c]}}" for c in columns)]
+    lines += [" ".join(f"{str(r[c]):>{widths[c]}}" for c in columns) for r in rows]
+    return "\n".join(lines)
+
+
+def run_profile(model_config, mel_configs, n_tags: int = 50, latency_runs: int = 5,
+                batches: tuple[int, ...] = (1, 32), out_dir: str | None = None,
+                trace_steps: int = 0) -> dict:
+    """``--mode=profile``: GMACs, parameters and latency of a model at every resolution.
+
+    Compression does not change the cost, so there is one row per (sr, n_mels, hop factor).
+    Prints the table; with ``out_dir`` also writes ``profile.json``, ``profile.csv`` and
+    TensorBoard notes (``tb/profile``), and ``trace_steps`` > 0 records a profiler trace of that
+    many training steps of the first resolution into ``tb/trace``.
+
+    Returns:
+      {"model", "rows", and the paths written}.
+    """
+    import dataclasses
+    import json
+    import os
+
+    import keras
+    from absl import logging
+
+    from tftag import models, runfiles
+
+    seen, resolutions = set(), []
+    for c in mel_configs:
+        if (c.sr, c.n_mels, c.hop_factor) not in seen:
+            seen.add((c.sr, c.n_mels, c.hop_factor))
+            resolutions.append(c)
+    rows = []
+    for i, config in enumerate(resolutions, start=1):
+        model = models.build(model_config, config, n_tags)
+        row = {"config": config.name.rsplit("-", 1)[0], "n_frames": model_config.n_frames(config),
+               "n_mels": config.n_mels}
+        row.update(profile_model(model, latency_runs, tuple(batches)))
+        rows.append(row)
+        logging.info("[%d/%d] %s", i, len(resolutions), json.dumps(row))
+        if out_dir and trace_steps and i == 1:
+            trace_training(model, os.path.join(out_dir, "tb", "trace"), trace_steps)
+        keras.backend.clear_session()
+    table = format_table(rows)
+    mc = model_config
+    print(f"model {mc.name} (width {mc.width}, preset {mc.preset}), {n_tags} tags, MACs per example")
+    print(table)
+    summary = {"model": mc.name, "rows": len(rows)}
+    if out_dir:
+        paths = {"profile_json": os.path.join(out_dir, "profile.json"),
+                 "profile_csv": os.path.join(out_dir, "profile.csv")}
+        runfiles.write_json_atomic(paths["profile_json"],
+                                   {"model": dataclasses.asdict(mc), "rows": rows})
+        runfiles.write_csv_atomic(paths["profile_csv"], rows, list(rows[0]))
+        runfiles.tensorboard_notes(os.path.join(out_dir, "tb", "profile"),
+                                   texts={"profile": table})
+        summary.update(paths)
+    return summary

@@ -7,6 +7,10 @@ from typing import Callable, Generic, TypeVar
 F = TypeVar("F", bound=Callable)
 
 
+def _origin(fn: Callable) -> str:
+    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
+
+
 class Registry(Generic[F]):
     """Factories by name, loaded lazily.
 
@@ -21,9 +25,16 @@ class Registry(Generic[F]):
         self._factories: dict[str, F] = {}
 
     def register(self, name: str) -> Callable[[F], F]:
-        """Decorator adding a factory under ``name``."""
+        """Decorator adding a factory under ``name``; a name taken by another factory is an error.
+
+        (Re-registering the same function, as a module reload does, is allowed.)
+        """
 
         def wrap(fn: F) -> F:
+            old = self._factories.get(name)
+            if old is not None and _origin(old) != _origin(fn):
+                raise ValueError(f"{self.kind} {name!r} is registered twice: by {_origin(old)} and "
+                                 f"by {_origin(fn)}")
             self._factories[name] = fn
             return fn
 
@@ -33,6 +44,11 @@ class Registry(Generic[F]):
         """Known names, sorted."""
         self._load_builtin()
         return sorted(self._factories)
+
+    def check(self, name: str) -> str:
+        """``name`` if known; else ValueError listing the known names."""
+        self.get(name)
+        return name
 
     def get(self, name: str) -> F:
         """The factory of ``name``; an unknown name raises ValueError listing the known ones."""

@@ -10,9 +10,7 @@ model, sample rate and compression), as the paper compares 48 with 96 bands.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import json
 import math
 import os
@@ -21,14 +19,16 @@ from typing import Iterable, Sequence
 import numpy as np
 from absl import logging
 
-from tftag import data, evaluate, train
+from tftag import data, evaluate, runfiles, train
 from tftag.features import MelConfig
 from tftag.models import ModelConfig, build
 
 RESULT_FIELDS = ("model", "width", "preset", "resolution", "sr", "n_mels", "hop_factor",
                  "compression", "seed", "test_roc_auc", "test_pr_auc", "valid_roc_auc",
                  "best_epoch", "epochs_done", "train_seconds", "gmacs", "storage_bytes",
-                 "patch_frames", "skipped_tags")
+                 "patch_frames", "skipped_tags", "top5_overlap", "prob_correlation")
+# Agreement with the teacher (teacher-labelled datasets only; None otherwise).
+AGREEMENT_FIELDS = ("top5_overlap", "prob_correlation")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,7 +38,11 @@ class SweepItem:
     model_config: ModelConfig
     mel_config: MelConfig
     seed: int
-    patch_frames: int | None = None
+
+    @property
+    def patch_frames(self) -> int | None:
+        """Input patch frames at this resolution (the model config's rule)."""
+        return self.model_config.patch_frames(self.mel_config)
 
     @property
     def key(self) -> str:
@@ -47,34 +51,25 @@ class SweepItem:
 
 
 def make_items(models: Sequence[ModelConfig], configs: Sequence[MelConfig], repeats: int,
-               seed: int = 0, patch_seconds: float | None = None) -> list[SweepItem]:
-    """models × configs × repeats (seeds seed, seed+1, ...), patches of ``patch_seconds``."""
-    items = []
-    for m in models:
-        for c in configs:
-            patch = None
-            if patch_seconds:
-                patch = min(c.n_frames, max(16, c.frames_in(patch_seconds)))
-            for r in range(repeats):
-                items.append(SweepItem(m, c, seed + r, patch))
-    return items
+               seed: int = 0) -> list[SweepItem]:
+    """models × configs × repeats (seeds seed, seed+1, ...)."""
+    return [SweepItem(m, c, seed + r) for m in models for c in configs for r in range(repeats)]
 
 
 def run_item(item: SweepItem, dataset_dir: str, train_config: train.TrainConfig, run_dir: str) -> dict:
     """Trains one item (resuming if interrupted), evaluates its best weights on the test split."""
     from tftag import profile
 
-    cfg = dataclasses.replace(train_config, seed=item.seed, patch_frames=item.patch_frames)
+    cfg = dataclasses.replace(train_config, seed=item.seed)
     info = data.load_dataset_info(dataset_dir)
     outcome = train.train(dataset_dir, item.mel_config, item.model_config, cfg, run_dir)
-    model = train.load_best(run_dir, dataset_dir, item.mel_config, item.model_config,
-                            item.patch_frames)
+    model = train.load_best(run_dir, dataset_dir, item.mel_config, item.model_config)
     metrics = evaluate.evaluate(model, dataset_dir, item.mel_config, "test", info.tags,
                                 item.patch_frames, cfg.eval_batch_size)
     data.write_bytes_atomic(os.path.join(run_dir, "per_tag.txt"),
                             (evaluate.format_per_tag(metrics) + "\n").encode())
     # Cost per clip: the model over the whole clip (patch models cost the same per frame).
-    full_clip = build(dataclasses.replace(item.model_config, patch_frames=None), item.mel_config,
+    full_clip = build(dataclasses.replace(item.model_config, patch_seconds=None), item.mel_config,
                       info.n_tags)
     m, c = item.model_config, item.mel_config
     return {
@@ -86,6 +81,7 @@ def run_item(item: SweepItem, dataset_dir: str, train_config: train.TrainConfig,
         "gmacs": round(profile.analytic_macs(full_clip) / 1e9, 5),
         "storage_bytes": 4 * c.n_frames * c.n_mels, "patch_frames": item.patch_frames,
         "skipped_tags": len(metrics.skipped_tags),
+        "top5_overlap": metrics.top5_overlap, "prob_correlation": metrics.prob_correlation,
     }
 
 
@@ -145,6 +141,11 @@ def summarize(results: Iterable[dict]) -> list[dict]:
             "train_seconds_mean": float(np.mean([r["train_seconds"] for r in runs])),
             "baseline": None, "p_value": None,
         }
+        for name in AGREEMENT_FIELDS:  # teacher-labelled data: mean ± std over the repeats
+            values = np.array([r[name] for r in runs if r.get(name) is not None])
+            if len(values):
+                row[f"{name}_mean"] = float(values.mean())
+                row[f"{name}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
         base = baselines.get(key[:-2])
         if base is not None:
             row["baseline"] = f"sr{key[3]}-mel{base[0]}-hop{base[1]}"
@@ -157,28 +158,30 @@ def summarize(results: Iterable[dict]) -> list[dict]:
 
 
 def markdown_table(rows: Sequence[dict]) -> str:
-    """The paper-style table: ROC-AUC and PR-AUC in % (mean ± std), GMACs, KiB per clip, time."""
+    """The paper-style table: ROC-AUC and PR-AUC in % (mean ± std), GMACs, KiB per clip, time;
+    plus the teacher agreement (top-5 overlap, probability correlation) when any row has it."""
+    agreement = [n for n in AGREEMENT_FIELDS if any(f"{n}_mean" in r for r in rows)]
+    titles = {"top5_overlap": "top-5 overlap", "prob_correlation": "prob. corr."}
     header = ("| model | resolution | n | ROC-AUC % | PR-AUC % | GMAC | KiB/clip | train s | "
-              "p vs baseline |\n|---|---|---|---|---|---|---|---|---|")
+              "p vs baseline |" + "".join(f" {titles[n]} |" for n in agreement)
+              + "\n|---|---|---|---|---|---|---|---|---|" + "---|" * len(agreement))
     lines = [header]
     for r in rows:
         p = "baseline" if r["baseline"] and r["resolution"].startswith(r["baseline"] + "-") else (
             f"{r['p_value']:.3f}" if r["p_value"] is not None else "–")
+        extra = "".join(f" {r[f'{n}_mean']:.3f} ± {r[f'{n}_std']:.3f} |" if f"{n}_mean" in r
+                        else " – |" for n in agreement)
         lines.append(
             f"| {r['model']} ({r['preset']}, w{r['width']:g}) | {r['resolution']} | {r['repeats']} | "
             f"{100 * r['roc_auc_mean']:.2f} ± {100 * r['roc_auc_std']:.2f} | "
             f"{100 * r['pr_auc_mean']:.2f} ± {100 * r['pr_auc_std']:.2f} | {r['gmacs']:.3f} | "
-            f"{r['storage_bytes'] / 1024:.0f} | {r['train_seconds_mean']:.0f} | {p} |")
+            f"{r['storage_bytes'] / 1024:.0f} | {r['train_seconds_mean']:.0f} | {p} |" + extra)
     return "\n".join(lines)
 
 
 def write_csv(results: Sequence[dict], path: str) -> None:
     """All individual results as CSV (atomic)."""
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=RESULT_FIELDS, lineterminator="\n", extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(results)
-    data.write_bytes_atomic(path, buf.getvalue().encode())
+    runfiles.write_csv_atomic(path, results, RESULT_FIELDS)
 
 
 def plot(rows: Sequence[dict], out_dir: str) -> list[str]:
@@ -217,3 +220,55 @@ def plot(rows: Sequence[dict], out_dir: str) -> list[str]:
         os.replace(path + ".tmp.png", path)
         paths.append(path)
     return paths
+
+
+def best_run(results: Sequence[dict], rows: Sequence[dict]) -> tuple[dict, dict]:
+    """The best row (highest mean test ROC-AUC) and its best single run (highest test ROC-AUC)."""
+    best = max(rows, key=lambda r: r["roc_auc_mean"])
+    run = max((r for r in results if r["resolution"] == best["resolution"]
+               and r["model"] == best["model"] and r["preset"] == best["preset"]
+               and r["width"] == best["width"]), key=lambda r: r["test_roc_auc"])
+    return best, run
+
+
+def run(experiment) -> dict:
+    """``--mode=sweep``: every (model × resolution × repeat) of the experiment, the summary table,
+    plots and TensorBoard notes, and the export of the best run's checkpoint.
+
+    Returns:
+      The sweep's summary (files, best row, best checkpoint, export path).
+    """
+    from tftag import export, pipeline
+
+    dataset_dir = pipeline.ensure_dataset(experiment)
+    items = make_items(experiment.model_configs, experiment.mel_configs, experiment.repeats,
+                       experiment.train.seed)
+    results = run_sweep(items, dataset_dir, experiment.train, experiment.run_dir)
+    rows = summarize(results)
+    table = markdown_table(rows)
+    print(table)
+    write_csv(results, experiment.path("results.csv"))
+    runfiles.write_json_atomic(experiment.path("summary_rows.json"), rows)
+    runfiles.write_text_atomic(experiment.path("results.md"), table)
+    plots = plot(rows, experiment.run_dir)
+    runfiles.tensorboard_notes(experiment.path("tb", "sweep"), texts={"results": table},
+                               images={os.path.basename(p)[:-4]: p for p in plots})
+    best, run_ = best_run(results, rows)
+    item = next(i for i in items if i.model_config.name == run_["model"]
+                and i.mel_config.name == run_["resolution"] and i.seed == run_["seed"])
+    best_checkpoint = experiment.path("runs", item.key, "best.weights.h5")
+    export_path = None
+    if experiment.export.enabled:
+        export_path = export.export_weights(
+            experiment, item.mel_config, item.model_config, best_checkpoint, dataset_dir,
+            {"test_roc_auc": run_["test_roc_auc"], "test_pr_auc": run_["test_pr_auc"]})
+    print(f"results: {experiment.path('results.md')}; plots: {', '.join(plots)}; "
+          f"TensorBoard: .venv/bin/tensorboard --logdir {experiment.run_dir}; "
+          f"exported: {export_path}")
+    return {"runs": len(results), "rows": len(rows),
+            "results_csv": experiment.path("results.csv"),
+            "results_table": experiment.path("results.md"), "plots": plots,
+            "best": {k: best[k] for k in ("model", "resolution", "roc_auc_mean", "pr_auc_mean")},
+            "dataset_dir": dataset_dir, "best_checkpoint": best_checkpoint,
+            "export_path": export_path}
+

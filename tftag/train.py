@@ -1,5 +1,9 @@
 """Training: Adam (1e-3) on binary cross-entropy of logits, validation ROC-AUC, resumable.
 
+The targets of the cross-entropy are the hard labels (``loss="bce"``) or, on a teacher-labelled
+dataset, the teacher's probabilities (``loss="distill"``, knowledge distillation); validation
+(early stopping, best weights) is on the hard labels either way.
+
 A custom loop under a ``tf.distribute`` strategy (the default one for the visible devices
 unless told otherwise). Every epoch reads the training split with a shuffle and patch seed
 derived from (seed, epoch), so an interrupted run resumed from its last checkpoint (model,
@@ -25,50 +29,9 @@ import tensorflow as tf
 from absl import logging
 
 from tftag import data, evaluate
+from tftag.experiment import TrainConfig  # noqa: F401  (defined beside the Experiment)
 from tftag.features import MelConfig
 from tftag.models import ModelConfig, build
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    """How to train.
-
-    Attributes:
-      batch_size: global batch size.
-      epochs: maximum epochs.
-      learning_rate: Adam learning rate (paper: 1e-3).
-      patch_frames: train (and score) on patches of this many frames; None = whole clips.
-      patience: stop after this many epochs without a better validation ROC-AUC (0 = never).
-      seed: seeds weights, shuffling and patch offsets.
-      shuffle_buffer: examples in the shuffle buffer.
-      steps_per_epoch: training steps per epoch; None = one pass over the training split.
-      eval_batch_size: clips per evaluation batch.
-      deterministic: enable TensorFlow op determinism (bitwise-repeatable runs).
-    """
-
-    batch_size: int = 32
-    epochs: int = 20
-    learning_rate: float = 1e-3
-    patch_frames: int | None = None
-    patience: int = 5
-    seed: int = 0
-    shuffle_buffer: int = 512
-    steps_per_epoch: int | None = None
-    eval_batch_size: int = 16
-    deterministic: bool = True
-
-    def __post_init__(self):
-        for name in ("batch_size", "epochs", "eval_batch_size", "shuffle_buffer"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not self.learning_rate > 0:
-            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
-        if self.patience < 0:
-            raise ValueError(f"patience must be >= 0, got {self.patience}")
-        if self.patch_frames is not None and self.patch_frames < 1:
-            raise ValueError(f"patch_frames must be >= 1 or None, got {self.patch_frames}")
-        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
-            raise ValueError(f"steps_per_epoch must be >= 1 or None, got {self.steps_per_epoch}")
 
 
 def default_strategy() -> tf.distribute.Strategy:
@@ -77,7 +40,7 @@ def default_strategy() -> tf.distribute.Strategy:
     return tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
 
 
-STRATEGIES = {
+STRATEGIES = {  # the names of tftag.experiment.STRATEGIES
     "auto": default_strategy,
     "default": tf.distribute.get_strategy,
     "mirrored": lambda: tf.distribute.MirroredStrategy(),
@@ -102,9 +65,40 @@ def _hparams(run_dir: str, mel_config: MelConfig, model_config: ModelConfig, cfg
             "hop_factor": mel_config.hop_factor, "compression": mel_config.compression,
             "model": model_config.name, "width": model_config.width, "preset": model_config.preset,
             "gmacs": gmacs, "learning_rate": cfg.learning_rate, "batch_size": cfg.batch_size,
-            "seed": cfg.seed,
+            "seed": cfg.seed, "loss": cfg.loss,
         })
     writer.close()
+
+
+# The dataset feature each loss trains against (tftag.experiment.LOSSES).
+TARGETS = {"bce": "labels", "distill": "soft_labels"}
+
+
+def per_example_loss(targets: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
+    """Binary cross-entropy of logits [b, n_tags] against targets in [0, 1], mean over tags: [b].
+
+    The one loss of both modes: targets are the 0/1 hard labels (``bce``) or the teacher's
+    probabilities (``distill``): -mean_t(p_t·log σ(z_t) + (1 - p_t)·log(1 - σ(z_t))).
+    """
+    return tf.reduce_mean(
+        tf.nn.sigmoid_cross_entropy_with_logits(labels=tf.cast(targets, logits.dtype),
+                                                logits=logits), axis=-1)
+
+
+def teacher_labelled(info: data.DatasetInfo) -> bool:
+    """Whether a dataset stores a teacher's soft labels (dataset.json "labels": "teacher:...")."""
+    return str(info.raw.get("labels", "catalog")).startswith("teacher:")
+
+
+def check_loss(loss: str, info: data.DatasetInfo) -> None:
+    """Raises a clear ValueError when ``loss`` cannot train on the dataset of ``info``."""
+    if loss not in TARGETS:
+        raise ValueError(f"loss must be one of {', '.join(TARGETS)}, got {loss!r}")
+    if loss == "distill" and not teacher_labelled(info):
+        raise ValueError(
+            f"--loss=distill trains on a teacher's soft labels, but the dataset {info.path} is "
+            f"labelled {info.raw.get('labels', 'catalog')!r} (no soft labels); extract it with "
+            "--labels=teacher:MTT_musicnn (or teacher:MTT_vgg), or use --loss=bce")
 
 
 def train(
@@ -124,7 +118,7 @@ def train(
       model_config: the model.
       train_config: the training settings.
       run_dir: where checkpoints, best weights, history and TensorBoard logs go.
-      strategy: a tf.distribute strategy (default: :func:`default_strategy`).
+      strategy: a tf.distribute strategy (default: the one ``train_config.strategy`` names).
       stop_after_epochs: end this call after so many epochs (simulates an interruption).
 
     Returns:
@@ -132,6 +126,7 @@ def train(
        "stopped_early", "train_seconds", "history"}.
     """
     cfg = train_config
+    patch_frames = model_config.patch_frames(mel_config)
     info = data.load_dataset_info(dataset_dir)
     for split in ("train", "valid"):
         if info.splits.get(split, 0) == 0:
@@ -139,14 +134,14 @@ def train(
                              f"{info.splits}")
     if info.n_tags == 0:
         raise ValueError(f"{dataset_dir}: the dataset has no tags to learn")
+    check_loss(cfg.loss, info)
     keras.utils.set_random_seed(cfg.seed)
     if cfg.deterministic:
         tf.config.experimental.enable_op_determinism()
-    strategy = strategy or default_strategy()
+    strategy = strategy or STRATEGIES[cfg.strategy]()
     os.makedirs(run_dir, exist_ok=True)
     with strategy.scope():
-        model = build(dataclasses.replace(model_config, patch_frames=cfg.patch_frames),
-                      mel_config, info.n_tags)
+        model = build(model_config, mel_config, info.n_tags)
         optimizer = keras.optimizers.Adam(cfg.learning_rate)
         optimizer.build(model.trainable_variables)
     state = {
@@ -173,12 +168,10 @@ def train(
     train_writer = tf.summary.create_file_writer(os.path.join(run_dir, "tb", "train"))
     valid_writer = tf.summary.create_file_writer(os.path.join(run_dir, "tb", "valid"))
 
-    def step(x, y):
+    def step(x, targets):  # targets: hard labels (bce) or the teacher's probabilities (distill)
         with tf.GradientTape() as tape:
             logits = model(x, training=True)
-            per_example = tf.reduce_mean(
-                tf.nn.sigmoid_cross_entropy_with_logits(labels=y, logits=logits), axis=-1)
-            loss = tf.nn.compute_average_loss(per_example)
+            loss = tf.nn.compute_average_loss(per_example_loss(targets, logits))
         grads = tape.gradient(loss, model.trainable_variables)
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
         return loss
@@ -199,17 +192,18 @@ def train(
         if stop_after_epochs is not None and epochs_this_call >= stop_after_epochs:
             break
         ds = data.make_dataset(
-            dataset_dir, mel_config, "train", cfg.batch_size, cfg.patch_frames,
+            dataset_dir, mel_config, "train", cfg.batch_size, patch_frames,
             shuffle_buffer=cfg.shuffle_buffer, seed=cfg.seed * 100003 + epoch,
-            repeat=cfg.steps_per_epoch is not None,
+            repeat=cfg.steps_per_epoch is not None, targets=TARGETS[cfg.loss],
         )
         if cfg.steps_per_epoch is not None:
             ds = ds.take(cfg.steps_per_epoch)
         t0 = time.monotonic()
-        losses = [float(distributed_step(x, y)) for x, y in strategy.experimental_distribute_dataset(ds)]
+        with data.naming_corrupt_shards(dataset_dir, mel_config, "train"):  # names a corrupt shard
+            losses = [float(distributed_step(x, y)) for x, y in strategy.experimental_distribute_dataset(ds)]
         train_seconds = time.monotonic() - t0
         metrics = evaluate.evaluate(model, dataset_dir, mel_config, "valid", info.tags,
-                                    cfg.patch_frames, cfg.eval_batch_size)
+                                    patch_frames, cfg.eval_batch_size)
         improved = metrics.roc_auc > float(state["best"])
         if improved:
             _save_weights_atomic(model, best_path)
@@ -252,14 +246,49 @@ def train(
     }
 
 
-def load_best(run_dir: str, dataset_dir: str, mel_config: MelConfig, model_config: ModelConfig,
-              patch_frames: int | None = None):
+def load_best(run_dir: str, dataset_dir: str, mel_config: MelConfig, model_config: ModelConfig):
     """The model of a run directory with its best weights."""
     info = data.load_dataset_info(dataset_dir)
-    model = build(dataclasses.replace(model_config, patch_frames=patch_frames), mel_config,
-                  info.n_tags)
+    model = build(model_config, mel_config, info.n_tags)
     path = os.path.join(run_dir, "best.weights.h5")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} not found: train first (--mode=train --run_dir={run_dir})")
     model.load_weights(path)
     return model
+
+
+def run_train(experiment) -> dict:
+    """``--mode=train``: trains at the experiment's one resolution, evaluates the best weights on
+    the test split, writes ``results.json`` and ``per_tag.txt`` and exports if asked.
+
+    Returns:
+      The run's summary (metrics, best epoch and checkpoint, dataset and export paths).
+    """
+    from tftag import export, pipeline, runfiles
+
+    config, mc = experiment.mel_config, experiment.model
+    dataset_dir = pipeline.ensure_dataset(experiment)
+    outcome = train(dataset_dir, config, mc, experiment.train, experiment.run_dir)
+    model = load_best(experiment.run_dir, dataset_dir, config, mc)
+    info = data.load_dataset_info(dataset_dir)
+    metrics = evaluate.evaluate(model, dataset_dir, config, "test", info.tags,
+                                mc.patch_frames(config))
+    table = evaluate.format_per_tag(metrics)
+    print(table)
+    results = experiment.path("results.json")
+    runfiles.write_json_atomic(results, {"test": metrics.as_dict(), "train": outcome})
+    runfiles.write_text_atomic(experiment.path("per_tag.txt"), table)
+    export_path = None
+    if experiment.export.enabled:
+        export_path = export.export_weights(
+            experiment, config, mc, outcome["best_weights"], dataset_dir,
+            {"test_roc_auc": metrics.roc_auc, "test_pr_auc": metrics.pr_auc})
+    return {"resolution": config.name, "model": mc.name,
+            "test_roc_auc": metrics.roc_auc, "test_pr_auc": metrics.pr_auc,
+            "test_top5_overlap": metrics.top5_overlap,
+            "test_prob_correlation": metrics.prob_correlation, "loss": experiment.train.loss,
+            "best_valid_roc_auc": outcome["best_valid_roc_auc"],
+            "best_epoch": outcome["best_epoch"], "epochs_done": outcome["epochs_done"],
+            "best_checkpoint": outcome["best_weights"], "results": results,
+            "dataset_dir": dataset_dir, "export_path": export_path}
+

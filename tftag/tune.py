@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from tftag import data
+from tftag import data, runfiles
 from tftag.features import MelConfig
 from tftag.models import ModelConfig, build
 from tftag.train import TrainConfig
@@ -26,7 +26,7 @@ def tune(dataset_dir: str, mel_config: MelConfig, model_config: ModelConfig,
 
     keras.utils.set_random_seed(train_config.seed)
     info = data.load_dataset_info(dataset_dir)
-    patch = train_config.patch_frames
+    patch = model_config.patch_frames(mel_config)
     train_ds = data.make_dataset(dataset_dir, mel_config, "train", train_config.batch_size, patch,
                                  shuffle_buffer=train_config.shuffle_buffer, seed=train_config.seed)
     valid_ds = data.make_dataset(dataset_dir, mel_config, "valid", train_config.eval_batch_size,
@@ -35,7 +35,7 @@ def tune(dataset_dir: str, mel_config: MelConfig, model_config: ModelConfig,
     def build_model(hp):
         config = dataclasses.replace(
             model_config, width=hp.Choice("width", list(WIDTHS)),
-            dropout=hp.Float("dropout", 0.0, 0.5, step=0.1), patch_frames=patch)
+            dropout=hp.Float("dropout", 0.0, 0.5, step=0.1))
         model = build(config, mel_config, info.n_tags)
         model.compile(
             optimizer=keras.optimizers.Adam(hp.Float("learning_rate", 1e-4, 1e-2, sampling="log")),
@@ -56,3 +56,34 @@ def tune(dataset_dir: str, mel_config: MelConfig, model_config: ModelConfig,
               for t in tuner.oracle.trials.values() if t.score is not None]
     return {"best": dict(best_trial.hyperparameters.values), "best_score": best_trial.score,
             "trials": sorted(trials, key=lambda t: -t["score"])}
+
+
+def best_flagfile(experiment, outcome: dict, dataset_dir: str) -> str:
+    """A flagfile that trains the best trial: the experiment's flags with its hyper-parameters."""
+    best, config, m = outcome["best"], experiment.mel_config, experiment.model
+    lines = [
+        f"# Best keras-tuner trial (val ROC-AUC {outcome['best_score']:.4f}) of {experiment.run_dir}",
+        "--mode=train", f"--model={m.name}", f"--preset={m.preset}", f"--width={best['width']}",
+        f"--learning_rate={best['learning_rate']:.6g}", f"--dropout={best['dropout']:.2f}",
+        f"--resolutions={config.name}", f"--duration={config.duration}",
+        f"--patch_seconds={m.patch_seconds or 0}", f"--dataset_dir={dataset_dir}",
+        f"--seed={experiment.train.seed}", f"--batch_size={experiment.train.batch_size}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def run(experiment, max_trials: int) -> dict:
+    """``--mode=tune``: the search at the experiment's one resolution; writes ``tune.json`` and
+    ``best.flags`` (a flagfile that trains the best trial)."""
+    from tftag import pipeline
+
+    dataset_dir = pipeline.ensure_dataset(experiment)
+    outcome = tune(dataset_dir, experiment.mel_config, experiment.model, experiment.train,
+                   experiment.run_dir, max_trials)
+    path = experiment.path("best.flags")
+    runfiles.write_text_atomic(path, best_flagfile(experiment, outcome, dataset_dir))
+    runfiles.write_json_atomic(experiment.path("tune.json"), outcome)
+    print(f"best trial: {outcome['best']} (val ROC-AUC {outcome['best_score']:.4f}); flagfile {path}")
+    return {"best": outcome["best"], "best_score": outcome["best_score"],
+            "best_flagfile": path, "trials": len(outcome["trials"])}
+

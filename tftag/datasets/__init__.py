@@ -19,12 +19,20 @@ UNSPLIT = "all"
 
 @dataclasses.dataclass(frozen=True)
 class Clip:
-    """One audio clip of a catalogue."""
+    """One audio clip of a catalogue: a whole file, or the segment ``offset`` .. ``offset +
+    duration`` seconds of it."""
 
     clip_id: str
     path: str
     split: str
     tags: tuple[str, ...] = ()
+    offset: float = 0.0
+    duration: float | None = None
+
+    @property
+    def segment(self) -> tuple[float, float | None] | None:
+        """(offset, duration) of a segment clip, None for a whole file."""
+        return None if self.offset == 0.0 and self.duration is None else (self.offset, self.duration)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,7 +62,10 @@ class Catalog:
         h = hashlib.sha1()
         h.update(json.dumps(list(self.tags)).encode())
         for clip in sorted(self.clips, key=lambda c: c.clip_id):
-            h.update(json.dumps(dataclasses.astuple(clip), ensure_ascii=False).encode())
+            fields = dataclasses.astuple(clip)
+            if clip.segment is None:  # whole files hash as before segments existed
+                fields = fields[:4]
+            h.update(json.dumps(fields, ensure_ascii=False).encode())
         return h.hexdigest()
 
 
@@ -72,7 +83,7 @@ def check_unique_ids(clips: Sequence[Clip], source: str) -> None:
 
 
 def _load_builtin() -> None:
-    from tftag.datasets import csv_catalog, folder, msd, mtat, synthetic  # noqa: F401  (registers)
+    from tftag.datasets import csv_catalog, debian, folder, msd, mtat, synthetic  # noqa: F401
 
 
 REGISTRY: Registry[Callable[..., Catalog]] = Registry("catalog", _load_builtin)

@@ -15,7 +15,7 @@ import os
 from tftag.datasets import Catalog, Clip, check_unique_ids, register
 
 ANNOTATIONS = "annotations_final.csv"
-# paper-notes.md §2 (matches the musicnn MTT checkpoints, index 0-49).
+# tests/fixtures/paper-notes.md §2 (matches the musicnn MTT checkpoints, index 0-49).
 TOP50_TAGS = (
     "guitar", "classical", "slow", "techno", "strings", "drums", "electronic", "rock", "fast",
     "piano", "ambient", "beat", "violin", "vocal", "synth", "female", "indian", "opera", "male",

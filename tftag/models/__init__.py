@@ -14,6 +14,9 @@ from tftag.features import MelConfig
 from tftag.registry import Registry
 
 
+MIN_PATCH_FRAMES = 16
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """Which network and how big.
@@ -24,26 +27,39 @@ class ModelConfig:
       dropout: dropout rate where the architecture has dropout; None = the architecture's own
         (VGG-CNN: none, as in the paper; MUSICNN back-end and musicnn_vgg: 0.5).
       preset: architecture variant (musicnn: ``paper`` or ``musicnn_mtt``; vgg: ``paper``).
-      patch_frames: frames of the input patch; None = the whole clip of the MelConfig.
+      patch_seconds: the model's input is a patch of this many seconds (clip scores average
+        the non-overlapping patches); None = the whole clip. The one owner of the patch length:
+        :meth:`patch_frames` turns it into frames for a resolution.
     """
 
     name: str
     width: float = 1.0
     dropout: float | None = None
     preset: str = "paper"
-    patch_frames: int | None = None
+    patch_seconds: float | None = None
 
     def __post_init__(self):
         if not self.width > 0:
             raise ValueError(f"width must be > 0, got {self.width}")
         if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.patch_frames is not None and self.patch_frames < 1:
-            raise ValueError(f"patch_frames must be >= 1 or None, got {self.patch_frames}")
+        if self.patch_seconds is not None and not self.patch_seconds > 0:
+            raise ValueError(f"patch_seconds must be > 0 or None, got {self.patch_seconds}")
+
+    def patch_frames(self, mel_config: MelConfig) -> int | None:
+        """Frames of one input patch at ``mel_config``'s hop, or None for whole clips.
+
+        The rule: ``frames_in(patch_seconds)`` (floor(seconds · sr / hop_length); 3 s = 187
+        frames at 16 kHz hop 256), at least 16 (the smallest input every model takes) and at most
+        the whole crop.
+        """
+        if self.patch_seconds is None:
+            return None
+        return min(mel_config.n_frames, max(MIN_PATCH_FRAMES, mel_config.frames_in(self.patch_seconds)))
 
     def n_frames(self, mel_config: MelConfig) -> int:
         """Input frames: the patch length, or the whole crop of ``mel_config``."""
-        return self.patch_frames or mel_config.n_frames
+        return self.patch_frames(mel_config) or mel_config.n_frames
 
     def dropout_or(self, default: float) -> float:
         """The configured dropout, or the architecture's ``default``."""

@@ -20,7 +20,7 @@ from tftag.datasets.mtat import TOP50_TAGS
 from tftag.features import MelConfig
 from tftag.models import ModelConfig, build
 
-PATCH_FRAMES = 187
+PATCH_SECONDS = 3.0  # musicnn's input: 187 frames of 16 kHz hop 256 (MEL_CONFIG.frames_in(3))
 MTT_TAGS = TOP50_TAGS  # the checkpoints' output order
 # musicnn's representation: 16 kHz, 96 bands, hop 256, log10(1 + 10000·x).
 MEL_CONFIG = MelConfig(16000, 96, 1, "log")
@@ -58,9 +58,10 @@ VARIABLE_MAPS = {
     ),
 }
 MODEL_CONFIGS = {
-    "MTT_musicnn": ModelConfig("musicnn", preset="musicnn_mtt", patch_frames=PATCH_FRAMES),
-    "MTT_vgg": ModelConfig("musicnn_vgg", patch_frames=PATCH_FRAMES),
+    "MTT_musicnn": ModelConfig("musicnn", preset="musicnn_mtt", patch_seconds=PATCH_SECONDS),
+    "MTT_vgg": ModelConfig("musicnn_vgg", patch_seconds=PATCH_SECONDS),
 }
+PATCH_FRAMES = MODEL_CONFIGS["MTT_musicnn"].patch_frames(MEL_CONFIG)  # 187
 # Optimizer state and counters in the checkpoints, not part of the model.
 _IGNORED_SUFFIXES = ("/Adam", "/Adam_1")
 _IGNORED = {"beta1_power", "beta2_power", "global_step"}

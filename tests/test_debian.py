@@ -1,0 +1,137 @@
+"""The debian catalogue on a fake package built here with dpkg-deb, and teacher labels."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import zipfile
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from conftest import run_module, tone_mix
+from tftag.datasets import debian
+
+PKG = "tftag-fake-music"
+OGG = {"format": "OGG", "subtype": "VORBIS"}
+
+
+def _ogg(path, seconds, seed, sr=22050):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    sf.write(path, tone_mix(seconds, sr, seed), sr, **OGG)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """A cache dir whose debs/ holds a fake package: 2 songs of one group, a .pk3 song, an
+    effect, a 5-s sound, a duplicate and an unreadable file."""
+    root = tmp_path_factory.mktemp("pkg") / PKG
+    music = root / "usr/share/games/fake/music"
+    _ogg(str(music / "song_a.ogg"), 35, 1)
+    _ogg(str(music / "song_a_fast.ogg"), 40, 2)
+    (music / "zz_copy_of_a.ogg").write_bytes((music / "song_a.ogg").read_bytes())
+    _ogg(str(root / "usr/share/games/fake/sounds/birds.ogg"), 45, 3)
+    _ogg(str(root / "usr/share/games/fake/sfx_click.ogg"), 5, 4)
+    (music / "broken.ogg").write_bytes(np.random.default_rng(0).bytes(5000))
+    pk3_song = root / "tmp_song.ogg"
+    _ogg(str(pk3_song), 65, 5)
+    with zipfile.ZipFile(root / "usr/share/games/fake/data.pk3", "w") as z:
+        z.write(pk3_song, "sound/cdtracks/pk3song.ogg")
+    os.remove(pk3_song)
+    doc = root / f"usr/share/doc/{PKG}"
+    doc.mkdir(parents=True)
+    (doc / "copyright").write_text("Format: https://www.debian.org/doc/packaging-manuals/"
+                                   "copyright-format/1.0/\n\nFiles: *\nLicense: CC-BY-4.0\n")
+    (root / "DEBIAN").mkdir()
+    (root / "DEBIAN/control").write_text(
+        f"Package: {PKG}\nVersion: 1.0\nArchitecture: all\nMaintainer: tftag <t@example.org>\n"
+        "Description: test music\n")
+    cache = tmp_path_factory.mktemp("cache")
+    (cache / "debs").mkdir()
+    subprocess.run(["dpkg-deb", "--root-owner-group", "-b", str(root),
+                    str(cache / "debs" / f"{PKG}_1.0_all.deb")], check=True, capture_output=True)
+    return cache
+
+
+def test_catalogue_keeps_music_and_reports_the_rest(cache):
+    cat = debian.load_debian(packages=[PKG, "tftag-no-such-package"], cache_dir=str(cache))
+    ids = sorted(c.clip_id for c in cat.clips)
+    base = f"{PKG}/usr/share/games/fake"
+    assert ids == [f"{base}/data.pk3.d/sound/cdtracks/pk3song.ogg#000",
+                   f"{base}/data.pk3.d/sound/cdtracks/pk3song.ogg#001",
+                   f"{base}/music/song_a.ogg#000", f"{base}/music/song_a_fast.ogg#000"]
+    pk3 = [c for c in cat.clips if "pk3song" in c.clip_id]
+    assert [(c.offset, c.duration) for c in pk3] == [(0.0, 30.0), (30.0, 30.0)]
+    # Near-duplicate versions share a group and so a split.
+    a = {c.split for c in cat.clips if "song_a" in c.clip_id}
+    assert len(a) == 1 and a <= {"train", "valid", "test"}
+    problems = {(s["error"], os.path.basename(s["path"])) for s in cat.skipped}
+    assert problems == {("PackageUnavailable", "tftag-no-such-package"),
+                        ("NotMusic", "birds.ogg"), ("UnreadableTrack", "broken.ogg"),
+                        ("Duplicate", "zz_copy_of_a.ogg")}  # song_a.ogg is first in path order
+    dup = next(s for s in cat.skipped if s["error"] == "Duplicate")
+    assert dup["reason"].endswith("music/song_a.ogg")
+    assert "not in this machine's apt sources" in next(
+        s["reason"] for s in cat.skipped if s["error"] == "PackageUnavailable")
+    assert cat.info["packages"][PKG]["licence"] == "CC-BY-4.0"
+    tracks = {t["path"].split("/")[-1]: t for t in cat.info["tracks"]}
+    assert tracks["pk3song.ogg"]["clips"] == 2 and tracks["song_a_fast.ogg"]["seconds"] == 40.0
+    # A rerun reuses the download, the unpacked tree and the scan index.
+    again = debian.load_debian(packages=[PKG], cache_dir=str(cache))
+    assert sorted(c.clip_id for c in again.clips) == ids
+    assert json.loads((cache / "index.json").read_text())
+
+
+def test_rules():
+    assert debian.group_name("supertuxkart-data", "m/cocoa_river_fast.ogg") == \
+        debian.group_name("supertuxkart-data", "m/cocoa_river.ogg") == "supertuxkart-data:cocoa_river"
+    assert debian.group_name("supertux-data", "m/airship_old.ogg") == "supertux-data:airship"
+    assert debian.group_name("x", "rybky01.ogg") != debian.group_name("x", "rybky02.ogg")
+    assert [debian.is_effect(p) for p in (
+        "a/sounds/day.ogg", "a/sfx/x.ogg", "a/thunder.ogg", "t/steamLocomotive.ogg",
+        "a/bright_thunders.ogg", "a/call_of_the_winding_path.ogg", "m/Ambience.ogg")] == \
+        [True, True, True, True, False, False, False]
+    splits = [debian.split_of(f"g{i}") for i in range(1000)]
+    assert 750 < splits.count("train") < 850 and splits.count("valid") > 60
+    assert debian.split_of("g1", seed=0) == debian.split_of("g1", seed=0)
+
+
+def test_loop_period():
+    rng = np.random.default_rng(0)
+    loop = rng.standard_normal(20 * 50)  # a 50-s loop at 20 values per second
+    env = np.concatenate([loop] * 6 + [loop[:200]]) + 0.05 * rng.standard_normal(20 * 50 * 6 + 200)
+    assert debian.loop_period(env, 20.0) == pytest.approx(50.0, abs=0.1)
+    assert debian.loop_period(rng.standard_normal(20 * 300), 20.0) is None
+
+
+def test_extraction_with_teacher_labels(cache, tmp_path):
+    """Teacher labels in the TFRecords equal the pretrained model on the same mel; every track
+    is a clip source or in failures.jsonl; the job exits 0."""
+    import tensorflow as tf
+
+    from tftag import data, evaluate, teacher
+    from tftag.features import MelConfig
+    from tftag.models import pretrained
+
+    run_dir = tmp_path / "run"
+    proc = run_module("tftag.main", "--mode=extract", f"--run_dir={run_dir}", "--catalog=debian",
+                      f"--cache_dir={cache}", f"--packages={PKG},tftag-no-such-package",
+                      "--labels=teacher:MTT_musicnn", "--resolutions=sr16000-mel96-hop1-log",
+                      "--duration=29.1")
+    assert proc.returncode == 0 and "extracted 4/4 clips" in proc.stdout
+    info = json.loads((run_dir / "dataset" / "dataset.json").read_text())
+    assert info["labels"] == "teacher:MTT_musicnn" and info["tags"] == list(teacher.tags())
+    assert info["source"]["packages"][PKG]["licence"] == "CC-BY-4.0"
+    failures = [json.loads(line) for line in (run_dir / "dataset" / "failures.jsonl").open()]
+    assert sorted(f["error"] for f in failures) == ["Duplicate", "NotMusic", "PackageUnavailable",
+                                                    "UnreadableTrack"]
+    model = pretrained.load_musicnn("MTT_musicnn")
+    examples = list(data.read_examples(str(run_dir / "dataset"), MelConfig(16000, 96, 1, "log")))
+    assert len(examples) == 4
+    for ex in examples:
+        expected = evaluate.patch_scores(model, tf.constant(ex["mel"][None]), 187).numpy()[0]
+        np.testing.assert_allclose(ex["soft_labels"], expected, atol=1e-5)
+        top3 = set(np.argsort(-expected)[:3])
+        assert set(np.flatnonzero(ex["labels"])) == top3

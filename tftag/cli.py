@@ -1,0 +1,146 @@
+"""What tftag's entry points share: resolution flags and short, exit-2 usage errors.
+
+Only entry points (``tftag/main.py``, ``pipelines/*.py``) import this module; library modules
+take dataclasses. :func:`run` replaces ``absl.app.run``: a bad flag value or a usage error prints
+one line naming the flag, the value and the allowed values, plus one hint line, and exits 2 —
+no page of flag help, no traceback (``--show_traceback`` shows it).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Callable
+
+from absl import app, flags
+
+from tftag import features
+from tftag.errors import DataError
+
+FLAGS = flags.FLAGS
+HINT = "see --helpfull for every flag"
+MAX_MESSAGE_LINES = 3
+
+flags.DEFINE_bool("show_traceback", False, "On an error, show the Python traceback too.")
+
+
+def _fail(message: str, code: int, hint: bool = True) -> None:
+    lines = str(message).strip().splitlines() or ["unknown error"]
+    if len(lines) > MAX_MESSAGE_LINES:
+        lines = lines[:MAX_MESSAGE_LINES] + [f"... ({len(lines) - MAX_MESSAGE_LINES} more lines)"]
+    print("error: " + "\n  ".join(lines), file=sys.stderr)
+    if hint:
+        print(HINT, file=sys.stderr)
+    sys.exit(code)
+
+
+def _parse(argv: list[str]) -> list[str]:
+    try:
+        return FLAGS(argv)
+    except flags.Error as e:
+        _fail(str(e), 2)
+    return []  # not reached
+
+
+# Errors a user can cause with flags or inputs; anything else is a bug and keeps its traceback.
+USAGE_ERRORS = (app.UsageError, ValueError, FileNotFoundError, FileExistsError,
+                NotADirectoryError)
+
+
+def run(main: Callable[[list[str]], object]) -> None:
+    """``absl.app.run(main)`` with short errors: usage errors exit 2, data errors exit 1."""
+
+    def wrapped(argv):
+        if len(argv) > 1:
+            _fail(f"unexpected arguments: {' '.join(argv[1:])} (flags are --name=value)", 2)
+        try:
+            return main(argv)
+        except DataError as e:
+            if FLAGS.show_traceback:
+                raise
+            _fail(str(e), 1, hint=False)  # the message says the fix
+        except USAGE_ERRORS as e:
+            if FLAGS.show_traceback:
+                raise
+            _fail(str(e), 2)
+
+    app.run(wrapped, flags_parser=_parse)
+
+
+def define_mel_flags(duration_name: str = "duration") -> None:
+    """Defines --sr, --n_mels, --hop_factors, --compressions, --resolutions and the crop flag."""
+    flags.DEFINE_list("sr", ["12000", "16000"], "Sample rates in Hz (paper: 12000,16000; any "
+                      ">= 8000).")
+    flags.DEFINE_list("n_mels", [str(m) for m in features.PAPER_N_MELS],
+                      "Mel band counts (paper: 128,96,48,32,24,16,8; any 4..256).")
+    flags.DEFINE_list("hop_factors", [str(k) for k in features.PAPER_HOP_FACTORS],
+                      "Hop factors k (hop 256*k) (paper: 1,2,3,4,5,10). Only hop 1 is stored; "
+                      "every k is derived on read.")
+    flags.DEFINE_list("compressions", list(features.PAPER_COMPRESSIONS),
+                      f"Compressions: any of {', '.join(features.COMPRESSIONS)}. Derived on read.")
+    flags.DEFINE_float(duration_name, features.DEFAULT_DURATION, "Centred crop in seconds "
+                       "(zero-padded if shorter).")
+    flags.DEFINE_list("resolutions", [], "Explicit resolutions by name (e.g. "
+                      "sr16000-mel96-hop1-log,sr16000-mel32-hop4-log) instead of the grid of "
+                      "--sr × --n_mels × --hop_factors × --compressions.")
+
+
+def flagfile_text() -> str:
+    """The flags of tftag's own modules as used, one per line: a valid ``--flagfile``.
+
+    (Flags other libraries define once loaded, such as absl's testing flags, are left out: a
+    later run that reads the file back may not load those libraries before parsing.)
+    """
+    lines = []
+    for module, module_flags in sorted(FLAGS.flags_by_module_dict().items()):
+        if module.startswith(("tftag", "pipelines")) or module.endswith(".py"):  # .py: the script
+            for flag in sorted(module_flags, key=lambda f: f.name):
+                text = flag.serialize()
+                if text:
+                    lines.append(text)
+    return "\n".join(lines) + "\n"
+
+
+def _ints(name: str) -> list[int]:
+    try:
+        return [int(v) for v in getattr(FLAGS, name)]
+    except ValueError:
+        raise app.UsageError(f"--{name} must be comma-separated integers, got "
+                             f"{','.join(getattr(FLAGS, name))!r}") from None
+
+
+def mel_configs(duration_name: str = "duration") -> list[features.MelConfig]:
+    """The MelConfig grid of the flags, with errors naming the flag and the allowed values."""
+    duration = getattr(FLAGS, duration_name)
+    if FLAGS.resolutions:
+        try:
+            return [features.MelConfig.from_name(n, duration) for n in FLAGS.resolutions]
+        except (ValueError, TypeError) as e:
+            raise app.UsageError(f"--resolutions: {e}") from None
+    values = {"sr": _ints("sr"), "n_mels": _ints("n_mels"), "hop_factors": _ints("hop_factors"),
+              "compressions": list(FLAGS.compressions)}
+    fields = {"sr": "sr", "n_mels": "n_mels", "hop_factors": "hop_factor",
+              "compressions": "compression"}
+    for name, vals in values.items():
+        if not vals:
+            raise app.UsageError(f"--{name} is empty")
+        for v in vals:
+            try:
+                features.MelConfig(**{"sr": 16000, "n_mels": 96, "hop_factor": 1,
+                                      "compression": "log", "duration": duration, fields[name]: v})
+            except (ValueError, TypeError) as e:
+                raise app.UsageError(f"--{name}: {e}") from None
+    return features.grid(values["sr"], values["n_mels"], values["hop_factors"],
+                         values["compressions"], duration)
+
+
+def registry_help(registry, what: str) -> str:
+    """Flag help listing a registry's names, e.g. "Model: one of musicnn, musicnn_vgg, vgg."."""
+    return f"{what}: one of {', '.join(registry.names())}."
+
+
+def check_name(flag: str, registry) -> str:
+    """The value of --flag if its registry knows it; else a UsageError listing the known names."""
+    value = getattr(FLAGS, flag)
+    if value not in registry.names():
+        raise app.UsageError(f"--{flag}={value!r}; known: {', '.join(registry.names())}")
+    return value

@@ -1,0 +1,253 @@
+"""The Experiment: every setting of a run in one frozen object, written whole to its run dir.
+
+An :class:`Experiment` holds the resolutions (:class:`~tftag.features.MelConfig`), the model
+(:class:`~tftag.models.ModelConfig`, which owns the patch length), the training settings
+(:class:`TrainConfig`), where the data comes from (:class:`DataConfig`) and what to export
+(:class:`ExportConfig`). The entry point builds it once from the flags; train, evaluate, sweep,
+tune and export take it. ``<run_dir>/configs.json`` holds it whole and :meth:`Experiment.load`
+reads it back, so a run directory reproduces its run.
+
+Nothing here imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+from tftag import codecs, runfiles
+from tftag.features import MelConfig
+from tftag.models import ModelConfig
+
+CONFIGS_JSON = "configs.json"
+STRATEGIES = ("auto", "default", "mirrored", "one_device_cpu")
+# Training losses: bce = binary cross-entropy on the hard labels; distill = binary cross-entropy
+# against a teacher's probabilities (the soft labels of a teacher-labelled dataset).
+LOSSES = ("bce", "distill")
+FORMAT_VERSION = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """How to train.
+
+    Attributes:
+      batch_size: global batch size.
+      epochs: maximum epochs.
+      learning_rate: Adam learning rate (paper: 1e-3).
+      patience: stop after this many epochs without a better validation ROC-AUC (0 = never).
+      seed: seeds weights, shuffling, patch offsets and the built-in corpus.
+      shuffle_buffer: examples in the shuffle buffer.
+      steps_per_epoch: training steps per epoch; None = one pass over the training split.
+      eval_batch_size: clips per evaluation batch.
+      deterministic: bit-for-bit repeatable runs (see :mod:`tftag.determinism`).
+      strategy: tf.distribute strategy: auto (MirroredStrategy on several GPUs, else the
+        default one), default, mirrored or one_device_cpu.
+      loss: ``bce`` (binary cross-entropy on the hard labels) or ``distill`` (binary
+        cross-entropy against the soft labels, the teacher's probabilities, of a
+        teacher-labelled dataset). Validation early stopping uses the hard labels either way.
+    """
+
+    batch_size: int = 32
+    epochs: int = 20
+    learning_rate: float = 1e-3
+    patience: int = 5
+    seed: int = 0
+    shuffle_buffer: int = 512
+    steps_per_epoch: int | None = None
+    eval_batch_size: int = 16
+    deterministic: bool = True
+    strategy: str = "auto"
+    loss: str = "bce"
+
+    def __post_init__(self):
+        for name in ("batch_size", "epochs", "eval_batch_size", "shuffle_buffer"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if self.patience < 0:
+            raise ValueError(f"patience must be >= 0, got {self.patience}")
+        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
+            raise ValueError(f"steps_per_epoch must be >= 1 or None, got {self.steps_per_epoch}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Where the clips come from and how they are stored.
+
+    Attributes:
+      catalog: catalogue name (registry :mod:`tftag.datasets`).
+      input: the catalogue's input (directory or CSV); None with ``synthetic`` renders the
+        built-in corpus into ``<run_dir>/corpus``.
+      dataset_dir: an extracted dataset to use; None = ``<run_dir>/dataset`` (made on demand).
+      num_clips: built-in corpus: clips to render.
+      clip_seconds: built-in corpus: seconds per clip.
+      synth_sr: built-in corpus: sample rate of the WAVs.
+      mel_dtype: storage codec of the base mels (registry :mod:`tftag.codecs`).
+      clips_per_shard: clips per TFRecord shard.
+      direct_num_workers: Beam DirectRunner workers (0 = all cores).
+      labels: "catalog" (the catalogue's tags) or "teacher:MTT_musicnn" / "teacher:MTT_vgg"
+        (hard and soft labels from a pretrained model, :mod:`tftag.teacher`).
+      teacher_top_k: teacher labels: hard labels per clip (its top-k tags).
+      packages: ``debian`` catalogue: the Debian packages (empty = its quick subset).
+      cache_dir: ``debian`` catalogue: downloads and unpacked packages (None = ~/.cache/tftag).
+    """
+
+    catalog: str = "synthetic"
+    input: str | None = None
+    dataset_dir: str | None = None
+    num_clips: int = 48
+    clip_seconds: float = 30.0
+    synth_sr: int = 16000
+    mel_dtype: str = "float32"
+    clips_per_shard: int = 256
+    direct_num_workers: int = 1
+    labels: str = "catalog"
+    teacher_top_k: int = 3
+    packages: tuple[str, ...] = ()
+    cache_dir: str | None = None
+
+    def __post_init__(self):
+        from tftag import datasets, teacher
+
+        datasets.REGISTRY.check(self.catalog)
+        codecs.REGISTRY.check(self.mel_dtype)
+        teacher.parse_labels(self.labels)
+        if not 1 <= self.teacher_top_k <= len(teacher.tags()):
+            raise ValueError(f"teacher_top_k must be in [1, 50], got {self.teacher_top_k}")
+        for name in ("num_clips", "clips_per_shard"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.catalog not in ("synthetic", "debian") and not self.input and not self.dataset_dir:
+            raise ValueError(f"--input is required with --catalog={self.catalog} (or give an "
+                             "extracted --dataset_dir)")
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportConfig:
+    """Whether and where train and sweep export their best model.
+
+    Attributes:
+      enabled: export at the end of train and sweep.
+      export_dir: root of exports: ``<export_dir>/<model>-<resolution>/<version>/``.
+      version: version to write; None = the next free integer.
+    """
+
+    enabled: bool = True
+    export_dir: str = "export"
+    version: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+    """Everything a run needs, built once.
+
+    Attributes:
+      mel_configs: the resolutions (one for train, evaluate, tune and export; any for sweep).
+      model: the model; ``model.patch_seconds`` is the one owner of the patch length.
+      train: training settings.
+      data: the data source.
+      export: what to export.
+      run_dir: where the run writes; None for modes that need none.
+      sweep_models: sweep: model names (empty = ``model.name`` alone).
+      repeats: sweep: runs per (model, resolution), seeds seed, seed + 1, ...
+    """
+
+    mel_configs: tuple[MelConfig, ...]
+    model: ModelConfig
+    train: TrainConfig = TrainConfig()
+    data: DataConfig = DataConfig()
+    export: ExportConfig = ExportConfig()
+    run_dir: str | None = None
+    sweep_models: tuple[str, ...] = ()
+    repeats: int = 1
+
+    def __post_init__(self):
+        from tftag import models
+
+        if not self.mel_configs:
+            raise ValueError("no resolution given")
+        if len({c.duration for c in self.mel_configs}) != 1:
+            raise ValueError("all resolutions of one experiment need one duration")
+        for name in (self.model.name, *self.sweep_models):
+            models.REGISTRY.check(name)
+        if self.repeats < 1:
+            raise ValueError(f"repeats must be >= 1, got {self.repeats}")
+
+    @property
+    def mel_config(self) -> MelConfig:
+        """The one resolution of a single-resolution mode."""
+        if len(self.mel_configs) != 1:
+            names = ", ".join(c.name for c in self.mel_configs[:4])
+            more = ", ..." if len(self.mel_configs) > 4 else ""
+            raise ValueError(f"this mode takes one resolution: give --sr, --n_mels, "
+                             f"--hop_factors and --compressions one value each, or one "
+                             f"--resolutions (got {len(self.mel_configs)}: {names}{more})")
+        return self.mel_configs[0]
+
+    @property
+    def model_configs(self) -> tuple[ModelConfig, ...]:
+        """The sweep's models: ``model`` under each of ``sweep_models``."""
+        return tuple(dataclasses.replace(self.model, name=n)
+                     for n in (self.sweep_models or (self.model.name,)))
+
+    @property
+    def patch_frames(self) -> int | None:
+        """Patch frames at the one resolution (None = whole clips)."""
+        return self.model.patch_frames(self.mel_config)
+
+    @property
+    def dataset_dir(self) -> str:
+        """The dataset: ``data.dataset_dir``, else ``<run_dir>/dataset``."""
+        if self.data.dataset_dir:
+            return self.data.dataset_dir
+        if not self.run_dir:
+            raise ValueError("--dataset_dir or --run_dir is required")
+        return os.path.join(self.run_dir, "dataset")
+
+    def path(self, *parts: str) -> str:
+        """A path inside the run directory."""
+        if not self.run_dir:
+            raise ValueError("--run_dir is required")
+        return os.path.join(self.run_dir, *parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict; :meth:`from_dict` inverts it. Resolutions carry their names."""
+        d = dataclasses.asdict(self)
+        d["mel_configs"] = [dict(dataclasses.asdict(c), name=c.name) for c in self.mel_configs]
+        return {"format_version": FORMAT_VERSION, **d}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Experiment":
+        """The Experiment of :meth:`to_dict`."""
+        if d.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"configs format_version {d.get('format_version')} is not "
+                             f"{FORMAT_VERSION} (written by another tftag version)")
+        mels = tuple(MelConfig(**{k: v for k, v in c.items() if k != "name"})
+                     for c in d["mel_configs"])
+        data = dict(d["data"], packages=tuple(d["data"].get("packages", ())))
+        return cls(mel_configs=mels, model=ModelConfig(**d["model"]),
+                   train=TrainConfig(**d["train"]), data=DataConfig(**data),
+                   export=ExportConfig(**d["export"]), run_dir=d["run_dir"],
+                   sweep_models=tuple(d["sweep_models"]), repeats=d["repeats"])
+
+    def save(self) -> str:
+        """Writes ``<run_dir>/configs.json``; returns its path."""
+        path = self.path(CONFIGS_JSON)
+        runfiles.write_json_atomic(path, self.to_dict())
+        return path
+
+    @classmethod
+    def load(cls, run_dir: str) -> "Experiment":
+        """The Experiment a run directory was made with (its ``configs.json``)."""
+        path = os.path.join(run_dir, CONFIGS_JSON)
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"{path} not found: {run_dir!r} is not a tftag run directory")
+        experiment = cls.from_dict(runfiles.read_json(path))
+        return dataclasses.replace(experiment, run_dir=run_dir)  # where it is now

@@ -1,0 +1,276 @@
+"""The Apache Beam extraction pipeline: catalogue -> mel-spectrograms -> sharded TFRecords.
+
+Stages: ListPendingClips -> DecodeAndExtract (Essentia in an isolated child process; bad files
+are recorded, never fatal) -> GroupByShard -> WriteShards; then ``dataset.json`` is written last
+(:func:`tftag.extraction.finalize`). Counters in the ``tftag.extract`` namespace: files_seen,
+decoded, failed, padded, examples_written, shards_written. Any Beam runner; "DirectRunner"
+means Beam's local FnApiRunner. :func:`extract` is what ``--mode=extract`` of an
+:class:`~tftag.experiment.Experiment` does (render the built-in corpus if needed, data card,
+extraction, resume); ``pipelines/extract.py`` is the stand-alone entry point.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Sequence
+
+from absl import logging
+
+from tftag import _essentia, datacard, datasets, extraction, runfiles
+from tftag.datasets import Catalog, Clip
+
+import apache_beam as beam  # noqa: E402  (after tftag.features: see tftag/_essentia.py)
+from apache_beam.metrics.metric import Metrics, MetricsFilter  # noqa: E402
+from apache_beam.options.pipeline_options import PipelineOptions  # noqa: E402
+
+from tftag import data  # noqa: E402
+
+NAMESPACE = "tftag.extract"
+RUNNING_MODES = ("auto", "in_memory", "multi_threading", "multi_processing")
+
+
+class ExtractClipFn(beam.DoFn):
+    """Decodes and extracts one clip; stages its Examples or records why it was skipped."""
+
+    def __init__(self, plan: extraction.ExtractionPlan, decode_timeout: float, log_every: int):
+        self.plan = plan
+        self.decode_timeout = decode_timeout
+        self.log_every = log_every
+        self.seen = Metrics.counter(NAMESPACE, "files_seen")
+        self.decoded = Metrics.counter(NAMESPACE, "decoded")
+        self.failed = Metrics.counter(NAMESPACE, "failed")
+        self.padded = Metrics.counter(NAMESPACE, "padded")
+
+    def setup(self):
+        self._worker = _essentia.EssentiaWorker(timeout=self.decode_timeout)
+        self._teacher = None
+        if self.plan.teacher:
+            from tftag.teacher import Teacher
+
+            self._teacher = Teacher(self.plan.teacher, self.plan.teacher_top_k)
+        self._count = 0
+        self._start = time.monotonic()
+
+    def teardown(self):
+        self._worker.close()
+
+    def _decode(self, path: str, sr: int, *segment):
+        return self._worker.call("load_audio", path, sr, *segment)
+
+    def process(self, element):
+        clip, label_indices = element
+        self.seen.inc()
+        try:
+            records, padded = extraction.extract_clip(clip, label_indices, self.plan, self._decode,
+                                                      self._teacher)
+            extraction.stage_clip(self.plan, clip, records, padded)
+        except Exception as e:  # noqa: BLE001  one clip never takes the job down.
+            record = extraction.failure_record(clip, e)
+            extraction.stage_failure(self.plan, record)
+            self.failed.inc()
+            logging.warning("skipped %s: %s: %s", clip.path, record["error"], record["reason"])
+            yield beam.pvalue.TaggedOutput("failed", record)
+        else:
+            self.decoded.inc()
+            if padded:
+                self.padded.inc()
+            yield clip
+        self._count += 1
+        if self._count % self.log_every == 0:
+            rate = self._count / max(time.monotonic() - self._start, 1e-9)
+            logging.info("worker %d: %d clips processed (%.2f clips/s)", os.getpid(), self._count,
+                         rate)
+
+
+class WriteShardFn(beam.DoFn):
+    """Writes one (split, shard) of every base from the staged clips."""
+
+    def __init__(self, plan: extraction.ExtractionPlan, shard_counts: dict[str, int]):
+        self.plan = plan
+        self.shard_counts = shard_counts
+        self.examples = Metrics.counter(NAMESPACE, "examples_written")
+        self.shards = Metrics.counter(NAMESPACE, "shards_written")
+
+    def process(self, element):
+        (split, index), clip_ids = element
+        n = extraction.write_shard(self.plan, split, index, self.shard_counts[split], list(clip_ids))
+        self.examples.inc(n)
+        self.shards.inc(len(self.plan.bases))
+        yield n
+
+
+def pipeline_options(runner: str = "DirectRunner", direct_num_workers: int = 1,
+                     direct_running_mode: str = "auto", extra: Sequence[str] = ()) -> PipelineOptions:
+    """Beam options for a runner (DirectRunner: workers and running mode) plus extra args."""
+    args = [f"--runner={runner}"] + list(extra)
+    if runner in ("DirectRunner", "direct"):
+        mode = direct_running_mode
+        if mode == "auto":
+            mode = "in_memory" if direct_num_workers == 1 else "multi_processing"
+        args += [f"--direct_num_workers={direct_num_workers}", f"--direct_running_mode={mode}"]
+    return PipelineOptions(args)
+
+
+def make_runner(runner: str):
+    """The runner for --runner; DirectRunner means Beam's local FnApiRunner.
+
+    (Beam's own DirectRunner first tries to download the Prism binary, which fails offline.)
+    """
+    if runner in ("DirectRunner", "direct"):
+        from apache_beam.runners.portability.fn_api_runner import fn_runner
+
+        return fn_runner.FnApiRunner()
+    return None  # taken from --runner in the pipeline options.
+
+
+def run(
+    plan: extraction.ExtractionPlan,
+    catalog: Catalog,
+    options: PipelineOptions,
+    runner: str = "DirectRunner",
+    decode_timeout: float = 300.0,
+    log_every: int = 25,
+    keep_staging: bool = False,
+) -> dict:
+    """Runs the Beam pipeline for the pending clips, then finalises the dataset directory.
+
+    Call :func:`tftag.extraction.prepare_output` first.
+
+    Returns:
+      A summary: clip counts, seconds, Beam counters.
+    """
+    counts = extraction.shard_counts(plan, catalog)
+    pending = extraction.pending_clips(plan, catalog.clips)
+    staged = [c for c in catalog.clips if os.path.exists(plan.staged_path(c.clip_id))]
+    logging.info("%d clips in the catalogue: %d to extract, %d already staged, %d already failed",
+                 len(catalog.clips), len(pending), len(staged),
+                 len(catalog.clips) - len(pending) - len(staged))
+    elements = [(c, catalog.label_indices(c)) for c in pending]
+
+    def shard_key(clip: Clip):
+        return (clip.split, data.shard_index(clip.clip_id, counts[clip.split])), clip.clip_id
+
+    pipeline = beam.Pipeline(runner=make_runner(runner), options=options)
+    extracted = (
+        pipeline
+        | "ListPendingClips" >> beam.Create(elements)
+        | "Reshuffle" >> beam.Reshuffle()
+        | "DecodeAndExtract" >> beam.ParDo(
+            ExtractClipFn(plan, decode_timeout, log_every)
+        ).with_outputs("failed", main="extracted")
+    )
+    earlier = pipeline | "ListStagedClips" >> beam.Create(staged)
+    _ = (
+        (extracted.extracted, earlier)
+        | "AllStagedClips" >> beam.Flatten()
+        | "KeyByShard" >> beam.Map(shard_key)
+        | "GroupByShard" >> beam.GroupByKey()
+        | "WriteShards" >> beam.ParDo(WriteShardFn(plan, counts))
+    )
+    # Beam's multi-processing workers must import tftag too.
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    os.environ["PYTHONPATH"] = root + os.pathsep + os.environ.get("PYTHONPATH", "")
+    started = time.monotonic()
+    result = pipeline.run()
+    result.wait_until_finish()
+    elapsed = time.monotonic() - started
+    metrics = {
+        m.key.metric.name: m.committed
+        for m in result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))["counters"]
+    }
+    source = {"catalog": catalog.name, **catalog.info}
+    meta = extraction.finalize(plan, catalog, source, keep_staging=keep_staging)
+    meta_summary = {
+        "clips_total": meta["clips_total"], "clips_written": meta["clips_written"],
+        "clips_failed": meta["clips_failed"], "clips_padded": meta["clips_padded"],
+        "catalog_skipped": meta["catalog_skipped_count"],
+        "splits": meta["splits"], "bases": len(plan.bases), "views": len(plan.configs),
+        "seconds": round(elapsed, 2), "beam_counters": metrics,
+    }
+    return meta_summary
+
+
+def summary_of(meta: dict) -> dict:
+    """The clip counts of a finished ``dataset.json``."""
+    return {k: meta[k] for k in ("clips_total", "clips_written", "clips_failed", "splits")}
+
+
+def catalog_of(experiment) -> Catalog:
+    """The experiment's catalogue; the built-in corpus is rendered into ``<run_dir>/corpus``."""
+    d = experiment.data
+    if d.catalog == "synthetic" and not d.input:
+        from tftag.datasets import synthetic
+
+        corpus_dir = experiment.path("corpus")
+        started = time.monotonic()
+        catalog = synthetic.render_corpus(corpus_dir, d.num_clips, d.clip_seconds, d.synth_sr,
+                                          experiment.train.seed, progress=True)
+        logging.info("built-in corpus: %d clips in %s (%.1f s)", len(catalog.clips), corpus_dir,
+                     time.monotonic() - started)
+        return catalog
+    if d.catalog == "debian":
+        from tftag.datasets import debian
+
+        return datasets.load("debian", d.input, packages=d.packages or debian.QUICK_PACKAGES,
+                             cache_dir=d.cache_dir, seed=experiment.train.seed)
+    if not os.path.exists(d.input):
+        raise FileNotFoundError(f"--input={d.input!r} does not exist")
+    return datasets.load(d.catalog, d.input)
+
+
+def plan_tags(catalog: Catalog, labels: str) -> tuple[str, ...]:
+    """The tag list labels index into: the teacher's with teacher labels, else the catalogue's."""
+    from tftag import teacher
+
+    return teacher.tags() if teacher.parse_labels(labels) else tuple(catalog.tags)
+
+
+def write_datacard(catalog: Catalog, out_dir: str) -> dict:
+    """Writes the data card into ``out_dir`` (files and TensorBoard ``tb/data``)."""
+    card = datacard.write_card(catalog, out_dir)
+    runfiles.tensorboard_notes(
+        os.path.join(out_dir, "tb", "data"), texts={"datacard": datacard.format_card(card)},
+        images={"tag_frequencies": os.path.join(out_dir, "tag_frequencies.png")},
+        scalars={f"clips/{split}": n for split, n in card["splits"].items()})
+    return card
+
+
+def extract(experiment) -> dict:
+    """Extracts the experiment's catalogue into ``<run_dir>/dataset`` (resumes; no-op if done).
+
+    Returns:
+      A summary: dataset_dir, clip counts per split, Beam counters.
+    """
+    d = experiment.data
+    catalog = catalog_of(experiment)
+    write_datacard(catalog, experiment.run_dir)
+    dataset_dir = experiment.path("dataset")
+    plan = extraction.ExtractionPlan(dataset_dir, tuple(experiment.mel_configs),
+                                     plan_tags(catalog, d.labels), d.mel_dtype, d.clips_per_shard,
+                                     labels=d.labels, teacher_top_k=d.teacher_top_k)
+    state = extraction.prepare_output(plan, catalog, overwrite=False, retry_failed=False)
+    if state == "complete":
+        logging.info("%s is complete already", dataset_dir)
+        summary = summary_of(data.load_dataset_info(dataset_dir).raw)
+    else:
+        summary = run(plan, catalog, pipeline_options("DirectRunner", d.direct_num_workers))
+    print(f"extracted {summary['clips_written']}/{summary['clips_total']} clips into {dataset_dir}")
+    return {"dataset_dir": dataset_dir, **summary}
+
+
+def ensure_dataset(experiment) -> str:
+    """The experiment's dataset directory, checked against its resolutions; made if missing.
+
+    With ``data.dataset_dir`` the dataset must exist and hold every resolution; otherwise it is
+    extracted into ``<run_dir>/dataset`` as :func:`extract` does (a no-op when complete).
+    """
+    if experiment.data.dataset_dir:
+        try:
+            info = data.load_dataset_info(experiment.data.dataset_dir)
+            for config in experiment.mel_configs:
+                info.check(config)
+        except (FileNotFoundError, ValueError) as e:
+            raise type(e)(f"--dataset_dir: {e}") from None
+        return experiment.data.dataset_dir
+    return extract(experiment)["dataset_dir"]

@@ -1,0 +1,83 @@
+"""Atomic files and TensorBoard notes of a run directory (JSON, CSV, text, images).
+
+Every write goes to a temp file beside its target and is renamed into place, so a killed job
+never leaves half a file. Nothing here imports TensorFlow until a TensorBoard summary is written:
+rendering the corpus or writing a data card does not load it.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from typing import Any, Iterable, Mapping, Sequence
+
+
+def write_bytes_atomic(path: str, data: bytes) -> None:
+    """Writes bytes to a temp file beside ``path`` and renames it into place."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def write_text_atomic(path: str, text: str) -> None:
+    """Writes UTF-8 text atomically (a trailing newline is added if missing)."""
+    write_bytes_atomic(path, (text if text.endswith("\n") else text + "\n").encode("utf-8"))
+
+
+def write_json_atomic(path: str, obj: Any) -> None:
+    """Writes indented UTF-8 JSON atomically."""
+    write_text_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False))
+
+
+def write_csv_atomic(path: str, rows: Iterable[Mapping[str, Any]], fieldnames: Sequence[str]) -> None:
+    """Writes dict rows as CSV with a header atomically; keys not in ``fieldnames`` are ignored."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(fieldnames), lineterminator="\n",
+                            extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_bytes_atomic(path, buf.getvalue().encode("utf-8"))
+
+
+def read_json(path: str) -> Any:
+    """Reads a JSON file."""
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def tensorboard_notes(logdir: str, texts: Mapping[str, str] = (), images: Mapping[str, str] = (),
+                      scalars: Mapping[str, float] = ()) -> None:
+    """Writes text (shown as code blocks), PNG images and scalars at step 0 to ``logdir``.
+
+    Args:
+      logdir: a TensorBoard run directory, e.g. ``<run_dir>/tb/config``.
+      texts: {tag: text}; tables in Markdown are shown as they are.
+      images: {tag: path of a PNG}.
+      scalars: {tag: value}.
+    """
+    import tensorflow as tf
+
+    writer = tf.summary.create_file_writer(logdir)
+    with writer.as_default():
+        for tag, text in dict(texts).items():
+            body = text if text.lstrip().startswith("|") else "```\n" + text + "\n```"
+            tf.summary.text(tag, body, step=0)
+        for tag, png in dict(images).items():
+            image = tf.image.decode_png(tf.io.read_file(png), channels=4)[tf.newaxis]
+            tf.summary.image(tag, image, step=0)
+        for tag, value in dict(scalars).items():
+            tf.summary.scalar(tag, value, step=0)
+    writer.close()
