@@ -57,13 +57,7 @@ def define_flags() -> None:
                          lower_bound=0)
     flags.DEFINE_enum("direct_running_mode", "auto", list(pipeline.RUNNING_MODES), "DirectRunner mode; auto = "
                       "multi_processing when direct_num_workers != 1, else in_memory.")
-    flags.DEFINE_string("labels", "catalog", "catalog, or teacher:MTT_musicnn / teacher:MTT_vgg "
-                        "(hard top-k and soft labels from a pretrained model; see tftag.teacher).")
-    flags.DEFINE_integer("teacher_top_k", 3, "Teacher labels: hard labels per clip.", lower_bound=1)
-    flags.DEFINE_list("packages", [], "--catalog=debian: Debian packages (default: its quick "
-                      "subset).")
-    flags.DEFINE_string("cache_dir", None, "--catalog=debian: download cache (default "
-                        "~/.cache/tftag/debian).")
+    cli.define_label_flags()
     flags.DEFINE_list("pipeline_options", [], "Extra Beam pipeline options, comma-separated, e.g. "
                       "--pipeline_options=--project=P,--region=R,--temp_location=gs://B/tmp.")
 

@@ -100,6 +100,18 @@ def flagfile_text() -> str:
     return "\n".join(lines) + "\n"
 
 
+def define_label_flags() -> None:
+    """Defines --labels, --teacher_top_k (tftag.teacher) and --packages, --cache_dir (debian)."""
+    flags.DEFINE_string("labels", "catalog", "catalog (the catalogue's tags) or "
+                        "teacher:MTT_musicnn / teacher:MTT_vgg (top-k hard and soft labels from a "
+                        "pretrained model; see tftag.teacher).")
+    flags.DEFINE_integer("teacher_top_k", 3, "Teacher labels: hard labels per clip.", lower_bound=1)
+    flags.DEFINE_list("packages", [], "--catalog=debian: Debian packages (default: a ~250 MB "
+                      "subset; tftag.datasets.debian.ALL_PACKAGES lists the 17 of the study).")
+    flags.DEFINE_string("cache_dir", None, "--catalog=debian: downloads and unpacked packages "
+                        "(default ~/.cache/tftag/debian).")
+
+
 def _ints(name: str) -> list[int]:
     try:
         return [int(v) for v in getattr(FLAGS, name)]

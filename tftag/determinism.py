@@ -6,10 +6,11 @@ blocking along the summed dimension is chosen from the size of the intra-op thre
 its oneDNN kernels depend on how many threads that pool has. By default TensorFlow sizes the
 pool from the CPUs the process may run on (its affinity mask, i.e. ``taskset``, a job
 scheduler's or a container's cpuset) or from ``TF_NUM_INTRAOP_THREADS``, so the same seed on the
-same machine gives runs that differ in the 7th-8th digit of the first epoch's loss, and later by
-whole points of ROC-AUC. Op determinism only promises equal results for the *same* hardware
-configuration, and it leaves the pool size alone. :func:`configure` therefore fixes both pools to
-a number that does not depend on how the process was started (:func:`default_threads`).
+same machine gives runs that differ in the 7th-8th digit of the first epoch's loss, a gap that
+grows with every step (up to points of ROC-AUC after a few epochs). Op determinism only
+promises equal results for the *same* hardware configuration, and it leaves the pool size
+alone. :func:`configure` therefore fixes both pools to a number that does not depend on how the
+process was started (:func:`default_threads`).
 
 ``tf.data`` order and random patch offsets are made deterministic by
 :func:`tftag.data.make_dataset` itself whenever it is given a seed (ordered interleave and map,
@@ -29,8 +30,13 @@ Call order (the entry point's duty):
   numbers, so it is recorded, not changed. To change it, export it before starting Python.
 
 Speed: with the pools fixed at the machine's CPU count, an unconstrained run uses the threads
-TensorFlow would pick anyway; a run confined to fewer CPUs is oversubscribed instead of using
-fewer threads. Op determinism itself costs nothing measurable for tftag's models on CPU.
+TensorFlow would pick anyway (same numbers as an unpinned run on the whole machine), and op
+determinism costs no measurable time for tftag's models on CPU: on a 2-core AVX2 machine two
+VGG (width 0.125) training steps and one forward pass on 16 clips of 96 bands × 1819 frames
+took about 9 CPU-seconds with and without it (medians 9.1 and 9.0 s, within the ±5 % noise).
+The ordered ``tf.data`` pipeline costs about 0.01 s more per batch of 16, hidden by
+prefetching. A run confined to fewer CPUs than the pools have threads is oversubscribed rather
+than given fewer threads; on one CPU, 2 threads against 1 cost no measurable CPU time.
 """
 
 from __future__ import annotations

@@ -52,13 +52,7 @@ cli.define_mel_flags()
 flags.DEFINE_string("mel_dtype", "float32", cli.registry_help(codecs.REGISTRY, "Storage codec "
                     "of the base mels"))
 flags.DEFINE_integer("clips_per_shard", 256, "Clips per TFRecord shard.", lower_bound=1)
-flags.DEFINE_string("labels", "catalog", "catalog (the catalogue's tags) or teacher:MTT_musicnn / "
-                    "teacher:MTT_vgg (top-k hard and soft labels from a pretrained model).")
-flags.DEFINE_integer("teacher_top_k", 3, "Teacher labels: hard labels per clip.", lower_bound=1)
-flags.DEFINE_list("packages", [], "--catalog=debian: Debian packages (default: a ~250 MB subset; "
-                  "tftag.datasets.debian.ALL_PACKAGES lists the 17 of the study).")
-flags.DEFINE_string("cache_dir", None, "--catalog=debian: downloads and unpacked packages "
-                    "(default ~/.cache/tftag/debian).")
+cli.define_label_flags()
 flags.DEFINE_integer("direct_num_workers", 1, "Beam DirectRunner workers (0 = all cores).",
                      lower_bound=0)
 flags.DEFINE_string("dataset_dir", None, "An extracted dataset directory; default: "
@@ -221,6 +215,8 @@ def main(argv) -> None:
             exp.mel_config
         except ValueError as e:
             raise app.UsageError(str(e).replace("this mode", f"--mode={FLAGS.mode}")) from None
+    if exp:  # before the first TensorFlow op: fixes the thread pools (tftag.determinism)
+        _lib("determinism").configure(exp.train.seed, exp.train.deterministic)
     if exp and exp.run_dir:
         write_run_files(exp)
     summary = dict(mode=FLAGS.mode, **RUN_MODE[FLAGS.mode](exp))

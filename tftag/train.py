@@ -28,7 +28,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from tftag import data, evaluate
+from tftag import data, determinism, evaluate
 from tftag.experiment import TrainConfig  # noqa: F401  (defined beside the Experiment)
 from tftag.features import MelConfig
 from tftag.models import ModelConfig, build
@@ -135,11 +135,10 @@ def train(
     if info.n_tags == 0:
         raise ValueError(f"{dataset_dir}: the dataset has no tags to learn")
     check_loss(cfg.loss, info)
-    keras.utils.set_random_seed(cfg.seed)
-    if cfg.deterministic:
-        tf.config.experimental.enable_op_determinism()
+    settings = determinism.configure(cfg.seed, cfg.deterministic)
     strategy = strategy or STRATEGIES[cfg.strategy]()
     os.makedirs(run_dir, exist_ok=True)
+    data.write_json_atomic(os.path.join(run_dir, "determinism.json"), settings)
     with strategy.scope():
         model = build(model_config, mel_config, info.n_tags)
         optimizer = keras.optimizers.Adam(cfg.learning_rate)

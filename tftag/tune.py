@@ -24,7 +24,9 @@ def tune(dataset_dir: str, mel_config: MelConfig, model_config: ModelConfig,
     import keras
     import keras_tuner as kt
 
-    keras.utils.set_random_seed(train_config.seed)
+    from tftag import determinism
+
+    determinism.configure(train_config.seed, train_config.deterministic)
     info = data.load_dataset_info(dataset_dir)
     patch = model_config.patch_frames(mel_config)
     train_ds = data.make_dataset(dataset_dir, mel_config, "train", train_config.batch_size, patch,
