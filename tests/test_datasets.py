@@ -267,7 +267,7 @@ def test_csv_errors(tmp_path, rows, header, message):
 
 
 def test_unknown_catalog():
-    with pytest.raises(ValueError, match="unknown catalog 'magna'; known: csv, folder, msd, mtat, synthetic"):
+    with pytest.raises(ValueError, match="unknown catalog 'magna'; known: csv, debian, folder, msd, mtat, synthetic"):
         datasets.load("magna", "x")
 
 

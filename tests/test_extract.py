@@ -184,7 +184,7 @@ def test_rerun_is_a_no_op_and_changes_need_overwrite(extracted, audio_dir):
         (["--sr=7000"], "--sr: sr must be one of 12000, 16000 (paper) or any int >= 8000, got 7000"),
         (["--n_mels=96,x"], "--n_mels must be comma-separated integers"),
         (["--compressions=ln"], "--compressions: compression must be one of db, log, power"),
-        (["--catalog=mtatt"], "--catalog='mtatt'; known: auto, csv, folder"),
+        (["--catalog=mtatt"], "--catalog='mtatt'; known: auto, csv, debian, folder"),
         (["--mel_dtype=int8"], "--mel_dtype"),
     ],
 )
