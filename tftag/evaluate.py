@@ -14,7 +14,6 @@ and the Pearson correlation of the probabilities (over all clip × tag values, a
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Sequence
 
 import numpy as np
@@ -233,9 +232,7 @@ def run_evaluate(experiment, weights: str, split: str | None) -> dict:
 
     config, mc = experiment.mel_config, experiment.model
     dataset_dir = pipeline.ensure_dataset(experiment)
-    if not os.path.exists(weights):
-        raise FileNotFoundError(f"--weights={weights!r} does not exist (train first, or point "
-                                "--weights at a best.weights.h5)")
+    runfiles.require_weights(weights)
     info = data.load_dataset_info(dataset_dir)
     if split is not None and info.splits.get(split, 0) == 0:
         raise ValueError(f"--split={split}: empty in {dataset_dir} (splits {info.splits})")

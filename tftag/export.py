@@ -366,11 +366,9 @@ def export_weights(experiment, mel_config: MelConfig, model_config: ModelConfig,
 
 def run_export(experiment, weights: str) -> dict:
     """``--mode=export``: the experiment's model at its one resolution with ``weights``."""
-    from tftag import pipeline
+    from tftag import pipeline, runfiles
 
-    if not os.path.exists(weights):
-        raise FileNotFoundError(f"--weights={weights!r} does not exist (train first, or point "
-                                "--weights at a best.weights.h5)")
+    runfiles.require_weights(weights)
     dataset_dir = pipeline.ensure_dataset(experiment)
     path = export_weights(experiment, experiment.mel_config, experiment.model, weights, dataset_dir)
     print(f"exported {path}; inspect it with: .venv/bin/saved_model_cli show --all --dir {path}")

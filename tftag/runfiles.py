@@ -52,6 +52,14 @@ def write_csv_atomic(path: str, rows: Iterable[Mapping[str, Any]], fieldnames: S
     write_bytes_atomic(path, buf.getvalue().encode("utf-8"))
 
 
+def require_weights(path: str) -> str:
+    """``path`` if a weights file is there; else FileNotFoundError saying how to get one."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"--weights={path!r} does not exist (train first, or point "
+                                "--weights at a best.weights.h5)")
+    return path
+
+
 def read_json(path: str) -> Any:
     """Reads a JSON file."""
     with open(path, encoding="utf-8") as f:
