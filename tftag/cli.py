@@ -106,7 +106,7 @@ def define_label_flags() -> None:
                         "teacher:MTT_musicnn / teacher:MTT_vgg (top-k hard and soft labels from a "
                         "pretrained model; see tftag.teacher).")
     flags.DEFINE_integer("teacher_top_k", 3, "Teacher labels: hard labels per clip.", lower_bound=1)
-    flags.DEFINE_list("packages", [], "--catalog=debian: Debian packages (default: a ~250 MB "
+    flags.DEFINE_list("packages", [], "--catalog=debian: Debian packages (default: a ~210 MB "
                       "subset; tftag.datasets.debian.ALL_PACKAGES lists the 17 of the study).")
     flags.DEFINE_string("cache_dir", None, "--catalog=debian: downloads and unpacked packages "
                         "(default ~/.cache/tftag/debian).")
