@@ -73,6 +73,43 @@ def test_experiment_derived_values_and_errors(tmp_path):
         Experiment.load(str(tmp_path / "nowhere"))
 
 
+def test_sweep_models_with_their_own_settings(tmp_path):
+    from tftag import sweep
+    from tftag.experiment import SweepModel
+
+    exp = dataclasses.replace(_experiment(str(tmp_path)), model=ModelConfig("vgg", width=0.125))
+    override = SweepModel.parse("musicnn:width=0.25,patch_seconds=3,epochs=2,steps_per_epoch=5,"
+                                "resolutions=sr16000-mel48-hop2-log")
+    assert override == SweepModel("musicnn", ("sr16000-mel48-hop2-log",), 0.25, 3.0, 2, 5)
+    exp = dataclasses.replace(exp, sweep_overrides=(override,))
+    items = sweep.plan_items(exp.sweep_plan(), exp.repeats, seed=7)
+    assert [i.key for i in items] == [
+        "vgg-paper-w0.125-sr16000-mel48-hop2-log-seed7", "vgg-paper-w0.125-sr16000-mel48-hop2-log-seed8",
+        "vgg-paper-w0.125-sr16000-mel16-hop4-db-seed7", "vgg-paper-w0.125-sr16000-mel16-hop4-db-seed8",
+        "musicnn-paper-w0.25-sr16000-mel48-hop2-log-seed7",
+        "musicnn-paper-w0.25-sr16000-mel48-hop2-log-seed8"]
+    assert items[0].train_config == exp.train and items[0].patch_frames is None
+    musicnn = items[-1]
+    assert (musicnn.train_config.epochs, musicnn.train_config.steps_per_epoch) == (2, 5)
+    assert musicnn.patch_frames == 93  # 3 s at hop 512
+    assert Experiment.from_dict(json.loads(json.dumps(exp.to_dict()))) == exp
+    whole = SweepModel.parse("vgg:patch_seconds=0").apply(ModelConfig("vgg", patch_seconds=3.0),
+                                                         exp.train)[0]
+    assert whole.patch_seconds is None  # 0 = whole clips
+    with pytest.raises(ValueError, match="'widht=2' is not key=value with a key in resolutions"):
+        SweepModel.parse("musicnn:widht=2")
+    with pytest.raises(ValueError, match="width='x' is not a number"):
+        SweepModel.parse("musicnn:width=x")
+    with pytest.raises(ValueError, match="'musicnn_vgg' is not one of the sweep's models"):
+        dataclasses.replace(exp, sweep_overrides=(SweepModel("musicnn_vgg"),))
+    with pytest.raises(ValueError, match=r"resolutions \['sr8000-mel8-hop1-log'\] are not among"):
+        dataclasses.replace(exp, sweep_overrides=(SweepModel("vgg", ("sr8000-mel8-hop1-log",)),))
+    with pytest.raises(ValueError, match="epochs must be >= 1"):
+        dataclasses.replace(exp, sweep_overrides=(SweepModel("vgg", epochs=0),))
+    with pytest.raises(ValueError, match="valid_patches must be >= 1 or None"):
+        TrainConfig(valid_patches=0)
+
+
 def test_cli_run_dir_holds_the_whole_experiment(tmp_path):
     run_dir = tmp_path / "run"
     run_module("tftag.main", "--mode=extract", f"--run_dir={run_dir}", "--num_clips=2",
@@ -102,6 +139,8 @@ def test_cli_run_dir_holds_the_whole_experiment(tmp_path):
     (["--mode=tag", "--model_dir=/nonexistent", "--audio=/"], "error: --model_dir='/nonexistent'"),
     (["--mode=verify"], "error: --mode=verify needs --dataset_dir"),
     (["--epochs=0"], "error: flag --epochs=0: 0 is not a positive integer"),
+    (["--mode=profile", "--sweep_model=vgg:depth=3"],
+     "error: --sweep_model: 'vgg:depth=3': 'depth=3' is not key=value with a key in resolutions"),
     (["extra"], "error: unexpected arguments: extra"),
 ])
 def test_usage_errors_are_short(tmp_path, args, message):

@@ -59,6 +59,24 @@ def test_patch_scores_average_non_overlapping_patches():
     np.testing.assert_allclose(got[:, 0], expected, rtol=1e-6)
 
 
+def test_patch_scores_with_max_patches_take_evenly_spaced_patches():
+    import keras
+
+    assert evaluate.patch_indices(9, None) == list(range(9))
+    assert evaluate.patch_indices(9, 1) == [4]  # the centre patch
+    assert evaluate.patch_indices(9, 3) == [1, 4, 7]
+    assert evaluate.patch_indices(4, 10) == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match="max_patches must be >= 1"):
+        evaluate.patch_indices(9, 0)
+    inputs = keras.Input((4, 2))
+    logits = keras.layers.Lambda(lambda x: keras.ops.mean(x, axis=(1, 2), keepdims=False)[:, None])(inputs)
+    model = keras.Model(inputs, logits)
+    mel = np.arange(2 * 13 * 2, dtype=np.float32).reshape(2, 13, 2) / 50  # 3 patches of 4
+    got = evaluate.patch_scores(model, mel, 4, max_patches=1).numpy()  # the middle one: 4..8
+    expected = [1 / (1 + np.exp(-mel[b, 4:8].mean())) for b in (0, 1)]
+    np.testing.assert_allclose(got[:, 0], expected, rtol=1e-6)
+
+
 def _weights(model):
     return [w.numpy() for w in model.weights]
 

@@ -80,8 +80,24 @@ def macro_metrics(y_true: np.ndarray, y_score: np.ndarray, tags: Sequence[str] |
     )
 
 
-def patch_scores(model, mel, patch_frames: int | None):
-    """Mean sigmoid over the non-overlapping patches of each clip: [b, T, F] -> [b, n_tags]."""
+def patch_indices(n_patches: int, max_patches: int | None) -> list[int]:
+    """Which of ``n_patches`` non-overlapping patches to score: all, or ``max_patches`` evenly
+    spaced ones (1 = the centre patch)."""
+    if max_patches is None or max_patches >= n_patches:
+        return list(range(n_patches))
+    if max_patches < 1:
+        raise ValueError(f"max_patches must be >= 1 or None, got {max_patches}")
+    return sorted({int(round((i + 0.5) * n_patches / max_patches - 0.5)) for i in range(max_patches)})
+
+
+def patch_scores(model, mel, patch_frames: int | None, max_patches: int | None = None):
+    """Mean sigmoid over the non-overlapping patches of each clip: [b, T, F] -> [b, n_tags].
+
+    Args:
+      max_patches: score only this many evenly spaced patches (:func:`patch_indices`); None =
+        all. Training's validation uses it for expensive patch models, as musicnn validates
+        on patches; test scores always use every patch.
+    """
     import tensorflow as tf
 
     if patch_frames is None or patch_frames == mel.shape[1]:
@@ -91,7 +107,12 @@ def patch_scores(model, mel, patch_frames: int | None):
     if n_frames < patch_frames:
         mel = tf.pad(mel, [[0, 0], [0, patch_frames - n_frames], [0, 0]])
     patches = tf.reshape(mel[:, : n_patches * patch_frames],
-                         [-1, patch_frames, n_mels])  # [b · P, patch, F]
+                         [-1, n_patches, patch_frames, n_mels])
+    keep = patch_indices(n_patches, max_patches)
+    if len(keep) < n_patches:
+        patches = tf.gather(patches, keep, axis=1)
+    n_patches = len(keep)
+    patches = tf.reshape(patches, [-1, patch_frames, n_mels])  # [b · P, patch, F]
     probabilities = tf.sigmoid(model(patches, training=False))  # [b · P, n_tags]
     return tf.reduce_mean(tf.reshape(probabilities, [-1, n_patches, probabilities.shape[-1]]), axis=1)
 
@@ -144,16 +165,17 @@ class Predictions:
 
 
 def predict_clips(model, dataset_dir: str, mel_config, split: str,
-                  patch_frames: int | None = None, batch_size: int = 16) -> Predictions:
+                  patch_frames: int | None = None, batch_size: int = 16,
+                  max_patches: int | None = None) -> Predictions:
     """Patch-averaged probabilities of every clip of a split, its labels and (on a
-    teacher-labelled dataset) its soft labels."""
+    teacher-labelled dataset) its soft labels (``max_patches``: see :func:`patch_scores`)."""
     from tftag import data
 
     ds = data.make_dataset(dataset_dir, mel_config, split, batch_size, as_dict=True)
     ids, labels, scores, soft = [], [], [], []
     with data.naming_corrupt_shards(dataset_dir, mel_config, split):  # names a corrupt shard
         for batch in ds:
-            scores.append(patch_scores(model, batch["mel"], patch_frames).numpy())
+            scores.append(patch_scores(model, batch["mel"], patch_frames, max_patches).numpy())
             labels.append(batch["labels"].numpy())
             if "soft_labels" in batch:
                 soft.append(batch["soft_labels"].numpy())
@@ -189,10 +211,12 @@ def with_agreement(metrics: Metrics, soft_labels: np.ndarray | None,
 
 
 def evaluate(model, dataset_dir: str, mel_config, split: str, tags: Sequence[str],
-             patch_frames: int | None = None, batch_size: int = 16) -> Metrics:
+             patch_frames: int | None = None, batch_size: int = 16,
+             max_patches: int | None = None) -> Metrics:
     """Macro ROC-AUC / PR-AUC of ``model`` on a split of a dataset directory (against the hard
-    labels), plus the agreement with the teacher on a teacher-labelled dataset."""
-    p = predict_clips(model, dataset_dir, mel_config, split, patch_frames, batch_size)
+    labels), plus the agreement with the teacher on a teacher-labelled dataset
+    (``max_patches``: see :func:`patch_scores`)."""
+    p = predict_clips(model, dataset_dir, mel_config, split, patch_frames, batch_size, max_patches)
     return with_agreement(macro_metrics(p.labels, p.probabilities, tags), p.soft_labels,
                           p.probabilities)
 

@@ -47,6 +47,9 @@ class TrainConfig:
       loss: ``bce`` (binary cross-entropy on the hard labels) or ``distill`` (binary
         cross-entropy against the soft labels, the teacher's probabilities, of a
         teacher-labelled dataset). Validation early stopping uses the hard labels either way.
+      valid_patches: patch models: validation scores this many evenly spaced patches per clip
+        (1 = the centre one), as musicnn validates on patches; None = every patch. Test scores
+        always use every patch.
     """
 
     batch_size: int = 32
@@ -60,8 +63,11 @@ class TrainConfig:
     deterministic: bool = True
     strategy: str = "auto"
     loss: str = "bce"
+    valid_patches: int | None = None
 
     def __post_init__(self):
+        if self.valid_patches is not None and self.valid_patches < 1:
+            raise ValueError(f"valid_patches must be >= 1 or None, got {self.valid_patches}")
         for name in ("batch_size", "epochs", "eval_batch_size", "shuffle_buffer"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -145,6 +151,62 @@ class ExportConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class SweepModel:
+    """One model's own settings in a sweep (``--sweep_model=NAME:key=value,...``).
+
+    Every field left None takes the experiment's value.
+
+    Attributes:
+      name: model name; must be one of the sweep's models.
+      resolutions: names of the resolutions this model runs at (a subset of the experiment's;
+        empty = all of them), e.g. MUSICNN at 128/96/48 bands × hop 1 beside a VGG-CNN grid.
+      width: filter-count multiplier.
+      patch_seconds: input patch seconds; 0 = whole clips.
+      epochs: maximum epochs.
+      steps_per_epoch: training steps per epoch.
+    """
+
+    name: str
+    resolutions: tuple[str, ...] = ()
+    width: float | None = None
+    patch_seconds: float | None = None
+    epochs: int | None = None
+    steps_per_epoch: int | None = None
+
+    KEYS = ("resolutions", "width", "patch_seconds", "epochs", "steps_per_epoch")
+
+    @classmethod
+    def parse(cls, text: str) -> "SweepModel":
+        """``NAME:key=value,...`` (resolutions joined by ``+``) -> SweepModel."""
+        name, _, rest = text.partition(":")
+        values: dict[str, Any] = {}
+        for item in filter(None, (p.strip() for p in rest.split(","))):
+            key, eq, value = item.partition("=")
+            if not eq or key not in cls.KEYS:
+                raise ValueError(f"{text!r}: {item!r} is not key=value with a key in "
+                                 f"{', '.join(cls.KEYS)}")
+            try:
+                values[key] = (tuple(filter(None, value.split("+"))) if key == "resolutions"
+                               else float(value) if key in ("width", "patch_seconds")
+                               else int(value))
+            except ValueError:
+                raise ValueError(f"{text!r}: {key}={value!r} is not a number") from None
+        return cls(name.strip(), **values)
+
+    def apply(self, model: ModelConfig, train: TrainConfig) -> tuple[ModelConfig, TrainConfig]:
+        """``model`` and ``train`` with this model's settings."""
+        changes: dict[str, Any] = {"name": self.name}
+        if self.width is not None:
+            changes["width"] = self.width
+        if self.patch_seconds is not None:
+            changes["patch_seconds"] = self.patch_seconds or None
+        train_changes = {k: getattr(self, k) for k in ("epochs", "steps_per_epoch")
+                         if getattr(self, k) is not None}
+        return (dataclasses.replace(model, **changes),
+                dataclasses.replace(train, **train_changes))
+
+
+@dataclasses.dataclass(frozen=True)
 class Experiment:
     """Everything a run needs, built once.
 
@@ -157,6 +219,8 @@ class Experiment:
       run_dir: where the run writes; None for modes that need none.
       sweep_models: sweep: model names (empty = ``model.name`` alone).
       repeats: sweep: runs per (model, resolution), seeds seed, seed + 1, ...
+      sweep_overrides: sweep: per-model settings (:class:`SweepModel`), e.g. other resolutions
+        or patches for one model.
     """
 
     mel_configs: tuple[MelConfig, ...]
@@ -167,6 +231,7 @@ class Experiment:
     run_dir: str | None = None
     sweep_models: tuple[str, ...] = ()
     repeats: int = 1
+    sweep_overrides: tuple[SweepModel, ...] = ()
 
     def __post_init__(self):
         from tftag import models
@@ -179,6 +244,17 @@ class Experiment:
             models.REGISTRY.check(name)
         if self.repeats < 1:
             raise ValueError(f"repeats must be >= 1, got {self.repeats}")
+        names = [m.name for m in self.model_configs]
+        known = {c.name for c in self.mel_configs}
+        for o in self.sweep_overrides:
+            if o.name not in names:
+                raise ValueError(f"sweep model {o.name!r} is not one of the sweep's models "
+                                 f"({', '.join(names)})")
+            unknown = [r for r in o.resolutions if r not in known]
+            if unknown:
+                raise ValueError(f"sweep model {o.name}: resolutions {unknown} are not among the "
+                                 f"experiment's ({', '.join(sorted(known))})")
+            o.apply(self.model, self.train)  # validates the values
 
     @property
     def mel_config(self) -> MelConfig:
@@ -196,6 +272,20 @@ class Experiment:
         """The sweep's models: ``model`` under each of ``sweep_models``."""
         return tuple(dataclasses.replace(self.model, name=n)
                      for n in (self.sweep_models or (self.model.name,)))
+
+    def sweep_plan(self) -> list[tuple[ModelConfig, tuple[MelConfig, ...], TrainConfig]]:
+        """The sweep per model: its config, its resolutions and its training settings."""
+        overrides = {o.name: o for o in self.sweep_overrides}
+        plan = []
+        for model in self.model_configs:
+            o = overrides.get(model.name)
+            if o is None:
+                plan.append((model, self.mel_configs, self.train))
+                continue
+            model_config, train_config = o.apply(model, self.train)
+            mels = tuple(c for c in self.mel_configs if not o.resolutions or c.name in o.resolutions)
+            plan.append((model_config, mels, train_config))
+        return plan
 
     @property
     def patch_frames(self) -> int | None:
@@ -235,7 +325,10 @@ class Experiment:
         return cls(mel_configs=mels, model=ModelConfig(**d["model"]),
                    train=TrainConfig(**d["train"]), data=DataConfig(**data),
                    export=ExportConfig(**d["export"]), run_dir=d["run_dir"],
-                   sweep_models=tuple(d["sweep_models"]), repeats=d["repeats"])
+                   sweep_models=tuple(d["sweep_models"]), repeats=d["repeats"],
+                   sweep_overrides=tuple(
+                       SweepModel(**dict(o, resolutions=tuple(o["resolutions"])))
+                       for o in d.get("sweep_overrides", ())))
 
     def save(self) -> str:
         """Writes ``<run_dir>/configs.json``; returns its path."""

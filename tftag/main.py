@@ -60,6 +60,11 @@ flags.DEFINE_string("dataset_dir", None, "An extracted dataset directory; defaul
 flags.DEFINE_string("model", "vgg", "Model name from the registry tftag.models (vgg, musicnn, "
                     "musicnn_vgg, ...); an unknown name is an error listing the known ones.")
 flags.DEFINE_list("models", [], "sweep: model names (default: --model).")
+flags.DEFINE_multi_string(
+    "sweep_model", [], "sweep: one model's own settings, NAME:key=value,... (repeat the flag per "
+    "model); keys: resolutions (names joined by +; default all), width, patch_seconds (0 = whole "
+    "clips), epochs, steps_per_epoch. E.g. musicnn:patch_seconds=3,resolutions="
+    "sr16000-mel96-hop1-log+sr16000-mel48-hop1-log")
 flags.DEFINE_integer("repeats", 3, "sweep: runs per (model, resolution), seeds seed, seed+1, ...",
                      lower_bound=1)
 flags.DEFINE_integer("batch_size", 32, "Global batch size.", lower_bound=1)
@@ -71,6 +76,9 @@ flags.DEFINE_float("patch_seconds", 0.0, "Model input: patches of this many seco
                    "= mean over non-overlapping patches); 0 = whole clips.", lower_bound=0.0)
 flags.DEFINE_integer("steps_per_epoch", 0, "Training steps per epoch; 0 = one pass over the "
                      "training split.", lower_bound=0)
+flags.DEFINE_integer("valid_patches", 0, "Patch models: validation scores this many evenly "
+                     "spaced patches per clip (1 = the centre one); 0 = all. Test scores always "
+                     "use every patch.", lower_bound=0)
 flags.DEFINE_enum("strategy", "auto", list(experiment.STRATEGIES), "tf.distribute strategy; auto "
                   "= MirroredStrategy on several GPUs, else the default one.")
 flags.DEFINE_enum("loss", "bce", list(experiment.LOSSES), "Training loss: bce = binary "
@@ -127,15 +135,18 @@ def build_experiment() -> experiment.Experiment:
                     batch_size=FLAGS.batch_size, epochs=FLAGS.epochs,
                     learning_rate=FLAGS.learning_rate, patience=FLAGS.patience, seed=FLAGS.seed,
                     steps_per_epoch=FLAGS.steps_per_epoch or None,
-                    deterministic=FLAGS.deterministic, strategy=FLAGS.strategy, loss=FLAGS.loss)
+                    deterministic=FLAGS.deterministic, strategy=FLAGS.strategy, loss=FLAGS.loss,
+                    valid_patches=FLAGS.valid_patches or None)
     data = _config(experiment.DataConfig, f"--catalog={FLAGS.catalog}/--labels", FLAGS.catalog,
                    FLAGS.input, FLAGS.dataset_dir, FLAGS.num_clips, FLAGS.clip_seconds,
                    FLAGS.synth_sr, FLAGS.mel_dtype, FLAGS.clips_per_shard, FLAGS.direct_num_workers,
                    FLAGS.labels, FLAGS.teacher_top_k, tuple(FLAGS.packages), FLAGS.cache_dir)
     export = experiment.ExportConfig(FLAGS.export, FLAGS.export_dir, FLAGS.export_version or None)
-    return _config(experiment.Experiment, "--resolutions/--models/--repeats",
+    overrides = tuple(_config(experiment.SweepModel.parse, "--sweep_model", text)
+                      for text in FLAGS.sweep_model)
+    return _config(experiment.Experiment, "--resolutions/--models/--repeats/--sweep_model",
                    mel_configs, model, train, data, export, FLAGS.run_dir,
-                   tuple(FLAGS.models), FLAGS.repeats)
+                   tuple(FLAGS.models), FLAGS.repeats, overrides)
 
 
 def _lib(name: str):

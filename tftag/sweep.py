@@ -38,6 +38,7 @@ class SweepItem:
     model_config: ModelConfig
     mel_config: MelConfig
     seed: int
+    train_config: train.TrainConfig | None = None  # this model's settings; None = the sweep's
 
     @property
     def patch_frames(self) -> int | None:
@@ -56,11 +57,19 @@ def make_items(models: Sequence[ModelConfig], configs: Sequence[MelConfig], repe
     return [SweepItem(m, c, seed + r) for m in models for c in configs for r in range(repeats)]
 
 
+def plan_items(plan: Sequence[tuple[ModelConfig, Sequence[MelConfig], train.TrainConfig]],
+               repeats: int, seed: int = 0) -> list[SweepItem]:
+    """Items of :meth:`tftag.experiment.Experiment.sweep_plan`: per model, its resolutions ×
+    repeats with its own training settings."""
+    return [SweepItem(m, c, seed + r, t) for m, configs, t in plan for c in configs
+            for r in range(repeats)]
+
+
 def run_item(item: SweepItem, dataset_dir: str, train_config: train.TrainConfig, run_dir: str) -> dict:
     """Trains one item (resuming if interrupted), evaluates its best weights on the test split."""
     from tftag import profile
 
-    cfg = dataclasses.replace(train_config, seed=item.seed)
+    cfg = dataclasses.replace(item.train_config or train_config, seed=item.seed)
     info = data.load_dataset_info(dataset_dir)
     outcome = train.train(dataset_dir, item.mel_config, item.model_config, cfg, run_dir)
     model = train.load_best(run_dir, dataset_dir, item.mel_config, item.model_config)
@@ -241,8 +250,7 @@ def run(experiment) -> dict:
     from tftag import export, pipeline
 
     dataset_dir = pipeline.ensure_dataset(experiment)
-    items = make_items(experiment.model_configs, experiment.mel_configs, experiment.repeats,
-                       experiment.train.seed)
+    items = plan_items(experiment.sweep_plan(), experiment.repeats, experiment.train.seed)
     results = run_sweep(items, dataset_dir, experiment.train, experiment.run_dir)
     rows = summarize(results)
     table = markdown_table(rows)

@@ -202,7 +202,7 @@ def train(
             losses = [float(distributed_step(x, y)) for x, y in strategy.experimental_distribute_dataset(ds)]
         train_seconds = time.monotonic() - t0
         metrics = evaluate.evaluate(model, dataset_dir, mel_config, "valid", info.tags,
-                                    patch_frames, cfg.eval_batch_size)
+                                    patch_frames, cfg.eval_batch_size, cfg.valid_patches)
         improved = metrics.roc_auc > float(state["best"])
         if improved:
             _save_weights_atomic(model, best_path)
