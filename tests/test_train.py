@@ -202,6 +202,36 @@ def test_sweep_resume_after_kill(tiny_dataset, tmp_path):
     assert summary["best_checkpoint"].endswith("best.weights.h5")
 
 
+def test_sweep_per_model_resolutions_and_per_resolution_exports(tiny_dataset, tmp_path):
+    run_dir, export_dir = tmp_path / "sweep", tmp_path / "export"
+    args = ["tftag.main", "--mode=sweep", f"--dataset_dir={tiny_dataset}", f"--run_dir={run_dir}",
+            "--sr=16000", "--n_mels=16", "--hop_factors=2,4", "--compressions=log", "--duration=3",
+            "--models=vgg,musicnn", "--width=0.05", "--repeats=1", "--batch_size=8", "--epochs=1",
+            "--steps_per_epoch=2", "--valid_patches=1",
+            "--sweep_model=musicnn:width=0.1,patch_seconds=1,epochs=2,resolutions=sr16000-mel16-hop2-log",
+            "--export_per_resolution", f"--export_dir={export_dir}"]
+    run_module(*args)
+    keys = sorted(p.parent.name for p in run_dir.glob("runs/*/result.json"))
+    assert keys == ["musicnn-paper-w0.1-sr16000-mel16-hop2-log-seed0",  # musicnn: its one resolution
+                    "vgg-paper-w0.05-sr16000-mel16-hop2-log-seed0",
+                    "vgg-paper-w0.05-sr16000-mel16-hop4-log-seed0"]
+    history = json.loads((run_dir / "runs" / keys[0] / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [0, 1]  # its own epochs
+    result = json.loads((run_dir / "runs" / keys[0] / "result.json").read_text())
+    assert result["patch_frames"] == 31 and result["width"] == 0.1  # 1 s at hop 512
+    exports = json.loads((run_dir / "exports.json").read_text())
+    assert sorted(exports) == ["musicnn-sr16000-mel16-hop2-log", "vgg-sr16000-mel16-hop2-log",
+                               "vgg-sr16000-mel16-hop4-log"]
+    for name, path in exports.items():
+        assert path.startswith(str(export_dir / name)) and os.path.isdir(path), path
+    # A rerun computes nothing and exports nothing new.
+    before = sorted(p.name for p in export_dir.glob("*/*"))
+    rerun = run_module(*args)
+    assert "3 runs, 3 done already" in rerun.stderr
+    assert sorted(p.name for p in export_dir.glob("*/*")) == before
+    assert json.loads((run_dir / "exports.json").read_text()) == exports
+
+
 def test_summarize_t_test_against_full_resolution():
     from tftag import sweep
 

@@ -143,11 +143,14 @@ class ExportConfig:
       enabled: export at the end of train and sweep.
       export_dir: root of exports: ``<export_dir>/<model>-<resolution>/<version>/``.
       version: version to write; None = the next free integer.
+      per_resolution: sweep: export the best run of every (model, resolution), not only the
+        best one overall.
     """
 
     enabled: bool = True
     export_dir: str = "export"
     version: int | None = None
+    per_resolution: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

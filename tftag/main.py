@@ -90,6 +90,8 @@ flags.DEFINE_enum("split", "test", ["train", "valid", "test", "all"], "evaluate:
 flags.DEFINE_integer("max_trials", 5, "tune: keras-tuner trials.", lower_bound=1)
 flags.DEFINE_bool("export", True, "train/sweep: export the (best) trained model at the end.")
 flags.DEFINE_string("export_dir", "export", "Root of exports: <export_dir>/<model_name>/<version>.")
+flags.DEFINE_bool("export_per_resolution", False, "sweep: export the best run of every (model, "
+                  "resolution) row, not only the best row.")
 flags.DEFINE_integer("export_version", 0, "Version to write (0 = the next free integer).",
                      lower_bound=0)
 flags.DEFINE_string("model_dir", None, "tag: an export: <export_dir>/<model_name> (latest version) "
@@ -141,7 +143,8 @@ def build_experiment() -> experiment.Experiment:
                    FLAGS.input, FLAGS.dataset_dir, FLAGS.num_clips, FLAGS.clip_seconds,
                    FLAGS.synth_sr, FLAGS.mel_dtype, FLAGS.clips_per_shard, FLAGS.direct_num_workers,
                    FLAGS.labels, FLAGS.teacher_top_k, tuple(FLAGS.packages), FLAGS.cache_dir)
-    export = experiment.ExportConfig(FLAGS.export, FLAGS.export_dir, FLAGS.export_version or None)
+    export = experiment.ExportConfig(FLAGS.export, FLAGS.export_dir, FLAGS.export_version or None,
+                                     FLAGS.export_per_resolution)
     overrides = tuple(_config(experiment.SweepModel.parse, "--sweep_model", text)
                       for text in FLAGS.sweep_model)
     return _config(experiment.Experiment, "--resolutions/--models/--repeats/--sweep_model",

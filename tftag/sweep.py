@@ -240,9 +240,26 @@ def best_run(results: Sequence[dict], rows: Sequence[dict]) -> tuple[dict, dict]
     return best, run
 
 
+def best_runs(results: Sequence[dict]) -> list[dict]:
+    """The best single run (highest test ROC-AUC) of every (model, preset, width, resolution)."""
+    best: dict[tuple, dict] = {}
+    for r in results:
+        key = (r["model"], r["preset"], r["width"], r["resolution"])
+        if key not in best or r["test_roc_auc"] > best[key]["test_roc_auc"]:
+            best[key] = r
+    return list(best.values())
+
+
+def _item_of(items: Sequence[SweepItem], result: dict) -> SweepItem:
+    return next(i for i in items if i.model_config.name == result["model"]
+                and i.model_config.width == result["width"]
+                and i.mel_config.name == result["resolution"] and i.seed == result["seed"])
+
+
 def run(experiment) -> dict:
     """``--mode=sweep``: every (model × resolution × repeat) of the experiment, the summary table,
-    plots and TensorBoard notes, and the export of the best run's checkpoint.
+    plots and TensorBoard notes, and the export of the best run's checkpoint (of every
+    (model, resolution)'s best run with ``export.per_resolution``; listed in ``exports.json``).
 
     Returns:
       The sweep's summary (files, best row, best checkpoint, export path).
@@ -262,21 +279,34 @@ def run(experiment) -> dict:
     runfiles.tensorboard_notes(experiment.path("tb", "sweep"), texts={"results": table},
                                images={os.path.basename(p)[:-4]: p for p in plots})
     best, run_ = best_run(results, rows)
-    item = next(i for i in items if i.model_config.name == run_["model"]
-                and i.mel_config.name == run_["resolution"] and i.seed == run_["seed"])
+    item = _item_of(items, run_)
     best_checkpoint = experiment.path("runs", item.key, "best.weights.h5")
-    export_path = None
+    exports: dict[str, str] = {}
     if experiment.export.enabled:
-        export_path = export.export_weights(
-            experiment, item.mel_config, item.model_config, best_checkpoint, dataset_dir,
-            {"test_roc_auc": run_["test_roc_auc"], "test_pr_auc": run_["test_pr_auc"]})
+        # A rerun of a finished sweep keeps the exports it made (finished runs never change).
+        done = (runfiles.read_json(experiment.path("exports.json"))
+                if os.path.exists(experiment.path("exports.json")) else {})
+        chosen = best_runs(results) if experiment.export.per_resolution else [run_]
+        for r in chosen:
+            i, name = _item_of(items, r), f"{r['model']}-{r['resolution']}"
+            if name in done and os.path.isdir(done[name]):
+                exports[name] = done[name]
+                continue
+            exports[name] = export.export_weights(
+                experiment, i.mel_config, i.model_config,
+                experiment.path("runs", i.key, "best.weights.h5"), dataset_dir,
+                {"test_roc_auc": r["test_roc_auc"], "test_pr_auc": r["test_pr_auc"]})
+        runfiles.write_json_atomic(experiment.path("exports.json"), exports)
+    export_path = exports.get(f"{run_['model']}-{run_['resolution']}")
     print(f"results: {experiment.path('results.md')}; plots: {', '.join(plots)}; "
           f"TensorBoard: .venv/bin/tensorboard --logdir {experiment.run_dir}; "
-          f"exported: {export_path}")
+          f"exported: {export_path}" + (f" (+{len(exports) - 1} more, see "
+                                        f"{experiment.path('exports.json')})"
+                                        if len(exports) > 1 else ""))
     return {"runs": len(results), "rows": len(rows),
             "results_csv": experiment.path("results.csv"),
             "results_table": experiment.path("results.md"), "plots": plots,
             "best": {k: best[k] for k in ("model", "resolution", "roc_auc_mean", "pr_auc_mean")},
             "dataset_dir": dataset_dir, "best_checkpoint": best_checkpoint,
-            "export_path": export_path}
+            "export_path": export_path, "exports": exports}
 

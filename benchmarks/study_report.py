@@ -1,0 +1,253 @@
+r"""The committed report of a resolution study: tables, the paper's claims tested, one plot.
+
+    .venv/bin/python -m benchmarks.study_report --run_dir=runs/real_music --name=real_music \
+        --compare=synthetic=runs/synthetic_study
+
+Reads a finished sweep (``<run_dir>/runs/*/result.json``, ``configs.json`` and the dataset's
+``dataset.json``) and writes ``benchmarks/results/<name>/``:
+
+- ``results.md``: what ran (clips per split, labels, training recipe), the sweep table (ROC-AUC /
+  PR-AUC mean ± std, GMAC, KiB per clip, t-test against the most-bands hop-×1 baseline, teacher
+  agreement), the paper's claims tested on this data (each pair's ROC-AUC change, its p-value
+  and the GMAC saved), and the lowest-cost resolution per model with no significant loss;
+- ``results.csv`` (every run), ``summary.csv`` (one row per model × resolution),
+  ``claims.csv`` (the tested claims);
+- ``roc_vs_gmacs.png``: left, ROC-AUC vs GMAC per model; right, the ROC-AUC change against
+  96 bands × hop 1 vs the fraction of its GMACs, for this study and every ``--compare`` study.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+from typing import Sequence
+
+import numpy as np
+from absl import app, flags
+
+flags.DEFINE_string("run_dir", None, "A finished sweep's run directory.", required=True)
+flags.DEFINE_string("name", None, "Study name: writes benchmarks/results/<name>/.", required=True)
+flags.DEFINE_multi_string("compare", [], "NAME=RUN_DIR of another study to draw beside it.")
+flags.DEFINE_string("out_root", os.path.join("benchmarks", "results"), "Root of the results.")
+flags.DEFINE_float("alpha", 0.05, "Significance level of 'no significant loss'.")
+FLAGS = flags.FLAGS
+
+# The paper's claims (EUSIPCO 2020, §1 and Table IV), as (model, from, to, claim): resolutions
+# are (n_mels, hop_factor) at the study's sample rate and compression.
+CLAIMS = (
+    ("vgg", (96, 1), (48, 1), "96 → 48 bands: ~50 % fewer MACs, no significant loss (MTAT, all P > 0.08)"),
+    ("vgg", (96, 1), (96, 2), "hop ×1 → ×2: ~50 % fewer MACs, no loss (MTAT)"),
+    ("vgg", (96, 1), (96, 10), "hop ×1 → ×10: ~10× fewer MACs for a 1.4–1.8 % ROC-AUC drop (MTAT)"),
+    ("vgg", (96, 1), (48, 2), "both halvings together (MSD 16 kHz: 86.71 → 86.41)"),
+    ("musicnn", (128, 1), (96, 1), "MUSICNN 128 → 96 bands: comparable (MTAT 16 kHz 90.83 → 90.60)"),
+    ("musicnn", (96, 1), (48, 1), "MUSICNN 96 → 48 bands: comparable (MTAT 16 kHz 90.60 → 90.50)"),
+)
+
+
+def load_results(run_dir: str) -> list[dict]:
+    """Every finished run of a sweep directory."""
+    paths = sorted(glob.glob(os.path.join(run_dir, "runs", "*", "result.json")))
+    if not paths:
+        raise app.UsageError(f"--run_dir={run_dir}: no runs/*/result.json (not a finished sweep)")
+    out = []
+    for p in paths:
+        with open(p, encoding="utf-8") as f:
+            out.append(json.load(f))
+    return out
+
+
+def _runs(results: Sequence[dict], model: str, n_mels: int, hop: int) -> list[float]:
+    return [r["test_roc_auc"] for r in results
+            if r["model"] == model and r["n_mels"] == n_mels and r["hop_factor"] == hop]
+
+
+def _gmacs(results: Sequence[dict], model: str, n_mels: int, hop: int) -> float | None:
+    return next((r["gmacs"] for r in results if r["model"] == model and r["n_mels"] == n_mels
+                 and r["hop_factor"] == hop), None)
+
+
+def test_claims(results: Sequence[dict]) -> list[dict]:
+    """Each claim whose two resolutions both ran: ROC-AUC change (points and %), p-value
+    (independent-samples t-test, as the paper), GMAC ratio."""
+    from scipy import stats
+
+    rows = []
+    for model, a, b, claim in CLAIMS:
+        ra, rb = _runs(results, model, *a), _runs(results, model, *b)
+        if not ra or not rb:
+            continue
+        p = (float(stats.ttest_ind(rb, ra).pvalue) if len(ra) > 1 and len(rb) > 1 else None)
+        ma, mb = float(np.mean(ra)), float(np.mean(rb))
+        rows.append({
+            "model": model, "from": f"{a[0]}×{a[1]}", "to": f"{b[0]}×{b[1]}", "claim": claim,
+            "roc_from": 100 * ma, "roc_to": 100 * mb, "delta_points": 100 * (mb - ma),
+            "delta_percent": 100 * (mb - ma) / ma, "p_value": p,
+            "gmac_ratio": _gmacs(results, model, *b) / _gmacs(results, model, *a),
+            "n": f"{len(ra)}+{len(rb)}",
+        })
+    return rows
+
+
+def lowest_without_loss(rows: Sequence[dict], alpha: float) -> dict[str, dict]:
+    """Per model: the cheapest row (GMAC) whose ROC-AUC is not significantly below the
+    baseline (p ≥ alpha or higher mean), the baseline included."""
+    best: dict[str, dict] = {}
+    base = {r["model"]: r for r in rows if r["baseline"] and r["p_value"] is None
+            and r["resolution"].startswith(r["baseline"] + "-")}
+    for r in rows:
+        b = base.get(r["model"])
+        if b is None:
+            continue
+        ok = r is b or r["roc_auc_mean"] >= b["roc_auc_mean"] or (
+            r["p_value"] is not None and r["p_value"] >= alpha)
+        if ok and (r["model"] not in best or r["gmacs"] < best[r["model"]]["gmacs"]):
+            best[r["model"]] = r
+    return best
+
+
+def _recipe(run_dir: str) -> str:
+    cfg = json.load(open(os.path.join(run_dir, "configs.json"), encoding="utf-8"))
+    dataset_json = os.path.join(cfg["data"]["dataset_dir"] or os.path.join(run_dir, "dataset"),
+                                "dataset.json")
+    info = json.load(open(dataset_json, encoding="utf-8")) if os.path.exists(dataset_json) else {}
+    t = cfg["train"]
+    splits = info.get("splits", {})
+    lines = [
+        f"- data: catalogue `{cfg['data']['catalog']}`"
+        + (f" ({len(cfg['data']['packages'])} packages)" if cfg["data"]["packages"] else "")
+        + f", {sum(splits.values())} clips (train {splits.get('train')}, valid "
+          f"{splits.get('valid')}, test {splits.get('test')}), {len(info.get('tags', []))} tags, "
+          f"labels `{info.get('labels', cfg['data']['labels'])}`"
+        + (f" (hard labels: top-{cfg['data']['teacher_top_k']} per clip)"
+           if cfg["data"]["labels"].startswith("teacher") else ""),
+        f"- training: loss `{t['loss']}`, batch {t['batch_size']}, up to {t['epochs']} epochs × "
+        f"{t['steps_per_epoch'] or 'all'} steps, Adam {t['learning_rate']:g}, patience "
+        f"{t['patience']}, {cfg['repeats']} repeats (seeds {t['seed']}…); model "
+        f"`{cfg['model']['name']}` width {cfg['model']['width']:g}"
+        + "".join(f"; `{o['name']}`: " + ", ".join(f"{k}={v}" for k, v in o.items()
+                                                     if k != "name" and v not in (None, [], ()))
+                  for o in cfg.get("sweep_overrides", [])),
+        "- test: every clip of the test split, every non-overlapping patch; ROC-AUC / PR-AUC "
+        "against the hard labels (macro over tags present in the split)",
+    ]
+    return "\n".join(lines)
+
+
+def claims_table(claims: Sequence[dict]) -> str:
+    if not claims:
+        return "(none of the claims' resolution pairs ran in this study)"
+    lines = ["| model | from → to | ROC-AUC % from → to | Δ points (Δ %) | p | GMAC × | paper |",
+             "|---|---|---|---|---|---|---|"]
+    for c in claims:
+        p = "–" if c["p_value"] is None else f"{c['p_value']:.3f}"
+        lines.append(f"| {c['model']} | {c['from']} → {c['to']} | {c['roc_from']:.2f} → "
+                     f"{c['roc_to']:.2f} | {c['delta_points']:+.2f} ({c['delta_percent']:+.1f} %) | "
+                     f"{p} | {c['gmac_ratio']:.2f} | {c['claim']} |")
+    return "\n".join(lines)
+
+
+def _relative(results: Sequence[dict], model: str = "vgg") -> list[tuple[float, float, float, str]]:
+    """(GMAC fraction, Δ ROC-AUC points mean, std, label) against 96×1 of ``model``."""
+    base = _runs(results, model, 96, 1)
+    g0 = _gmacs(results, model, 96, 1)
+    if not base or not g0:
+        return []
+    out = []
+    for n_mels, hop in sorted({(r["n_mels"], r["hop_factor"]) for r in results if r["model"] == model}):
+        roc = np.array(_runs(results, model, n_mels, hop))
+        out.append((_gmacs(results, model, n_mels, hop) / g0, 100 * (roc.mean() - np.mean(base)),
+                    100 * (roc.std(ddof=1) if len(roc) > 1 else 0.0), f"{n_mels}×{hop}"))
+    return out
+
+
+def plot(rows: Sequence[dict], results: Sequence[dict], name: str,
+         others: dict[str, list[dict]], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.8))
+    for model in sorted({r["model"] for r in rows}):
+        rs = [r for r in rows if r["model"] == model]
+        ax.errorbar([r["gmacs"] for r in rs], [100 * r["roc_auc_mean"] for r in rs],
+                    yerr=[100 * r["roc_auc_std"] for r in rs], fmt="o", capsize=3,
+                    label=f"{model} (w{rs[0]['width']:g})")
+        for r in rs:
+            ax.annotate(f"{r['n_mels']}×{r['hop_factor']}", (r["gmacs"], 100 * r["roc_auc_mean"]),
+                        fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("GMAC per 29.1-s clip (log)")
+    ax.set_ylabel("test ROC-AUC % (mean ± std)")
+    ax.set_title(f"{name}: ROC-AUC vs compute (labels: bands × hop)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    for (label, res), marker in zip([(name, results), *others.items()], "osd^v"):
+        pts = _relative(res)
+        if not pts:
+            continue
+        bx.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts],
+                    fmt=marker, capsize=3, alpha=0.8, label=f"{label} (VGG-CNN)")
+        for x, y, _, text in pts:
+            bx.annotate(text, (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    bx.axhline(0, color="k", lw=0.8)
+    bx.axhspan(-1.8, -1.4, xmin=0, xmax=1, color="tab:red", alpha=0.08,
+               label="paper: hop ×10 costs 1.4–1.8 % (MTAT)")
+    bx.set_xscale("log")
+    bx.set_xlabel("GMAC as a fraction of 96 bands × hop 1 (log)")
+    bx.set_ylabel("Δ test ROC-AUC vs 96×1 (points)")
+    bx.set_title("ROC-AUC change vs compute saved")
+    bx.grid(alpha=0.3)
+    bx.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path + ".tmp.png", dpi=90)
+    plt.close(fig)
+    os.replace(path + ".tmp.png", path)
+
+
+def main(argv):
+    del argv
+    from tftag import runfiles, sweep
+
+    results = load_results(FLAGS.run_dir)
+    others = {}
+    for item in FLAGS.compare:
+        label, eq, path = item.partition("=")
+        if not eq:
+            raise app.UsageError(f"--compare={item!r}: expected NAME=RUN_DIR")
+        others[label] = load_results(path)
+    out = os.path.join(FLAGS.out_root, FLAGS.name)
+    os.makedirs(out, exist_ok=True)
+    rows = sweep.summarize(results)
+    claims = test_claims(results)
+    lowest = lowest_without_loss(rows, FLAGS.alpha)
+    sections = [f"# Study `{FLAGS.name}`", "", _recipe(FLAGS.run_dir), "",
+                "## Every resolution", "", sweep.markdown_table(rows), "",
+                "## The paper's claims on this data", "",
+                "Independent-samples t-test on the repeats (as the paper); Δ = to − from.", "",
+                claims_table(claims), "", "## Lowest cost without a significant loss", ""]
+    for model, r in sorted(lowest.items()):
+        sections.append(f"- {model}: {r['resolution']} — {100 * r['roc_auc_mean']:.2f} % ROC-AUC, "
+                        f"{r['gmacs']:.4f} GMAC, {r['storage_bytes'] / 1024:.0f} KiB per clip "
+                        f"(p = {'–' if r['p_value'] is None else format(r['p_value'], '.3f')} vs "
+                        f"{r['baseline']}; α = {FLAGS.alpha:g})")
+    for label, res in others.items():
+        sections += ["", f"## Beside: `{label}`", "", claims_table(test_claims(res))]
+    runfiles.write_text_atomic(os.path.join(out, "results.md"), "\n".join(sections))
+    sweep.write_csv(results, os.path.join(out, "results.csv"))
+    runfiles.write_csv_atomic(os.path.join(out, "summary.csv"), rows,
+                              list(dict.fromkeys(k for r in rows for k in r)))
+    runfiles.write_csv_atomic(os.path.join(out, "claims.csv"), claims,
+                              list(claims[0]) if claims else ["model"])
+    png = os.path.join(out, "roc_vs_gmacs.png")
+    plot(rows, results, FLAGS.name, others, png)
+    print(json.dumps({"study": FLAGS.name, "runs": len(results), "rows": len(rows),
+                      "claims": [{k: c[k] for k in ("model", "from", "to", "delta_points", "p_value")}
+                                 for c in claims],
+                      "lowest_without_loss": {m: r["resolution"] for m, r in lowest.items()},
+                      "png_bytes": os.path.getsize(png), "out": out}))
+
+
+if __name__ == "__main__":
+    app.run(main)
