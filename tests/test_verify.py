@@ -393,6 +393,21 @@ def test_flipped_byte_is_named_when_reading(dataset):
     assert name not in str(raw.value)
 
 
+def test_flipped_byte_is_named_when_tuning(dataset, tmp_path):
+    from tftag import tune
+    from tftag.experiment import TrainConfig
+    from tftag.models import ModelConfig
+
+    name = nonempty_shard(dataset, CONFIG.base_name, "train")
+    flip_mel_byte(os.path.join(dataset, name))
+    with pytest.raises(data.CorruptDatasetError) as caught:
+        tune.tune(dataset, CONFIG, ModelConfig("vgg", width=0.05),
+                  TrainConfig(batch_size=4, epochs=1, deterministic=False), str(tmp_path / "tune"),
+                  max_trials=1)
+    assert list(caught.value.problems) == [os.path.join(dataset, name)]
+    assert "corrupted record at" in str(caught.value)
+
+
 def test_naming_corrupt_shards_keeps_other_errors(pristine):
     with pytest.raises(tf.errors.DataLossError, match="not from a shard"):
         with data.naming_corrupt_shards(pristine, CONFIG, "train"):  # sound: nothing to name

@@ -18,6 +18,16 @@ from tftag.train import TrainConfig
 WIDTHS = (0.0625, 0.125, 0.25)
 
 
+def _raise_if_corrupt(dataset_dir: str, mel_config: MelConfig, error: Exception | None) -> None:
+    """Raises a :class:`~tftag.data.CorruptDatasetError` from ``error`` if a shard of the
+    resolution's base is corrupt."""
+    from tftag import verify
+
+    problems = verify.bad_shards(dataset_dir, mel_config, None)
+    if problems:
+        raise data.CorruptDatasetError(dataset_dir, problems) from error
+
+
 def tune(dataset_dir: str, mel_config: MelConfig, model_config: ModelConfig,
          train_config: TrainConfig, out_dir: str, max_trials: int = 5) -> dict:
     """Runs the search; returns {"best": {width, learning_rate, dropout}, "best_score", "trials"}."""
@@ -51,8 +61,23 @@ def tune(dataset_dir: str, mel_config: MelConfig, model_config: ModelConfig,
         build_model, objective=kt.Objective("val_roc_auc", direction="max"),
         max_trials=max_trials, seed=train_config.seed, directory=out_dir, project_name="tuner",
     )
-    tuner.search(train_ds, validation_data=valid_ds, epochs=train_config.epochs, verbose=0,
-                 callbacks=[keras.callbacks.TensorBoard(os.path.join(out_dir, "tb", "tune"))])
+    try:
+        with data.naming_corrupt_shards(dataset_dir, mel_config, None):
+            tuner.search(train_ds, validation_data=valid_ds, epochs=train_config.epochs, verbose=0,
+                         callbacks=[keras.callbacks.TensorBoard(os.path.join(out_dir, "tb", "tune"))])
+    except RuntimeError as e:
+        # keras-tuner catches a trial's read error and, after its retries, raises its own
+        # RuntimeError: name the corrupt shard behind it, if that is what it was.
+        _raise_if_corrupt(dataset_dir, mel_config, e)
+        raise
+    # keras-tuner records a trial's error (a corrupt shard too) as a FAILED trial and goes on.
+    failed = [t for t in tuner.oracle.trials.values() if t.status == "FAILED"]
+    if failed:
+        _raise_if_corrupt(dataset_dir, mel_config, None)
+    if not any(t.score is not None for t in tuner.oracle.trials.values()):
+        first = (getattr(failed[0], "message", "") or "").strip().splitlines() if failed else []
+        raise RuntimeError(f"every tuning trial failed ({len(failed)}); the last line of the first "
+                           f"error: {first[-1] if first else 'unknown'}")
     best_trial = tuner.oracle.get_best_trials(1)[0]
     trials = [{"trial": t.trial_id, "score": t.score, **t.hyperparameters.values}
               for t in tuner.oracle.trials.values() if t.score is not None]
