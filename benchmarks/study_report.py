@@ -26,11 +26,18 @@ from typing import Sequence
 import numpy as np
 from absl import app, flags
 
-flags.DEFINE_string("run_dir", None, "A finished sweep's run directory.", required=True)
-flags.DEFINE_string("name", None, "Study name: writes benchmarks/results/<name>/.", required=True)
-flags.DEFINE_multi_string("compare", [], "NAME=RUN_DIR of another study to draw beside it.")
-flags.DEFINE_string("out_root", os.path.join("benchmarks", "results"), "Root of the results.")
-flags.DEFINE_float("alpha", 0.05, "Significance level of 'no significant loss'.")
+
+
+def define_flags() -> None:
+    """The report's flags (defined only when it runs as a program, so that importing it, as
+    the tests do, leaves tftag's own flags alone)."""
+    flags.DEFINE_string("run_dir", None, "A finished sweep's run directory.", required=True)
+    flags.DEFINE_string("name", None, "Study name: writes benchmarks/results/<name>/.", required=True)
+    flags.DEFINE_multi_string("compare", [], "NAME=RUN_DIR of another study to draw beside it.")
+    flags.DEFINE_string("out_root", os.path.join("benchmarks", "results"), "Root of the results.")
+    flags.DEFINE_float("alpha", 0.05, "Significance level of 'no significant loss'.")
+
+
 FLAGS = flags.FLAGS
 
 # The paper's claims (EUSIPCO 2020, §1 and Table IV), as (model, from, to, claim): resolutions
@@ -250,4 +257,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)
