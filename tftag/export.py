@@ -258,7 +258,9 @@ def model_card(spec: ExportSpec, version: int) -> dict:
         "type": "Music auto-tagging",
         "link": "",
         "version": str(version),
-        "description": f"{spec.model_config.name} trained by tftag {tftag.__version__} at {c.name}",
+        "description": (f"{spec.name}: the musicnn package's pretrained weights, ported by tftag "
+                        f"{tftag.__version__}" if spec.name else
+                        f"{spec.model_config.name} trained by tftag {tftag.__version__} at {c.name}"),
         "author": "tftag",
         "email": "",
         "release_date": "",

@@ -249,7 +249,8 @@ def main(argv) -> None:
         raise app.UsageError(f"--mode={FLAGS.mode} needs --run_dir (where the run is written)")
     # tag and verify read an export or a dataset: no Experiment (and no Keras import) needed.
     exp = build_experiment() if FLAGS.mode not in ("tag", "verify") else None
-    if exp and FLAGS.mode in ONE_RESOLUTION and len(exp.mel_configs) != 1:
+    pretrained_export = FLAGS.mode == "export" and FLAGS.pretrained  # its own resolution
+    if exp and FLAGS.mode in ONE_RESOLUTION and len(exp.mel_configs) != 1 and not pretrained_export:
         try:
             exp.mel_config
         except ValueError as e:

@@ -345,7 +345,7 @@ class Tagger:
                              "signature (made by an older tftag); export it again")
         fn = loaded.signatures["serving_window"]
         _, window_frames, n_mels = fn.structured_input_signature[1]["mel"].shape
-        mel = card["tftag"]["mel_config"]
+        mel = card["inference"]["mel"]
         config = MelConfig(**{k: mel[k] for k in ("sr", "n_mels", "hop_factor", "compression",
                                                   "duration")})
 
