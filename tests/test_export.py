@@ -195,6 +195,13 @@ def test_grpc_and_rest_clients_against_local_server(exported, rendered):
         assert [t.decode() for t in out["top_k_tags"][0]] == [t.decode() for t in local["top_k_tags"].numpy()[0]]
         with pytest.raises(Exception, match="audio contains NaN or inf"):
             client.predict(np.full((1, 100), np.nan, np.float32))
+        # Whole tracks over gRPC: serving_track takes mono audio of any length.
+        long = np.concatenate([audio] * 4)  # 20 s: three full windows of 157 frames (5.024 s)
+        track = client.predict(long, signature="serving_track")
+        local_track = tf.saved_model.load(path).signatures["serving_track"](audio=tf.constant(long))
+        assert track["taggram"].shape == (3, len(TAGS))
+        np.testing.assert_allclose(track["taggram"], local_track["taggram"].numpy(), atol=1e-6)
+        np.testing.assert_allclose(track["window_start_seconds"], [0.0, 5.024, 10.048], atol=1e-4)
         client.close()
         body = serving.rest_request([audio[:8]])
         assert body == {"signature_name": "serving_waveform",
@@ -227,9 +234,15 @@ def test_tag_mode_on_a_folder_with_a_corrupt_file(exported, rendered, tmp_path):
     assert [os.path.basename(f["path"]) for f in result["failures"]] == ["corrupt.wav"]
     assert "tagged 2/3 files" in proc.stdout and "1 unreadable" in proc.stdout
     first = result["files"][str(folder / os.path.basename(rendered[0]))]
-    expected = export.tag_probabilities(tf.saved_model.load(result["model"]),
-                                        features.load_audio(rendered[0], 16000))
-    np.testing.assert_allclose([first["probabilities"][t] for t in TAGS], expected, atol=1e-6)
+    # Whole tracks in the clip model's 5-s windows: the export's serving_track (in-graph mel)
+    # gives the same taggram as the CLI's streamed mel.
+    track = tf.saved_model.load(path).signatures["serving_track"](
+        audio=tf.constant(features.load_audio(rendered[0], 16000)))
+    assert first["windows"] == track["taggram"].shape[0] == 1  # 6 s: one full 5-s window
+    np.testing.assert_allclose(first["taggram"]["probabilities"], track["taggram"].numpy(),
+                               atol=1e-4)
+    np.testing.assert_allclose([first["probabilities"][t] for t in TAGS],
+                               track["probabilities"].numpy(), atol=1e-4)
 
 
 def test_tag_mode_through_a_server(exported, rendered, tmp_path):

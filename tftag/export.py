@@ -1,7 +1,7 @@
-"""SavedModel export laid out for TF Serving: mel, tf.Example and raw-waveform signatures.
+"""SavedModel export laid out for TF Serving: mel, tf.Example, raw-waveform and track signatures.
 
 ``export/<model_name>/<version>/`` (integer versions, the next free one by default) holds a
-SavedModel with three signatures, all returning ``probabilities`` (sigmoid of the logits,
+SavedModel whose clip signatures all return ``probabilities`` (sigmoid of the logits,
 [batch, n_tags]), ``top_k_tags`` / ``top_k_probabilities`` ([batch, k]) and ``tags``
 ([batch, n_tags], the tag list):
 
@@ -13,6 +13,16 @@ SavedModel with three signatures, all returning ``probabilities`` (sigmoid of th
   clip is centre-cropped / zero-padded like extraction and the mel is computed in-graph with
   TensorFlow ops using Essentia's window and MelBands filterbank (the same arrays
   :mod:`tftag.features` applies).
+
+Two more signatures cover whole tracks in the model's own input windows (its patch, or the whole
+clip of a clip model): ``serving_window``: ``mel`` [windows, window_frames, n_mels] →
+``probabilities`` [windows, n_tags] and ``embedding`` [windows, d] (the input of the logits
+layer); ``serving_track``: ``audio`` float32 mono [samples] of any length at the model's sample
+rate → ``probabilities`` [n_tags] (mean over windows), ``taggram`` [windows, n_tags],
+``window_start_seconds`` [windows], ``embedding`` [d] (mean), ``window_embeddings``
+[windows, d] and ``padded`` (the track was shorter than one window and zero-padded). Windows are
+consecutive and non-overlapping; a partial window at the end of a longer track is dropped, so
+windows = floor(frames / window_frames), at least 1.
 
 A patch model scores the non-overlapping patches of the clip and averages them, as evaluation
 does. ``assets/tags.txt`` holds the tag list. Beside the SavedModel, ``essentia/`` holds a frozen
@@ -31,6 +41,7 @@ import tempfile
 from typing import Sequence
 
 import numpy as np
+import keras
 import tensorflow as tf
 
 import tftag
@@ -46,9 +57,7 @@ ESSENTIA_OUTPUT = "probabilities"
 def waveform_to_mel(audio: tf.Tensor, config: MelConfig) -> tf.Tensor:
     """In-graph twin of crop + :func:`tftag.features.melspectrogram`: [b, samples] -> [b, T, F].
 
-    Centre crop / zero pad to ``config.n_samples``, Essentia framing (512, hop 256, first frame
-    centred on sample 0), Essentia's symmetric Hann, |rfft|², Essentia's MelBands matrix,
-    decimation to the hop factor, compression.
+    Centre crop / zero pad to ``config.n_samples``, then :func:`signal_to_mel`.
     """
     n = config.n_samples
     length = tf.shape(audio)[1]
@@ -56,17 +65,29 @@ def waveform_to_mel(audio: tf.Tensor, config: MelConfig) -> tf.Tensor:
     audio = tf.pad(audio, [[0, 0], [short // 2, short - short // 2]])
     start = (tf.shape(audio)[1] - n) // 2
     audio = tf.ensure_shape(audio[:, start:start + n], [None, n])  # [b, n]
-    n_frames = features.frame_count(n)
+    return tf.ensure_shape(signal_to_mel(audio, config), [None, *config.shape])
+
+
+def signal_to_mel(audio: tf.Tensor, config: MelConfig) -> tf.Tensor:
+    """In-graph twin of :func:`tftag.features.melspectrogram` of whole signals (no crop):
+    [b, n] -> [b, ceil(frame_count(n) / hop_factor), F].
+
+    Essentia framing (512, hop 256, first frame centred on sample 0), Essentia's symmetric Hann,
+    |rfft|², Essentia's MelBands matrix, decimation to the hop factor, compression.
+    """
+    n = tf.shape(audio)[1]
     half = features.N_FFT // 2
+    n_frames = (n + half + features.BASE_HOP - 1) // features.BASE_HOP  # frame_count(n)
     after = (n_frames - 1) * features.BASE_HOP + features.N_FFT - half - n
     padded = tf.pad(audio, [[0, 0], [half, after]])
     frames = tf.signal.frame(padded, features.N_FFT, features.BASE_HOP)  # [b, N1, 512]
+    frames = frames[:, :: config.hop_factor]  # only the frames kept by the hop factor
     window = tf.constant(features.hann_window(features.N_FFT))
-    spectrum = tf.signal.rfft(frames * window, fft_length=[features.N_FFT])  # [b, N1, 257]
+    spectrum = tf.signal.rfft(frames * window, fft_length=[features.N_FFT])  # [b, T, 257]
     power = tf.math.real(spectrum) ** 2 + tf.math.imag(spectrum) ** 2
     fb = tf.constant(features.mel_filterbank(config.sr, config.n_mels))  # [257, F]
-    mel = tf.einsum("btk,km->btm", power, fb)[:, :: config.hop_factor]  # [b, T, F]
-    return tf.ensure_shape(data.compress_tf(mel, config.compression), [None, *config.shape])
+    mel = tf.einsum("btk,km->btm", power, fb)  # [b, T, F]
+    return data.compress_tf(mel, config.compression)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +99,7 @@ class ExportSpec:
     tags: tuple[str, ...]
     mel_dtype: str = "float32"
     metrics: dict | None = None
+    name: str | None = None  # the TF Serving model name; None = <model>-<resolution>
 
     @property
     def patch_frames(self) -> int | None:
@@ -85,13 +107,18 @@ class ExportSpec:
         return self.model_config.patch_frames(self.mel_config)
 
     @property
+    def window_frames(self) -> int:
+        """Frames of one model input: the patch, or the whole clip."""
+        return self.patch_frames or self.mel_config.n_frames
+
+    @property
     def model_name(self) -> str:
-        """``<model>-<resolution>``, the TF Serving model name."""
-        return f"{self.model_config.name}-{self.mel_config.name}"
+        """The TF Serving model name: ``name``, else ``<model>-<resolution>``."""
+        return self.name or f"{self.model_config.name}-{self.mel_config.name}"
 
 
 class ServingModule(tf.Module):
-    """The exported object: a Keras model and its three signatures."""
+    """The exported object: a Keras model and its signatures."""
 
     def __init__(self, model, spec: ExportSpec, tags_file: str):
         super().__init__()
@@ -110,6 +137,36 @@ class ServingModule(tf.Module):
         self.probabilities = tf.function(
             self._probabilities,
             input_signature=[tf.TensorSpec([None, c.n_frames, c.n_mels], tf.float32, name="mel")])
+        # Whole tracks: the model's own input windows (a patch, or the whole clip).
+        self.window_frames = spec.window_frames
+        self._embedder = keras.Model(model.inputs, [model.output, model.get_layer("logits").input])
+        self.serving_window = tf.function(
+            self._from_windows,
+            input_signature=[tf.TensorSpec([None, self.window_frames, c.n_mels], tf.float32,
+                                           name="mel")])
+        self.serving_track = tf.function(
+            self._from_track, input_signature=[tf.TensorSpec([None], tf.float32, name="audio")])
+
+    def _from_windows(self, mel):
+        logits, embedding = self._embedder(mel, training=False)
+        return {"probabilities": tf.sigmoid(logits), "embedding": embedding}
+
+    def _from_track(self, audio):
+        c, w = self.spec.mel_config, self.window_frames
+        audio = self._require(audio, tf.shape(audio)[0] > 0, ["audio: no samples"], [1])
+        audio = self._require(audio, tf.reduce_all(tf.math.is_finite(audio)),
+                              ["audio contains NaN or inf"], [1])
+        mel = signal_to_mel(audio[tf.newaxis], c)[0]  # [T, F]
+        n = tf.shape(mel)[0]
+        padded = n < w
+        mel = tf.pad(mel, [[0, tf.maximum(w - n, 0)], [0, 0]])
+        windows = tf.signal.frame(mel, w, w, axis=0)  # [W, w, F]: full windows, tail dropped
+        out = self._from_windows(tf.ensure_shape(windows, [None, w, c.n_mels]))
+        starts = tf.cast(tf.range(tf.shape(windows)[0]), tf.float32) * (w * c.hop_length / c.sr)
+        return {"probabilities": tf.reduce_mean(out["probabilities"], axis=0),
+                "taggram": out["probabilities"], "window_start_seconds": starts,
+                "embedding": tf.reduce_mean(out["embedding"], axis=0),
+                "window_embeddings": out["embedding"], "padded": padded}
 
     def _probabilities(self, mel):
         return evaluate.patch_scores(self.model, mel, self.spec.patch_frames)
@@ -201,7 +258,9 @@ def model_card(spec: ExportSpec, version: int) -> dict:
         "type": "Music auto-tagging",
         "link": "",
         "version": str(version),
-        "description": f"{spec.model_config.name} trained by tftag {tftag.__version__} at {c.name}",
+        "description": (f"{spec.name}: the musicnn package's pretrained weights, ported by tftag "
+                        f"{tftag.__version__}" if spec.name else
+                        f"{spec.model_config.name} trained by tftag {tftag.__version__} at {c.name}"),
         "author": "tftag",
         "email": "",
         "release_date": "",
@@ -289,6 +348,8 @@ def export(model, spec: ExportSpec, export_root: str = "export", version: int | 
             "serving_default": module.serving_default,
             "serving_example": module.serving_example.get_concrete_function(),
             "serving_waveform": module.serving_waveform.get_concrete_function(),
+            "serving_window": module.serving_window.get_concrete_function(),
+            "serving_track": module.serving_track.get_concrete_function(),
         })
         os.makedirs(os.path.join(saved, "essentia"), exist_ok=True)
         _freeze(module, os.path.join(saved, "essentia", f"{spec.model_name}.pb"))
@@ -362,6 +423,20 @@ def export_weights(experiment, mel_config: MelConfig, model_config: ModelConfig,
     path = export(model, spec, experiment.export.export_dir, experiment.export.version)
     logging.info("exported %s", path)
     return path
+
+
+def export_pretrained(name: str, export_config) -> dict:
+    """``--mode=export --pretrained=NAME``: a pretrained musicnn port (``MTT_musicnn``,
+    ``MTT_vgg``) as ``<export_dir>/<NAME>/<version>/`` with every signature, the Essentia frozen
+    graph and model card, like a trained model's export."""
+    from tftag.models import pretrained
+
+    model = pretrained.load_musicnn(name)
+    spec = ExportSpec(pretrained.MEL_CONFIG, pretrained.MODEL_CONFIGS[name],
+                      tuple(pretrained.MTT_TAGS), name=name)
+    path = export(model, spec, export_config.export_dir, export_config.version)
+    print(f"exported {path}; inspect it with: .venv/bin/saved_model_cli show --all --dir {path}")
+    return {"export_path": path}
 
 
 def run_export(experiment, weights: str) -> dict:

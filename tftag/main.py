@@ -30,6 +30,7 @@ import sys
 from absl import app, flags, logging
 
 from tftag import cli, codecs, datasets, experiment, models, runfiles
+from tftag import tag as tag_names
 
 NEEDS_RUN_DIR = ("train", "evaluate", "sweep", "tune", "extract")
 MODES = (*NEEDS_RUN_DIR, "profile", "export", "tag", "describe", "verify")
@@ -102,6 +103,18 @@ flags.DEFINE_string("server", None, "tag: host:port of a TF Serving server to us
                     "loading --model_dir (which still provides tags and sample rate).")
 flags.DEFINE_enum("server_protocol", "grpc", ["grpc", "rest"], "tag: protocol of --server.")
 flags.DEFINE_integer("top_k", 5, "tag: tags printed per file.", lower_bound=1)
+flags.DEFINE_enum("pretrained", None, list(tag_names.PRETRAINED), "tag/export: a pretrained "
+                  "musicnn model (50 MTAT tags, 3-s windows of the 16 kHz 96-band log mel) instead "
+                  "of --model_dir / --weights.")
+flags.DEFINE_float("window_hop", 0.0, "tag: seconds between window starts (0 = the window "
+                   "length: non-overlapping windows, as musicnn).", lower_bound=0.0)
+flags.DEFINE_string("taggram_dir", None, "tag: write one .npz + .csv taggram per file here.")
+flags.DEFINE_bool("plot", False, "tag: write a taggram PNG per file (into --taggram_dir, else "
+                  "<output stem>_taggrams/).")
+flags.DEFINE_bool("embeddings", False, "tag: write <file>.embeddings.npz per file: windows "
+                  "[W, d] (the input of the logits layer per window) and mean [d].")
+flags.DEFINE_float("block_seconds", 30.0, "tag: seconds of audio decoded at a time (bounds "
+                   "memory on long files).", lower_bound=1.0)
 flags.DEFINE_float("width", 1.0, "Filter-count multiplier (1 = the paper's full-size model).")
 flags.DEFINE_string("preset", "paper", "Architecture preset (musicnn: paper, musicnn_mtt).")
 flags.DEFINE_float("dropout", -1.0, "Dropout rate; -1 = the architecture's own.")
@@ -189,10 +202,22 @@ def _verify(exp) -> dict:
 
 
 def _tag(exp) -> dict:
-    if not FLAGS.model_dir:
-        raise app.UsageError("--mode=tag needs --model_dir (an exported model)")
+    if bool(FLAGS.model_dir) == bool(FLAGS.pretrained):
+        raise app.UsageError("--mode=tag needs --pretrained (MTT_musicnn, MTT_vgg) or --model_dir "
+                             "(an exported model), not both")
+    if FLAGS.server and FLAGS.pretrained:
+        raise app.UsageError("--server scores with a served export: give its --model_dir")
     return _lib("tag").tag(FLAGS.model_dir, FLAGS.audio or "", FLAGS.output, FLAGS.server,
-                           FLAGS.server_protocol, FLAGS.top_k)
+                           FLAGS.server_protocol, FLAGS.top_k, pretrained=FLAGS.pretrained,
+                           window_hop=FLAGS.window_hop, taggram_dir=FLAGS.taggram_dir,
+                           plot=FLAGS.plot, embeddings=FLAGS.embeddings,
+                           block_seconds=FLAGS.block_seconds)
+
+
+def _export(exp) -> dict:
+    if FLAGS.pretrained:
+        return _lib("export").export_pretrained(FLAGS.pretrained, exp.export)
+    return _lib("export").run_export(exp, _weights(exp))
 
 
 RUN_MODE = {
@@ -203,7 +228,7 @@ RUN_MODE = {
         exp, _weights(exp), None if FLAGS.split == "all" else FLAGS.split),
     "sweep": lambda exp: _lib("sweep").run(exp),
     "tune": lambda exp: _lib("tune").run(exp, FLAGS.max_trials),
-    "export": lambda exp: _lib("export").run_export(exp, _weights(exp)),
+    "export": _export,
     "tag": _tag,
     "profile": _profile,
     "verify": _verify,
@@ -224,7 +249,8 @@ def main(argv) -> None:
         raise app.UsageError(f"--mode={FLAGS.mode} needs --run_dir (where the run is written)")
     # tag and verify read an export or a dataset: no Experiment (and no Keras import) needed.
     exp = build_experiment() if FLAGS.mode not in ("tag", "verify") else None
-    if exp and FLAGS.mode in ONE_RESOLUTION and len(exp.mel_configs) != 1:
+    pretrained_export = FLAGS.mode == "export" and FLAGS.pretrained  # its own resolution
+    if exp and FLAGS.mode in ONE_RESOLUTION and len(exp.mel_configs) != 1 and not pretrained_export:
         try:
             exp.mel_config
         except ValueError as e:

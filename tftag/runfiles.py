@@ -32,6 +32,15 @@ def write_bytes_atomic(path: str, data: bytes) -> None:
         raise
 
 
+def write_npz_atomic(path: str, **arrays: Any) -> None:
+    """Writes NumPy arrays as an uncompressed ``.npz`` atomically."""
+    import numpy as np
+
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    write_bytes_atomic(path, buf.getvalue())
+
+
 def write_text_atomic(path: str, text: str) -> None:
     """Writes UTF-8 text atomically (a trailing newline is added if missing)."""
     write_bytes_atomic(path, (text if text.endswith("\n") else text + "\n").encode("utf-8"))

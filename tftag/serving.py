@@ -22,7 +22,8 @@ from typing import Sequence
 
 import numpy as np
 
-INPUT_NAMES = {"serving_default": "mel", "serving_example": "examples", "serving_waveform": "audio"}
+INPUT_NAMES = {"serving_default": "mel", "serving_example": "examples", "serving_waveform": "audio",
+               "serving_window": "mel", "serving_track": "audio"}
 OUTPUTS = ("probabilities", "top_k_tags", "top_k_probabilities", "tags")
 
 
