@@ -89,6 +89,16 @@ def _scorer(version_dir: str, server: str | None, protocol: str) -> Callable[[np
     return lambda audio: export.tag_probabilities(loaded, audio)
 
 
+def write_failures(output: str, failures: list[dict]) -> str | None:
+    """``<output stem>.failures.jsonl`` (one JSON record per skipped file), atomically; None
+    when nothing failed."""
+    if not failures:
+        return None
+    failed = os.path.splitext(output)[0] + ".failures.jsonl"
+    runfiles.write_text_atomic(failed, "".join(json.dumps(f) + "\n" for f in failures))
+    return failed
+
+
 def write_results(output: str, version_dir: str, tags: Sequence[str], results: dict,
                   failures: list[dict], top_k: int) -> str | None:
     """Writes ``output`` (.csv: one row per file; else JSON) and the failures list, atomically.
@@ -109,11 +119,7 @@ def write_results(output: str, version_dir: str, tags: Sequence[str], results: d
                              "top": export.top_tags(tags, p, top_k)}
                       for path, p in results.items()},
             "failures": failures})
-    if not failures:
-        return None
-    failed = os.path.splitext(output)[0] + ".failures.jsonl"
-    runfiles.write_text_atomic(failed, "".join(json.dumps(f) + "\n" for f in failures))
-    return failed
+    return write_failures(output, failures)
 
 
 def tag(model_dir: str | None, audio: str, output: str, server: str | None = None,
@@ -216,11 +222,7 @@ def write_track_results(output: str, tagger: "Tagger", results: dict, failures: 
                             "probabilities": np.round(r.taggram, 6).tolist()}}
                 for path, r in results.items()},
             "failures": failures})
-    if not failures:
-        return None
-    failed = os.path.splitext(output)[0] + ".failures.jsonl"
-    runfiles.write_text_atomic(failed, "".join(json.dumps(f) + "\n" for f in failures))
-    return failed
+    return write_failures(output, failures)
 
 
 def _tag_with_server(model_dir: str, audio: str, output: str, server: str, protocol: str,
