@@ -82,10 +82,18 @@ def _peak_rss_run(cmd: list[str]) -> tuple[dict, float]:
     return json.loads(stdout.strip().splitlines()[-1]), usage.ru_maxrss / 1024
 
 
-def _music(tmp: str) -> tuple[list[str], list[str], list[str]]:
-    """Excerpts, the long file and the huge file, written as Ogg Vorbis from Debian music."""
+def _write_ogg(path: str, pieces: list[np.ndarray], sr: int) -> None:
+    """Ogg Vorbis in small writes (libsndfile's Vorbis encoder crashes on writes of minutes)."""
     import soundfile
 
+    with soundfile.SoundFile(path, "w", sr, 1, format="OGG") as f:
+        for piece in pieces:
+            for start in range(0, piece.size, 16384):
+                f.write(piece[start:start + 16384])
+
+
+def _music(tmp: str) -> tuple[list[str], list[str], list[str]]:
+    """Excerpts, the long file and the huge file, written as Ogg Vorbis from Debian music."""
     from tftag import features
     from tftag.datasets import debian
 
@@ -99,7 +107,7 @@ def _music(tmp: str) -> tuple[list[str], list[str], list[str]]:
         if len(excerpts) < FLAGS.num_tracks and audio.size >= FLAGS.track_seconds * sr:
             start = (audio.size - int(FLAGS.track_seconds * sr)) // 2
             out = os.path.join(tmp, f"excerpt{len(excerpts):02d}.ogg")
-            soundfile.write(out, audio[start:start + int(FLAGS.track_seconds * sr)], sr)
+            _write_ogg(out, [audio[start:start + int(FLAGS.track_seconds * sr)]], sr)
             excerpts.append(out)
         if len(excerpts) >= FLAGS.num_tracks and sum(a.size for a in pool) >= 25 * 60 * sr:
             break
@@ -115,9 +123,7 @@ def _music(tmp: str) -> tuple[list[str], list[str], list[str]]:
                 if total >= need:
                     break
         path = os.path.join(tmp, name)
-        with soundfile.SoundFile(path, "w", sr, 1, format="OGG") as f:
-            for p in parts:  # written piece by piece: the benchmark itself stays small
-                f.write(p)
+        _write_ogg(path, parts, sr)
         return [path]
 
     return excerpts, joined(FLAGS.long_minutes, "long.ogg"), joined(FLAGS.huge_minutes, "huge.ogg")

@@ -157,6 +157,8 @@ def tag(model_dir: str | None, audio: str, output: str, server: str | None = Non
 
     if bool(pretrained) == bool(model_dir):
         raise ValueError("give one of --pretrained (MTT_musicnn, MTT_vgg) or --model_dir")
+    if model_dir:
+        model_version_dir(model_dir)  # a bad --model_dir fails before the folder is searched
     files = audio_files(audio)
     tagger = Tagger.pretrained(pretrained) if pretrained else Tagger.from_export(model_dir)
     if window_hop:
