@@ -68,7 +68,7 @@ def _numbers(obj, prefix: str = "") -> dict[str, float]:
 def _train(run_dir: str, dataset_dir: str) -> dict:
     run_module("tftag.main", f"--run_dir={run_dir}", f"--dataset_dir={dataset_dir}", *TRAIN_ARGS)
     with open(os.path.join(run_dir, "history.json"), encoding="utf-8") as f:
-        history = [{k: v for k, v in h.items() if k != "epoch_seconds"} for h in json.load(f)]
+        history = [{k: v for k, v in h.items() if not k.endswith("_seconds")} for h in json.load(f)]
     with open(os.path.join(run_dir, "summary.json"), encoding="utf-8") as f:
         results = _numbers(json.load(f))
     assert any("roc_auc" in k for k in results), results

@@ -104,6 +104,12 @@ def test_train_evaluate_resume_round_trip(tiny_dataset, tmp_path):
     assert first["epochs_done"] == 1
     resumed = train.train(tiny_dataset, MEL, mc, cfg, str(tmp_path / "resumed"))
     assert resumed["epochs_done"] == 2
+    # Training time counts every epoch (training + validation), across the interruption.
+    assert resumed["train_seconds"] == pytest.approx(
+        sum(h["epoch_seconds"] + h["valid_seconds"] for h in resumed["history"]), abs=0.01)
+    assert resumed["train_seconds"] > first["train_seconds"] > 0
+    again = train.train(tiny_dataset, MEL, mc, cfg, str(tmp_path / "resumed"))  # finished: no work
+    assert again["train_seconds"] == resumed["train_seconds"]
     assert [h["loss"] for h in resumed["history"]] == [h["loss"] for h in straight["history"]]
     assert resumed["best_valid_roc_auc"] == straight["best_valid_roc_auc"]
     a = train.load_best(str(tmp_path / "straight"), tiny_dataset, MEL, mc)

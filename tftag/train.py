@@ -180,7 +180,6 @@ def train(
         losses = strategy.run(step, args=(x, y))
         return strategy.reduce(tf.distribute.ReduceOp.SUM, losses, axis=None)
 
-    started = time.monotonic()
     epochs_this_call = 0
     stopped_early = False
     while int(state["epoch"]) < cfg.epochs:
@@ -201,8 +200,10 @@ def train(
         with data.naming_corrupt_shards(dataset_dir, mel_config, "train"):  # names a corrupt shard
             losses = [float(distributed_step(x, y)) for x, y in strategy.experimental_distribute_dataset(ds)]
         train_seconds = time.monotonic() - t0
+        t1 = time.monotonic()
         metrics = evaluate.evaluate(model, dataset_dir, mel_config, "valid", info.tags,
                                     patch_frames, cfg.eval_batch_size, cfg.valid_patches)
+        valid_seconds = time.monotonic() - t1
         improved = metrics.roc_auc > float(state["best"])
         if improved:
             _save_weights_atomic(model, best_path)
@@ -213,7 +214,8 @@ def train(
             state["bad_epochs"].assign_add(1)
         record = {"epoch": epoch, "loss": float(np.mean(losses)), "steps": len(losses),
                   "valid_roc_auc": metrics.roc_auc, "valid_pr_auc": metrics.pr_auc,
-                  "epoch_seconds": round(train_seconds, 3), "best": improved}
+                  "epoch_seconds": round(train_seconds, 3),
+                  "valid_seconds": round(valid_seconds, 3), "best": improved}
         history.append(record)
         with train_writer.as_default():
             tf.summary.scalar("loss", record["loss"], step=epoch)
@@ -240,7 +242,9 @@ def train(
                                    if h["epoch"] == int(state["best_epoch"])), None),
         "epochs_done": int(state["epoch"]),
         "stopped_early": stopped_early,
-        "train_seconds": round(time.monotonic() - started, 2),
+        # Training + validation time of every epoch, across resumed calls.
+        "train_seconds": round(sum(h["epoch_seconds"] + h.get("valid_seconds", 0.0)
+                                   for h in history), 2),
         "history": history,
     }
 
