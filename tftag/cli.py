@@ -112,6 +112,33 @@ def define_label_flags() -> None:
                         "(default ~/.cache/tftag/debian).")
 
 
+def define_tag_flags() -> None:
+    """The flags of ``--mode=tag`` (and ``--pretrained`` of ``--mode=export``)."""
+    from tftag import tag
+
+    flags.DEFINE_string("model_dir", None, "tag: an export: <export_dir>/<model_name> (latest version) "
+                        "or one version directory.")
+    flags.DEFINE_string("audio", None, "tag: an audio file or a folder (searched recursively).")
+    flags.DEFINE_string("output", "tags.json", "tag: where to write all probabilities: .json or .csv.")
+    flags.DEFINE_string("server", None, "tag: host:port of a TF Serving server to use instead of "
+                        "loading --model_dir (which still provides tags and sample rate).")
+    flags.DEFINE_enum("server_protocol", "grpc", ["grpc", "rest"], "tag: protocol of --server.")
+    flags.DEFINE_integer("top_k", 5, "tag: tags printed per file.", lower_bound=1)
+    flags.DEFINE_enum("pretrained", None, list(tag.PRETRAINED), "tag/export: a pretrained "
+                      "musicnn model (50 MTAT tags, 3-s windows of the 16 kHz 96-band log mel) instead "
+                      "of --model_dir / --weights.")
+    flags.DEFINE_float("window_hop", 0.0, "tag: seconds between window starts (0 = the window "
+                       "length: non-overlapping windows, as musicnn).", lower_bound=0.0)
+    flags.DEFINE_string("taggram_dir", None, "tag: write one .npz + .csv taggram per file here.")
+    flags.DEFINE_bool("plot", False, "tag: write a taggram PNG per file (into --taggram_dir, else "
+                      "<output stem>_taggrams/).")
+    flags.DEFINE_bool("embeddings", False, "tag: write <file>.embeddings.npz per file: windows "
+                      "[W, d] (the input of the logits layer per window) and mean [d].")
+    flags.DEFINE_float("block_seconds", 30.0, "tag: seconds of audio decoded at a time (bounds "
+                       "memory on long files).", lower_bound=1.0)
+
+
+
 def _ints(name: str) -> list[int]:
     try:
         return [int(v) for v in getattr(FLAGS, name)]

@@ -11,7 +11,8 @@ Modes (what each does lives in the library module named after it):
             the best run — tftag.sweep;
   tune      keras-tuner search of width, learning rate and dropout — tftag.tune;
   export    --weights as a SavedModel (TF Serving) + frozen graph (Essentia) — tftag.export;
-  tag       tag --audio with an export (--model_dir) or a server (--server) — tftag.tag;
+  tag       tag whole tracks of --audio with --pretrained=MTT_musicnn, an export (--model_dir)
+            or a server (--server) — tftag.tag;
   profile   GMACs, parameters and latency at every resolution — tftag.profile;
   verify    check every shard of --dataset_dir against dataset.json — tftag.verify.
 
@@ -30,7 +31,6 @@ import sys
 from absl import app, flags, logging
 
 from tftag import cli, codecs, datasets, experiment, models, runfiles
-from tftag import tag as tag_names
 
 NEEDS_RUN_DIR = ("train", "evaluate", "sweep", "tune", "extract")
 MODES = (*NEEDS_RUN_DIR, "profile", "export", "tag", "describe", "verify")
@@ -95,26 +95,7 @@ flags.DEFINE_bool("export_per_resolution", False, "sweep: export the best run of
                   "resolution) row, not only the best row.")
 flags.DEFINE_integer("export_version", 0, "Version to write (0 = the next free integer).",
                      lower_bound=0)
-flags.DEFINE_string("model_dir", None, "tag: an export: <export_dir>/<model_name> (latest version) "
-                    "or one version directory.")
-flags.DEFINE_string("audio", None, "tag: an audio file or a folder (searched recursively).")
-flags.DEFINE_string("output", "tags.json", "tag: where to write all probabilities: .json or .csv.")
-flags.DEFINE_string("server", None, "tag: host:port of a TF Serving server to use instead of "
-                    "loading --model_dir (which still provides tags and sample rate).")
-flags.DEFINE_enum("server_protocol", "grpc", ["grpc", "rest"], "tag: protocol of --server.")
-flags.DEFINE_integer("top_k", 5, "tag: tags printed per file.", lower_bound=1)
-flags.DEFINE_enum("pretrained", None, list(tag_names.PRETRAINED), "tag/export: a pretrained "
-                  "musicnn model (50 MTAT tags, 3-s windows of the 16 kHz 96-band log mel) instead "
-                  "of --model_dir / --weights.")
-flags.DEFINE_float("window_hop", 0.0, "tag: seconds between window starts (0 = the window "
-                   "length: non-overlapping windows, as musicnn).", lower_bound=0.0)
-flags.DEFINE_string("taggram_dir", None, "tag: write one .npz + .csv taggram per file here.")
-flags.DEFINE_bool("plot", False, "tag: write a taggram PNG per file (into --taggram_dir, else "
-                  "<output stem>_taggrams/).")
-flags.DEFINE_bool("embeddings", False, "tag: write <file>.embeddings.npz per file: windows "
-                  "[W, d] (the input of the logits layer per window) and mean [d].")
-flags.DEFINE_float("block_seconds", 30.0, "tag: seconds of audio decoded at a time (bounds "
-                   "memory on long files).", lower_bound=1.0)
+cli.define_tag_flags()
 flags.DEFINE_float("width", 1.0, "Filter-count multiplier (1 = the paper's full-size model).")
 flags.DEFINE_string("preset", "paper", "Architecture preset (musicnn: paper, musicnn_mtt).")
 flags.DEFINE_float("dropout", -1.0, "Dropout rate; -1 = the architecture's own.")
@@ -214,12 +195,6 @@ def _tag(exp) -> dict:
                            block_seconds=FLAGS.block_seconds)
 
 
-def _export(exp) -> dict:
-    if FLAGS.pretrained:
-        return _lib("export").export_pretrained(FLAGS.pretrained, exp.export)
-    return _lib("export").run_export(exp, _weights(exp))
-
-
 RUN_MODE = {
     "extract": lambda exp: _lib("pipeline").extract(exp),
     "describe": _describe,
@@ -228,7 +203,8 @@ RUN_MODE = {
         exp, _weights(exp), None if FLAGS.split == "all" else FLAGS.split),
     "sweep": lambda exp: _lib("sweep").run(exp),
     "tune": lambda exp: _lib("tune").run(exp, FLAGS.max_trials),
-    "export": _export,
+    "export": lambda exp: (_lib("export").export_pretrained(FLAGS.pretrained, exp.export)
+                           if FLAGS.pretrained else _lib("export").run_export(exp, _weights(exp))),
     "tag": _tag,
     "profile": _profile,
     "verify": _verify,
