@@ -79,8 +79,8 @@ def test_sweep_models_with_their_own_settings(tmp_path):
 
     exp = dataclasses.replace(_experiment(str(tmp_path)), model=ModelConfig("vgg", width=0.125))
     override = SweepModel.parse("musicnn:width=0.25,patch_seconds=3,epochs=2,steps_per_epoch=5,"
-                                "resolutions=sr16000-mel48-hop2-log")
-    assert override == SweepModel("musicnn", ("sr16000-mel48-hop2-log",), 0.25, 3.0, 2, 5)
+                                "test_patches=2,resolutions=sr16000-mel48-hop2-log")
+    assert override == SweepModel("musicnn", ("sr16000-mel48-hop2-log",), 0.25, 3.0, 2, 5, 2)
     exp = dataclasses.replace(exp, sweep_overrides=(override,))
     items = sweep.plan_items(exp.sweep_plan(), exp.repeats, seed=7)
     assert [i.key for i in items] == [
@@ -91,6 +91,7 @@ def test_sweep_models_with_their_own_settings(tmp_path):
     assert items[0].train_config == exp.train and items[0].patch_frames is None
     musicnn = items[-1]
     assert (musicnn.train_config.epochs, musicnn.train_config.steps_per_epoch) == (2, 5)
+    assert musicnn.train_config.test_patches == 2 and items[0].train_config.test_patches is None
     assert musicnn.patch_frames == 93  # 3 s at hop 512
     assert Experiment.from_dict(json.loads(json.dumps(exp.to_dict()))) == exp
     whole = SweepModel.parse("vgg:patch_seconds=0").apply(ModelConfig("vgg", patch_seconds=3.0),

@@ -214,7 +214,8 @@ def test_sweep_per_model_resolutions_and_per_resolution_exports(tiny_dataset, tm
             "--sr=16000", "--n_mels=16", "--hop_factors=2,4", "--compressions=log", "--duration=3",
             "--models=vgg,musicnn", "--width=0.05", "--repeats=1", "--batch_size=8", "--epochs=1",
             "--steps_per_epoch=2", "--valid_patches=1",
-            "--sweep_model=musicnn:width=0.1,patch_seconds=1,epochs=2,resolutions=sr16000-mel16-hop2-log",
+            "--sweep_model=musicnn:width=0.1,patch_seconds=1,epochs=2,test_patches=1,"
+            "resolutions=sr16000-mel16-hop2-log",
             "--export_per_resolution", f"--export_dir={export_dir}"]
     run_module(*args)
     keys = sorted(p.parent.name for p in run_dir.glob("runs/*/result.json"))
@@ -225,6 +226,9 @@ def test_sweep_per_model_resolutions_and_per_resolution_exports(tiny_dataset, tm
     assert [h["epoch"] for h in history] == [0, 1]  # its own epochs
     result = json.loads((run_dir / "runs" / keys[0] / "result.json").read_text())
     assert result["patch_frames"] == 31 and result["width"] == 0.1  # 1 s at hop 512
+    assert result["test_patches"] == 1  # its test scored the centre patch of each clip
+    vgg = json.loads((run_dir / "runs" / keys[1] / "result.json").read_text())
+    assert vgg["test_patches"] is None  # whole clips
     exports = json.loads((run_dir / "exports.json").read_text())
     assert sorted(exports) == ["musicnn-sr16000-mel16-hop2-log", "vgg-sr16000-mel16-hop2-log",
                                "vgg-sr16000-mel16-hop4-log"]

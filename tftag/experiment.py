@@ -49,7 +49,9 @@ class TrainConfig:
         teacher-labelled dataset). Validation early stopping uses the hard labels either way.
       valid_patches: patch models: validation scores this many evenly spaced patches per clip
         (1 = the centre one), as musicnn validates on patches; None = every patch. Test scores
-        always use every patch.
+        always use every patch (unless ``test_patches``).
+      test_patches: patch models: the sweep's test scores this many evenly spaced patches per
+        clip; None = every patch (the default and the paper's protocol).
     """
 
     batch_size: int = 32
@@ -64,10 +66,12 @@ class TrainConfig:
     strategy: str = "auto"
     loss: str = "bce"
     valid_patches: int | None = None
+    test_patches: int | None = None
 
     def __post_init__(self):
-        if self.valid_patches is not None and self.valid_patches < 1:
-            raise ValueError(f"valid_patches must be >= 1 or None, got {self.valid_patches}")
+        for name in ("valid_patches", "test_patches"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1 or None, got {getattr(self, name)}")
         for name in ("batch_size", "epochs", "eval_batch_size", "shuffle_buffer"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -167,6 +171,7 @@ class SweepModel:
       patch_seconds: input patch seconds; 0 = whole clips.
       epochs: maximum epochs.
       steps_per_epoch: training steps per epoch.
+      test_patches: patch models: test scores this many evenly spaced patches per clip.
     """
 
     name: str
@@ -175,8 +180,9 @@ class SweepModel:
     patch_seconds: float | None = None
     epochs: int | None = None
     steps_per_epoch: int | None = None
+    test_patches: int | None = None
 
-    KEYS = ("resolutions", "width", "patch_seconds", "epochs", "steps_per_epoch")
+    KEYS = ("resolutions", "width", "patch_seconds", "epochs", "steps_per_epoch", "test_patches")
 
     @classmethod
     def parse(cls, text: str) -> "SweepModel":
@@ -203,7 +209,7 @@ class SweepModel:
             changes["width"] = self.width
         if self.patch_seconds is not None:
             changes["patch_seconds"] = self.patch_seconds or None
-        train_changes = {k: getattr(self, k) for k in ("epochs", "steps_per_epoch")
+        train_changes = {k: getattr(self, k) for k in ("epochs", "steps_per_epoch", "test_patches")
                          if getattr(self, k) is not None}
         return (dataclasses.replace(model, **changes),
                 dataclasses.replace(train, **train_changes))

@@ -64,8 +64,8 @@ flags.DEFINE_list("models", [], "sweep: model names (default: --model).")
 flags.DEFINE_multi_string(
     "sweep_model", [], "sweep: one model's own settings, NAME:key=value,... (repeat the flag per "
     "model); keys: resolutions (names joined by +; default all), width, patch_seconds (0 = whole "
-    "clips), epochs, steps_per_epoch. E.g. musicnn:patch_seconds=3,resolutions="
-    "sr16000-mel96-hop1-log+sr16000-mel48-hop1-log")
+    "clips), epochs, steps_per_epoch, test_patches (patches scored per test clip; default all). "
+    "E.g. musicnn:patch_seconds=3,resolutions=sr16000-mel96-hop1-log+sr16000-mel48-hop1-log")
 flags.DEFINE_integer("repeats", 3, "sweep: runs per (model, resolution), seeds seed, seed+1, ...",
                      lower_bound=1)
 flags.DEFINE_integer("batch_size", 32, "Global batch size.", lower_bound=1)

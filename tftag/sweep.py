@@ -26,7 +26,7 @@ from tftag.models import ModelConfig, build
 RESULT_FIELDS = ("model", "width", "preset", "resolution", "sr", "n_mels", "hop_factor",
                  "compression", "seed", "test_roc_auc", "test_pr_auc", "valid_roc_auc",
                  "best_epoch", "epochs_done", "train_seconds", "gmacs", "storage_bytes",
-                 "patch_frames", "skipped_tags", "top5_overlap", "prob_correlation")
+                 "patch_frames", "skipped_tags", "top5_overlap", "prob_correlation", "test_patches")
 # Agreement with the teacher (teacher-labelled datasets only; None otherwise).
 AGREEMENT_FIELDS = ("top5_overlap", "prob_correlation")
 
@@ -74,7 +74,7 @@ def run_item(item: SweepItem, dataset_dir: str, train_config: train.TrainConfig,
     outcome = train.train(dataset_dir, item.mel_config, item.model_config, cfg, run_dir)
     model = train.load_best(run_dir, dataset_dir, item.mel_config, item.model_config)
     metrics = evaluate.evaluate(model, dataset_dir, item.mel_config, "test", info.tags,
-                                item.patch_frames, cfg.eval_batch_size)
+                                item.patch_frames, cfg.eval_batch_size, cfg.test_patches)
     data.write_bytes_atomic(os.path.join(run_dir, "per_tag.txt"),
                             (evaluate.format_per_tag(metrics) + "\n").encode())
     # Cost per clip: the model over the whole clip (patch models cost the same per frame).
@@ -91,6 +91,7 @@ def run_item(item: SweepItem, dataset_dir: str, train_config: train.TrainConfig,
         "storage_bytes": 4 * c.n_frames * c.n_mels, "patch_frames": item.patch_frames,
         "skipped_tags": len(metrics.skipped_tags),
         "top5_overlap": metrics.top5_overlap, "prob_correlation": metrics.prob_correlation,
+        "test_patches": cfg.test_patches if item.patch_frames else None,
     }
 
 
