@@ -9,7 +9,8 @@ Reads a finished sweep (``<run_dir>/runs/*/result.json``, ``configs.json`` and t
 - ``results.md``: what ran (clips per split, labels, training recipe), the sweep table (ROC-AUC /
   PR-AUC mean ± std, GMAC, KiB per clip, t-test against the most-bands hop-×1 baseline, teacher
   agreement), the paper's claims tested on this data (each pair's ROC-AUC change, its p-value
-  and the GMAC saved), and the lowest-cost resolution per model with no significant loss;
+  and the GMAC saved), and the lowest-cost resolution per model with no loss (not significantly
+  below the baseline and at most `--max_drop` points below its mean);
 - ``results.csv`` (every run), ``summary.csv`` (one row per model × resolution),
   ``claims.csv`` (the tested claims);
 - ``roc_vs_gmacs.png``: left, ROC-AUC vs GMAC per model; right, the ROC-AUC change against
@@ -36,6 +37,8 @@ def define_flags() -> None:
     flags.DEFINE_multi_string("compare", [], "NAME=RUN_DIR of another study to draw beside it.")
     flags.DEFINE_string("out_root", os.path.join("benchmarks", "results"), "Root of the results.")
     flags.DEFINE_float("alpha", 0.05, "Significance level of 'no significant loss'.")
+    flags.DEFINE_float("max_drop", 1.0, "'No loss' also needs the mean ROC-AUC within this many "
+                       "points of the baseline's.")
 
 
 FLAGS = flags.FLAGS
@@ -96,9 +99,10 @@ def test_claims(results: Sequence[dict]) -> list[dict]:
     return rows
 
 
-def lowest_without_loss(rows: Sequence[dict], alpha: float) -> dict[str, dict]:
-    """Per model: the cheapest row (GMAC) whose ROC-AUC is not significantly below the
-    baseline (p ≥ alpha or higher mean), the baseline included."""
+def lowest_without_loss(rows: Sequence[dict], alpha: float, max_drop: float = 1.0) -> dict[str, dict]:
+    """Per model: the cheapest row (GMAC) not significantly below the baseline (p ≥ alpha, or a
+    higher mean) whose mean ROC-AUC is also within ``max_drop`` points of the baseline's (with
+    few repeats a t-test cannot reject even large drops), the baseline included."""
     best: dict[str, dict] = {}
     base = {r["model"]: r for r in rows if r["baseline"] and r["p_value"] is None
             and r["resolution"].startswith(r["baseline"] + "-")}
@@ -106,8 +110,9 @@ def lowest_without_loss(rows: Sequence[dict], alpha: float) -> dict[str, dict]:
         b = base.get(r["model"])
         if b is None:
             continue
-        ok = r is b or r["roc_auc_mean"] >= b["roc_auc_mean"] or (
-            r["p_value"] is not None and r["p_value"] >= alpha)
+        drop = 100 * (b["roc_auc_mean"] - r["roc_auc_mean"])
+        ok = r is b or drop <= 0 or (
+            r["p_value"] is not None and r["p_value"] >= alpha and drop <= max_drop)
         if ok and (r["model"] not in best or r["gmacs"] < best[r["model"]]["gmacs"]):
             best[r["model"]] = r
     return best
@@ -228,7 +233,7 @@ def main(argv):
     os.makedirs(out, exist_ok=True)
     rows = sweep.summarize(results)
     claims = test_claims(results)
-    lowest = lowest_without_loss(rows, FLAGS.alpha)
+    lowest = lowest_without_loss(rows, FLAGS.alpha, FLAGS.max_drop)
     sections = [f"# Study `{FLAGS.name}`", "", _recipe(FLAGS.run_dir), "",
                 "## Every resolution", "", sweep.markdown_table(rows), "",
                 "## The paper's claims on this data", "",
@@ -238,7 +243,8 @@ def main(argv):
         sections.append(f"- {model}: {r['resolution']} — {100 * r['roc_auc_mean']:.2f} % ROC-AUC, "
                         f"{r['gmacs']:.4f} GMAC, {r['storage_bytes'] / 1024:.0f} KiB per clip "
                         f"(p = {'–' if r['p_value'] is None else format(r['p_value'], '.3f')} vs "
-                        f"{r['baseline']}; α = {FLAGS.alpha:g})")
+                        f"{r['baseline']}; α = {FLAGS.alpha:g}, at most {FLAGS.max_drop:g} "
+                        "points below it)")
     for label, res in others.items():
         sections += ["", f"## Beside: `{label}`", "", claims_table(test_claims(res))]
     runfiles.write_text_atomic(os.path.join(out, "results.md"), "\n".join(sections))
