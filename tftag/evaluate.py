@@ -96,7 +96,7 @@ def patch_scores(model, mel, patch_frames: int | None, max_patches: int | None =
     Args:
       max_patches: score only this many evenly spaced patches (:func:`patch_indices`); None =
         all. Training's validation uses it for expensive patch models, as musicnn validates
-        on patches; test scores always use every patch.
+        on patches, and a sweep model's ``test_patches`` for its test.
     """
     import tensorflow as tf
 

@@ -41,13 +41,12 @@ import tempfile
 from typing import Sequence
 
 import numpy as np
-import keras
 import tensorflow as tf
 
 import tftag
 from tftag import data, evaluate, features
 from tftag.features import MelConfig
-from tftag.models import ModelConfig
+from tftag.models import ModelConfig, with_embedding
 
 TOP_K = 5
 ESSENTIA_INPUT = "mel"
@@ -139,7 +138,7 @@ class ServingModule(tf.Module):
             input_signature=[tf.TensorSpec([None, c.n_frames, c.n_mels], tf.float32, name="mel")])
         # Whole tracks: the model's own input windows (a patch, or the whole clip).
         self.window_frames = spec.window_frames
-        self._embedder = keras.Model(model.inputs, [model.output, model.get_layer("logits").input])
+        self._embedder = with_embedding(model)
         self.serving_window = tf.function(
             self._from_windows,
             input_signature=[tf.TensorSpec([None, self.window_frames, c.n_mels], tf.float32,

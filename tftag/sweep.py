@@ -51,12 +51,6 @@ class SweepItem:
         return f"{m.name}-{m.preset}-w{m.width:g}-{self.mel_config.name}-seed{self.seed}"
 
 
-def make_items(models: Sequence[ModelConfig], configs: Sequence[MelConfig], repeats: int,
-               seed: int = 0) -> list[SweepItem]:
-    """models × configs × repeats (seeds seed, seed+1, ...)."""
-    return [SweepItem(m, c, seed + r) for m in models for c in configs for r in range(repeats)]
-
-
 def plan_items(plan: Sequence[tuple[ModelConfig, Sequence[MelConfig], train.TrainConfig]],
                repeats: int, seed: int = 0) -> list[SweepItem]:
     """Items of :meth:`tftag.experiment.Experiment.sweep_plan`: per model, its resolutions ×

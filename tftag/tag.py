@@ -71,22 +71,18 @@ def model_card(version_dir: str) -> dict:
     return runfiles.read_json(cards[0])
 
 
-def _scorer(version_dir: str, server: str | None, protocol: str) -> Callable[[np.ndarray], np.ndarray]:
-    from tftag import export, serving
+def _scorer(version_dir: str, server: str, protocol: str) -> Callable[[np.ndarray], np.ndarray]:
+    """Clip probabilities from a TF Serving server (the export gives the served model's name)."""
+    from tftag import serving
 
-    if server:
-        if protocol not in PROTOCOLS:
-            raise ValueError(f"--server_protocol={protocol!r}; known: {', '.join(PROTOCOLS)}")
-        model_name = os.path.basename(os.path.dirname(version_dir.rstrip("/")))
-        if protocol == "grpc":
-            client = serving.GrpcClient(server, model_name)
-            return lambda audio: client.predict(audio[None])["probabilities"][0]
-        rest = serving.RestClient(server, model_name)
-        return lambda audio: rest.predict([audio])[0]["probabilities"]
-    import tensorflow as tf
-
-    loaded = tf.saved_model.load(version_dir)
-    return lambda audio: export.tag_probabilities(loaded, audio)
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"--server_protocol={protocol!r}; known: {', '.join(PROTOCOLS)}")
+    model_name = os.path.basename(os.path.dirname(version_dir.rstrip("/")))
+    if protocol == "grpc":
+        client = serving.GrpcClient(server, model_name)
+        return lambda audio: client.predict(audio[None])["probabilities"][0]
+    rest = serving.RestClient(server, model_name)
+    return lambda audio: rest.predict([audio])[0]["probabilities"]
 
 
 def write_failures(output: str, failures: list[dict]) -> str | None:
@@ -314,16 +310,15 @@ class Tagger:
     def pretrained(cls, name: str) -> "Tagger":
         """A pretrained musicnn port (``MTT_musicnn`` or ``MTT_vgg``): 3-s windows of the
         16 kHz 96-band log mel, the 50 MTAT tags."""
-        import keras
         import tensorflow as tf
 
         from tftag import tracks
-        from tftag.models import pretrained
+        from tftag.models import pretrained, with_embedding
 
         if name not in PRETRAINED:
             raise ValueError(f"--pretrained={name!r}; known: {', '.join(PRETRAINED)}")
         model = pretrained.load_musicnn(name)
-        embedder = keras.Model(model.inputs, [model.output, model.get_layer("logits").input])
+        embedder = with_embedding(model)
         run = tf.function(lambda x: embedder(x, training=False), reduce_retracing=True)
 
         def score(windows):
@@ -382,7 +377,7 @@ def track_windows(path: str, spec, block_seconds: float) -> Iterator[tuple[np.nd
     samples = 0
     pending = []
 
-    def flush(final: bool):
+    def flush():
         nonlocal pending
         out = np.concatenate(pending) if pending else np.zeros(
             (0, spec.window_frames, spec.mel_config.n_mels), np.float32)
@@ -393,14 +388,14 @@ def track_windows(path: str, spec, block_seconds: float) -> Iterator[tuple[np.nd
         samples += block.size
         pending.append(cutter.push(mel.feed(block)))
         if sum(len(p) for p in pending) >= BATCH_WINDOWS:
-            yield flush(False), {}
+            yield flush(), {}
     if samples == 0:
         from tftag import features
 
         raise features.AudioDecodeError(f"{path}: no samples")
     pending.append(cutter.push(mel.finish()))
     pending.append(cutter.finish())
-    yield flush(True), {"seconds": samples / spec.mel_config.sr, "padded": cutter.padded}
+    yield flush(), {"seconds": samples / spec.mel_config.sr, "padded": cutter.padded}
 
 
 def tag_tracks(tagger: Tagger, files: Sequence[str], block_seconds: float = 30.0,

@@ -90,7 +90,6 @@ class StreamingMel:
         self._start = 0  # padded-signal index of _buffer[0]
         self._next = 0  # index of the next hop-1 frame
         self._samples = 0
-        self._filterbank = features.mel_filterbank(config.sr, config.n_mels)
         self._window = features.hann_window(features.N_FFT)
         self.frames_out = 0
 
@@ -106,7 +105,7 @@ class StreamingMel:
             return np.zeros((0, self.config.n_mels), np.float32)
         spectrum = np.fft.rfft(frames[keep] * self._window, axis=-1)
         power = (spectrum.real ** 2 + spectrum.imag ** 2).astype(np.float32)
-        mel = np.matmul(power, self._filterbank).astype(np.float32, copy=False)
+        mel = features.power_mel(power, self.config.sr, self.config.n_mels)
         self.frames_out += len(keep)
         return features.compress(mel, self.config.compression)
 

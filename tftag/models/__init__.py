@@ -92,3 +92,11 @@ def build(model_config: ModelConfig, mel_config: MelConfig, n_tags: int):
     if n_tags < 1:
         raise ValueError(f"n_tags must be >= 1, got {n_tags}")
     return builder(model_config, mel_config, n_tags)
+
+
+def with_embedding(model):
+    """``model`` with two outputs: its logits and its embedding, the input of its ``logits``
+    layer (the penultimate features every tftag model has)."""
+    import keras
+
+    return keras.Model(model.inputs, [model.output, model.get_layer("logits").input])
