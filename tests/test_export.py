@@ -245,20 +245,28 @@ def test_tag_mode_on_a_folder_with_a_corrupt_file(exported, rendered, tmp_path):
                                track["probabilities"].numpy(), atol=1e-4)
 
 
-def test_tag_mode_through_a_server(exported, rendered, tmp_path):
+@pytest.mark.parametrize("protocol", ["grpc", "rest"])
+def test_tag_mode_through_a_server(exported, rendered, tmp_path, protocol):
+    """--server scores the CLI's windows on the server (serving_window): the same whole-track
+    taggram as the export's own serving_track."""
     _, path, _, spec = exported
     server = serving.LocalServer(path, spec.model_name)
     try:
-        port = server.start_grpc()
-        out = tmp_path / "tags.csv"
-        proc = run_module("tftag.main", "--mode=tag", f"--run_dir={tmp_path / 'run'}",
-                          f"--model_dir={path}", f"--audio={rendered[0]}", f"--output={out}",
-                          f"--server=127.0.0.1:{port}")
-        header, row = out.read_text().splitlines()
-        assert header == "path," + ",".join(TAGS)
-        expected = export.tag_probabilities(tf.saved_model.load(path),
-                                            features.load_audio(rendered[0], 16000))
-        np.testing.assert_allclose([float(v) for v in row.split(",")[1:]], expected, atol=1e-5)
-        assert "tagged 1/1 files" in proc.stdout
+        port = server.start_grpc() if protocol == "grpc" else server.start_rest()
+        out = tmp_path / "tags.json"
+        proc = run_module("tftag.main", "--mode=tag", f"--model_dir={path}",
+                          f"--audio={rendered[0]}", f"--output={out}",
+                          f"--server=127.0.0.1:{port}", f"--server_protocol={protocol}")
+        result = json.loads(out.read_text())["files"][rendered[0]]
+        track = tf.saved_model.load(path).signatures["serving_track"](
+            audio=tf.constant(features.load_audio(rendered[0], 16000)))
+        np.testing.assert_allclose(result["taggram"]["probabilities"], track["taggram"].numpy(),
+                                   atol=1e-4)
+        np.testing.assert_allclose([result["probabilities"][t] for t in TAGS],
+                                   track["probabilities"].numpy(), atol=1e-4)
+        assert f"with {spec.model_name} at 127.0.0.1:{port}" in proc.stdout
     finally:
         server.stop()
+    bad = run_module("tftag.main", "--mode=tag", "--pretrained=MTT_musicnn", f"--audio={rendered[0]}",
+                     f"--output={out}", "--server=127.0.0.1:1", check=False)
+    assert bad.returncode == 2 and "--server scores with a served export: give its --model_dir" in bad.stderr

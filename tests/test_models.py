@@ -10,7 +10,7 @@ import pytest
 
 from tftag import profile
 from tftag.features import MelConfig
-from tftag.models import ModelConfig, build, musicnn, names, pretrained
+from tftag.models import ModelConfig, build, inference_fn, musicnn, names, pretrained, with_embedding
 from tftag.models.vgg import vgg_pools
 
 from conftest import FIXTURES
@@ -246,3 +246,85 @@ def test_pretrained_errors_list_unmatched_variables(monkeypatch):
     assert "checkpoint variable dense/kernel (256, 50) has no Keras weight" in str(err.value)
     with pytest.raises(ValueError, match="unknown pretrained model 'MSD_big'; known: MTT_musicnn, MTT_vgg"):
         pretrained.load_musicnn("MSD_big")
+
+
+# ----------------------------------------------------------------------------- fast inference
+
+
+def _randomise_batchnorm(model, seed: int) -> None:
+    """Moving statistics and affine parameters of every BatchNorm drawn at random, with about half
+    of the scales negative and one exactly 0 (the cases the fast front-end's sign trick handles)."""
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            n = layer.gamma.shape[0]
+            gamma = rng.normal(0, 1, n).astype("float32")
+            gamma[0] = 0.0
+            layer.set_weights([gamma, rng.normal(0, 0.5, n).astype("float32"),
+                               rng.normal(0, 0.5, n).astype("float32"),
+                               rng.uniform(0.5, 2.0, n).astype("float32")])
+
+
+def test_time_conv_is_the_conv_over_time_with_the_same_kernel():
+    x = np.random.default_rng(0).normal(size=(2, 40, 6, 1)).astype("float32")  # [b, T, F, 1]
+    conv = keras.layers.Conv2D(5, (9, 1), padding="same")
+    expected = conv(x).numpy()  # [b, T, F, 5]
+    fast = musicnn.TimeConv2D(5, (9, 1), padding="same")
+    fast.build((None, 6, 40, 1))
+    assert tuple(fast.kernel.shape) == (9, 1, 1, 5)  # stored as the conv over [b, T, F, c]
+    fast.set_weights(conv.get_weights())
+    got = fast(np.transpose(x, (0, 2, 1, 3))).numpy()  # [b, F, T, 5]
+    np.testing.assert_allclose(np.transpose(got, (0, 2, 1, 3)), expected, atol=1e-5)
+    with pytest.raises(ValueError, match="padding='same' and strides 1 only"):
+        musicnn.TimeConv2D(5, (9, 1), padding="valid")
+
+
+@pytest.mark.parametrize("length", [1, 5, 16, 33, 128])
+def test_toeplitz_time_conv_equals_same_convolution(length):
+    import tensorflow as tf
+
+    rng = np.random.default_rng(length)
+    x = rng.normal(size=(3, 4, 37)).astype("float32")  # [b, F, T]: T not a multiple of the block
+    kernel = rng.normal(size=(length, 1, 1, 6)).astype("float32")
+    expected = tf.nn.conv2d(x[..., None], np.transpose(kernel, (1, 0, 2, 3)), 1, "SAME").numpy()
+    got = musicnn._toeplitz_time_conv(tf.constant(x), tf.constant(kernel), block=16).numpy()
+    assert got.shape == (3, 4, 48, 6)  # ceil(37 / 16) blocks of 16 frames
+    np.testing.assert_allclose(got[:, :, :37], expected, atol=1e-4)
+
+
+def test_fast_inference_equals_the_keras_model_pretrained():
+    model = pretrained.load_musicnn("MTT_musicnn")
+    mel = np.random.default_rng(1).uniform(0, 3, size=(5, 187, 96)).astype("float32")
+    logits, embedding = musicnn.fast_inference(model)(mel)
+    expected_logits, expected_embedding = with_embedding(model)(mel, training=False)
+    np.testing.assert_allclose(logits.numpy(), expected_logits.numpy(), atol=1e-4)
+    np.testing.assert_allclose(embedding.numpy(), expected_embedding.numpy(), atol=1e-4)
+    assert embedding.shape == (5, 200)
+
+
+@pytest.mark.parametrize("mel_config", [MelConfig(16000, 32, 4, "log"), MelConfig(12000, 8, 10, "log")])
+def test_fast_inference_equals_the_keras_model_paper_preset(mel_config):
+    """Any resolution (timbral widths 7/3/1, temporal lengths down to 1 at hop ×10), random
+    BatchNorm statistics with negative and zero scales, after the weights change."""
+    model = build(ModelConfig("musicnn", width=0.25, patch_seconds=3.0), mel_config, 7)
+    _randomise_batchnorm(model, seed=2)
+    fast = musicnn.fast_inference(model)
+    frames = model.input_shape[1]
+    mel = np.random.default_rng(3).normal(size=(4, frames, mel_config.n_mels)).astype("float32")
+    expected = with_embedding(model)(mel, training=False)
+    for got, want in zip(fast(mel), expected):
+        np.testing.assert_allclose(got.numpy(), want.numpy(), atol=1e-4, rtol=1e-4)
+    _randomise_batchnorm(model, seed=4)  # weights are read per call
+    np.testing.assert_allclose(fast(mel)[0].numpy(), model(mel, training=False).numpy(),
+                               atol=1e-4, rtol=1e-4)
+
+
+def test_inference_fn_dispatch():
+    vgg = build(ModelConfig("vgg", width=0.125), MelConfig(16000, 32, 4, "log"), 5)
+    assert not musicnn.is_musicnn(vgg)
+    with pytest.raises(ValueError, match="not a MUSICNN model"):
+        musicnn.fast_inference(vgg)
+    mel = np.zeros((2, *vgg.input_shape[1:]), "float32")
+    logits, embedding = inference_fn(vgg)(mel)
+    np.testing.assert_allclose(logits.numpy(), vgg(mel, training=False).numpy(), atol=1e-6)
+    assert embedding.shape[0] == 2

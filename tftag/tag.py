@@ -16,8 +16,8 @@ libsndfile and soxr release the GIL), and the model is loaded once per run. Unre
 are skipped and listed in ``<output>.failures.jsonl``; outputs are written atomically: JSON
 (probabilities, top tags and taggram per file) or CSV (one row per file), and optionally one
 ``.npz`` + ``.csv`` taggram per file (``--taggram_dir``), a taggram PNG per file (``--plot``)
-and embeddings (``--embeddings``). With ``--server`` (TF Serving) each file is scored through
-the ``serving_waveform`` signature (centre crop of the model's duration).
+and embeddings (``--embeddings``). With ``--server`` (TF Serving, gRPC or REST) the same windows
+are scored by the server's ``serving_window`` signature: same outputs, nothing loaded here.
 """
 
 from __future__ import annotations
@@ -71,20 +71,6 @@ def model_card(version_dir: str) -> dict:
     return runfiles.read_json(cards[0])
 
 
-def _scorer(version_dir: str, server: str, protocol: str) -> Callable[[np.ndarray], np.ndarray]:
-    """Clip probabilities from a TF Serving server (the export gives the served model's name)."""
-    from tftag import serving
-
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"--server_protocol={protocol!r}; known: {', '.join(PROTOCOLS)}")
-    model_name = os.path.basename(os.path.dirname(version_dir.rstrip("/")))
-    if protocol == "grpc":
-        client = serving.GrpcClient(server, model_name)
-        return lambda audio: client.predict(audio[None])["probabilities"][0]
-    rest = serving.RestClient(server, model_name)
-    return lambda audio: rest.predict([audio])[0]["probabilities"]
-
-
 def write_failures(output: str, failures: list[dict]) -> str | None:
     """``<output stem>.failures.jsonl`` (one JSON record per skipped file), atomically; None
     when nothing failed."""
@@ -93,29 +79,6 @@ def write_failures(output: str, failures: list[dict]) -> str | None:
     failed = os.path.splitext(output)[0] + ".failures.jsonl"
     runfiles.write_text_atomic(failed, "".join(json.dumps(f) + "\n" for f in failures))
     return failed
-
-
-def write_results(output: str, version_dir: str, tags: Sequence[str], results: dict,
-                  failures: list[dict], top_k: int) -> str | None:
-    """Writes ``output`` (.csv: one row per file; else JSON) and the failures list, atomically.
-
-    Returns:
-      The failures file, or None when every file was tagged.
-    """
-    from tftag import export
-
-    if output.endswith(".csv"):
-        rows = [dict({"path": path}, **{t: f"{v:.6f}" for t, v in zip(tags, p)})
-                for path, p in results.items()]
-        runfiles.write_csv_atomic(output, rows, ["path", *tags])
-    else:
-        runfiles.write_json_atomic(output, {
-            "model": version_dir, "tags": list(tags),
-            "files": {path: {"probabilities": dict(zip(tags, map(float, p))),
-                             "top": export.top_tags(tags, p, top_k)}
-                      for path, p in results.items()},
-            "failures": failures})
-    return write_failures(output, failures)
 
 
 def tag(model_dir: str | None, audio: str, output: str, server: str | None = None,
@@ -129,8 +92,8 @@ def tag(model_dir: str | None, audio: str, output: str, server: str | None = Non
         with ``pretrained``.
       audio: a file or a folder (searched recursively).
       output: ``.json`` or ``.csv`` path.
-      server: host:port of a TF Serving server to score with instead of loading the model
-        (clip level: ``serving_waveform``, the centre crop).
+      server: host:port of a TF Serving server serving ``model_dir``'s model: windows are scored
+        there (``serving_window``) instead of loading the model here.
       protocol: ``grpc`` or ``rest`` (with ``server``).
       top_k: tags printed (and stored in JSON) per file.
       pretrained: ``MTT_musicnn`` or ``MTT_vgg`` instead of ``model_dir``.
@@ -145,18 +108,24 @@ def tag(model_dir: str | None, audio: str, output: str, server: str | None = Non
     Returns:
       A summary: files, tagged, failed, output, model.
     """
-    if server:
-        return _tag_with_server(model_dir, audio, output, server, protocol, top_k)
     from tqdm import tqdm
 
     from tftag import export, tracks
 
     if bool(pretrained) == bool(model_dir):
         raise ValueError("give one of --pretrained (MTT_musicnn, MTT_vgg) or --model_dir")
+    if server and not model_dir:
+        raise ValueError("--server needs --model_dir: the export the server serves (its model "
+                         "card and tags)")
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"--server_protocol={protocol!r}; known: {', '.join(PROTOCOLS)}")
     if model_dir:
         model_version_dir(model_dir)  # a bad --model_dir fails before the folder is searched
     files = audio_files(audio)
-    tagger = Tagger.pretrained(pretrained) if pretrained else Tagger.from_export(model_dir)
+    if server:
+        tagger = Tagger.from_server(model_dir, server, protocol)
+    else:
+        tagger = Tagger.pretrained(pretrained) if pretrained else Tagger.from_export(model_dir)
     if window_hop:
         tagger.spec = tracks.WindowSpec(tagger.spec.mel_config, tagger.spec.window_frames,
                                         max(1, tagger.spec.mel_config.frames_in(window_hop)))
@@ -223,42 +192,10 @@ def write_track_results(output: str, tagger: "Tagger", results: dict, failures: 
     return write_failures(output, failures)
 
 
-def _tag_with_server(model_dir: str, audio: str, output: str, server: str, protocol: str,
-                     top_k: int) -> dict:
-    """Clip-level tagging through a TF Serving server's ``serving_waveform``."""
-    from tqdm import tqdm
-
-    from tftag import export, features
-    from tftag._essentia import DecoderCrashedError
-
-    version_dir = model_version_dir(model_dir)
-    files = audio_files(audio)
-    tags = export.load_tags(version_dir)
-    sr = int(model_card(version_dir)["inference"]["sample_rate"])
-    probabilities = _scorer(version_dir, server, protocol)
-    results, failures = {}, []
-    for path in tqdm(files, desc="tag", unit="file", disable=len(files) < 2):
-        try:
-            samples = features.load_audio(path, sr)
-        except (features.AudioDecodeError, FileNotFoundError, DecoderCrashedError) as e:
-            failures.append({"path": path, "error": type(e).__name__, "reason": str(e)})
-            logging.warning("skipped %s: %s", path, e)
-            continue
-        p = np.asarray(probabilities(samples), dtype=float)
-        results[path] = p
-        top = ", ".join(f"{t} {v:.2f}" for t, v in export.top_tags(tags, p, top_k))
-        print(f"{path}: {top}")
-    failed = write_results(output, version_dir, tags, results, failures, top_k)
-    print(f"tagged {len(results)}/{len(files)} files with {version_dir} -> {output}"
-          + (f"; {len(failures)} unreadable, see {failed}" if failed else ""))
-    return {"files": len(files), "tagged": len(results), "failed": len(failures),
-            "output": output, "model": version_dir}
-
-
 # ----------------------------------------------------------------------------- whole tracks
 
 PRETRAINED = ("MTT_musicnn", "MTT_vgg")  # tftag.models.pretrained.VARIABLE_MAPS (tested)
-BATCH_WINDOWS = 32  # windows per model call
+BATCH_WINDOWS = 8  # windows per model call (MTT_musicnn: 23 ms/window at 8, 30 at 16-32)
 QUEUE_ITEMS = 8  # decoded batches waiting for the model (bounds memory)
 
 
@@ -295,6 +232,14 @@ class TrackResult:
         return None if self.embeddings is None else self.embeddings.mean(axis=0)
 
 
+def _card_mel_config(card: dict):
+    """The MelConfig of an export's Essentia model card."""
+    from tftag.features import MelConfig
+
+    mel = card["inference"]["mel"]
+    return MelConfig(**{k: mel[k] for k in ("sr", "n_mels", "hop_factor", "compression", "duration")})
+
+
 class Tagger:
     """A model that scores mel windows: its window spec, tags and scoring function.
 
@@ -313,13 +258,11 @@ class Tagger:
         import tensorflow as tf
 
         from tftag import tracks
-        from tftag.models import pretrained, with_embedding
+        from tftag.models import inference_fn, pretrained
 
         if name not in PRETRAINED:
             raise ValueError(f"--pretrained={name!r}; known: {', '.join(PRETRAINED)}")
-        model = pretrained.load_musicnn(name)
-        embedder = with_embedding(model)
-        run = tf.function(lambda x: embedder(x, training=False), reduce_retracing=True)
+        run = tf.function(inference_fn(pretrained.load_musicnn(name)), reduce_retracing=True)
 
         def score(windows):
             logits, embedding = run(tf.constant(windows))
@@ -329,12 +272,41 @@ class Tagger:
         return cls(name, spec, pretrained.MTT_TAGS, score)
 
     @classmethod
+    def from_server(cls, model_dir: str, server: str, protocol: str = "grpc") -> "Tagger":
+        """Windows scored by a TF Serving server (its ``serving_window`` signature) serving the
+        export ``model_dir`` (read here for its model card and tags only; the model name is the
+        export's folder name)."""
+        from tftag import export, serving, tracks
+
+        version_dir = model_version_dir(model_dir)
+        card = model_card(version_dir)
+        config = _card_mel_config(card)
+        window_frames = card["inference"].get("patch_frames") or config.n_frames
+        model_name = os.path.basename(os.path.dirname(version_dir.rstrip("/")))
+        if protocol == "grpc":
+            client = serving.GrpcClient(server, model_name)
+
+            def score(windows):
+                out = client.predict(windows, signature="serving_window")
+                return out["probabilities"], out["embedding"]
+        elif protocol == "rest":
+            client = serving.RestClient(server, model_name)
+
+            def score(windows):
+                rows = client.predict(list(windows), signature="serving_window")
+                return (np.stack([r["probabilities"] for r in rows]),
+                        np.stack([r["embedding"] for r in rows]))
+        else:
+            raise ValueError(f"--server_protocol={protocol!r}; known: {', '.join(PROTOCOLS)}")
+        return cls(f"{model_name} at {server}", tracks.WindowSpec(config, int(window_frames)),
+                   export.load_tags(version_dir), score)
+
+    @classmethod
     def from_export(cls, model_dir: str) -> "Tagger":
         """An export's ``serving_window`` signature (exports made before it existed: re-export)."""
         import tensorflow as tf
 
         from tftag import export, tracks
-        from tftag.features import MelConfig
 
         version_dir = model_version_dir(model_dir)
         card = model_card(version_dir)
@@ -344,9 +316,7 @@ class Tagger:
                              "signature (made by an older tftag); export it again")
         fn = loaded.signatures["serving_window"]
         _, window_frames, n_mels = fn.structured_input_signature[1]["mel"].shape
-        mel = card["inference"]["mel"]
-        config = MelConfig(**{k: mel[k] for k in ("sr", "n_mels", "hop_factor", "compression",
-                                                  "duration")})
+        config = _card_mel_config(card)
 
         def score(windows):
             out = fn(mel=tf.constant(windows))

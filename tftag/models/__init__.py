@@ -100,3 +100,17 @@ def with_embedding(model):
     import keras
 
     return keras.Model(model.inputs, [model.output, model.get_layer("logits").input])
+
+
+def inference_fn(model):
+    """``mel`` [b, T, F] → (logits [b, n_tags], embedding [b, d]) in inference mode.
+
+    MUSICNN models run their exact, faster rewrite (:func:`tftag.models.musicnn.fast_inference`);
+    other models run as built (:func:`with_embedding`).
+    """
+    from tftag.models import musicnn
+
+    if musicnn.is_musicnn(model):
+        return musicnn.fast_inference(model)
+    embedder = with_embedding(model)
+    return lambda mel: embedder(mel, training=False)

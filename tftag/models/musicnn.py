@@ -22,7 +22,7 @@ import dataclasses
 import math
 
 import keras
-from keras import layers
+from keras import layers, ops
 
 from tftag.features import MelConfig
 from tftag.models import ModelConfig, register
@@ -76,10 +76,32 @@ def musicnn_shapes(spec: MusicnnSpec, n_mels: int, hop_factor: int) -> dict:
     }
 
 
-def _max_over_frequency(x, name: str):
-    """[b, T, F', C] -> [b, T, C]."""
-    x = layers.MaxPooling2D(pool_size=(1, x.shape[2]), name=f"{name}_freqmax")(x)
-    return layers.Reshape((x.shape[1], x.shape[3]), name=f"{name}_squeeze")(x)
+def _max_over_frequency(x, name: str, frequency_axis: int = 2):
+    """[b, T, F', C] (or [b, F', T, C] with ``frequency_axis=1``) -> [b, T, C]."""
+    pool = (1, x.shape[2]) if frequency_axis == 2 else (x.shape[1], 1)
+    x = layers.MaxPooling2D(pool_size=pool, name=f"{name}_freqmax")(x)
+    time_axis = 1 if frequency_axis == 2 else 2
+    return layers.Reshape((x.shape[time_axis], x.shape[3]), name=f"{name}_squeeze")(x)
+
+
+@keras.saving.register_keras_serializable(package="tftag")
+class TimeConv2D(layers.Conv2D):
+    """A ``(length × 1)`` 'same' Conv2D over time, run on ``[b, F, T, C]`` (time along the width).
+
+    The kernel is stored as ``(length, 1, C_in, C_out)``, exactly as a Conv2D over ``[b, T, F, C]``
+    (so weights, checkpoints and the musicnn port are unchanged), and transposed per call. The
+    math is the same; the layout is what differs: oneDNN runs a long 1-input-channel kernel along
+    the width about 2× faster than along the height (MTT_musicnn's temporal convolutions: 41 → 20
+    ms per 3-s window on 2 cores).
+    """
+
+    def __init__(self, filters: int, kernel_size, **kwargs):
+        if kwargs.get("padding", "same") != "same" or tuple(kwargs.get("strides", (1, 1))) != (1, 1):
+            raise ValueError("TimeConv2D supports padding='same' and strides 1 only")
+        super().__init__(filters, kernel_size, **kwargs)
+
+    def convolution_op(self, inputs, kernel):
+        return super().convolution_op(inputs, ops.transpose(kernel, (1, 0, 2, 3)))
 
 
 @register("musicnn")
@@ -101,12 +123,13 @@ def build_musicnn(model_config: ModelConfig, mel_config: MelConfig, n_tags: int)
                           name=f"{name}_conv")(y)  # [b, T, F - h + 1, c]
         y = layers.BatchNormalization(name=f"{name}_bn")(y)
         branches.append(_max_over_frequency(y, name))  # [b, T, c]
+    x_ft = layers.Permute((2, 1, 3), name="time_along_width")(x)  # [b, F, T, 1]
     for i, (length, _, c) in enumerate(shapes["temporal"]):
         name = f"temporal{i}"
-        y = layers.Conv2D(model_config.filters(c), (length, 1), padding="same", activation="relu",
-                          name=f"{name}_conv")(x)  # [b, T, F, c]
+        y = TimeConv2D(model_config.filters(c), (length, 1), padding="same", activation="relu",
+                       name=f"{name}_conv")(x_ft)  # [b, F, T, c]
         y = layers.BatchNormalization(name=f"{name}_bn")(y)
-        branches.append(_max_over_frequency(y, name))
+        branches.append(_max_over_frequency(y, name, frequency_axis=1))
     front = layers.Concatenate(axis=-1, name="frontend")(branches)  # [b, T, C_front]
     k = spec.midend_kernel
     mids, previous = [], front
@@ -164,3 +187,122 @@ def build_musicnn_vgg(model_config: ModelConfig, mel_config: MelConfig, n_tags: 
     x = layers.Dropout(dropout, name="dropout")(x)
     logits = layers.Dense(n_tags, name="logits")(x)
     return keras.Model(inputs, logits, name=f"musicnn_vgg_{mel_config.name}")
+
+
+# ----------------------------------------------------------------------------- fast inference
+
+TOEPLITZ_BLOCK = 16  # output frames per row of the temporal convolutions' block-Toeplitz GEMM
+
+
+def is_musicnn(model) -> bool:
+    """A model of :func:`build_musicnn` (its front-end layers are found by name)."""
+    names = {layer.name for layer in model.layers}
+    return {"input_bn", "timbral0_conv", "temporal0_conv", "frontend"} <= names
+
+
+def _affine(bn):
+    """An inference BatchNorm as ``a · x + b`` (tensors from the layer's current variables)."""
+    import tensorflow as tf
+
+    a = tf.convert_to_tensor(bn.gamma) / tf.sqrt(tf.convert_to_tensor(bn.moving_variance) + bn.epsilon)
+    return a, tf.convert_to_tensor(bn.beta) - tf.convert_to_tensor(bn.moving_mean) * a
+
+
+def _branch_max(z_max, bias, a, b, sign):
+    """ReLU → BN → max over frequency, from the max over frequency of ``sign ·`` the conv.
+
+    With ``a`` = BN scale and ``s = sign(a)``: max_F(a·relu(z) + b) = a·relu(s·max_F(s·z)) + b,
+    since relu is monotone and the BN is affine per channel (exact; only rounding differs).
+    """
+    import tensorflow as tf
+
+    return a * tf.nn.relu(sign * (z_max + sign * bias)) + b
+
+
+def _toeplitz_time_conv(x_ft, kernel, block: int):
+    """'Same' convolution over time of ``x_ft`` [b, F, T] with ``kernel`` [L, 1, 1, c], as one GEMM.
+
+    Output frames are computed ``block`` at a time: each row holds the ``Q·block`` input samples
+    a block needs and the kernel becomes a block-Toeplitz matrix [Q·block, block·c], so a long
+    one-channel kernel runs as a dense matrix product instead of a convolution with one input
+    channel (MTT_musicnn's temporal branches: 41 ms → 9 ms per 3-s window on 2 cores).
+
+    Returns:
+      [b, F, nb·block, c] with the first T frames valid (nb = ceil(T / block)).
+    """
+    import tensorflow as tf
+
+    length, channels = int(kernel.shape[0]), int(kernel.shape[-1])
+    n_bands, n_frames = int(x_ft.shape[1]), int(x_ft.shape[2])
+    n_blocks = -(-n_frames // block)
+    q = -(-(block + length - 1) // block)
+    left = (length - 1) // 2
+    x = tf.pad(x_ft, [[0, 0], [0, 0], [left, (n_blocks + q - 1) * block - n_frames - left]])
+    blocks = tf.reshape(x, [-1, n_bands, n_blocks + q - 1, block])
+    rows = tf.concat([blocks[:, :, i:i + n_blocks] for i in range(q)], axis=-1)
+    k = tf.reshape(kernel, [length, channels])
+    toeplitz = tf.stack([tf.pad(k, [[j, q * block - length - j], [0, 0]]) for j in range(block)],
+                        axis=1)  # [q·block, block, c]
+    y = tf.matmul(tf.reshape(rows, [-1, q * block]), tf.reshape(toeplitz, [q * block, -1]))
+    return tf.reshape(y, [-1, n_bands, n_blocks * block, channels])
+
+
+def fast_inference(model):
+    """MUSICNN inference, mathematically equal to ``model(mel, training=False)``, ~2× faster on CPU.
+
+    The front-end is where the time goes; at inference it is rewritten without changing its
+    result: (1) each branch's ReLU → BN → max over frequency is taken as a max over frequency of
+    the sign-flipped convolution followed by ReLU and BN on the pooled [b, T, c] tensor
+    (:func:`_branch_max`), so the large [b, T, F', c] tensors are reduced once instead of
+    normalised and pooled; (2) the temporal convolutions run as block-Toeplitz matrix products
+    (:func:`_toeplitz_time_conv`). The mid-end and back-end are the model's own layers. Weights are
+    read from the model's variables on every call (it stays right if they change).
+
+    Args:
+      model: a model of :func:`build_musicnn` (see :func:`is_musicnn`) with ReLU front-end convs.
+
+    Returns:
+      A tf.function: mel [b, T, F] → (logits [b, n_tags], embedding [b, d]) where the embedding
+      is the input of the ``logits`` layer.
+    """
+    import tensorflow as tf
+
+    if not is_musicnn(model):
+        raise ValueError(f"{model.name}: not a MUSICNN model (no timbral/temporal front-end)")
+    timbral = [model.get_layer(layer.name) for layer in model.layers
+               if layer.name.startswith("timbral") and layer.name.endswith("_conv")]
+    temporal = [model.get_layer(layer.name) for layer in model.layers
+                if layer.name.startswith("temporal") and layer.name.endswith("_conv")]
+    for conv in timbral + temporal:
+        if conv.activation is not keras.activations.relu:
+            raise ValueError(f"{conv.name}: fast_inference needs ReLU front-end convolutions")
+    tail = keras.Model(model.get_layer("frontend").output,
+                       [model.output, model.get_layer("logits").input])
+    input_bn = model.get_layer("input_bn")
+    n_frames = int(model.input_shape[1])
+
+    def bn_of(conv):
+        return model.get_layer(conv.name.replace("_conv", "_bn"))
+
+    @tf.function(reduce_retracing=True)
+    def run(mel):
+        a0, b0 = _affine(input_bn)
+        x = mel * a0 + b0  # [b, T, F]
+        outs = []
+        for conv in timbral:
+            a, b = _affine(bn_of(conv))
+            sign = tf.where(a < 0, -1.0, 1.0)
+            w = conv.kernel_size[0]
+            xp = tf.pad(x[..., tf.newaxis], [[0, 0], [w // 2, (w - 1) // 2], [0, 0], [0, 0]])
+            z = tf.nn.conv2d(xp, conv.kernel * sign, 1, "VALID")  # [b, T, F', c]
+            outs.append(_branch_max(tf.reduce_max(z, axis=2), conv.bias, a, b, sign))
+        x_ft = tf.transpose(x, [0, 2, 1])  # [b, F, T]
+        for conv in temporal:
+            a, b = _affine(bn_of(conv))
+            sign = tf.where(a < 0, -1.0, 1.0)
+            z = _toeplitz_time_conv(x_ft, conv.kernel * sign, TOEPLITZ_BLOCK)  # [b, F, T+, c]
+            outs.append(_branch_max(tf.reduce_max(z, axis=1)[:, :n_frames], conv.bias, a, b, sign))
+        logits, embedding = tail(tf.concat(outs, axis=-1), training=False)
+        return logits, embedding
+
+    return run
