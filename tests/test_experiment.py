@@ -65,7 +65,7 @@ def test_experiment_derived_values_and_errors(tmp_path):
         dataclasses.replace(exp, sweep_models=("resnet",))
     with pytest.raises(ValueError, match="unknown catalog .nope.; known: csv, debian, folder, msd"):
         DataConfig("nope")
-    with pytest.raises(ValueError, match="unknown storage dtype 'int4'; known: float16, float32"):
+    with pytest.raises(ValueError, match="unknown storage dtype 'int4'; known: float16, float32, uint8"):
         DataConfig(mel_dtype="int4")
     with pytest.raises(ValueError, match="strategy must be one of auto, default"):
         TrainConfig(strategy="tpu")
@@ -132,7 +132,7 @@ def test_cli_run_dir_holds_the_whole_experiment(tmp_path):
     (["--mode=train2"], "value should be one of <train|evaluate"),
     (["--mode=profile", "--model=resnet"], "error: --model='resnet'; known: musicnn, musicnn_vgg, vgg"),
     (["--mode=describe", "--catalog=mtat2"], "error: --catalog='mtat2'; known: csv, debian, folder, msd, mtat"),
-    (["--mode=describe", "--mel_dtype=int8"], "error: --mel_dtype='int8'; known: float16, float32"),
+    (["--mode=describe", "--mel_dtype=int8"], "error: --mel_dtype='int8'; known: float16, float32, uint8"),
     (["--mode=train"], "error: --mode=train needs --run_dir"),
     (["--mode=train", "--dataset_dir=/nonexistent", "--run_dir=RUN",
       "--resolutions=sr16000-mel16-hop2-log"],
@@ -178,20 +178,62 @@ def test_registering_a_name_twice_is_an_error():
     with pytest.raises(ValueError, match="model 'vgg' is registered twice"):
         models.register("vgg")(lambda *a: None)
     assert models.names() == ["musicnn", "musicnn_vgg", "vgg"]
-    assert codecs.names() == ["float16", "float32"] and "synthetic" in datasets.names()
+    assert codecs.names() == ["float16", "float32", "uint8"] and "synthetic" in datasets.names()
 
 
 def test_storage_codecs_round_trip():
     import numpy as np
+    import tensorflow as tf
 
-    mel = np.array([[0.0, 1e-9, 0.5], [3.25, 70000.0, 1e12]], np.float32)
-    assert codecs.get("float32").decode(codecs.get("float32").encode(mel), mel.shape).tolist() \
-        == mel.tolist()
-    f16 = codecs.get("float16")
-    assert f16.bytes_per_value == 2 and len(f16.encode(mel)) == 12
+    db = lambda x: 10 * np.log10(x)  # noqa: E731
+    mel = np.array([[0.0, 1e-9, 0.5], [3.25, 70000.0, 1e12], [np.inf, -1e-7, 1e-30]], np.float32)
+    f32, f16, u8 = (codecs.get(n) for n in ("float32", "float16", "uint8"))
+    back = f32.decode(f32.encode(mel), mel.shape)
+    assert back[:2].tolist() == mel[:2].tolist() and back[2, 0] == np.inf and back[2, 1] == 0.0
+    # float16 stores dB: nothing flushed to zero (a float16 power loses 1e-9), inf and 0 survive.
+    assert f16.bytes_per_value == 2 and len(f16.encode(mel)) == 18
     back = f16.decode(f16.encode(mel), mel.shape)
-    assert back[1, 2] == np.float32(65504.0)  # clipped to float16's largest finite value
-    assert back[1, 0] == 3.25 and back[0, 1] == 0.0  # 1e-9 flushes to zero in float16
+    assert back[0, 0] == 0.0 and back[2, 1] == 0.0 and back[2, 0] == np.inf
+    positive = (mel > 0) & np.isfinite(mel)
+    assert np.abs(db(back[positive]) - db(mel[positive])).max() <= 0.16  # 1e-30: -300 dB ± 0.125
+    assert np.abs(db(back[:2, 1:]) - db(mel[:2, 1:])).max() <= 0.03
+    # uint8: code 0 = zero; -90 dB .. +29.38 dB in 0.47-dB steps; outside clips to the ends.
+    assert u8.bytes_per_value == 1 and len(u8.encode(mel)) == 9
+    codes = np.frombuffer(u8.encode(mel), np.uint8).reshape(mel.shape)
+    assert codes[0, 0] == 0 and codes[2, 1] == 0 and codes[2, 2] == 1 and codes[1, 2] == 255
+    back = u8.decode(u8.encode(mel), mel.shape)
+    assert back[0, 0] == 0.0 and back[2, 2] == pytest.approx(1e-9, rel=1e-5)  # -300 dB -> -90
+    assert db(back[1, 2]) == pytest.approx(u8.db_max, abs=1e-4) and u8.db_max == pytest.approx(29.38)
+    assert db(back[2, 0]) == pytest.approx(29.38, abs=1e-4)  # inf clips to the top code
+    inside = np.array([[1e-8, 0.5, 3.25, 7e4 / 1e3]], np.float32)
+    assert np.abs(db(u8.decode(u8.encode(inside), inside.shape)) - db(inside)).max() <= 0.235 + 1e-4
+    for codec in (f32, f16, u8):  # the in-graph decode is the NumPy decode
+        graph = codec.decode_tf(tf.constant(codec.encode(mel))).numpy().reshape(mel.shape)
+        np.testing.assert_allclose(graph, codec.decode(codec.encode(mel), mel.shape), rtol=1e-5)
+        with pytest.raises(ValueError, match="NaN"):
+            codec.encode(np.array([np.nan], np.float32))
+    assert u8.describe() == {"codec": "uint8", "dtype": "uint8", "bytes_per_value": 1,
+                             "domain": "db", "db_min": -90.0, "db_step": 0.47, "db_max": 29.38}
+
+
+def test_codec_of_a_dataset_json():
+    meta = {"mel_dtype": "uint8", "mel_codec": codecs.get("uint8").describe()}
+    assert codecs.from_dataset(meta, "d/dataset.json") == codecs.get("uint8")
+    other = dict(meta, mel_codec=dict(meta["mel_codec"], db_step=0.25))  # recorded values decode
+    assert codecs.from_dataset(other, "d/dataset.json").db_step == 0.25
+    legacy = codecs.from_dataset({"mel_dtype": "float16"}, "d/dataset.json")  # before mel_codec
+    assert legacy.domain == "power" and legacy.dtype == "float16"
+    for bad, message in (
+        (dict(meta["mel_codec"], db_step="x"), "d/dataset.json: mel_codec: db_step = 'x' is not a finite number"),
+        (dict(meta["mel_codec"], db_step=0), "d/dataset.json: mel_codec: db_step = 0 must be > 0"),
+        (dict(meta["mel_codec"], db_min=None), "d/dataset.json: mel_codec: db_min = None is not a finite number"),
+        (dict(meta["mel_codec"], dtype="uint16"), "d/dataset.json: mel_codec.dtype = 'uint16' does not fit mel_dtype 'uint8'"),
+        ("uint8", "d/dataset.json: mel_codec must be an object"),
+    ):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            codecs.from_dataset(dict(meta, mel_codec=bad), "d/dataset.json")
+    with pytest.raises(ValueError, match=re.escape("mel_dtype 'uint8' needs its mel_codec parameters")):
+        codecs.from_dataset({"mel_dtype": "uint8"}, "d/dataset.json")
 
 
 def test_library_layering():

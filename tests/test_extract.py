@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import pathlib
 import signal
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import time
 import numpy as np
 import pytest
 
-from tftag import data, features
+from tftag import codecs, data, features
 from tftag.features import MelConfig
 
 from conftest import BAD_CLIPS, EXTRACT_ARGS, ROOT, run_module, write_clip
@@ -212,11 +213,49 @@ def test_folder_input_float16(tmp_path):
     got = {e["clip_id"]: e for e in data.read_examples(str(out), config)}
     assert sorted(got) == ["one.wav", "sub/two.flac"] and got["one.wav"]["labels"].shape == (0,)
     ref = features.melspectrogram(features.crop(features.load_audio(src / "one.wav", 16000), 16000, 4.0).audio, config)
-    # float16 storage of the power mel: ~1e-3 relative error after log compression.
+    # float16 storage of the dB of the power mel: <= 0.03 dB, i.e. ~1e-3 after log compression.
     np.testing.assert_allclose(got["one.wav"]["mel"], ref, rtol=2e-3, atol=1e-3)
+    assert meta["mel_codec"] == {"codec": "float16", "dtype": "float16", "bytes_per_value": 2,
+                                 "domain": "db"}
     size16 = os.path.getsize(out / "sr16000-mel48" / "all-00000-of-00001.tfrecord")
     assert size16 < 2 * 48 * config.n_frames * 2 + 4000  # 2 clips × bytes of float16 + headers
     assert "extracted 2/2 clips" in proc.stdout
+
+
+def test_uint8_storage_size_views_and_a_corrupt_codec_parameter(tmp_path):
+    src = tmp_path / "music"
+    src.mkdir()
+    write_clip(str(src / "one.wav"), 4, 16000, seed=1)
+    write_clip(str(src / "two.wav"), 4, 16000, seed=2)
+    sizes, views = {}, {}
+    configs = [MelConfig(16000, 48, k, c, 4.0) for k in (1, 2) for c in ("db", "log")]
+    for codec in ("float32", "uint8"):
+        out = tmp_path / codec
+        run_module("pipelines.extract", f"--input={src}", f"--output_dir={out}", "--sr=16000",
+                   "--n_mels=48", "--hop_factors=1,2", "--compressions=log,db", "--duration=4",
+                   f"--mel_dtype={codec}")
+        sizes[codec] = os.path.getsize(out / "sr16000-mel48" / "all-00000-of-00001.tfrecord")
+        views[codec] = {c.name: {e["clip_id"]: e["mel"] for e in data.read_examples(str(out), c)}
+                        for c in configs}
+    assert sizes["uint8"] <= 0.27 * sizes["float32"]  # records: 1 byte per value + headers
+    for c in configs:  # every hop factor and both compressions, derived on read from uint8
+        diff = np.abs(np.concatenate([views["uint8"][c.name][k] - views["float32"][c.name][k]
+                                      for k in ("one.wav", "two.wav")]))
+        if c.compression == "db":
+            assert np.median(diff) <= 0.2, c.name  # ±step/2 inside -90..+29.4 dB
+        else:
+            assert np.median(diff) <= 0.01, c.name
+    meta_path = tmp_path / "uint8" / "dataset.json"
+    meta = json.loads(meta_path.read_text())
+    assert meta["mel_codec"]["db_step"] == 0.47 and meta["mel_codec"]["db_min"] == -90.0
+    meta["mel_codec"]["db_step"] = -1
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="dataset.json: mel_codec: db_step = -1 must be > 0"):
+        data.load_dataset_info(str(tmp_path / "uint8"))
+    proc = run_module("tftag.main", "--mode=verify", f"--dataset_dir={tmp_path / 'uint8'}",
+                      check=False)
+    assert proc.returncode != 0 and "mel_codec: db_step = -1 must be > 0" in proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 def _staged(out):
@@ -262,3 +301,40 @@ def test_resume_after_kill_9(tmp_path):
     assert (clean / "failures.jsonl").read_text() == (killed / "failures.jsonl").read_text()
     ids = [e["clip_id"] for e in data.read_examples(str(killed), MelConfig(16000, 48, 2, "log", 20.0))]
     assert sorted(ids) == [f"clip{i:02d}.wav" for i in range(14)]
+
+
+def test_transcode_keeps_the_clips_and_changes_only_the_stored_mel(tiny_dataset, tmp_path):
+    out = tmp_path / "u8"
+    proc = run_module("tftag.main", "--mode=transcode", f"--dataset_dir={tiny_dataset}",
+                      f"--run_dir={out}", "--mel_dtype=uint8")
+    assert "transcoded" in proc.stderr
+    meta = json.loads((out / "dataset" / "dataset.json").read_text())
+    src = json.loads((pathlib.Path(tiny_dataset) / "dataset.json").read_text())
+    assert meta["mel_dtype"] == "uint8" and meta["mel_codec"] == codecs.get("uint8").describe()
+    assert meta["transcoded_from"]["mel_codec"]["codec"] == "float32"
+    assert meta["splits"] == src["splits"] and meta["tags"] == src["tags"]
+    assert sorted(meta["shard_files"]) == sorted(src["shard_files"])
+    ratio = (sum(e["bytes"] for e in meta["shard_files"].values())
+             / sum(e["bytes"] for e in src["shard_files"].values()))
+    assert ratio <= 0.27
+    verify = run_module("tftag.main", "--mode=verify", f"--dataset_dir={out / 'dataset'}")
+    assert verify.returncode == 0
+    config = MelConfig(16000, 16, 2, "log", 3.0)
+    a = {e["clip_id"]: e for e in data.read_examples(tiny_dataset, config, split="valid")}
+    b = {e["clip_id"]: e for e in data.read_examples(str(out / "dataset"), config, split="valid")}
+    assert sorted(a) == sorted(b) and len(a) > 0
+    diffs = []
+    for clip_id, example in a.items():
+        np.testing.assert_array_equal(b[clip_id]["labels"], example["labels"])
+        diffs.append(np.abs(b[clip_id]["mel"] - example["mel"]).ravel())
+    # Log view of a 0.47-dB quantiser: |Δ| ≤ 0.047 / 2 on loud values, median ≤ 0.047 / 4 even
+    # when every value is loud (the rendered clips are; real music's median is ≤ 0.0096).
+    assert np.median(np.concatenate(diffs)) <= 0.047 / 4 and np.concatenate(diffs).max() <= 0.0236
+    again = run_module("tftag.main", "--mode=transcode", f"--dataset_dir={tiny_dataset}",
+                       f"--run_dir={out}", "--mel_dtype=uint8")  # resumes: nothing to write
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["shards_written"] == 0 and summary["shards_skipped"] == len(meta["shard_files"])
+    assert again.returncode == 0
+    bad = run_module("tftag.main", "--mode=transcode", f"--run_dir={tmp_path / 'x'}",
+                     "--mel_dtype=uint8", check=False)
+    assert bad.returncode != 0 and "--mode=transcode needs --dataset_dir" in bad.stderr

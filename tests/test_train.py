@@ -206,6 +206,24 @@ def test_sweep_resume_after_kill(tiny_dataset, tmp_path):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["export_path"].startswith(str(tmp_path / "export" / "vgg-sr16000-mel16-hop2-log"))
     assert summary["best_checkpoint"].endswith("best.weights.h5")
+    result = json.loads(done[0].read_text())  # storage per clip: the dataset codec's bytes
+    assert result["mel_dtype"] == "float32" and result["storage_bytes"] == 4 * MEL.n_frames * 16
+
+
+def test_a_model_trains_on_uint8_storage(tmp_path):
+    """uint8 data trains unchanged; the sweep's storage column is 1 byte per value."""
+    run_module("tftag.main", "--mode=extract", f"--run_dir={tmp_path / 'u8'}", "--num_clips=48",
+               "--clip_seconds=3", "--sr=16000", "--n_mels=16", "--hop_factors=2",
+               "--compressions=log", "--duration=3", "--clips_per_shard=8", "--mel_dtype=uint8")
+    run_dir = tmp_path / "sweep"
+    run_module("tftag.main", "--mode=sweep", f"--dataset_dir={tmp_path / 'u8' / 'dataset'}",
+               f"--run_dir={run_dir}", "--sr=16000", "--n_mels=16", "--hop_factors=2",
+               "--compressions=log", "--duration=3", "--model=vgg", "--width=0.05", "--repeats=1",
+               "--batch_size=8", "--epochs=1", "--steps_per_epoch=2", "--export=false")
+    (result_file,) = run_dir.glob("runs/*/result.json")
+    result = json.loads(result_file.read_text())
+    assert result["mel_dtype"] == "uint8" and result["storage_bytes"] == MEL.n_frames * 16
+    assert 0.0 <= result["test_roc_auc"] <= 1.0 and result["epochs_done"] == 1
 
 
 def test_sweep_per_model_resolutions_and_per_resolution_exports(tiny_dataset, tmp_path):

@@ -112,6 +112,39 @@ def define_label_flags() -> None:
                         "(default ~/.cache/tftag/debian).")
 
 
+def define_export_flags() -> None:
+    """The export flags of train, sweep and export (``--tflite`` also names evaluate's file)."""
+    from tftag import tflite
+
+    flags.DEFINE_bool("export", True, "train/sweep: export the (best) trained model at the end.")
+    flags.DEFINE_string("export_dir", "export", "Root of exports: "
+                        "<export_dir>/<model_name>/<version>.")
+    flags.DEFINE_bool("export_per_resolution", False, "sweep: export the best run of every (model, "
+                      "resolution) row, not only the best row.")
+    flags.DEFINE_integer("export_version", 0, "Version to write (0 = the next free integer).",
+                         lower_bound=0)
+    flags.DEFINE_list("tflite", [], f"export/train/sweep: also write TFLite files of these "
+                      f"precisions ({', '.join(tflite.PRECISIONS)}) into <version>/tflite/; "
+                      "evaluate: one .tflite file to evaluate instead of --weights.")
+    flags.DEFINE_integer("representative_clips", 100, "--tflite=int8: clips of the training "
+                         "split of --dataset_dir to calibrate on.", lower_bound=1)
+
+
+def tflite_precisions(mode: str) -> tuple[str, ...]:
+    """The precisions of --tflite (none in evaluate mode, where it names a file); a bad name is
+    a one-line UsageError naming the flag and the allowed values."""
+    from tftag import tflite
+
+    if mode == "evaluate":
+        return ()
+    bad = [p for p in FLAGS.tflite if p not in tflite.PRECISIONS]
+    if bad:
+        raise app.UsageError(f"--tflite={','.join(FLAGS.tflite)}: unknown precision "
+                             f"{', '.join(bad)}; allowed: {', '.join(tflite.PRECISIONS)} (a "
+                             ".tflite file only with --mode=evaluate)")
+    return tuple(FLAGS.tflite)
+
+
 def define_tag_flags() -> None:
     """The flags of ``--mode=tag`` (and ``--pretrained`` of ``--mode=export``)."""
     from tftag import tag

@@ -89,7 +89,7 @@ def serialize_example(
     mel_config: MelConfig,
     labels: np.ndarray,
     tags_version: str,
-    mel_dtype: str = "float32",
+    mel_dtype: "str | codecs.StorageCodec" = "float32",
     padded: bool = False,
     soft_labels: np.ndarray | None = None,
 ) -> bytes:
@@ -127,8 +127,12 @@ def serialize_example(
     return example.SerializeToString(deterministic=True)  # map keys sorted: byte-stable
 
 
-def parse_example(serialized: tf.Tensor, mel_dtype: str = "float32") -> dict[str, tf.Tensor]:
-    """Parses one serialized Example: the stored mel as float32 [frames, n_mels] and labels.
+def parse_example(serialized: tf.Tensor,
+                  mel_dtype: "str | codecs.StorageCodec" = "float32") -> dict[str, tf.Tensor]:
+    """Parses one serialized Example: the stored mel as float32 power [frames, n_mels] and labels.
+
+    ``mel_dtype`` is a codec name or, for a dataset, its :attr:`DatasetInfo.codec` (the
+    parameters it was written with).
 
     Returns:
       {"clip_id", "split", "mel" (float32 [frames, n_mels]), "labels" (int64 [n_tags]),
@@ -174,6 +178,7 @@ class DatasetInfo:
     splits: dict[str, int]
     shards: dict[str, int]
     raw: dict[str, Any]
+    codec: codecs.StorageCodec  # from dataset.json's mel_codec: decodes this dataset
 
     @property
     def n_tags(self) -> int:
@@ -242,7 +247,7 @@ class DatasetInfo:
 def dataset_metadata(
     *,
     configs: Sequence[MelConfig],
-    mel_dtype: str,
+    mel_dtype: "str | codecs.StorageCodec",
     tags: Sequence[str],
     splits: dict[str, int],
     shards: dict[str, int],
@@ -263,7 +268,8 @@ def dataset_metadata(
         "layout": LAYOUT,
         "layout_doc": "one hop-1 power mel per (sr, n_mels) in <sr..-mel..>/<split>-NNNNN-of-"
                       "MMMMM.tfrecord; hop factors and compressions derived on read",
-        "mel_dtype": mel_dtype,
+        "mel_dtype": codecs.get(mel_dtype).name,
+        "mel_codec": codecs.get(mel_dtype).describe(),
         "duration": configs[0].duration,
         "srs": srs,
         "n_mels": n_mels,
@@ -304,6 +310,7 @@ def load_dataset_info(dataset_dir: str) -> DatasetInfo:
         splits=dict(raw["splits"]),
         shards=dict(raw["shards"]),
         raw=raw,
+        codec=codecs.from_dataset(raw, path),
     )
 
 
@@ -580,7 +587,7 @@ def read_examples(
     info, files = _resolve(dataset_dir, config, split)
     with naming_corrupt_shards(dataset_dir, config, split):
         for record in tf.data.TFRecordDataset(files):
-            parsed = parse_example(record, info.mel_dtype)
+            parsed = parse_example(record, info.codec)
             yield {
                 "clip_id": parsed["clip_id"].numpy().decode("utf-8"),
                 "mel": np.ascontiguousarray(features.derive(parsed["mel"].numpy(), config)),
@@ -679,7 +686,7 @@ def make_dataset(
 
     def _prepare(*element):
         index, serialized = element if keyed else (None, element[0])
-        parsed = parse_example(serialized, info.mel_dtype)
+        parsed = parse_example(serialized, info.codec)
         mel = parsed["mel"][:: config.hop_factor]  # [n_frames, n_mels] power
         if patch_frames is not None:
             key = tf.stack([tf.constant(seed, tf.int64), index]) if keyed else None

@@ -168,14 +168,21 @@ def predict_clips(model, dataset_dir: str, mel_config, split: str,
                   patch_frames: int | None = None, batch_size: int = 16,
                   max_patches: int | None = None) -> Predictions:
     """Patch-averaged probabilities of every clip of a split, its labels and (on a
-    teacher-labelled dataset) its soft labels (``max_patches``: see :func:`patch_scores`)."""
+    teacher-labelled dataset) its soft labels (``max_patches``: see :func:`patch_scores`).
+
+    ``model``: a Keras model (logits out), or an object whose ``clip_probabilities(mel
+    [b, T, F]) -> [b, n_tags]`` averages its own patches (:class:`tftag.tflite.TFLiteModel`;
+    ``patch_frames`` and ``max_patches`` are then unused)."""
     from tftag import data
 
     ds = data.make_dataset(dataset_dir, mel_config, split, batch_size, as_dict=True)
     ids, labels, scores, soft = [], [], [], []
     with data.naming_corrupt_shards(dataset_dir, mel_config, split):  # names a corrupt shard
         for batch in ds:
-            scores.append(patch_scores(model, batch["mel"], patch_frames, max_patches).numpy())
+            if hasattr(model, "clip_probabilities"):
+                scores.append(model.clip_probabilities(batch["mel"].numpy()))
+            else:
+                scores.append(patch_scores(model, batch["mel"], patch_frames, max_patches).numpy())
             labels.append(batch["labels"].numpy())
             if "soft_labels" in batch:
                 soft.append(batch["soft_labels"].numpy())
@@ -246,30 +253,55 @@ def _agreement_text(metrics: Metrics) -> str:
             f"{fmt(metrics.prob_correlation_per_clip)})")
 
 
-def run_evaluate(experiment, weights: str, split: str | None) -> dict:
-    """``--mode=evaluate``: metrics of ``weights`` on a split (None = all clips).
+def _tflite_model(path: str, config, n_tags: int):
+    """The TFLite file of ``--tflite`` for evaluation, checked against the resolution and tags."""
+    import os
 
-    Writes ``evaluation_<split>.json`` and ``per_tag_<split>.txt`` into the run directory.
+    from tftag import tflite
+
+    if not path.endswith(".tflite") or not os.path.isfile(path):
+        raise FileNotFoundError(f"--tflite={path}: no such .tflite file (with --mode=evaluate, "
+                                "--tflite names one file)")
+    model = tflite.TFLiteModel(path)
+    if model.n_mels != config.n_mels or model.n_tags != n_tags:
+        raise ValueError(f"--tflite={path}: input [1, {model.window_frames}, {model.n_mels}] → "
+                         f"{model.n_tags} tags does not fit {config.name} with {n_tags} tags")
+    return model
+
+
+def run_evaluate(experiment, weights: str, split: str | None, tflite: str | None = None) -> dict:
+    """``--mode=evaluate``: metrics of ``weights`` (or of the TFLite file ``tflite``, through
+    the interpreter) on a split (None = all clips).
+
+    Writes ``evaluation_<split>.json`` and ``per_tag_<split>.txt`` into the run directory
+    (``evaluation_<split>_<file stem>.json`` and ``per_tag_<split>_<file stem>.txt`` for a
+    TFLite file).
     """
+    import os
+
     from tftag import data, pipeline, runfiles
     from tftag.models import build
 
     config, mc = experiment.mel_config, experiment.model
     dataset_dir = pipeline.ensure_dataset(experiment)
-    runfiles.require_weights(weights)
+    if not tflite:
+        runfiles.require_weights(weights)
     info = data.load_dataset_info(dataset_dir)
     if split is not None and info.splits.get(split, 0) == 0:
         raise ValueError(f"--split={split}: empty in {dataset_dir} (splits {info.splits})")
-    model = build(mc, config, info.n_tags)
-    model.load_weights(weights)
+    if tflite:
+        model, source = _tflite_model(tflite, config, info.n_tags), {"tflite": tflite}
+    else:
+        model, source = build(mc, config, info.n_tags), {"weights": weights}
+        model.load_weights(weights)
     metrics = evaluate(model, dataset_dir, config, split, info.tags, mc.patch_frames(config))
     table = format_per_tag(metrics)
     print(table)
-    name = split or "all"
+    name = (split or "all") + (f"_{os.path.basename(tflite)[:-len('.tflite')]}" if tflite else "")
     path = experiment.path(f"evaluation_{name}.json")
-    runfiles.write_json_atomic(path, dict(metrics.as_dict(), weights=weights, resolution=config.name))
+    runfiles.write_json_atomic(path, dict(metrics.as_dict(), **source, resolution=config.name))
     runfiles.write_text_atomic(experiment.path(f"per_tag_{name}.txt"), table)
-    return {"split": name, "roc_auc": metrics.roc_auc, "pr_auc": metrics.pr_auc,
+    return {"split": split or "all", "roc_auc": metrics.roc_auc, "pr_auc": metrics.pr_auc,
             "top5_overlap": metrics.top5_overlap, "prob_correlation": metrics.prob_correlation,
-            "results": path, "weights": weights}
+            "results": path, **source}
 

@@ -149,12 +149,24 @@ class ExportConfig:
       version: version to write; None = the next free integer.
       per_resolution: sweep: export the best run of every (model, resolution), not only the
         best one overall.
+      tflite: TFLite files written beside each SavedModel, by precision (names in
+        :data:`tftag.tflite.PRECISIONS`; empty = none).
+      representative_clips: int8 TFLite: clips of the training split it is calibrated on.
     """
 
     enabled: bool = True
     export_dir: str = "export"
     version: int | None = None
     per_resolution: bool = False
+    tflite: tuple[str, ...] = ()
+    representative_clips: int = 100
+
+    def __post_init__(self):
+        from tftag import tflite  # no TensorFlow at import
+
+        object.__setattr__(self, "tflite", tflite.check_precisions(tuple(self.tflite)))
+        if self.representative_clips < 1:
+            raise ValueError(f"representative_clips must be >= 1, got {self.representative_clips}")
 
 
 @dataclasses.dataclass(frozen=True)

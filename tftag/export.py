@@ -29,7 +29,8 @@ does. ``assets/tags.txt`` holds the tag list. Beside the SavedModel, ``essentia/
 GraphDef of the mel → probabilities function and a JSON model card in the layout of Essentia's
 published models, for ``essentia.standard.TensorflowPredict`` (whose TensorFlow 2.5 cannot load
 a TensorFlow 2.21 SavedModel). Export reloads the SavedModel and checks it against the Keras
-model before it is renamed into place.
+model before it is renamed into place. With ``--tflite=...``, ``tflite/`` then receives TFLite
+files of the mel → probabilities function (:mod:`tftag.tflite`).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ import numpy as np
 import tensorflow as tf
 
 import tftag
-from tftag import data, evaluate, features
+from tftag import codecs, data, evaluate, features
 from tftag.features import MelConfig
 from tftag.models import ModelConfig, inference_fn
 
@@ -96,7 +97,7 @@ class ExportSpec:
     mel_config: MelConfig
     model_config: ModelConfig
     tags: tuple[str, ...]
-    mel_dtype: str = "float32"
+    mel_dtype: "str | codecs.StorageCodec" = "float32"  # serving_example's storage codec
     metrics: dict | None = None
     name: str | None = None  # the TF Serving model name; None = <model>-<resolution>
 
@@ -280,6 +281,7 @@ def model_card(spec: ExportSpec, version: int) -> dict:
             "mel": dict(dataclasses.asdict(c), name=c.name, n_fft=c.n_fft, hop_length=c.hop_length,
                         n_frames=c.n_frames, chain="tftag.features.melspectrogram (Essentia)"),
             "patch_frames": spec.patch_frames,
+            "serving_example_codec": codecs.get(spec.mel_dtype).describe(),
             "essentia_usage": (
                 "TensorflowPredict(graphFilename=..., inputs=['mel'], outputs=['probabilities']) "
                 "on a Pool holding 'mel' as a [batch, 1, n_frames, n_mels] tensor"),
@@ -418,22 +420,43 @@ def export_weights(experiment, mel_config: MelConfig, model_config: ModelConfig,
     info = data.load_dataset_info(dataset_dir)
     model = build(model_config, mel_config, info.n_tags)
     model.load_weights(weights)
-    spec = ExportSpec(mel_config, model_config, info.tags, info.mel_dtype, metrics)
+    spec = ExportSpec(mel_config, model_config, info.tags, info.codec, metrics)
     path = export(model, spec, experiment.export.export_dir, experiment.export.version)
     logging.info("exported %s", path)
+    _export_tflite(model, spec, path, experiment.export, dataset_dir)
     return path
 
 
-def export_pretrained(name: str, export_config) -> dict:
+def _export_tflite(model, spec: ExportSpec, path: str, export_config, dataset_dir: str | None):
+    """The ``--tflite`` files of an export (:mod:`tftag.tflite`), if any were asked for."""
+    if not export_config.tflite:
+        return
+    from tftag import tflite
+
+    summary = tflite.export_from_dataset(model, spec, path, export_config.tflite, dataset_dir,
+                                         export_config.representative_clips)
+    for precision, row in summary["files"].items():
+        print(f"tflite {precision}: {os.path.join(path, tflite.TFLITE_DIR, row['file'])} "
+              f"({row['bytes']} bytes, max |dp| {row['max_abs_diff']:.2e} on "
+              f"{summary['check_clips']} clips, {row['latency_ms_per_clip']:.2f} ms/clip"
+              + (f", integer-only {row['integer_only']}" if precision == "int8" else "") + ")")
+
+
+def export_pretrained(name: str, export_config, dataset_dir: str | None = None) -> dict:
     """``--mode=export --pretrained=NAME``: a pretrained musicnn port (``MTT_musicnn``,
     ``MTT_vgg``) as ``<export_dir>/<NAME>/<version>/`` with every signature, the Essentia frozen
-    graph and model card, like a trained model's export."""
+    graph and model card, like a trained model's export. TFLite files (``--tflite``) are checked
+    on the test clips of ``dataset_dir`` (else on noise); int8 needs ``dataset_dir``."""
     from tftag.models import pretrained
 
+    if "int8" in export_config.tflite and not dataset_dir:
+        raise ValueError("--tflite=int8 calibrates on the training split of a dataset at the "
+                         "model's resolution: give --dataset_dir")
     model = pretrained.load_musicnn(name)
     spec = ExportSpec(pretrained.MEL_CONFIG, pretrained.MODEL_CONFIGS[name],
                       tuple(pretrained.MTT_TAGS), name=name)
     path = export(model, spec, export_config.export_dir, export_config.version)
+    _export_tflite(model, spec, path, export_config, dataset_dir)
     print(f"exported {path}; inspect it with: .venv/bin/saved_model_cli show --all --dir {path}")
     return {"export_path": path}
 

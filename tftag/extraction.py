@@ -42,7 +42,7 @@ class ExtractionPlan:
       output_dir: the dataset directory.
       configs: requested views (their (sr, n_mels) bases are what is stored).
       tags: the dataset's tag list.
-      mel_dtype: "float32" or "float16" storage of the base power mels.
+      mel_dtype: storage codec of the base power mels (:mod:`tftag.codecs`: float32, float16, uint8).
       clips_per_shard: target clips per TFRecord shard.
       min_duration: clips shorter than this many seconds are skipped.
       silence_threshold: clips whose peak |sample| is below this are skipped as silent.

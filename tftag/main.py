@@ -6,17 +6,20 @@ Modes (what each does lives in the library module named after it):
   describe  the data card of a catalogue (files into --run_dir if given) — tftag.datacard;
   train     train --model at one resolution, keep the best weights by validation ROC-AUC,
             evaluate them on the test split, export — tftag.train;
-  evaluate  macro ROC-AUC / PR-AUC of --weights on --split — tftag.evaluate;
+  evaluate  macro ROC-AUC / PR-AUC of --weights (or a --tflite file) on --split — tftag.evaluate;
   sweep     every (--models × resolution × --repeats): results table, t-tests, plots, export of
             the best run — tftag.sweep;
   tune      keras-tuner search of width, learning rate and dropout — tftag.tune;
-  export    --weights as a SavedModel (TF Serving) + frozen graph (Essentia) — tftag.export;
+  export    --weights as a SavedModel (TF Serving) + frozen graph (Essentia), and TFLite files
+            (--tflite) — tftag.export, tftag.tflite;
   tag       tag whole tracks of --audio with --pretrained=MTT_musicnn, an export (--model_dir)
             or a server (--server) — tftag.tag;
   profile   GMACs, parameters and latency at every resolution — tftag.profile;
-  verify    check every shard of --dataset_dir against dataset.json — tftag.verify.
+  verify    check every shard of --dataset_dir against dataset.json — tftag.verify;
+  transcode --dataset_dir stored again with --mel_dtype into <run_dir>/dataset — tftag.transcode.
 
-train, evaluate, sweep, tune and extract need --run_dir; the others write there only if given.
+train, evaluate, sweep, tune, extract and transcode need --run_dir; the others write there
+only if given.
 A run directory holds flags.txt (a valid flagfile), configs.json (the whole Experiment;
 tftag.experiment.Experiment.load reads it back), TensorBoard logs (tb/) and summary.json.
 """
@@ -32,7 +35,7 @@ from absl import app, flags, logging
 
 from tftag import cli, codecs, datasets, experiment, models, runfiles
 
-NEEDS_RUN_DIR = ("train", "evaluate", "sweep", "tune", "extract")
+NEEDS_RUN_DIR = ("train", "evaluate", "sweep", "tune", "extract", "transcode")
 MODES = (*NEEDS_RUN_DIR, "profile", "export", "tag", "describe", "verify")
 ONE_RESOLUTION = ("train", "evaluate", "tune", "export")
 
@@ -89,12 +92,7 @@ flags.DEFINE_bool("deterministic", True, "Bit-for-bit repeatable runs (same seed
 flags.DEFINE_string("weights", None, "evaluate/export: weights (default <run_dir>/best.weights.h5).")
 flags.DEFINE_enum("split", "test", ["train", "valid", "test", "all"], "evaluate: which split.")
 flags.DEFINE_integer("max_trials", 5, "tune: keras-tuner trials.", lower_bound=1)
-flags.DEFINE_bool("export", True, "train/sweep: export the (best) trained model at the end.")
-flags.DEFINE_string("export_dir", "export", "Root of exports: <export_dir>/<model_name>/<version>.")
-flags.DEFINE_bool("export_per_resolution", False, "sweep: export the best run of every (model, "
-                  "resolution) row, not only the best row.")
-flags.DEFINE_integer("export_version", 0, "Version to write (0 = the next free integer).",
-                     lower_bound=0)
+cli.define_export_flags()
 cli.define_tag_flags()
 flags.DEFINE_float("width", 1.0, "Filter-count multiplier (1 = the paper's full-size model).")
 flags.DEFINE_string("preset", "paper", "Architecture preset (musicnn: paper, musicnn_mtt).")
@@ -138,7 +136,8 @@ def build_experiment() -> experiment.Experiment:
                    FLAGS.synth_sr, FLAGS.mel_dtype, FLAGS.clips_per_shard, FLAGS.direct_num_workers,
                    FLAGS.labels, FLAGS.teacher_top_k, tuple(FLAGS.packages), FLAGS.cache_dir)
     export = experiment.ExportConfig(FLAGS.export, FLAGS.export_dir, FLAGS.export_version or None,
-                                     FLAGS.export_per_resolution)
+                                     FLAGS.export_per_resolution, cli.tflite_precisions(FLAGS.mode),
+                                     FLAGS.representative_clips)
     overrides = tuple(_config(experiment.SweepModel.parse, "--sweep_model", text)
                       for text in FLAGS.sweep_model)
     return _config(experiment.Experiment, "--resolutions/--models/--repeats/--sweep_model",
@@ -200,12 +199,16 @@ RUN_MODE = {
     "describe": _describe,
     "train": lambda exp: _lib("train").run_train(exp),
     "evaluate": lambda exp: _lib("evaluate").run_evaluate(
-        exp, _weights(exp), None if FLAGS.split == "all" else FLAGS.split),
+        exp, _weights(exp), None if FLAGS.split == "all" else FLAGS.split,
+        tflite=",".join(FLAGS.tflite) or None),
     "sweep": lambda exp: _lib("sweep").run(exp),
     "tune": lambda exp: _lib("tune").run(exp, FLAGS.max_trials),
-    "export": lambda exp: (_lib("export").export_pretrained(FLAGS.pretrained, exp.export)
+    "export": lambda exp: (_lib("export").export_pretrained(FLAGS.pretrained, exp.export,
+                                                            exp.data.dataset_dir)
                            if FLAGS.pretrained else _lib("export").run_export(exp, _weights(exp))),
     "tag": _tag,
+    "transcode": lambda exp: _lib("transcode").transcode_dataset(
+        exp.data.dataset_dir, exp.path("dataset"), exp.data.mel_dtype),
     "profile": _profile,
     "verify": _verify,
 }
