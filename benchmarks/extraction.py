@@ -8,8 +8,8 @@ Times, on the same rendered clips in one run:
   (b) naive: decode + STFT + mel + compression again for each of the 168 configs;
   (c) single: decode + STFT + one config (sr*-mel96-hop1-log), per sample rate.
 Targets: (b)/(a) >= 20; per sample rate (a)/(c) <= 2. Also bytes per clip of the stored bases
-(float32, float16) against all 168 materialised float32 views, the serialized TFRecord sizes,
-and the float16 error of the derived views. Prints one JSON line.
+against all 168 materialised float32 views, the serialized TFRecord size per storage codec
+(tftag.codecs) and each codec's error of the derived views. Prints one JSON line.
 """
 
 from __future__ import annotations
@@ -88,36 +88,34 @@ def main(argv):
                                "single_s_per_clip": round(t_c / n, 4),
                                "shared_over_single": round(t_a / t_c, 3)}
 
-        # Storage: stored bases vs all views, and the float16 error of derived views.
+        # Storage: stored bases vs all views, and every codec's error of the derived views.
         bases = sorted({c.base for c in grid}, key=lambda b: (b.sr, -b.n_mels))
         base_bytes32 = sum(4 * b.n_frames * b.n_mels for b in bases)
         views_bytes32 = sum(4 * c.n_frames * c.n_mels for c in grid)
-        from tftag import data
+        from tftag import codecs, data
 
-        serialized = {"float32": 0, "float16": 0}
-        err = {"db_abs_median": [], "db_abs_max": [], "log_abs_median": [], "log_abs_max": [],
-               "log_rel_median": [], "flushed_to_zero": []}
+        serialized = {name: 0 for name in codecs.names()}
+        err = {name: {"db_abs_median": [], "db_abs_max": [], "log_abs_median": [],
+                      "log_abs_max": [], "flushed_to_zero": []} for name in codecs.names()}
         for sr in by_sr:
             audio = features.crop(features.load_audio(paths[0], sr), sr).audio
             mels = features.base_mels(audio, sr, features.PAPER_N_MELS)
             for b in (b for b in bases if b.sr == sr):
-                for dtype in serialized:
-                    serialized[dtype] += len(data.serialize_example(
-                        "clip", "train", mels[b.n_mels], b, np.zeros(50, np.int64), "v", dtype))
                 p32 = mels[b.n_mels]
-                p16 = p32.astype(np.float16)
-                for k in features.PAPER_HOP_FACTORS:
-                    d32 = features.compress(p32[::k], "db")
-                    d16 = features.compress(p16[::k], "db")
-                    l32 = features.compress(p32[::k], "log")
-                    l16 = features.compress(p16[::k], "log")
-                    err["db_abs_median"].append(float(np.median(np.abs(d16 - d32))))
-                    err["db_abs_max"].append(float(np.max(np.abs(d16 - d32))))
-                    err["log_abs_median"].append(float(np.median(np.abs(l16 - l32))))
-                    err["log_abs_max"].append(float(np.max(np.abs(l16 - l32))))
-                    rel = np.abs(l16 - l32) / np.maximum(np.abs(l32), 1e-6)
-                    err["log_rel_median"].append(float(np.median(rel)))
-                    err["flushed_to_zero"].append(float(np.mean((p16[::k] == 0) & (p32[::k] > 0))))
+                for name in codecs.names():
+                    codec = codecs.get(name)
+                    serialized[name] += len(data.serialize_example(
+                        "clip", "train", p32, b, np.zeros(50, np.int64), "v", name))
+                    back = codec.decode(codec.encode(p32), p32.shape)
+                    for k in features.PAPER_HOP_FACTORS:
+                        d = np.abs(features.compress(back[::k], "db") - features.compress(p32[::k], "db"))
+                        lg = np.abs(features.compress(back[::k], "log") - features.compress(p32[::k], "log"))
+                        e = err[name]
+                        e["db_abs_median"].append(float(np.median(d)))
+                        e["db_abs_max"].append(float(np.max(d)))
+                        e["log_abs_median"].append(float(np.median(lg)))
+                        e["log_abs_max"].append(float(np.max(lg)))
+                        e["flushed_to_zero"].append(float(np.mean((back[::k] == 0) & (p32[::k] > 0))))
 
     result = {
         "benchmark": "extraction",
@@ -132,20 +130,17 @@ def main(argv):
         "target_shared_over_single_max": 2.0,
         "bytes_per_clip": {
             "stored_float32": base_bytes32,
-            "stored_float16": base_bytes32 // 2,
             "all_168_views_float32": views_bytes32,
             "views_over_stored": round(views_bytes32 / base_bytes32, 3),
-            "tfrecord_example_float32": serialized["float32"],
-            "tfrecord_example_float16": serialized["float16"],
+            **{f"tfrecord_example_{name}": size for name, size in serialized.items()},
         },
-        "float16_error": {
-            "db_abs_median_dB": round(float(np.median(err["db_abs_median"])), 6),
-            "db_abs_max_dB": round(max(err["db_abs_max"]), 3),
-            "log_abs_median": float(f"{np.median(err['log_abs_median']):.3g}"),
-            "log_abs_max": float(f"{max(err['log_abs_max']):.3g}"),
-            "log_rel_median": float(f"{np.median(err['log_rel_median']):.3g}"),
-            "fraction_flushed_to_zero": float(f"{np.mean(err['flushed_to_zero']):.3g}"),
-        },
+        "codec_error": {name: {
+            "db_abs_median_dB": round(float(np.median(e["db_abs_median"])), 6),
+            "db_abs_max_dB": round(max(e["db_abs_max"]), 3),
+            "log_abs_median": float(f"{np.median(e['log_abs_median']):.3g}"),
+            "log_abs_max": float(f"{max(e['log_abs_max']):.3g}"),
+            "fraction_flushed_to_zero": float(f"{np.mean(e['flushed_to_zero']):.3g}"),
+        } for name, e in err.items()},
     }
     print(json.dumps(result, sort_keys=True))
 

@@ -63,6 +63,8 @@ def define_flags() -> None:
     flags.DEFINE_float("max_drop", 1.0, "Also required of 'no loss': the mean ROC-AUC at most this "
                        "many points below the baseline.")
     flags.DEFINE_bool("report_only", False, "Only rebuild the report from finished runs.")
+    flags.DEFINE_bool("only_tflite", False, "Only the TFLite step on the float32 runs (e.g. in "
+                      "a second process while the codec sweeps train); no report.")
 
 
 # ----------------------------------------------------------------------------- steps
@@ -386,22 +388,31 @@ def main(argv):
     timings = {}
     work = FLAGS.work_dir or os.path.join(ROOT, "runs", "quantization", FLAGS.name)
     os.makedirs(work, exist_ok=True)
+    vgg, musicnn = recipe_resolutions(FLAGS.recipe)
+    wanted = {("vgg", r) for r in vgg} | {("musicnn", r) for r in musicnn}
     start = time.perf_counter()
-    datasets = codec_datasets(float32_dataset(work), work)
+    if FLAGS.only_tflite:
+        datasets = {FLOAT32: float32_dataset(work)}
+        sweeps = {FLOAT32: FLAGS.float32_sweep or os.path.join(work, FLOAT32)}
+    else:
+        datasets = codec_datasets(float32_dataset(work), work)
     timings["data_s"] = round(time.perf_counter() - start, 1)
     start = time.perf_counter()
-    sweeps = run_sweeps(datasets, work)
-    check_recipe(sweeps)
+    if not FLAGS.only_tflite:
+        sweeps = run_sweeps(datasets, work)
+        check_recipe(sweeps)
     timings["sweeps_s"] = round(time.perf_counter() - start, 1)
-    vgg, musicnn = recipe_resolutions(FLAGS.recipe)
-    codec_runs = load_runs(sweeps[next(c for c in sweeps if c != FLOAT32)]) if len(sweeps) > 1 else []
-    keys = {r["key"] for r in codec_runs} or None
-    base_runs = load_runs(sweeps[FLOAT32], keys)
+    base_runs = [r for r in load_runs(sweeps[FLOAT32]) if (r["model"], r["resolution"]) in wanted]
+    keys = {r["key"] for r in base_runs}
     start = time.perf_counter()
     lite_results = [tflite_results(r, datasets[FLOAT32], os.path.join(work, "tflite"))
                     for r in base_runs]
     timings["tflite_s"] = round(time.perf_counter() - start, 1)
-    storage = storage_rows(sweeps, {r["key"] for r in base_runs})
+    if FLAGS.only_tflite:
+        print(json.dumps({"benchmark": "quantization", "name": FLAGS.name, "tflite_runs":
+                          len(lite_results), **timings}))
+        return
+    storage = storage_rows(sweeps, keys)
     lite = tflite_rows(lite_results, base_runs)
     out = os.path.join(FLAGS.out_dir, FLAGS.name)
     os.makedirs(out, exist_ok=True)

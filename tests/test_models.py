@@ -265,18 +265,21 @@ def _randomise_batchnorm(model, seed: int) -> None:
                                rng.uniform(0.5, 2.0, n).astype("float32")])
 
 
-def test_time_conv_is_the_conv_over_time_with_the_same_kernel():
-    x = np.random.default_rng(0).normal(size=(2, 40, 6, 1)).astype("float32")  # [b, T, F, 1]
-    conv = keras.layers.Conv2D(5, (9, 1), padding="same")
-    expected = conv(x).numpy()  # [b, T, F, 5]
-    fast = musicnn.TimeConv2D(5, (9, 1), padding="same")
-    fast.build((None, 6, 40, 1))
-    assert tuple(fast.kernel.shape) == (9, 1, 1, 5)  # stored as the conv over [b, T, F, c]
-    fast.set_weights(conv.get_weights())
-    got = fast(np.transpose(x, (0, 2, 1, 3))).numpy()  # [b, F, T, 5]
-    np.testing.assert_allclose(np.transpose(got, (0, 2, 1, 3)), expected, atol=1e-5)
-    with pytest.raises(ValueError, match="padding='same' and strides 1 only"):
-        musicnn.TimeConv2D(5, (9, 1), padding="valid")
+def test_musicnn_weights_saved_before_fast_inference_still_load(tmp_path):
+    """The Keras layer list is unchanged by the inference rewrite: a weights file saved by any
+    tftag version loads (Keras 3 keys weights by layer class and order)."""
+    from tftag.models import build
+
+    config, mel = ModelConfig("musicnn", width=0.1, patch_seconds=1.0), MelConfig(16000, 16, 2, "log")
+    model = build(config, mel, 5)
+    kinds = [type(layer).__name__ for layer in model.layers if "conv" in layer.name]
+    assert kinds == ["Conv2D"] * 10 + ["Conv1D"] * 3  # paper preset: 6 timbral + 4 temporal
+    path = str(tmp_path / "m.weights.h5")
+    model.save_weights(path)
+    again = build(config, mel, 5)
+    again.load_weights(path)
+    for a, b in zip(model.weights, again.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
 
 
 @pytest.mark.parametrize("length", [1, 5, 16, 33, 128])
