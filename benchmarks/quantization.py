@@ -65,6 +65,8 @@ def define_flags() -> None:
     flags.DEFINE_bool("report_only", False, "Only rebuild the report from finished runs.")
     flags.DEFINE_bool("only_tflite", False, "Only the TFLite step on the float32 runs (e.g. in "
                       "a second process while the codec sweeps train); no report.")
+    flags.DEFINE_bool("reverse", False, "TFLite step over the runs in reverse order (a second "
+                      "--only_tflite process then meets the first in the middle).")
 
 
 # ----------------------------------------------------------------------------- steps
@@ -186,8 +188,10 @@ def tflite_results(run: dict, dataset_dir: str, cache_dir: str) -> dict:
     window = run.get("patch_frames") or mel.n_frames
     keras = evaluate.predict_clips(model, dataset_dir, mel, "test", run.get("patch_frames"))
     reference = evaluate.macro_metrics(keras.labels, keras.probabilities)
-    representative = (tflite.dataset_mels(dataset_dir, mel, "train", FLAGS.representative_clips)
-                      if "int8" in FLAGS.precisions else None)
+    representative = (tflite.windows(tflite.dataset_mels(dataset_dir, mel, "train",
+                                                         FLAGS.representative_clips),
+                                     window).reshape(-1, window, mel.n_mels)
+                      if "int8" in FLAGS.precisions else None)  # the model's own inputs
     timing = tflite.dataset_mels(dataset_dir, mel, "test", FLAGS.latency_clips)
     out = {"key": run["key"], "keras_roc_auc": reference.roc_auc, "keras_pr_auc": reference.pr_auc,
            "precisions": {}}
@@ -406,7 +410,7 @@ def main(argv):
     keys = {r["key"] for r in base_runs}
     start = time.perf_counter()
     lite_results = [tflite_results(r, datasets[FLOAT32], os.path.join(work, "tflite"))
-                    for r in base_runs]
+                    for r in (base_runs[::-1] if FLAGS.reverse else base_runs)]
     timings["tflite_s"] = round(time.perf_counter() - start, 1)
     if FLAGS.only_tflite:
         print(json.dumps({"benchmark": "quantization", "name": FLAGS.name, "tflite_runs":
