@@ -239,12 +239,15 @@ def test_uint8_storage_size_views_and_a_corrupt_codec_parameter(tmp_path):
                         for c in configs}
     assert sizes["uint8"] <= 0.27 * sizes["float32"]  # records: 1 byte per value + headers
     for c in configs:  # every hop factor and both compressions, derived on read from uint8
-        diff = np.abs(np.concatenate([views["uint8"][c.name][k] - views["float32"][c.name][k]
-                                      for k in ("one.wav", "two.wav")]))
-        if c.compression == "db":
-            assert np.median(diff) <= 0.2, c.name  # ±step/2 inside -90..+29.4 dB
-        else:
-            assert np.median(diff) <= 0.01, c.name
+        ref = np.concatenate([views["float32"][c.name][k] for k in ("one.wav", "two.wav")])
+        diff = np.abs(np.concatenate([views["uint8"][c.name][k] for k in ("one.wav", "two.wav")])
+                      - ref)
+        if c.compression == "db":  # ±step/2 inside -90..+29.38 dB (these tones go above: clipped)
+            inside = (ref >= -90) & (ref <= 29.38)
+            assert inside.mean() > 0.5 and diff[inside].max() <= 0.235 + 1e-3, c.name
+            assert np.median(diff[inside]) <= 0.2, c.name
+        else:  # ≤ step/40 = 0.0118 when every value is loud, as in these renders (real music:
+            assert np.median(diff) <= 0.047 / 4, c.name  # median 0.008-0.0096, README)
     meta_path = tmp_path / "uint8" / "dataset.json"
     meta = json.loads(meta_path.read_text())
     assert meta["mel_codec"]["db_step"] == 0.47 and meta["mel_codec"]["db_min"] == -90.0
