@@ -380,11 +380,9 @@ def plot(storage: list[dict], lite: list[dict], path: str, title: str) -> str:
         ax.legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    from tftag import runfiles
+
+    return runfiles.save_figure_atomic(fig, path, dpi=90)
 
 
 def main(argv):

@@ -213,9 +213,9 @@ def plot(rows: Sequence[dict], results: Sequence[dict], name: str,
     bx.grid(alpha=0.3)
     bx.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path + ".tmp.png", dpi=90)
-    plt.close(fig)
-    os.replace(path + ".tmp.png", path)
+    from tftag import runfiles
+
+    runfiles.save_figure_atomic(fig, path, dpi=90)
 
 
 def main(argv):

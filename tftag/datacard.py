@@ -105,10 +105,9 @@ def plot_card(card: dict[str, Any], path: str) -> None:
     ax.set_title(f"{card['catalog']}: tag frequencies ({card['clips']} clips)")
     ax.legend()
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    from tftag import runfiles
+
+    runfiles.save_figure_atomic(fig, path, dpi=100)
 
 
 def write_card(catalog: Catalog, out_dir: str, durations: bool = True) -> dict[str, Any]:

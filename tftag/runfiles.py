@@ -41,6 +41,17 @@ def write_npz_atomic(path: str, **arrays: Any) -> None:
     write_bytes_atomic(path, buf.getvalue())
 
 
+def save_figure_atomic(fig, path: str, dpi: int = 100) -> str:
+    """Saves a matplotlib figure as PNG through a temp file and a rename, then closes it."""
+    import matplotlib.pyplot as plt
+
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=dpi)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
 def write_text_atomic(path: str, text: str) -> None:
     """Writes UTF-8 text atomically (a trailing newline is added if missing)."""
     write_bytes_atomic(path, (text if text.endswith("\n") else text + "\n").encode("utf-8"))

@@ -220,10 +220,7 @@ def plot(rows: Sequence[dict], out_dir: str) -> list[str]:
         ax.legend(fontsize=8)
         fig.tight_layout()
         path = os.path.join(out_dir, name)
-        fig.savefig(path + ".tmp.png", dpi=100)
-        plt.close(fig)
-        os.replace(path + ".tmp.png", path)
-        paths.append(path)
+        paths.append(runfiles.save_figure_atomic(fig, path, dpi=100))
     return paths
 
 

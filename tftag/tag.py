@@ -481,8 +481,4 @@ def plot_taggram(result: TrackResult, tags: Sequence[str], title: str, path: str
     ax.set_xlabel("seconds")
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=80)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return runfiles.save_figure_atomic(fig, path, dpi=80)
