@@ -36,8 +36,8 @@ def define_flags() -> None:
                         "failures.jsonl).")
     cli.define_mel_flags()
     flags.DEFINE_string("mel_dtype", "float32", f"Storage codec of the base power mels: one of "
-                        f"{', '.join(codecs.names())} (float16 halves the size; see README for "
-                        "its error).")
+                        f"{', '.join(codecs.names())} (float16 halves the size, uint8 "
+                        "quarters it; README 'Storage codecs and TFLite models' gives the error).")
     flags.DEFINE_integer("clips_per_shard", 256, "Target clips per TFRecord shard.", lower_bound=1)
     flags.DEFINE_float("min_duration", 1.0, "Clips shorter than this (seconds) are skipped and "
                        "recorded.", lower_bound=0.0)
