@@ -4,6 +4,10 @@ r"""Apache Beam pipeline: audio files -> mel-spectrograms of every resolution ->
         --sr=12000,16000 --n_mels=128,96,48,32,24,16,8 --hop_factors=1,2,3,4,5,10 \
         --compressions=db,log --runner=DirectRunner --direct_num_workers=2
 
+On a Dask cluster: ``--runner=DaskRunner --dask_address=tcp://scheduler:8786`` (workers need
+this repository on PYTHONPATH and requirements.txt installed), or ``--runner=DaskRunner
+--dask_workers=4`` for a LocalCluster of 4 worker processes on this machine.
+
 The pipeline itself is :mod:`tftag.pipeline` (stages ListPendingClips -> DecodeAndExtract ->
 GroupByShard -> WriteShards; dataset.json last). Rerunning the same command after a crash
 resumes where it stopped.
@@ -11,6 +15,7 @@ resumes where it stopped.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 
@@ -51,8 +56,14 @@ def define_flags() -> None:
     flags.DEFINE_float("decode_timeout", 300.0, "Seconds one decode may take before it is recorded "
                        "as failed.", lower_bound=1.0)
     flags.DEFINE_integer("log_every", 25, "Log progress every N clips per worker.", lower_bound=1)
-    flags.DEFINE_string("runner", "DirectRunner", "Beam runner (DirectRunner, DataflowRunner, "
-                        "FlinkRunner, SparkRunner, PortableRunner, ...).")
+    flags.DEFINE_string("runner", "DirectRunner", "Beam runner: DirectRunner (in-process "
+                        "FnApiRunner) or DaskRunner (a dask.distributed cluster) run here; "
+                        "DataflowRunner, FlinkRunner, SparkRunner, PortableRunner are passed to "
+                        "Beam with --pipeline_options (BUILD.md).")
+    flags.DEFINE_string("dask_address", None, "DaskRunner: address of a running Dask scheduler "
+                        "(tcp://host:8786); absent: a LocalCluster of --dask_workers processes.")
+    flags.DEFINE_integer("dask_workers", 2, "DaskRunner without --dask_address: worker "
+                         "processes of the LocalCluster (one thread each).", lower_bound=1)
     flags.DEFINE_integer("direct_num_workers", 1, "DirectRunner: parallel workers (0 = all cores).",
                          lower_bound=0)
     flags.DEFINE_enum("direct_running_mode", "auto", list(pipeline.RUNNING_MODES), "DirectRunner mode; auto = "
@@ -97,7 +108,7 @@ def main(argv):
 
         print(datacard.format_card(datacard.write_card(catalog, FLAGS.output_dir)))
     plan = extraction.ExtractionPlan(
-        output_dir=FLAGS.output_dir, configs=tuple(configs),
+        output_dir=os.path.abspath(FLAGS.output_dir), configs=tuple(configs),
         tags=pipeline.plan_tags(catalog, FLAGS.labels), mel_dtype=FLAGS.mel_dtype,
         clips_per_shard=FLAGS.clips_per_shard, min_duration=FLAGS.min_duration,
         silence_threshold=FLAGS.silence_threshold, labels=FLAGS.labels,
@@ -111,10 +122,24 @@ def main(argv):
         print(f"{FLAGS.output_dir}: already complete for these flags and input; nothing to do "
               "(--overwrite to redo)")
         return 0
-    options = pipeline.pipeline_options(FLAGS.runner, FLAGS.direct_num_workers, FLAGS.direct_running_mode,
-                               FLAGS.pipeline_options)
-    summary = pipeline.run(plan, catalog, options, FLAGS.runner, FLAGS.decode_timeout, FLAGS.log_every,
-                  FLAGS.keep_staging)
+    dask = pipeline.LOCAL_RUNNERS.get(FLAGS.runner) == "DaskRunner"
+    if FLAGS.dask_address and not dask:
+        raise app.UsageError(f"--dask_address is for --runner=DaskRunner, not --runner={FLAGS.runner}")
+    if dask:
+        cluster = pipeline.dask_cluster(FLAGS.dask_address, FLAGS.dask_workers)
+        runner_info = ({"address": FLAGS.dask_address} if FLAGS.dask_address
+                       else {"local_workers": FLAGS.dask_workers})
+    else:
+        cluster, runner_info = contextlib.nullcontext(None), {}
+    with cluster as address:
+        options = pipeline.pipeline_options(FLAGS.runner, FLAGS.direct_num_workers,
+                                            FLAGS.direct_running_mode, FLAGS.pipeline_options,
+                                            dask_address=address)
+        try:
+            summary = pipeline.run(plan, catalog, options, FLAGS.runner, FLAGS.decode_timeout,
+                                   FLAGS.log_every, FLAGS.keep_staging, runner_info)
+        except extraction.SharedStorageError as e:
+            raise app.UsageError(str(e)) from None
     failures = os.path.join(FLAGS.output_dir, "failures.jsonl")
     print(f"extracted {summary['clips_written']}/{summary['clips_total']} clips into "
           f"{FLAGS.output_dir} ({summary['bases']} stored bases, {summary['views']} views, "

@@ -30,6 +30,24 @@ STAGING = "_staging"
 PLAN_JSON = "plan.json"
 
 
+class SharedStorageError(RuntimeError):
+    """A worker cannot see the dataset directory the launcher prepared (not a shared filesystem)."""
+
+
+def check_visible(plan: "ExtractionPlan") -> None:
+    """Raises SharedStorageError unless this process sees the staging area of ``plan``.
+
+    Workers on other hosts write staged clips and shards straight into ``plan.output_dir``, so
+    it must be on a filesystem every worker mounts at the same path (NFS, Lustre, a FUSE mount).
+    """
+    if not os.path.isdir(os.path.join(plan.staging_dir, "clips")):
+        import socket
+
+        raise SharedStorageError(
+            f"--output_dir={plan.output_dir} is not visible on worker host {socket.gethostname()}: "
+            "it must be a directory every worker mounts at the same path (shared filesystem)")
+
+
 class ClipRejected(ValueError):
     """A clip decoded but is unusable (too short, silent); the message is the reason."""
 
@@ -326,8 +344,12 @@ def write_shard(plan: ExtractionPlan, split: str, index: int, count: int, clip_i
     return sum(len(r) for r in per_base)
 
 
-def finalize(plan: ExtractionPlan, catalog: Catalog, source: dict, keep_staging: bool = False) -> dict:
+def finalize(plan: ExtractionPlan, catalog: Catalog, source: dict, keep_staging: bool = False,
+             runner: dict | None = None) -> dict:
     """Completes the dataset directory after all clips are staged and shards written.
+
+    ``runner`` (the Beam runner of the last run, e.g. ``{"name": "DaskRunner", "workers": 2}``)
+    is recorded as ``dataset.json`` "runner"; the rest does not depend on the runner.
 
     Writes empty shards for hash buckets no clip fell into, removes shard files of other shard
     counts, writes failures.jsonl and finally dataset.json (with every shard's record count, size
@@ -387,6 +409,7 @@ def finalize(plan: ExtractionPlan, catalog: Catalog, source: dict, keep_staging:
             "clips_failed": len(failures) - len(catalog.skipped),
             "catalog_skipped_count": len(catalog.skipped),
             "clips_padded": padded,
+            **({"runner": runner} if runner else {}),
             "plan": dict(plan.describe(), catalog=catalog.fingerprint()),
             "labels": plan.labels,
             **({"teacher": {"name": plan.teacher, "top_k": plan.teacher_top_k,

@@ -291,9 +291,22 @@ def power_spectrogram(audio: np.ndarray) -> np.ndarray:
     return (spectrum.real ** 2 + spectrum.imag ** 2).astype(np.float32)
 
 
+@functools.lru_cache(maxsize=1)
+def _blas_controller():
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
+
+
 def power_mel(power_spec: np.ndarray, sr: int, n_mels: int) -> np.ndarray:
-    """Applies the mel filterbank: [n_frames, 257] -> [n_frames, n_mels] power mel."""
-    return np.matmul(power_spec, mel_filterbank(sr, n_mels)).astype(np.float32, copy=False)
+    """Applies the mel filterbank: [n_frames, 257] -> [n_frames, n_mels] power mel.
+
+    The product runs on one BLAS thread: OpenBLAS sums in a different order with another thread
+    count (1-ulp differences), so a Dask worker (one thread) and an in-process run would
+    otherwise store different bytes. One thread costs nothing at these sizes.
+    """
+    with _blas_controller().limit(limits=1, user_api="blas"):
+        return np.matmul(power_spec, mel_filterbank(sr, n_mels)).astype(np.float32, copy=False)
 
 
 def compress(power: np.ndarray, compression: str) -> np.ndarray:

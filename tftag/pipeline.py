@@ -3,17 +3,26 @@
 Stages: ListPendingClips -> DecodeAndExtract (Essentia in an isolated child process; bad files
 are recorded, never fatal) -> GroupByShard -> WriteShards; then ``dataset.json`` is written last
 (:func:`tftag.extraction.finalize`). Counters in the ``tftag.extract`` namespace: files_seen,
-decoded, failed, padded, examples_written, shards_written. Any Beam runner; "DirectRunner"
-means Beam's local FnApiRunner. :func:`extract` is what ``--mode=extract`` of an
+decoded, failed, padded, examples_written, shards_written (runners that report metrics).
+
+Runners: "DirectRunner" means Beam's local FnApiRunner; "DaskRunner" runs on a
+``dask.distributed`` cluster (:func:`dask_cluster`: a scheduler address, or a ``LocalCluster``
+of worker processes); any other name is handed to Beam with ``--pipeline_options``. Every runner
+writes through the same staging area, so datasets, resume and failures are runner-independent;
+a worker process keeps one Essentia child and one teacher for all its bundles
+(:func:`_worker_resources`). :func:`extract` is what ``--mode=extract`` of an
 :class:`~tftag.experiment.Experiment` does (render the built-in corpus if needed, data card,
 extraction, resume); ``pipelines/extract.py`` is the stand-alone entry point.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import os
+import threading
 import time
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from absl import logging
 
@@ -28,10 +37,39 @@ from tftag import data  # noqa: E402
 
 NAMESPACE = "tftag.extract"
 RUNNING_MODES = ("auto", "in_memory", "multi_threading", "multi_processing")
+# Runners tftag runs itself (tests run both); others are passed to Beam by name (BUILD.md).
+LOCAL_RUNNERS = {"DirectRunner": "DirectRunner", "direct": "DirectRunner",
+                 "DaskRunner": "DaskRunner", "dask": "DaskRunner"}
+# Dask: bag partitions per pending clip list are capped so that GroupByShard stays small.
+MAX_DASK_PARTITIONS = 1024
+
+# One Essentia child (and teacher) per worker thread and plan settings, shared by every bundle
+# the thread runs: DaskRunner calls DoFn.setup/teardown once per partition (bundle).
+_RESOURCES: dict[tuple, tuple] = {}
+
+
+def _worker_resources(decode_timeout: float, teacher: str | None, top_k: int) -> tuple:
+    """This thread's (EssentiaWorker, Teacher or None) for these settings, made once."""
+    key = (threading.get_ident(), decode_timeout, teacher, top_k)
+    if key not in _RESOURCES:
+        worker = _essentia.EssentiaWorker(timeout=decode_timeout)
+        atexit.register(worker.close)
+        model = None
+        if teacher:
+            from tftag.teacher import Teacher
+
+            model = Teacher(teacher, top_k)
+        _RESOURCES[key] = (worker, model)
+    return _RESOURCES[key]
 
 
 class ExtractClipFn(beam.DoFn):
-    """Decodes and extracts one clip; stages its Examples or records why it was skipped."""
+    """Decodes and extracts one clip; stages its Examples or records why it was skipped.
+
+    Outputs the extracted clips only: a skipped clip's record goes to the staging area (the
+    failures manifest is built from there), not to a tagged output, which the DaskRunner would
+    merge into the main one.
+    """
 
     def __init__(self, plan: extraction.ExtractionPlan, decode_timeout: float, log_every: int):
         self.plan = plan
@@ -43,17 +81,11 @@ class ExtractClipFn(beam.DoFn):
         self.padded = Metrics.counter(NAMESPACE, "padded")
 
     def setup(self):
-        self._worker = _essentia.EssentiaWorker(timeout=self.decode_timeout)
-        self._teacher = None
-        if self.plan.teacher:
-            from tftag.teacher import Teacher
-
-            self._teacher = Teacher(self.plan.teacher, self.plan.teacher_top_k)
+        extraction.check_visible(self.plan)
+        self._worker, self._teacher = _worker_resources(self.decode_timeout, self.plan.teacher,
+                                                        self.plan.teacher_top_k)
         self._count = 0
         self._start = time.monotonic()
-
-    def teardown(self):
-        self._worker.close()
 
     def _decode(self, path: str, sr: int, *segment):
         return self._worker.call("load_audio", path, sr, *segment)
@@ -70,7 +102,6 @@ class ExtractClipFn(beam.DoFn):
             extraction.stage_failure(self.plan, record)
             self.failed.inc()
             logging.warning("skipped %s: %s: %s", clip.path, record["error"], record["reason"])
-            yield beam.pvalue.TaggedOutput("failed", record)
         else:
             self.decoded.inc()
             if padded:
@@ -101,14 +132,22 @@ class WriteShardFn(beam.DoFn):
 
 
 def pipeline_options(runner: str = "DirectRunner", direct_num_workers: int = 1,
-                     direct_running_mode: str = "auto", extra: Sequence[str] = ()) -> PipelineOptions:
-    """Beam options for a runner (DirectRunner: workers and running mode) plus extra args."""
-    args = [f"--runner={runner}"] + list(extra)
-    if runner in ("DirectRunner", "direct"):
+                     direct_running_mode: str = "auto", extra: Sequence[str] = (),
+                     dask_address: str | None = None) -> PipelineOptions:
+    """Beam options for a runner plus extra args.
+
+    DirectRunner: workers and running mode; DaskRunner: the scheduler address
+    (``--dask_client_address``, from :func:`dask_cluster`).
+    """
+    name = LOCAL_RUNNERS.get(runner, runner)
+    args = [f"--runner={name}"] + list(extra)
+    if name == "DirectRunner":
         mode = direct_running_mode
         if mode == "auto":
             mode = "in_memory" if direct_num_workers == 1 else "multi_processing"
         args += [f"--direct_num_workers={direct_num_workers}", f"--direct_running_mode={mode}"]
+    if name == "DaskRunner" and dask_address:
+        args.append(f"--dask_client_address={dask_address}")
     return PipelineOptions(args)
 
 
@@ -117,11 +156,57 @@ def make_runner(runner: str):
 
     (Beam's own DirectRunner first tries to download the Prism binary, which fails offline.)
     """
-    if runner in ("DirectRunner", "direct"):
+    name = LOCAL_RUNNERS.get(runner)
+    if name == "DirectRunner":
         from apache_beam.runners.portability.fn_api_runner import fn_runner
 
         return fn_runner.FnApiRunner()
+    if name == "DaskRunner":
+        from apache_beam.runners.dask.dask_runner import DaskRunner
+
+        return DaskRunner()
     return None  # taken from --runner in the pipeline options.
+
+
+@contextlib.contextmanager
+def dask_cluster(address: str | None = None, workers: int = 2) -> Iterator[str]:
+    """The address of a Dask scheduler for the DaskRunner.
+
+    Args:
+      address: a running scheduler (``tcp://host:8786``): used as is; its workers need this
+        repository on ``PYTHONPATH`` and ``requirements.txt`` installed.
+      workers: without ``address``, a ``distributed.LocalCluster`` of this many worker processes
+        (one thread each) is started here and closed on exit.
+
+    Yields:
+      The scheduler address.
+    """
+    if address:
+        yield address
+        return
+    import logging as std_logging
+
+    from distributed import LocalCluster
+
+    # Spawned workers import tftag (and TensorFlow, never Essentia: see tftag/_essentia.py).
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    os.environ["PYTHONPATH"] = root + os.pathsep + os.environ.get("PYTHONPATH", "")
+    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                      dashboard_address=None, silence_logs=std_logging.WARNING) as cluster:
+        logging.info("Dask LocalCluster: %d worker processes at %s", workers,
+                     cluster.scheduler_address)
+        yield cluster.scheduler_address
+
+
+def _set_dask_partitions(options: PipelineOptions, n_clips: int) -> None:
+    """One pending clip per Dask bag partition, up to MAX_DASK_PARTITIONS, unless the user set
+    ``--dask_npartitions`` or ``--dask_partition_size`` (Beam's default, 128 elements per
+    partition, would put a small extraction on one worker)."""
+    from apache_beam.runners.dask.dask_runner import DaskOptions
+
+    dask = options.view_as(DaskOptions)
+    if dask.npartitions is None and dask.partition_size is None:
+        dask.npartitions = max(1, min(n_clips, MAX_DASK_PARTITIONS))
 
 
 def run(
@@ -132,13 +217,16 @@ def run(
     decode_timeout: float = 300.0,
     log_every: int = 25,
     keep_staging: bool = False,
+    runner_info: dict | None = None,
 ) -> dict:
     """Runs the Beam pipeline for the pending clips, then finalises the dataset directory.
 
-    Call :func:`tftag.extraction.prepare_output` first.
+    Call :func:`tftag.extraction.prepare_output` first. ``runner_info`` (e.g. the Dask workers)
+    is recorded with the runner's name as ``dataset.json`` "runner".
 
     Returns:
-      A summary: clip counts, seconds, Beam counters.
+      A summary: clip counts, seconds, runner, Beam counters (None when the runner reports no
+      metrics, as the DaskRunner).
     """
     counts = extraction.shard_counts(plan, catalog)
     pending = extraction.pending_clips(plan, catalog.clips)
@@ -151,18 +239,18 @@ def run(
     def shard_key(clip: Clip):
         return (clip.split, data.shard_index(clip.clip_id, counts[clip.split])), clip.clip_id
 
+    if LOCAL_RUNNERS.get(runner) == "DaskRunner":
+        _set_dask_partitions(options, len(elements))
     pipeline = beam.Pipeline(runner=make_runner(runner), options=options)
     extracted = (
         pipeline
         | "ListPendingClips" >> beam.Create(elements)
         | "Reshuffle" >> beam.Reshuffle()
-        | "DecodeAndExtract" >> beam.ParDo(
-            ExtractClipFn(plan, decode_timeout, log_every)
-        ).with_outputs("failed", main="extracted")
+        | "DecodeAndExtract" >> beam.ParDo(ExtractClipFn(plan, decode_timeout, log_every))
     )
     earlier = pipeline | "ListStagedClips" >> beam.Create(staged)
     _ = (
-        (extracted.extracted, earlier)
+        (extracted, earlier)
         | "AllStagedClips" >> beam.Flatten()
         | "KeyByShard" >> beam.Map(shard_key)
         | "GroupByShard" >> beam.GroupByKey()
@@ -173,20 +261,30 @@ def run(
     os.environ["PYTHONPATH"] = root + os.pathsep + os.environ.get("PYTHONPATH", "")
     started = time.monotonic()
     result = pipeline.run()
-    result.wait_until_finish()
+    try:
+        result.wait_until_finish()
+    finally:
+        client = getattr(result, "client", None)  # the DaskRunner's distributed.Client
+        if client is not None:
+            client.close()
     elapsed = time.monotonic() - started
-    metrics = {
-        m.key.metric.name: m.committed
-        for m in result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))["counters"]
-    }
+    try:
+        metrics = {
+            m.key.metric.name: m.committed
+            for m in result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))["counters"]
+        }
+    except NotImplementedError:  # DaskRunner: "collecting metrics will come later"
+        metrics = None
     source = {"catalog": catalog.name, **catalog.info}
-    meta = extraction.finalize(plan, catalog, source, keep_staging=keep_staging)
+    recorded_runner = {"name": LOCAL_RUNNERS.get(runner, runner), **(runner_info or {})}
+    meta = extraction.finalize(plan, catalog, source, keep_staging=keep_staging,
+                               runner=recorded_runner)
     meta_summary = {
         "clips_total": meta["clips_total"], "clips_written": meta["clips_written"],
         "clips_failed": meta["clips_failed"], "clips_padded": meta["clips_padded"],
         "catalog_skipped": meta["catalog_skipped_count"],
         "splits": meta["splits"], "bases": len(plan.bases), "views": len(plan.configs),
-        "seconds": round(elapsed, 2), "beam_counters": metrics,
+        "seconds": round(elapsed, 2), "runner": recorded_runner, "beam_counters": metrics,
     }
     return meta_summary
 
