@@ -171,8 +171,8 @@ def check_recipe(sweeps: dict[str, str]) -> None:
 def tflite_results(run: dict, dataset_dir: str, cache_dir: str) -> dict:
     """TFLite files of one float32 run at every precision: bytes, latency, metrics, max |Δp|."""
     from tftag import evaluate, tflite, train
+    from tftag.experiment import Experiment
     from tftag.features import MelConfig
-    from tftag.models import ModelConfig
 
     cache = os.path.join(cache_dir, run["key"] + ".json")
     if os.path.exists(cache):
@@ -180,10 +180,15 @@ def tflite_results(run: dict, dataset_dir: str, cache_dir: str) -> dict:
         if set(FLAGS.precisions) <= set(done["precisions"]):
             return done
     mel = MelConfig(run["sr"], run["n_mels"], run["hop_factor"], run["compression"])
-    model_config = ModelConfig(run["model"], width=run["width"], preset=run["preset"],
-                               patch_seconds=(3.0 if run.get("patch_frames") else None))
-    if model_config.patch_frames(mel) != run.get("patch_frames"):
-        raise ValueError(f"{run['key']}: patch_frames {run.get('patch_frames')} is not 3-s patches")
+    sweep_dir = os.path.dirname(os.path.dirname(run["run_dir"]))  # <sweep>/runs/<key>
+    plan = {mc.name: mc for mc, _, _ in Experiment.load(sweep_dir).sweep_plan()}
+    if run["model"] not in plan:
+        raise ValueError(f"{run['key']}: model {run['model']!r} is not in {sweep_dir}/configs.json")
+    model_config = plan[run["model"]]
+    if (model_config.patch_frames(mel) != run.get("patch_frames")
+            or model_config.width != run["width"]):
+        raise ValueError(f"{run['key']}: result.json (patch_frames {run.get('patch_frames')}, "
+                         f"width {run['width']}) does not match {sweep_dir}/configs.json")
     model = train.load_best(run["run_dir"], dataset_dir, mel, model_config)
     window = run.get("patch_frames") or mel.n_frames
     keras = evaluate.predict_clips(model, dataset_dir, mel, "test", run.get("patch_frames"))

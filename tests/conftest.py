@@ -52,6 +52,30 @@ def run_module(module: str, *args: str, check: bool = True, timeout: float = 600
     return proc
 
 
+def staged_clips(out) -> int:
+    """Clips staged in an extraction's ``_staging`` (finished ones: an interrupted write leaves a
+    hidden .tmp-* file)."""
+    d = os.path.join(str(out), "_staging", "clips")
+    return len([p for p in os.listdir(d) if p.endswith(".tfrecord") and not p.startswith(".")]) \
+        if os.path.isdir(d) else 0
+
+
+def kill_when_staged(cmd, out, at_least: int, timeout: float = 300) -> int:
+    """Starts ``cmd`` in its own session, kill -9s the whole group once ``at_least`` clips are
+    staged in ``out`` (or it ends, or ``timeout``); returns the clips staged at the kill."""
+    import signal
+    import time
+
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.monotonic() + timeout
+    while staged_clips(out) < at_least and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return staged_clips(out)
+
+
 @pytest.fixture(scope="session")
 def audio_dir(tmp_path_factory):
     """Good clips in several formats plus every kind of bad input, and a catalogue CSV."""

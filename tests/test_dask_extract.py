@@ -10,17 +10,14 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import sys
-import time
 
 import pytest
 
 from tftag import data
 from tftag.features import MelConfig
 
-from conftest import ROOT, run_module, write_clip
+from conftest import kill_when_staged, run_module, write_clip
 
 ARGS = ["--sr=16000", "--n_mels=48,16", "--hop_factors=1,2", "--compressions=log",
         "--duration=10", "--clips_per_shard=3"]
@@ -77,26 +74,13 @@ def test_dask_local_cluster_equals_direct_runner(music, tmp_path):
     assert [f["clip_id"] for f in failures] == ["broken.wav"]
 
 
-def _staged(out):
-    d = out / "_staging" / "clips"
-    return len([p for p in os.listdir(d) if p.endswith(".tfrecord") and not p.startswith(".")]) \
-        if d.exists() else 0
-
-
 def test_killed_dask_run_resumes(music, tmp_path):
     """kill -9 of the job (client, scheduler, workers, Essentia children), rerun: same dataset."""
     src, direct = music
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "pipelines.extract", f"--input={src}", f"--output_dir={out}",
            *ARGS, "--runner=DaskRunner", "--dask_workers=2"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    deadline = time.monotonic() + 300
-    while _staged(out) < 2 and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    staged_at_kill = _staged(out)
+    staged_at_kill = kill_when_staged(cmd, out, 2)
     assert 2 <= staged_at_kill < 8, staged_at_kill
     assert not (out / "dataset.json").exists()
     resumed = run_module("pipelines.extract", f"--input={src}", f"--output_dir={out}", *ARGS,

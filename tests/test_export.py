@@ -63,12 +63,31 @@ def test_layout_and_versions(exported):
         "vgg-sr16000-mel48-hop2-log.json", "vgg-sr16000-mel48-hop2-log.pb"]
     second = export.export(model, spec, str(root))
     assert second.endswith(os.path.join("vgg-sr16000-mel48-hop2-log", "2"))
-    assert not [d for d in os.listdir(os.path.dirname(path)) if d.startswith(".tmp")]
+    assert not [d for d in os.listdir(os.path.dirname(path)) if d.startswith((".tmp", ".reserved"))]
     with pytest.raises(FileExistsError, match="versions are immutable"):
         export.export(model, spec, str(root), version=1)
     card = json.loads(open(os.path.join(path, "essentia", "vgg-sr16000-mel48-hop2-log.json")).read())
     assert card["classes"] == list(TAGS) and card["inference"]["sample_rate"] == 16000
     assert card["schema"]["inputs"][0] == {"name": "mel", "type": "float", "shape": ["batch_size", 157, 48]}
+
+
+def test_concurrent_exports_take_distinct_versions(tmp_path):
+    """Version numbers are reserved with an atomic mkdir: processes exporting one model name at
+    once never pick the same version (before, the second rename failed: "Directory not empty")."""
+    import concurrent.futures
+
+    base = str(tmp_path / "m")
+    os.makedirs(os.path.join(base, "3"))  # a finished version
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        taken = list(pool.map(lambda _: export.reserve_version(base), range(16)))
+    versions = sorted(v for v, _ in taken)
+    assert versions == list(range(4, 20))
+    assert all(os.path.isdir(r) and r.endswith(f".reserved-{v}") for v, r in taken)
+    assert export.next_version(base) == 20  # reservations count: a crashed export's is skipped
+    with pytest.raises(FileExistsError, match="being exported by another process"):
+        export.reserve_version(base, 5)
+    with pytest.raises(FileExistsError, match="versions are immutable"):
+        export.reserve_version(base, 3)
 
 
 def test_reload_equals_keras(exported, rendered):

@@ -6,10 +6,7 @@ import functools
 import json
 import os
 import pathlib
-import signal
-import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -17,7 +14,7 @@ import pytest
 from tftag import codecs, data, features
 from tftag.features import MelConfig
 
-from conftest import BAD_CLIPS, EXTRACT_ARGS, ROOT, run_module, write_clip
+from conftest import BAD_CLIPS, EXTRACT_ARGS, kill_when_staged, run_module, write_clip
 
 GOOD = ["a.wav", "b.flac", "c.ogg", "d.mp3", "e_stereo_24bit.wav", "f_8bit.wav", "g_opus.opus",
         "h_short.wav", "ü_non_ascii é.wav", "i_6ch.wav", "truncated_half.wav"]
@@ -261,13 +258,6 @@ def test_uint8_storage_size_views_and_a_corrupt_codec_parameter(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
-def _staged(out):
-    d = out / "_staging" / "clips"
-    # Finished clips only: a write interrupted by the kill leaves a hidden .tmp-* file.
-    return len([p for p in os.listdir(d) if p.endswith(".tfrecord") and not p.startswith(".")]) \
-        if d.exists() else 0
-
-
 def test_resume_after_kill_9(tmp_path):
     """kill -9 mid-run, rerun: the same dataset as an uninterrupted run, byte for byte."""
     src = tmp_path / "music"
@@ -281,16 +271,9 @@ def test_resume_after_kill_9(tmp_path):
     run_module("pipelines.extract", f"--input={src}", f"--output_dir={clean}", *args)
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(
+    staged_at_kill = kill_when_staged(
         [sys.executable, "-m", "pipelines.extract", f"--input={src}", f"--output_dir={killed}", *args],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
-    deadline = time.monotonic() + 300
-    while _staged(killed) < 3 and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    staged_at_kill = _staged(killed)
+        killed, 3)
     assert 3 <= staged_at_kill < 15, staged_at_kill
     assert not (killed / "dataset.json").exists()
 

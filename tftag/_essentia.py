@@ -144,6 +144,12 @@ class EssentiaWorker:
             return value
         raise value
 
+    @property
+    def pid(self) -> int | None:
+        """The running child's process id (None before the first call or after it died)."""
+        proc = self._proc
+        return proc.pid if proc is not None and proc.poll() is None else None
+
     def close(self) -> None:
         """Stops the child process."""
         with self._lock:

@@ -46,11 +46,17 @@ USAGE_ERRORS = (app.UsageError, ValueError, FileNotFoundError, FileExistsError,
                 NotADirectoryError)
 
 
-def run(main: Callable[[list[str]], object]) -> None:
-    """``absl.app.run(main)`` with short errors: usage errors exit 2, data errors exit 1."""
+def run(main: Callable[[list[str]], object], pass_through: bool = False) -> None:
+    """``absl.app.run(main)`` with short errors: usage errors exit 2, data errors exit 1.
+
+    Args:
+      main: the entry point's main(argv).
+      pass_through: hand the arguments after ``--`` to ``main`` (argv[1:]) instead of
+        rejecting every non-flag argument.
+    """
 
     def wrapped(argv):
-        if len(argv) > 1:
+        if len(argv) > 1 and not pass_through:
             _fail(f"unexpected arguments: {' '.join(argv[1:])} (flags are --name=value)", 2)
         try:
             return main(argv)

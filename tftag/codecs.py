@@ -182,9 +182,10 @@ def from_dataset(raw: Mapping[str, Any], where: str) -> StorageCodec:
     if registered is None:
         raise ValueError(f"{where}: mel_dtype {name!r}; known: {', '.join(names())}")
     for key in ("codec", "dtype", "domain"):
-        if params.get(key) != getattr(registered, "name" if key == "codec" else key):
+        expected = getattr(registered, "name" if key == "codec" else key)
+        if params.get(key) != expected:
             raise ValueError(f"{where}: mel_codec.{key} = {params.get(key)!r} does not fit "
-                             f"mel_dtype {name!r} (expected {getattr(registered, 'name' if key == 'codec' else key)!r})")
+                             f"mel_dtype {name!r} (expected {expected!r})")
     try:
         return dataclasses.replace(registered, db_min=params.get("db_min"),
                                    db_step=params.get("db_step")) if registered.integer else registered

@@ -21,7 +21,7 @@ from tftag.features import MelConfig
 from tftag.models import ModelConfig
 
 CONFIGS_JSON = "configs.json"
-STRATEGIES = ("auto", "default", "mirrored", "one_device_cpu")
+STRATEGIES = ("auto", "default", "mirrored", "one_device_cpu", "multi_worker")
 # Training losses: bce = binary cross-entropy on the hard labels; distill = binary cross-entropy
 # against a teacher's probabilities (the soft labels of a teacher-labelled dataset).
 LOSSES = ("bce", "distill")
@@ -33,7 +33,7 @@ class TrainConfig:
     """How to train.
 
     Attributes:
-      batch_size: global batch size.
+      batch_size: global batch size, split evenly across the replicas in sync (it must divide).
       epochs: maximum epochs.
       learning_rate: Adam learning rate (paper: 1e-3).
       patience: stop after this many epochs without a better validation ROC-AUC (0 = never).
@@ -43,7 +43,8 @@ class TrainConfig:
       eval_batch_size: clips per evaluation batch.
       deterministic: bit-for-bit repeatable runs (see :mod:`tftag.determinism`).
       strategy: tf.distribute strategy: auto (MirroredStrategy on several GPUs, else the
-        default one), default, mirrored or one_device_cpu.
+        default one), default, mirrored, one_device_cpu or multi_worker
+        (MultiWorkerMirroredStrategy of $TF_CONFIG, train mode only; :mod:`tftag.distributed`).
       loss: ``bce`` (binary cross-entropy on the hard labels) or ``distill`` (binary
         cross-entropy against the soft labels, the teacher's probabilities, of a
         teacher-labelled dataset). Validation early stopping uses the hard labels either way.

@@ -244,10 +244,46 @@ class ServingModule(tf.Module):
         return self._outputs(waveform_to_mel(tf.ensure_shape(audio, [None, None]), c))
 
 
+RESERVED = ".reserved-"  # + version: taken by an export in progress (TF Serving ignores it)
+
+
 def next_version(base_dir: str) -> int:
-    """1 + the largest integer version directory in ``base_dir`` (1 if none)."""
-    versions = [int(d) for d in os.listdir(base_dir) if d.isdigit()] if os.path.isdir(base_dir) else []
+    """1 + the largest integer version in ``base_dir``, finished or reserved (1 if none)."""
+    names = os.listdir(base_dir) if os.path.isdir(base_dir) else []
+    versions = [int(d.removeprefix(RESERVED)) for d in names
+                if d.isdigit() or (d.startswith(RESERVED) and d[len(RESERVED):].isdigit())]
     return max(versions, default=0) + 1
+
+
+def reserve_version(base_dir: str, version: int | None = None) -> tuple[int, str]:
+    """Takes a version for one export, safely across processes (an atomic ``mkdir``).
+
+    Args:
+      base_dir: ``<export_root>/<model_name>``.
+      version: the version wanted; default: the next free one.
+
+    Returns:
+      (version, the reservation directory to remove once the version directory is in place).
+
+    Raises:
+      FileExistsError: ``version`` exists or another process is exporting it.
+    """
+    os.makedirs(base_dir, exist_ok=True)
+    while True:
+        v = version or next_version(base_dir)
+        final, reservation = os.path.join(base_dir, str(v)), os.path.join(base_dir, f"{RESERVED}{v}")
+        try:
+            os.mkdir(reservation)
+        except FileExistsError:
+            if version:
+                raise FileExistsError(f"{final} is being exported by another process") from None
+            continue  # another export took it first: next_version now skips it
+        if not os.path.exists(final):
+            return v, reservation
+        os.rmdir(reservation)
+        if version:
+            raise FileExistsError(f"{final} exists; versions are immutable (omit "
+                                  "--export_version to take the next free one)")
 
 
 def model_card(spec: ExportSpec, version: int) -> dict:
@@ -332,12 +368,8 @@ def export(model, spec: ExportSpec, export_root: str = "export", version: int | 
       RuntimeError: the reloaded SavedModel disagrees with the Keras model.
     """
     base = os.path.join(export_root, spec.model_name)
-    os.makedirs(base, exist_ok=True)
-    version = version or next_version(base)
+    version, reservation = reserve_version(base, version)  # concurrent exports get distinct ones
     final = os.path.join(base, str(version))
-    if os.path.exists(final):
-        raise FileExistsError(f"{final} exists; versions are immutable (omit --export_version to "
-                              "take the next free one)")
     tmp = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=base)
     try:
         tags_file = os.path.join(tmp, "tags.txt")
@@ -361,6 +393,7 @@ def export(model, spec: ExportSpec, export_root: str = "export", version: int | 
         os.rename(saved, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        os.rmdir(reservation)
     return final
 
 

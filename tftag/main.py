@@ -18,10 +18,10 @@ Modes (what each does lives in the library module named after it):
   verify    check every shard of --dataset_dir against dataset.json — tftag.verify;
   transcode --dataset_dir stored again with --mel_dtype into <run_dir>/dataset — tftag.transcode.
 
-train, evaluate, sweep, tune, extract and transcode need --run_dir; the others write there
-only if given.
-A run directory holds flags.txt (a valid flagfile), configs.json (the whole Experiment;
-tftag.experiment.Experiment.load reads it back), TensorBoard logs (tb/) and summary.json.
+train, evaluate, sweep, tune, extract and transcode need --run_dir; the others write there only if
+given. A run directory holds flags.txt (a valid flagfile), configs.json (the whole Experiment;
+tftag.experiment.Experiment.load reads it back), TensorBoard logs (tb/) and summary.json
+(--strategy=multi_worker: written by the chief alone; see tftag.distributed).
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ flags.DEFINE_multi_string(
     "E.g. musicnn:patch_seconds=3,resolutions=sr16000-mel96-hop1-log+sr16000-mel48-hop1-log")
 flags.DEFINE_integer("repeats", 3, "sweep: runs per (model, resolution), seeds seed, seed+1, ...",
                      lower_bound=1)
-flags.DEFINE_integer("batch_size", 32, "Global batch size.", lower_bound=1)
+flags.DEFINE_integer("batch_size", 32, "Global batch (split across replicas).", lower_bound=1)
 flags.DEFINE_integer("epochs", 20, "Maximum training epochs.", lower_bound=1)
 flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate (paper: 1e-3).")
 flags.DEFINE_integer("patience", 5, "Early stopping: epochs without a better validation ROC-AUC "
@@ -83,8 +83,8 @@ flags.DEFINE_integer("steps_per_epoch", 0, "Training steps per epoch; 0 = one pa
 flags.DEFINE_integer("valid_patches", 0, "Patch models: validation scores this many evenly "
                      "spaced patches per clip (1 = the centre one); 0 = all. Test scores always "
                      "use every patch.", lower_bound=0)
-flags.DEFINE_enum("strategy", "auto", list(experiment.STRATEGIES), "tf.distribute strategy; auto "
-                  "= MirroredStrategy on several GPUs, else the default one.")
+flags.DEFINE_enum("strategy", "auto", list(experiment.STRATEGIES), "tf.distribute strategy: auto "
+                  "(mirrored on several GPUs, else default) or multi_worker ($TF_CONFIG).")
 flags.DEFINE_enum("loss", "bce", list(experiment.LOSSES), "Training loss: bce = binary "
                   "cross-entropy on the hard labels; distill = binary cross-entropy against the "
                   "teacher's probabilities (soft labels of a --labels=teacher:... dataset).")
@@ -234,12 +234,12 @@ def main(argv) -> None:
             exp.mel_config
         except ValueError as e:
             raise app.UsageError(str(e).replace("this mode", f"--mode={FLAGS.mode}")) from None
-    if exp:  # before the first TensorFlow op: fixes the thread pools (tftag.determinism)
-        _lib("determinism").configure(exp.train.seed, exp.train.deterministic)
-    if exp and exp.run_dir:
+    if exp:  # before the first TensorFlow op: thread pools, then a multi_worker strategy
+        _lib("distributed").setup(exp.train, FLAGS.mode, exp.data.dataset_dir)
+    if exp and exp.run_dir and _lib("distributed").is_chief():  # other workers write nothing
         write_run_files(exp)
     summary = dict(mode=FLAGS.mode, **RUN_MODE[FLAGS.mode](exp))
-    if FLAGS.run_dir:
+    if FLAGS.run_dir and _lib("distributed").is_chief():
         runfiles.write_json_atomic(os.path.join(FLAGS.run_dir, "summary.json"), summary)
     logging.info("summary: %s", json.dumps(summary, sort_keys=True))
     if summary.get("ok") is False:

@@ -188,6 +188,9 @@ def dask_cluster(address: str | None = None, workers: int = 2) -> Iterator[str]:
 
     from distributed import LocalCluster
 
+    # The scheduler runs in this process: its INFO lines (connections, workers) would drown
+    # the progress lines under absl's handler.
+    std_logging.getLogger("distributed").setLevel(std_logging.WARNING)
     # Spawned workers import tftag (and TensorFlow, never Essentia: see tftag/_essentia.py).
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     os.environ["PYTHONPATH"] = root + os.pathsep + os.environ.get("PYTHONPATH", "")

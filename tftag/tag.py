@@ -39,6 +39,12 @@ from tftag import runfiles
 PROTOCOLS = ("grpc", "rest")
 
 
+def check_protocol(protocol: str) -> None:
+    """Raises a one-line ValueError unless ``protocol`` is one of PROTOCOLS."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"--server_protocol={protocol!r}; known: {', '.join(PROTOCOLS)}")
+
+
 def model_version_dir(model_dir: str) -> str:
     """``model_dir`` if it is a SavedModel, else its highest integer version directory."""
     if os.path.exists(os.path.join(model_dir, "saved_model.pb")):
@@ -117,8 +123,7 @@ def tag(model_dir: str | None, audio: str, output: str, server: str | None = Non
     if server and not model_dir:
         raise ValueError("--server needs --model_dir: the export the server serves (its model "
                          "card and tags)")
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"--server_protocol={protocol!r}; known: {', '.join(PROTOCOLS)}")
+    check_protocol(protocol)  # before the folder is searched
     if model_dir:
         model_version_dir(model_dir)  # a bad --model_dir fails before the folder is searched
     files = audio_files(audio)
@@ -278,6 +283,7 @@ class Tagger:
         export's folder name)."""
         from tftag import export, serving, tracks
 
+        check_protocol(protocol)
         version_dir = model_version_dir(model_dir)
         card = model_card(version_dir)
         config = _card_mel_config(card)
@@ -289,15 +295,13 @@ class Tagger:
             def score(windows):
                 out = client.predict(windows, signature="serving_window")
                 return out["probabilities"], out["embedding"]
-        elif protocol == "rest":
+        else:  # rest
             client = serving.RestClient(server, model_name)
 
             def score(windows):
                 rows = client.predict(list(windows), signature="serving_window")
                 return (np.stack([r["probabilities"] for r in rows]),
                         np.stack([r["embedding"] for r in rows]))
-        else:
-            raise ValueError(f"--server_protocol={protocol!r}; known: {', '.join(PROTOCOLS)}")
         return cls(f"{model_name} at {server}", tracks.WindowSpec(config, int(window_frames)),
                    export.load_tags(version_dir), score)
 

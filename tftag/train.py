@@ -14,6 +14,14 @@ without improvement.
 
 Run directory: ``checkpoints/`` (last state), ``best.weights.h5``, ``history.json``,
 ``tb/train`` and ``tb/valid`` (TensorBoard).
+
+``batch_size`` is the global batch: split evenly across the replicas in sync (an error if it
+does not divide), the loss of a step averaged over the examples of the whole global batch, and
+with more than one replica every BatchNorm layer normalizes with the statistics of the global
+batch (``synchronized``), so the steps are those of one process. With
+``strategy="multi_worker"`` (:mod:`tftag.distributed`: MultiWorkerMirroredStrategy of
+$TF_CONFIG) only the chief writes the run directory, scores validation (its decision is
+broadcast to the others) and, in :func:`run_train`, scores the test split and exports.
 """
 
 from __future__ import annotations
@@ -28,7 +36,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from tftag import data, determinism, evaluate
+from tftag import data, determinism, distributed, evaluate
 from tftag.experiment import TrainConfig  # noqa: F401  (defined beside the Experiment)
 from tftag.features import MelConfig
 from tftag.models import ModelConfig, build
@@ -45,6 +53,7 @@ STRATEGIES = {  # the names of tftag.experiment.STRATEGIES
     "default": tf.distribute.get_strategy,
     "mirrored": lambda: tf.distribute.MirroredStrategy(),
     "one_device_cpu": lambda: tf.distribute.OneDeviceStrategy("/cpu:0"),
+    "multi_worker": distributed.strategy,  # made once per process, from $TF_CONFIG
 }
 
 
@@ -117,7 +126,8 @@ def train(
       mel_config: the input resolution.
       model_config: the model.
       train_config: the training settings.
-      run_dir: where checkpoints, best weights, history and TensorBoard logs go.
+      run_dir: where checkpoints, best weights, history and TensorBoard logs go (multi-worker:
+        the chief's; every worker resumes from it).
       strategy: a tf.distribute strategy (default: the one ``train_config.strategy`` names).
       stop_after_epochs: end this call after so many epochs (simulates an interruption).
 
@@ -136,13 +146,22 @@ def train(
         raise ValueError(f"{dataset_dir}: the dataset has no tags to learn")
     check_loss(cfg.loss, info)
     settings = determinism.configure(cfg.seed, cfg.deterministic)
-    strategy = strategy or STRATEGIES[cfg.strategy]()
-    os.makedirs(run_dir, exist_ok=True)
-    data.write_json_atomic(os.path.join(run_dir, "determinism.json"), settings)
+    strategy = strategy or STRATEGIES[cfg.strategy]()  # after the thread pools (determinism)
+    replicas = strategy.num_replicas_in_sync
+    if cfg.batch_size % replicas:
+        raise ValueError(f"--batch_size={cfg.batch_size} is the global batch: it must divide "
+                         f"evenly across the {replicas} replicas in sync")
+    chief = strategy.extended.should_checkpoint  # multi-worker: only the chief writes run_dir
+    if chief:
+        os.makedirs(run_dir, exist_ok=True)
+        data.write_json_atomic(os.path.join(run_dir, "determinism.json"), settings)
     with strategy.scope():
         model = build(model_config, mel_config, info.n_tags)
         optimizer = keras.optimizers.Adam(cfg.learning_rate)
         optimizer.build(model.trainable_variables)
+    if replicas > 1:  # batch statistics of the global batch, as in one process
+        distributed.synchronize_batch_norm(model)
+    from_chief = distributed.chief_broadcast(strategy)
     state = {
         "epoch": tf.Variable(0, dtype=tf.int64), "best": tf.Variable(-1.0, dtype=tf.float64),
         "best_epoch": tf.Variable(-1, dtype=tf.int64), "bad_epochs": tf.Variable(0, dtype=tf.int64),
@@ -153,6 +172,7 @@ def train(
     if manager.latest_checkpoint:
         checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
         logging.info("resumed %s at epoch %d", manager.latest_checkpoint, int(state["epoch"]))
+    distributed.check_restored_epoch(strategy, int(state["epoch"]), manager.directory)
     history_path = os.path.join(run_dir, "history.json")
     history = []
     if os.path.exists(history_path):
@@ -163,14 +183,21 @@ def train(
 
     from tftag import profile
 
-    _hparams(run_dir, mel_config, model_config, cfg, profile.analytic_macs(model) / 1e9)
-    train_writer = tf.summary.create_file_writer(os.path.join(run_dir, "tb", "train"))
-    valid_writer = tf.summary.create_file_writer(os.path.join(run_dir, "tb", "valid"))
+    if chief:
+        _hparams(run_dir, mel_config, model_config, cfg, profile.analytic_macs(model) / 1e9)
+        train_writer = tf.summary.create_file_writer(os.path.join(run_dir, "tb", "train"))
+        valid_writer = tf.summary.create_file_writer(os.path.join(run_dir, "tb", "valid"))
+    else:
+        train_writer = valid_writer = tf.summary.create_noop_writer()
 
     def step(x, targets):  # targets: hard labels (bce) or the teacher's probabilities (distill)
+        # Averaged over the examples of the global batch (all replicas), a partial one too.
+        examples = tf.distribute.get_replica_context().all_reduce(
+            tf.distribute.ReduceOp.SUM, tf.shape(x)[0])
         with tf.GradientTape() as tape:
             logits = model(x, training=True)
-            loss = tf.nn.compute_average_loss(per_example_loss(targets, logits))
+            loss = tf.nn.compute_average_loss(per_example_loss(targets, logits),
+                                              global_batch_size=examples)
         grads = tape.gradient(loss, model.trainable_variables)
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
         return loss
@@ -196,24 +223,30 @@ def train(
         )
         if cfg.steps_per_epoch is not None:
             ds = ds.take(cfg.steps_per_epoch)
+        ds = distributed.shard_by_data(ds)  # each worker: its slice of every global batch
         t0 = time.monotonic()
         with data.naming_corrupt_shards(dataset_dir, mel_config, "train"):  # names a corrupt shard
             losses = [float(distributed_step(x, y)) for x, y in strategy.experimental_distribute_dataset(ds)]
         train_seconds = time.monotonic() - t0
         t1 = time.monotonic()
-        metrics = evaluate.evaluate(model, dataset_dir, mel_config, "valid", info.tags,
-                                    patch_frames, cfg.eval_batch_size, cfg.valid_patches)
+        scores = [0.0, 0.0]  # the chief scores validation; every worker takes its decision
+        if chief:
+            metrics = evaluate.evaluate(model, dataset_dir, mel_config, "valid", info.tags,
+                                        patch_frames, cfg.eval_batch_size, cfg.valid_patches)
+            scores = [metrics.roc_auc, metrics.pr_auc]
+        roc_auc, pr_auc = from_chief(scores)
         valid_seconds = time.monotonic() - t1
-        improved = metrics.roc_auc > float(state["best"])
+        improved = roc_auc > float(state["best"])
         if improved:
-            _save_weights_atomic(model, best_path)
-            state["best"].assign(metrics.roc_auc)
+            if chief:
+                _save_weights_atomic(model, best_path)
+            state["best"].assign(roc_auc)
             state["best_epoch"].assign(epoch)
             state["bad_epochs"].assign(0)
         else:
             state["bad_epochs"].assign_add(1)
         record = {"epoch": epoch, "loss": float(np.mean(losses)), "steps": len(losses),
-                  "valid_roc_auc": metrics.roc_auc, "valid_pr_auc": metrics.pr_auc,
+                  "valid_roc_auc": roc_auc, "valid_pr_auc": pr_auc,
                   "epoch_seconds": round(train_seconds, 3),
                   "valid_seconds": round(valid_seconds, 3), "best": improved}
         history.append(record)
@@ -223,15 +256,19 @@ def train(
             tf.summary.scalar("examples_per_second",
                               len(losses) * cfg.batch_size / max(train_seconds, 1e-9), step=epoch)
         with valid_writer.as_default():
-            tf.summary.scalar("roc_auc", metrics.roc_auc, step=epoch)
-            tf.summary.scalar("pr_auc", metrics.pr_auc, step=epoch)
+            tf.summary.scalar("roc_auc", roc_auc, step=epoch)
+            tf.summary.scalar("pr_auc", pr_auc, step=epoch)
         state["epoch"].assign(epoch + 1)
-        manager.save()
-        data.write_json_atomic(history_path, history)
+        if chief:
+            manager.save()
+            data.write_json_atomic(history_path, history)
+        else:  # saving may take part in collectives: save too, outside the run directory
+            with distributed.scratch_dir() as scratch:
+                checkpoint.save(os.path.join(scratch, "ckpt"))
         epochs_this_call += 1
         logging.info("%s %s epoch %d: loss %.4f, valid ROC-AUC %.4f, PR-AUC %.4f%s",
-                     model_config.name, mel_config.name, epoch, record["loss"], metrics.roc_auc,
-                     metrics.pr_auc, " (best)" if improved else "")
+                     model_config.name, mel_config.name, epoch, record["loss"], roc_auc,
+                     pr_auc, " (best)" if improved else "")
     train_writer.close()
     valid_writer.close()
     return {
@@ -264,6 +301,9 @@ def run_train(experiment) -> dict:
     """``--mode=train``: trains at the experiment's one resolution, evaluates the best weights on
     the test split, writes ``results.json`` and ``per_tag.txt`` and exports if asked.
 
+    A non-chief multi-worker process trains, then waits for the chief's evaluation and export
+    and returns a short summary (it writes nothing).
+
     Returns:
       The run's summary (metrics, best epoch and checkpoint, dataset and export paths).
     """
@@ -272,6 +312,11 @@ def run_train(experiment) -> dict:
     config, mc = experiment.mel_config, experiment.model
     dataset_dir = pipeline.ensure_dataset(experiment)
     outcome = train(dataset_dir, config, mc, experiment.train, experiment.run_dir)
+    if not distributed.is_chief():  # a non-chief worker: no test scores, no export, no files
+        distributed.barrier()  # ... but it stays until the chief is done (see tftag.distributed)
+        return {"resolution": config.name, "model": mc.name, "worker": distributed.task().name,
+                "best_valid_roc_auc": outcome["best_valid_roc_auc"],
+                "best_epoch": outcome["best_epoch"], "epochs_done": outcome["epochs_done"]}
     model = load_best(experiment.run_dir, dataset_dir, config, mc)
     info = data.load_dataset_info(dataset_dir)
     metrics = evaluate.evaluate(model, dataset_dir, config, "test", info.tags,
@@ -286,6 +331,7 @@ def run_train(experiment) -> dict:
         export_path = export.export_weights(
             experiment, config, mc, outcome["best_weights"], dataset_dir,
             {"test_roc_auc": metrics.roc_auc, "test_pr_auc": metrics.pr_auc})
+    distributed.barrier()  # multi-worker: the others waited for this evaluation and export
     return {"resolution": config.name, "model": mc.name,
             "test_roc_auc": metrics.roc_auc, "test_pr_auc": metrics.pr_auc,
             "test_top5_overlap": metrics.top5_overlap,
