@@ -64,6 +64,8 @@ def define_flags() -> None:
                         "(tcp://host:8786); absent: a LocalCluster of --dask_workers processes.")
     flags.DEFINE_integer("dask_workers", 2, "DaskRunner without --dask_address: worker "
                          "processes of the LocalCluster (one thread each).", lower_bound=1)
+    flags.DEFINE_float("dask_connect_timeout", 30.0, "DaskRunner: seconds to wait for the "
+                       "scheduler at --dask_address.", lower_bound=0.1)
     flags.DEFINE_integer("direct_num_workers", 1, "DirectRunner: parallel workers (0 = all cores).",
                          lower_bound=0)
     flags.DEFINE_enum("direct_running_mode", "auto", list(pipeline.RUNNING_MODES), "DirectRunner mode; auto = "
@@ -126,7 +128,8 @@ def main(argv):
     if FLAGS.dask_address and not dask:
         raise app.UsageError(f"--dask_address is for --runner=DaskRunner, not --runner={FLAGS.runner}")
     if dask:
-        cluster = pipeline.dask_cluster(FLAGS.dask_address, FLAGS.dask_workers)
+        cluster = pipeline.dask_cluster(FLAGS.dask_address, FLAGS.dask_workers,
+                                        FLAGS.dask_connect_timeout)
         runner_info = ({"address": FLAGS.dask_address} if FLAGS.dask_address
                        else {"local_workers": FLAGS.dask_workers})
     else:

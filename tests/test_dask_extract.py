@@ -116,6 +116,22 @@ def test_dask_address_needs_the_dask_runner(music, tmp_path):
     assert "--dask_address is for --runner=DaskRunner, not --runner=DirectRunner" in proc.stderr
 
 
+def test_an_unreachable_scheduler_is_a_one_line_error(music, tmp_path):
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    src, _ = music
+    proc = run_module("pipelines.extract", f"--input={src}", f"--output_dir={tmp_path / 'x'}",
+                      *ARGS, "--runner=DaskRunner", f"--dask_address=tcp://127.0.0.1:{port}",
+                      "--dask_connect_timeout=2", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert (f"--dask_address=tcp://127.0.0.1:{port}: no Dask scheduler answered within 2 s"
+            in proc.stderr), proc.stderr[-2000:]
+    assert not (tmp_path / "x" / "dataset.json").exists()
+
+
 def test_a_worker_that_cannot_see_the_output_dir_says_so(tmp_path):
     """Remote workers write into --output_dir: one that lacks it names the shared-filesystem need."""
     from tftag import extraction

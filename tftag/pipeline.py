@@ -169,28 +169,43 @@ def make_runner(runner: str):
 
 
 @contextlib.contextmanager
-def dask_cluster(address: str | None = None, workers: int = 2) -> Iterator[str]:
+def dask_cluster(address: str | None = None, workers: int = 2,
+                 connect_timeout: float = 30.0) -> Iterator[str]:
     """The address of a Dask scheduler for the DaskRunner.
 
     Args:
-      address: a running scheduler (``tcp://host:8786``): used as is; its workers need this
-        repository on ``PYTHONPATH`` and ``requirements.txt`` installed.
+      address: a running scheduler (``tcp://host:8786``), checked to answer within
+        ``connect_timeout`` seconds; its workers need this repository on ``PYTHONPATH`` and
+        ``requirements.txt`` installed.
       workers: without ``address``, a ``distributed.LocalCluster`` of this many worker processes
         (one thread each) is started here and closed on exit.
+      connect_timeout: seconds to wait for the scheduler at ``address``.
 
     Yields:
       The scheduler address.
+
+    Raises:
+      ValueError: no scheduler answers at ``address`` (one line naming it).
     """
-    if address:
-        yield address
-        return
     import logging as std_logging
 
-    from distributed import LocalCluster
+    from distributed import Client, LocalCluster
 
-    # The scheduler runs in this process: its INFO lines (connections, workers) would drown
-    # the progress lines under absl's handler.
+    # The scheduler (LocalCluster) and the client run in this process: their INFO lines
+    # (connections, workers) would drown the progress lines under absl's handler.
     std_logging.getLogger("distributed").setLevel(std_logging.WARNING)
+    if address:
+        try:
+            with Client(address, timeout=connect_timeout) as client:
+                n_workers = len(client.scheduler_info()["workers"])
+        except (OSError, TimeoutError) as e:
+            raise ValueError(f"--dask_address={address}: no Dask scheduler answered within "
+                             f"{connect_timeout:g} s ({type(e).__name__})") from None
+        if not n_workers:
+            logging.warning("Dask scheduler %s has no workers yet: the job waits for them", address)
+        logging.info("Dask scheduler %s with %d workers", address, n_workers)
+        yield address
+        return
     # Spawned workers import tftag (and TensorFlow, never Essentia: see tftag/_essentia.py).
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     os.environ["PYTHONPATH"] = root + os.pathsep + os.environ.get("PYTHONPATH", "")
