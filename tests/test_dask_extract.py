@@ -60,33 +60,25 @@ def assert_same_dataset(a, b, runner: dict):
     assert sorted(ids) == [f"clip{i:02d}.{('wav', 'ogg', 'flac')[i % 3]}" for i in range(8)]
 
 
-def test_dask_local_cluster_equals_direct_runner(music, tmp_path):
+def test_killed_dask_run_resumes_to_the_direct_runners_dataset(music, tmp_path):
+    """A 2-worker LocalCluster run, kill -9 of the whole job (client, scheduler, workers,
+    Essentia children) mid-run, rerun: the DirectRunner's dataset, byte for byte."""
     src, direct = music
-    out = tmp_path / "dask"
-    proc = run_module("pipelines.extract", f"--input={src}", f"--output_dir={out}", *ARGS,
-                      "--runner=DaskRunner", "--dask_workers=2")
-    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    out = tmp_path / "killed"
+    args = [f"--input={src}", f"--output_dir={out}", *ARGS, "--runner=DaskRunner",
+            "--dask_workers=2"]
+    staged_at_kill = kill_when_staged([sys.executable, "-m", "pipelines.extract", *args], out, 2)
+    assert 2 <= staged_at_kill < 8, staged_at_kill
+    assert not (out / "dataset.json").exists()
+    resumed = run_module("pipelines.extract", *args)
+    assert f"{staged_at_kill} already staged" in resumed.stderr
+    summary = json.loads(resumed.stdout.strip().splitlines()[-1])
     assert summary["runner"] == {"name": "DaskRunner", "local_workers": 2}
     assert summary["clips_written"] == 8 and summary["clips_failed"] == 1
     assert summary["beam_counters"] is None  # the DaskRunner reports no metrics
     assert_same_dataset(direct, out, {"name": "DaskRunner", "local_workers": 2})
     failures = [json.loads(line) for line in (out / "failures.jsonl").read_text().splitlines()]
     assert [f["clip_id"] for f in failures] == ["broken.wav"]
-
-
-def test_killed_dask_run_resumes(music, tmp_path):
-    """kill -9 of the job (client, scheduler, workers, Essentia children), rerun: same dataset."""
-    src, direct = music
-    out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "pipelines.extract", f"--input={src}", f"--output_dir={out}",
-           *ARGS, "--runner=DaskRunner", "--dask_workers=2"]
-    staged_at_kill = kill_when_staged(cmd, out, 2)
-    assert 2 <= staged_at_kill < 8, staged_at_kill
-    assert not (out / "dataset.json").exists()
-    resumed = run_module("pipelines.extract", f"--input={src}", f"--output_dir={out}", *ARGS,
-                         "--runner=DaskRunner", "--dask_workers=2")
-    assert f"{staged_at_kill} already staged" in resumed.stderr
-    assert_same_dataset(direct, out, {"name": "DaskRunner", "local_workers": 2})
 
 
 def test_dask_address_of_a_running_cluster_keeps_essentia_out_of_the_workers(music, tmp_path):
