@@ -100,6 +100,29 @@ def test_dask_address_of_a_running_cluster_keeps_essentia_out_of_the_workers(mus
     assert_same_dataset(direct, out, {"name": "DaskRunner", "address": address})
 
 
+def test_teacher_labels_on_dask_equal_the_direct_runners(music, tmp_path):
+    """Teacher labels: TensorFlow (the teacher) in the Dask workers, Essentia in their children;
+    the soft and hard labels, and every shard, equal the DirectRunner's byte for byte."""
+    src, _ = music
+    subset = tmp_path / "three"
+    subset.mkdir()
+    for name in ("clip00.wav", "clip01.ogg", "clip02.flac"):
+        (subset / name).symlink_to(src / name)
+    args = [f"--input={subset}", "--sr=16000", "--n_mels=16", "--hop_factors=1",
+            "--compressions=log", "--duration=10", "--labels=teacher:MTT_musicnn"]
+    run_module("pipelines.extract", *args, f"--output_dir={tmp_path / 'direct'}")
+    run_module("pipelines.extract", *args, f"--output_dir={tmp_path / 'dask'}",
+               "--runner=DaskRunner", "--dask_workers=2")
+    names = sorted(os.listdir(tmp_path / "direct" / "sr16000-mel16"))
+    assert names == sorted(os.listdir(tmp_path / "dask" / "sr16000-mel16"))
+    for name in names:
+        assert ((tmp_path / "direct" / "sr16000-mel16" / name).read_bytes()
+                == (tmp_path / "dask" / "sr16000-mel16" / name).read_bytes()), name
+    examples = list(data.read_examples(str(tmp_path / "dask"), MelConfig(16000, 16, 1, "log", 10.0)))
+    assert len(examples) == 3
+    assert all(e["soft_labels"].shape == (50,) and e["labels"].sum() == 3 for e in examples)
+
+
 def test_dask_address_needs_the_dask_runner(music, tmp_path):
     src, _ = music
     proc = run_module("pipelines.extract", f"--input={src}", f"--output_dir={tmp_path / 'x'}",
