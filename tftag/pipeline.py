@@ -168,6 +168,14 @@ def make_runner(runner: str):
     return None  # taken from --runner in the pipeline options.
 
 
+def _export_repository_path() -> None:
+    """Puts this repository on ``$PYTHONPATH`` (once) for the worker processes this one starts."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    paths = os.environ.get("PYTHONPATH", "")
+    if root not in paths.split(os.pathsep):
+        os.environ["PYTHONPATH"] = root + (os.pathsep + paths if paths else "")
+
+
 @contextlib.contextmanager
 def dask_cluster(address: str | None = None, workers: int = 2,
                  connect_timeout: float = 30.0) -> Iterator[str]:
@@ -206,9 +214,7 @@ def dask_cluster(address: str | None = None, workers: int = 2,
         logging.info("Dask scheduler %s with %d workers", address, n_workers)
         yield address
         return
-    # Spawned workers import tftag (and TensorFlow, never Essentia: see tftag/_essentia.py).
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    os.environ["PYTHONPATH"] = root + os.pathsep + os.environ.get("PYTHONPATH", "")
+    _export_repository_path()  # spawned workers import tftag (TensorFlow, never Essentia)
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                       dashboard_address=None, silence_logs=std_logging.WARNING) as cluster:
         logging.info("Dask LocalCluster: %d worker processes at %s", workers,
@@ -274,9 +280,7 @@ def run(
         | "GroupByShard" >> beam.GroupByKey()
         | "WriteShards" >> beam.ParDo(WriteShardFn(plan, counts))
     )
-    # Beam's multi-processing workers must import tftag too.
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    os.environ["PYTHONPATH"] = root + os.pathsep + os.environ.get("PYTHONPATH", "")
+    _export_repository_path()  # Beam's multi-processing workers must import tftag too
     started = time.monotonic()
     result = pipeline.run()
     try:
