@@ -349,7 +349,8 @@ def finalize(plan: ExtractionPlan, catalog: Catalog, source: dict, keep_staging:
     """Completes the dataset directory after all clips are staged and shards written.
 
     ``runner`` (the Beam runner of the last run, e.g.
-    ``{"name": "DaskRunner", "local_workers": 2}``) is recorded as ``dataset.json`` "runner"; the rest does not depend on the runner.
+    ``{"name": "DaskRunner", "local_workers": 2}``) is recorded as ``dataset.json`` "runner";
+    the rest does not depend on the runner.
 
     Writes empty shards for hash buckets no clip fell into, removes shard files of other shard
     counts, writes failures.jsonl and finally dataset.json (with every shard's record count, size
