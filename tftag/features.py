@@ -23,8 +23,9 @@ from typing import Iterable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
-from tftag import _essentia
+from tftag import _essentia, compressions
 from tftag._essentia import AudioDecodeError  # noqa: F401  (re-exported)
+from tftag.compressions import DB_FLOOR, LOG_SCALE  # noqa: F401  (re-exported)
 
 N_FFT = 512
 BASE_HOP = 256
@@ -32,15 +33,13 @@ PAPER_SRS = (12000, 16000)
 PAPER_N_MELS = (128, 96, 48, 32, 24, 16, 8)
 PAPER_HOP_FACTORS = (1, 2, 3, 4, 5, 10)
 PAPER_COMPRESSIONS = ("db", "log")
-COMPRESSIONS = ("db", "log", "power")
+COMPRESSIONS = tuple(compressions.names())  # the compression registry's names
 DEFAULT_DURATION = 29.1
 MIN_SR = 8000
 MIN_N_MELS = 4
 MAX_N_MELS = 256  # Essentia's MelBands needs more FFT bins than bands (257 for n_fft 512).
-DB_FLOOR = 1e-10
-LOG_SCALE = 10000.0
 
-_NAME_RE = re.compile(r"^sr(\d+)-mel(\d+)-hop(\d+)-(db|log|power)$")
+_NAME_RE = re.compile(rf"^sr(\d+)-mel(\d+)-hop(\d+)-({'|'.join(map(re.escape, COMPRESSIONS))})$")
 
 
 def _check_int(value, name: str) -> None:
@@ -84,10 +83,7 @@ class MelConfig:
                 f"hop_factor must be one of {', '.join(map(str, PAPER_HOP_FACTORS))} or any int "
                 f">= 1, got {self.hop_factor}"
             )
-        if self.compression not in COMPRESSIONS:
-            raise ValueError(
-                f"compression must be one of {', '.join(COMPRESSIONS)}, got {self.compression!r}"
-            )
+        compressions.check(self.compression)  # an unknown name: ValueError listing the known ones
         if not (isinstance(self.duration, (int, float)) and math.isfinite(self.duration)
                 and self.duration > 0):
             raise ValueError(f"duration must be a positive number of seconds, got {self.duration!r}")
@@ -313,15 +309,9 @@ def compress(power: np.ndarray, compression: str) -> np.ndarray:
     """"db": 10·log10(max(x, 1e-10)); "log": log10(1 + 10000·x); "power": x. Always float32.
 
     Float16 input is cast to float32 first (10000·x overflows float16 above x ≈ 6.55).
+    See :mod:`tftag.compressions` (one object per compression, with its in-graph twin).
     """
-    power = np.asarray(power, dtype=np.float32)
-    if compression == "power":
-        return power
-    if compression == "db":
-        return np.float32(10.0) * np.log10(np.maximum(power, np.float32(DB_FLOOR)))
-    if compression == "log":
-        return np.log10(np.float32(1.0) + np.float32(LOG_SCALE) * power)
-    raise ValueError(f"compression must be one of {', '.join(COMPRESSIONS)}, got {compression!r}")
+    return compressions.get(compression).numpy(power)
 
 
 def decimate(mel: np.ndarray, hop_factor: int) -> np.ndarray:

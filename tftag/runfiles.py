@@ -1,35 +1,57 @@
 """Atomic files and TensorBoard notes of a run directory (JSON, CSV, text, images).
 
-Every write goes to a temp file beside its target and is renamed into place, so a killed job
-never leaves half a file. Nothing here imports TensorFlow until a TensorBoard summary is written:
-rendering the corpus or writing a data card does not load it.
+Every write goes to a temp file beside its target and is renamed into place (:func:`atomic_path`,
+the one such helper of tftag), so a killed job never leaves half a file. Nothing here imports
+TensorFlow until a TensorBoard summary is written: rendering the corpus or writing a data card
+does not load it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import os
 import tempfile
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 
-def write_bytes_atomic(path: str, data: bytes) -> None:
-    """Writes bytes to a temp file beside ``path`` and renames it into place."""
+@contextlib.contextmanager
+def atomic_path(path: str, suffix: str = "") -> Iterator[str]:
+    """A temp path beside ``path`` to write to; renamed to ``path`` when the block succeeds.
+
+    The one write-to-temp-then-rename of tftag: the temp file (``.tmp-*<suffix>`` in the target's
+    directory, created empty, mode 0600) replaces ``path`` atomically when the ``with`` block
+    ends without an exception, and is removed when it raises (a killed job leaves at most a
+    ``.tmp-*`` file, never half a ``path``). The target's directory is created if needed.
+
+    Args:
+      path: the file to write.
+      suffix: the temp file's suffix, for writers that infer the format from it (``.png``).
+
+    Yields:
+      The temp file's path.
+    """
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=directory)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        yield tmp
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def write_bytes_atomic(path: str, data: bytes) -> None:
+    """Writes bytes to a temp file beside ``path``, synced to disk, and renames it into place."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def write_npz_atomic(path: str, **arrays: Any) -> None:
@@ -45,10 +67,11 @@ def save_figure_atomic(fig, path: str, dpi: int = 100) -> str:
     """Saves a matplotlib figure as PNG through a temp file and a rename, then closes it."""
     import matplotlib.pyplot as plt
 
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=dpi)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_path(path, suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=dpi)
+    finally:
+        plt.close(fig)
     return path
 
 

@@ -19,7 +19,8 @@ from typing import Iterable, Sequence
 import numpy as np
 from absl import logging
 
-from tftag import data, evaluate, runfiles, train
+from tftag import evaluate, runfiles, train
+from tftag.dataset_dir import load_dataset_info
 from tftag.features import MelConfig
 from tftag.models import ModelConfig, build
 
@@ -64,13 +65,13 @@ def run_item(item: SweepItem, dataset_dir: str, train_config: train.TrainConfig,
     from tftag import profile
 
     cfg = dataclasses.replace(item.train_config or train_config, seed=item.seed)
-    info = data.load_dataset_info(dataset_dir)
+    info = load_dataset_info(dataset_dir)
     outcome = train.train(dataset_dir, item.mel_config, item.model_config, cfg, run_dir)
     model = train.load_best(run_dir, dataset_dir, item.mel_config, item.model_config)
     metrics = evaluate.evaluate(model, dataset_dir, item.mel_config, "test", info.tags,
                                 item.patch_frames, cfg.eval_batch_size, cfg.test_patches)
-    data.write_bytes_atomic(os.path.join(run_dir, "per_tag.txt"),
-                            (evaluate.format_per_tag(metrics) + "\n").encode())
+    runfiles.write_bytes_atomic(os.path.join(run_dir, "per_tag.txt"),
+                                (evaluate.format_per_tag(metrics) + "\n").encode())
     # Cost per clip: the model over the whole clip (patch models cost the same per frame).
     full_clip = build(dataclasses.replace(item.model_config, patch_seconds=None), item.mel_config,
                       info.n_tags)
@@ -108,7 +109,7 @@ def run_sweep(items: Sequence[SweepItem], dataset_dir: str, train_config: train.
             continue
         logging.info("sweep [%d/%d] %s", n, len(items), item.key)
         result = run_item(item, dataset_dir, train_config, run_dir)
-        data.write_json_atomic(path, result)
+        runfiles.write_json_atomic(path, result)
         results.append(result)
         keras.backend.clear_session()
     return results

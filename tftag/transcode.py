@@ -16,9 +16,10 @@ import shutil
 
 from absl import logging
 
-from tftag import codecs, data
+from tftag import codecs, data, runfiles, verify
+from tftag.dataset_dir import DATASET_JSON, FAILURES_JSONL, SHARD_FILES, load_dataset_info
 
-COPIED = (data.FAILURES_JSONL,)  # files of the source carried over unchanged
+COPIED = (FAILURES_JSONL,)  # files of the source carried over unchanged
 
 
 def transcode_record(record: bytes, source: codecs.StorageCodec, target: codecs.StorageCodec) -> bytes:
@@ -48,7 +49,7 @@ def transcode_dataset(source_dir: str, output_dir: str, mel_dtype: str) -> dict:
     if not source_dir:
         raise ValueError("--mode=transcode needs --dataset_dir (the dataset to re-encode)")
     target = codecs.get(mel_dtype)
-    info = data.load_dataset_info(source_dir)
+    info = load_dataset_info(source_dir)
     if os.path.realpath(source_dir) == os.path.realpath(output_dir):
         raise ValueError(f"--run_dir: the transcoded dataset needs its own directory, not the "
                          f"source {source_dir}")
@@ -66,14 +67,14 @@ def transcode_dataset(source_dir: str, output_dir: str, mel_dtype: str) -> dict:
     for name in COPIED:
         if os.path.exists(os.path.join(source_dir, name)):
             shutil.copyfile(os.path.join(source_dir, name), os.path.join(output_dir, name))
-    manifest = data.shard_manifest(output_dir, [os.path.join(output_dir, n) for n in shards])
+    manifest = verify.shard_manifest(output_dir, [os.path.join(output_dir, n) for n in shards])
     meta = dict(info.raw)
     meta.update({
-        "mel_dtype": target.name, "mel_codec": target.describe(), data.SHARD_FILES: manifest,
+        "mel_dtype": target.name, "mel_codec": target.describe(), SHARD_FILES: manifest,
         "transcoded_from": {"path": os.path.abspath(source_dir), "mel_codec": info.codec.describe(),
                             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(
                                 timespec="seconds")}})
-    data.write_json_atomic(os.path.join(output_dir, data.DATASET_JSON), meta)
+    runfiles.write_json_atomic(os.path.join(output_dir, DATASET_JSON), meta)
     before = sum(e["bytes"] for e in (info.shard_manifest or {}).values()) or None
     after = sum(e["bytes"] for e in manifest.values())
     logging.info("transcoded %s (%s) -> %s (%s): %d shards written, %d already there",

@@ -10,7 +10,8 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from tftag import data, runfiles
+from tftag import data, runfiles, verify
+from tftag.dataset_dir import load_dataset_info
 from tftag.features import MelConfig
 from tftag.models import ModelConfig, build
 from tftag.train import TrainConfig
@@ -19,13 +20,11 @@ WIDTHS = (0.0625, 0.125, 0.25)
 
 
 def _raise_if_corrupt(dataset_dir: str, mel_config: MelConfig, error: Exception | None) -> None:
-    """Raises a :class:`~tftag.data.CorruptDatasetError` from ``error`` if a shard of the
+    """Raises a :class:`~tftag.verify.CorruptDatasetError` from ``error`` if a shard of the
     resolution's base is corrupt."""
-    from tftag import verify
-
     problems = verify.bad_shards(dataset_dir, mel_config, None)
     if problems:
-        raise data.CorruptDatasetError(dataset_dir, problems) from error
+        raise verify.CorruptDatasetError(dataset_dir, problems) from error
 
 
 def tune(dataset_dir: str, mel_config: MelConfig, model_config: ModelConfig,
@@ -37,7 +36,7 @@ def tune(dataset_dir: str, mel_config: MelConfig, model_config: ModelConfig,
     from tftag import determinism
 
     determinism.configure(train_config.seed, train_config.deterministic)
-    info = data.load_dataset_info(dataset_dir)
+    info = load_dataset_info(dataset_dir)
     patch = model_config.patch_frames(mel_config)
     train_ds = data.make_dataset(dataset_dir, mel_config, "train", train_config.batch_size, patch,
                                  shuffle_buffer=train_config.shuffle_buffer, seed=train_config.seed)

@@ -1,34 +1,40 @@
-"""Verification of a dataset directory: every shard file against what dataset.json records.
+"""Every integrity check of a dataset directory: its shard files against what dataset.json records.
 
 Extraction records each shard's record count, byte size and sha256 in dataset.json
-("shard_files", see :func:`tftag.extraction.finalize`). :func:`verify_dataset` checks every
-shard listed there: present, of its size, with its sha256; a shard that differs is also read
-record by record with TensorFlow's CRC checks to say what is wrong (a record that fails its
-CRC, a count that differs). Datasets written before the manifest existed are checked by reading
-every record of every shard instead (TFRecord CRCs), and their per-split record totals are
-compared with dataset.json's clip counts.
+("shard_files", :func:`shard_manifest`, written by :func:`tftag.extraction.finalize`).
+
+- Readers run a cheap pre-flight check before reading (:func:`check_shards`: present and of the
+  recorded size, stat only) and raise :class:`CorruptDatasetError` naming the bad files.
+- :func:`verify_dataset` checks every shard listed there: present, of its size, with its
+  sha256; a shard that differs is also read record by record with TensorFlow's CRC checks to say
+  what is wrong (a record that fails its CRC, a count that differs). Datasets written before the
+  manifest existed are checked by reading every record of every shard instead (TFRecord CRCs),
+  and their per-split record totals are compared with dataset.json's clip counts.
 
 Statuses of a shard, most specific first: ``ok``, ``missing``, ``unreadable record``
 (TensorFlow's message), ``record count mismatch``, ``size mismatch``, ``checksum mismatch``.
 
 ``python -m tftag.main --mode=verify --dataset_dir=DIR`` prints :meth:`VerifyReport.format`
 and exits 1 unless :attr:`VerifyReport.ok`.
+
+Built on :mod:`tftag.dataset_dir`; TensorFlow is imported only to read records
+(:func:`read_records`), never by importing this module.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import glob
 import hashlib
 import os
 import re
+import struct
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any, Sequence
 
-from tftag import data
+from tftag.dataset_dir import (DatasetInfo, load_dataset_info, parse_shard_name, present_shards,
+                               relative_name, shard_files)
+from tftag.errors import DataError
 from tftag.features import MelConfig
-
-import tensorflow as tf  # noqa: E402  (after tftag.features, see tftag._essentia)
 
 OK = "ok"
 MISSING = "missing"
@@ -40,6 +46,51 @@ CHECKSUM_MISMATCH = "checksum mismatch"
 STATUSES = (OK, MISSING, UNREADABLE, COUNT_MISMATCH, SIZE_MISMATCH, CHECKSUM_MISMATCH)
 
 _PROGRESS_MIN_SHARDS = 16
+_MAX_LISTED = 5
+
+
+def rebuild_hint(dataset_dir: str, verify: bool = True) -> str:
+    """What to do about bad shards (the last line of every report of them).
+
+    Args:
+      dataset_dir: the dataset directory.
+      verify: start with how to get a full report (``--mode=verify``).
+    """
+    rebuild = ("to rebuild, delete the bad shard file(s) and re-run the extraction into the same "
+               "directory (it resumes: missing shards are noticed and rebuilt)")
+    if not verify:
+        return rebuild[0].upper() + rebuild[1:]
+    return (f"run python -m tftag.main --mode=verify --dataset_dir={dataset_dir} for a full "
+            f"report; {rebuild}")
+
+
+class CorruptDatasetError(DataError, ValueError):
+    """Shard files of a dataset directory are missing or damaged.
+
+    The message (two lines) names the bad shard files and what is wrong with each, then says how
+    to get a full report and how to rebuild. A :class:`tftag.errors.DataError` (entry points
+    print it without a traceback and exit 1) and, for library callers, a ValueError.
+
+    Attributes:
+      dataset_dir: the dataset directory.
+      problems: {shard file path: what is wrong}.
+    """
+
+    def __init__(self, dataset_dir: str, problems: dict[str, str]):
+        self.dataset_dir = dataset_dir
+        self.problems = dict(problems)
+        items = list(self.problems.items())
+        if len(items) == 1:
+            first = f"bad shard file {items[0][0]}: {items[0][1]}"
+        else:
+            listed = "; ".join(f"{os.path.relpath(path, dataset_dir)} ({what})"
+                               for path, what in items[:_MAX_LISTED])
+            more = f"; and {len(items) - _MAX_LISTED} more" if len(items) > _MAX_LISTED else ""
+            first = f"{len(items)} bad shard files in {dataset_dir}: {listed}{more}"
+        super().__init__(f"{first}\n{rebuild_hint(dataset_dir)}")
+
+    def __reduce__(self):
+        return type(self), (self.dataset_dir, self.problems)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,11 +186,11 @@ class VerifyReport:
                             f"{'s' if len(self.problems) != 1 else ''}")
             lines.append(f"{total}: {len(self.bad):,} bad shard{'s' if len(self.bad) != 1 else ''} "
                          f"({', '.join(what)})")
-            lines.append(data.rebuild_hint(self.dataset_dir, verify=False))
+            lines.append(rebuild_hint(self.dataset_dir, verify=False))
         return "\n".join(lines)
 
 
-def _tf_message(error: tf.errors.OpError) -> str:
+def _tf_message(error: "tf.errors.OpError") -> str:
     """TensorFlow's error message without the op suffix and graph context."""
     message = (error.message or str(error)).strip().splitlines()[0]
     message = re.sub(r"^\{\{function_node [^}]*\}\}\s*", "", message)
@@ -152,6 +203,8 @@ def read_records(path: str) -> tuple[int, str | None]:
     Returns:
       (records read intact, None) or (records read before the error, TensorFlow's message).
     """
+    import tensorflow as tf  # only here: importing tftag.verify does not load it
+
     count = 0
     try:
         for _ in tf.data.TFRecordDataset(path, buffer_size=1 << 20).map(tf.strings.length):
@@ -170,6 +223,32 @@ def sha256_file(path: str) -> str:
     return digest.hexdigest()
 
 
+def stat_shard(dataset_dir: str, name: str, entry: dict[str, Any] | None) -> ShardResult:
+    """The stat-only verdict on one shard file: ``missing``, ``size mismatch`` or ``ok``.
+
+    Args:
+      dataset_dir: the dataset directory.
+      name: the shard's path relative to it.
+      entry: its manifest entry {"records", "bytes", "sha256"}, or None (size not checked).
+
+    Returns:
+      The shard's :class:`ShardResult`; an ``ok`` one carries the recorded record count, not
+      a counted one.
+    """
+    try:
+        size = os.path.getsize(os.path.join(dataset_dir, name))
+    except FileNotFoundError:
+        return ShardResult(name, MISSING)
+    except OSError as e:
+        return ShardResult(name, MISSING, f"cannot stat: {e.strerror or e}")
+    if entry is None:
+        return ShardResult(name, OK, bytes=size)
+    if size != entry["bytes"]:
+        return ShardResult(name, SIZE_MISMATCH,
+                           f"{size:,} bytes, dataset.json says {entry['bytes']:,}", bytes=size)
+    return ShardResult(name, OK, records=entry["records"], bytes=size)
+
+
 def check_shard(dataset_dir: str, name: str, entry: dict[str, Any] | None,
                 read: bool = False) -> ShardResult:
     """Checks one shard file against its dataset.json entry.
@@ -185,17 +264,13 @@ def check_shard(dataset_dir: str, name: str, entry: dict[str, Any] | None,
       The shard's :class:`ShardResult`.
     """
     path = os.path.join(dataset_dir, name)
-    try:
-        size = os.path.getsize(path)
-    except FileNotFoundError:
-        return ShardResult(name, MISSING, "file not found")
-    except OSError as e:
-        return ShardResult(name, MISSING, f"cannot stat: {e.strerror or e}")
-    findings: dict[str, str] = {}
+    stat = stat_shard(dataset_dir, name, entry)
+    if stat.status == MISSING:
+        return stat
+    size = stat.bytes
+    findings: dict[str, str] = {} if stat.ok else {stat.status: stat.detail}
     if entry is not None:
-        if size != entry["bytes"]:
-            findings[SIZE_MISMATCH] = f"{size:,} bytes, dataset.json says {entry['bytes']:,}"
-        else:
+        if stat.ok:
             try:
                 if sha256_file(path) != entry["sha256"]:
                     findings[CHECKSUM_MISMATCH] = "sha256 differs from dataset.json"
@@ -203,7 +278,7 @@ def check_shard(dataset_dir: str, name: str, entry: dict[str, Any] | None,
                 return ShardResult(name, UNREADABLE, f"cannot read the file: {e.strerror or e}",
                                    bytes=size)
         if not findings and not read:
-            return ShardResult(name, OK, records=entry["records"], bytes=size)
+            return stat
     records, error = read_records(path)
     if error is not None:
         findings[UNREADABLE] = f"{error} (after {records:,} intact records)"
@@ -215,6 +290,88 @@ def check_shard(dataset_dir: str, name: str, entry: dict[str, Any] | None,
     ordered = sorted(findings, key=STATUSES.index)
     detail = "; ".join([findings[ordered[0]]] + [f"{s} ({findings[s]})" for s in ordered[1:]])
     return ShardResult(name, ordered[0], detail, records=records, bytes=size)
+
+
+def shard_stats(path: str) -> dict[str, Any]:
+    """Record count, byte size and sha256 of one TFRecord file, in one sequential read.
+
+    Records are counted from the TFRecord framing (8-byte length, 4-byte length CRC, data,
+    4-byte data CRC); the CRCs are not checked here (TensorFlow checks them on every read).
+
+    Returns:
+      {"records": int, "bytes": int, "sha256": hex str}.
+
+    Raises:
+      ValueError: the file ends inside a record.
+    """
+    digest = hashlib.sha256()
+    records = size = 0
+    with open(path, "rb", buffering=1 << 20) as f:
+        while True:
+            header = f.read(12)
+            if not header:
+                break
+            digest.update(header)
+            size += len(header)
+            if len(header) < 12:
+                raise ValueError(f"{path}: truncated record header at byte {size - len(header)}")
+            (remaining,) = struct.unpack("<Q", header[:8])
+            remaining += 4  # the data CRC
+            while remaining:
+                chunk = f.read(min(remaining, 1 << 20))
+                if not chunk:
+                    raise ValueError(f"{path}: record {records} ends early at byte {size}")
+                digest.update(chunk)
+                size += len(chunk)
+                remaining -= len(chunk)
+            records += 1
+    return {"records": records, "bytes": size, "sha256": digest.hexdigest()}
+
+
+def shard_manifest(
+    dataset_dir: str, paths: Sequence[str], workers: int | None = None
+) -> dict[str, dict[str, Any]]:
+    """{shard_name: shard_stats} of shard files (dataset.json's "shard_files"), read in parallel."""
+    names = [relative_name(dataset_dir, p) for p in paths]
+    for name in names:
+        parse_shard_name(name)
+    with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
+        stats = list(pool.map(shard_stats, [os.path.join(dataset_dir, n) for n in names]))
+    return dict(sorted(zip(names, stats)))
+
+
+def shard_problems(
+    dataset_dir: str, info: DatasetInfo, base_names: Sequence[str] | None = None,
+    split: str | None = None,
+) -> dict[str, str]:
+    """Stat-only check of shard files: present, and as large as dataset.json records.
+
+    Args:
+      dataset_dir: the dataset directory.
+      info: its :class:`~tftag.dataset_dir.DatasetInfo`.
+      base_names: only these stored bases (default: all).
+      split: only this split (default: all).
+
+    Returns:
+      {shard file path: what is wrong} ({} when every shard is present with its recorded size).
+    """
+    results = (stat_shard(dataset_dir, name, entry)
+               for name, entry in info.expected_shards(base_names, split).items())
+    return {os.path.join(dataset_dir, r.path): r.describe() for r in results if not r.ok}
+
+
+def check_shards(
+    dataset_dir: str, config: MelConfig, split: str | None, info: DatasetInfo | None = None
+) -> None:
+    """Cheap pre-flight check before reading ``config``'s shards of a split (stat only, no hashing).
+
+    Raises:
+      CorruptDatasetError: a shard file is missing or its size differs from dataset.json's.
+    """
+    info = info or load_dataset_info(dataset_dir)
+    problems = shard_problems(dataset_dir, info, [config.base_name], split)
+    if problems:
+        raise CorruptDatasetError(dataset_dir, problems)
 
 
 def verify_shards(
@@ -250,11 +407,11 @@ def verify_shards(
     return tuple(sorted(results, key=lambda r: r.path))
 
 
-def _split_totals(info: data.DatasetInfo, results: Sequence[ShardResult]) -> list[str]:
+def _split_totals(info: DatasetInfo, results: Sequence[ShardResult]) -> list[str]:
     """Per (base, split): the records of its shards against dataset.json's clip count."""
     groups: dict[tuple[str, str], list[ShardResult]] = {}
     for r in results:
-        base, split, _, _ = data.parse_shard_name(r.path)
+        base, split, _, _ = parse_shard_name(r.path)
         groups.setdefault((base, split), []).append(r)
     problems = []
     for (base, split), shards in sorted(groups.items()):
@@ -285,15 +442,12 @@ def verify_dataset(dataset_dir: str, *, read: bool | None = None, progress: bool
       FileNotFoundError: no dataset.json (not a finished dataset directory).
       ValueError: dataset.json of another format version.
     """
-    info = data.load_dataset_info(dataset_dir)
+    info = load_dataset_info(dataset_dir)
     checksums = info.shard_manifest is not None
     expected = info.expected_shards()
     results = verify_shards(dataset_dir, expected, read=bool(read) if checksums else True,
                             progress=progress, workers=workers)
-    present = {
-        os.path.relpath(p, dataset_dir).replace(os.sep, "/")
-        for p in glob.glob(os.path.join(dataset_dir, "sr*-mel*", "*.tfrecord"))
-    }
+    present = present_shards(dataset_dir)
     return VerifyReport(
         dataset_dir=dataset_dir,
         shards=results,
@@ -307,14 +461,14 @@ def bad_shards(dataset_dir: str, config: MelConfig, split: str | None) -> dict[s
     """The bad shard files a reader of ``config``'s base (one split, or all) would read.
 
     Checks the shards dataset.json lists for that base and split, and any other shard file
-    :func:`tftag.data.shard_files` finds there (by reading it).
+    :func:`tftag.dataset_dir.shard_files` finds there (by reading it).
 
     Returns:
       {shard file path: what is wrong}, {} if all are sound.
     """
-    info = data.load_dataset_info(dataset_dir)
+    info = load_dataset_info(dataset_dir)
     shards = info.expected_shards([config.base_name], split)
-    for path in data.shard_files(dataset_dir, config, split):
-        shards.setdefault(os.path.relpath(path, dataset_dir).replace(os.sep, "/"), None)
+    for path in shard_files(dataset_dir, config, split):
+        shards.setdefault(relative_name(dataset_dir, path), None)
     return {os.path.join(dataset_dir, r.path): r.describe()
             for r in verify_shards(dataset_dir, shards) if not r.ok}
