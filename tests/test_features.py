@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from tftag import _essentia_ops, features
+from tftag import _essentia_ops, compressions, features
 from tftag.features import MelConfig
 
 from conftest import ROOT, tone_mix, write_clip
@@ -182,6 +182,44 @@ def test_compressions():
     assert features.compress(big, "log").dtype == np.float32
     with pytest.raises(ValueError, match="compression must be one of db, log, power"):
         features.compress(x, "ln")
+
+
+@pytest.mark.parametrize("name", compressions.names())
+def test_each_compression_has_equal_numpy_and_graph_transforms(name):
+    import tensorflow as tf
+
+    compression = compressions.get(name)
+    assert compression.name == name and compressions.get(compression) is compression
+    assert MelConfig.from_name(f"sr16000-mel96-hop1-{name}").compression == name
+    rng = np.random.default_rng(3)
+    power = np.concatenate([[0.0, 1e-12, 1e-10, 1e-3, 1.0, 100.0],
+                            rng.random(994) ** 6 * 50]).astype(np.float32).reshape(100, 10)
+    expected = compression.numpy(power)
+    assert expected.dtype == np.float32 and expected.shape == power.shape
+    np.testing.assert_array_equal(expected, features.compress(power, name))
+    eager = compression.tf(tf.constant(power)).numpy()
+    graph = tf.function(compression.tf)(tf.constant(power)).numpy()
+    assert eager.dtype == graph.dtype == np.float32
+    np.testing.assert_allclose(eager, expected, rtol=1e-6, atol=2e-5)
+    np.testing.assert_allclose(graph, expected, rtol=1e-6, atol=2e-5)  # grappler may reorder
+    # float16 input: cast to float32 first in both (10000·x overflows float16 above 6.55).
+    half = power.astype(np.float16)
+    np.testing.assert_allclose(compression.tf(tf.constant(half)).numpy(), compression.numpy(half),
+                               rtol=1e-6, atol=2e-5)
+    assert np.all(np.isfinite(compression.numpy(half)))
+
+
+def test_compression_registry_names_and_unknown_name():
+    assert compressions.names() == list(features.COMPRESSIONS) == ["db", "log", "power"]
+    assert set(features.PAPER_COMPRESSIONS) <= set(compressions.names())
+    for bad in ("ln", "DB", None):
+        with pytest.raises(ValueError, match=f"compression must be one of db, log, power, got {bad!r}"):
+            compressions.get(bad)
+    with pytest.raises(ValueError, match="compression must be one of db, log, power, got 'ln'"):
+        MelConfig(16000, 96, 1, "ln")
+    with pytest.raises(ValueError, match=r"bad mel config name 'sr16000-mel96-hop1-ln'; expected "
+                                         r"sr<SR>-mel<N_MELS>-hop<K>-<db\|log\|power>"):
+        MelConfig.from_name("sr16000-mel96-hop1-ln")
 
 
 def test_derive_is_decimate_then_compress(audio16):

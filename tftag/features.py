@@ -156,8 +156,8 @@ class MelConfig:
         match = _NAME_RE.match(name)
         if not match:
             raise ValueError(
-                f"bad mel config name {name!r}; expected sr<SR>-mel<N_MELS>-hop<K>-<db|log|power>,"
-                " e.g. sr16000-mel96-hop1-log"
+                f"bad mel config name {name!r}; expected sr<SR>-mel<N_MELS>-hop<K>-"
+                f"<{'|'.join(COMPRESSIONS)}>, e.g. sr16000-mel96-hop1-log"
             )
         sr, n_mels, hop, compression = match.groups()
         return cls(int(sr), int(n_mels), int(hop), compression, duration)
