@@ -110,7 +110,7 @@ def check(name: str) -> str:
 
 
 def get(compression: "str | Compression") -> Compression:
-    """A registered compression by name (ValueError listing the names), or ``compression`` itself."""
+    """A registered compression by name (ValueError listing the names), or ``compression``."""
     if isinstance(compression, Compression):
         return compression
     return REGISTRY.get(check(compression))

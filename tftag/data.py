@@ -25,8 +25,8 @@ import tensorflow as tf  # noqa: E402
 
 from tftag.dataset_dir import (  # noqa: F401, E402  (re-exported: data.X keeps working)
     DATASET_JSON, FAILURES_JSONL, FORMAT_VERSION, LAYOUT, MEL_DTYPES, SHARD_FILES, DatasetInfo,
-    dataset_metadata, load_dataset_info, num_shards_for, parse_shard_name, shard_files,
-    shard_index, shard_name, shard_path, tags_version, checked_dataset_info,
+    checked_dataset_info, dataset_metadata, load_dataset_info, num_shards_for, parse_shard_name,
+    shard_files, shard_index, shard_name, shard_path, tags_version,
 )
 from tftag.runfiles import write_bytes_atomic, write_json_atomic  # noqa: F401, E402  (re-exported)
 from tftag.verify import (  # noqa: F401, E402  (re-exported)
