@@ -17,8 +17,9 @@ model is loaded once per run; an export is found and read by :mod:`tftag.export_
 Unreadable files are skipped and listed in ``<output>.failures.jsonl``; outputs are written
 atomically: JSON (probabilities, top tags and taggram per file) or CSV (one row per file), and
 optionally one ``.npz`` + ``.csv`` taggram per file (``--taggram_dir``), a taggram PNG per file
-(``--plot``) and embeddings (``--embeddings``). With ``--server`` (TF Serving, gRPC or REST) the same windows
-are scored by the server's ``serving_window`` signature: same outputs, nothing loaded here.
+(``--plot``) and embeddings (``--embeddings``). With ``--server`` (TF Serving, gRPC or REST)
+the same windows are scored by the server's ``serving_window`` signature: same outputs, nothing
+loaded here.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import numpy as np
 from absl import logging
 
 from tftag import export_layout, runfiles, tracks
-from tftag.export_layout import model_version_dir  # noqa: F401  (tag's name, kept)
+from tftag.export_layout import model_version_dir
 from tftag.models import pretrained as _pretrained
 from tftag.tracks import TrackResult, tag_tracks  # noqa: F401  (the engine, kept importable here)
 
