@@ -25,12 +25,14 @@ consecutive and non-overlapping; a partial window at the end of a longer track i
 windows = floor(frames / window_frames), at least 1.
 
 A patch model scores the non-overlapping patches of the clip and averages them, as evaluation
-does (both cut by :mod:`tftag.patches`). ``assets/tags.txt`` holds the tag list. Beside the SavedModel, ``essentia/`` holds a frozen
-GraphDef of the mel → probabilities function and a JSON model card in the layout of Essentia's
-published models, for ``essentia.standard.TensorflowPredict`` (whose TensorFlow 2.5 cannot load
-a TensorFlow 2.21 SavedModel). Export reloads the SavedModel and checks it against the Keras
-model before it is renamed into place. With ``--tflite=...``, ``tflite/`` then receives TFLite
-files of the mel → probabilities function (:mod:`tftag.tflite`).
+does (both cut by :mod:`tftag.patches`). ``assets/tags.txt`` holds the tag list. Beside the
+SavedModel, ``essentia/`` holds a frozen GraphDef of the mel → probabilities function and a JSON
+model card in the layout of Essentia's published models, for
+``essentia.standard.TensorflowPredict`` (whose TensorFlow 2.5 cannot load a TensorFlow 2.21
+SavedModel); :mod:`tftag.export_layout` reads this layout back without TensorFlow. Export
+reloads the SavedModel and checks it against the Keras model before it is renamed into place.
+With ``--tflite=...``, ``tflite/`` then receives TFLite files of the mel → probabilities
+function (:mod:`tftag.tflite`).
 """
 
 from __future__ import annotations
