@@ -170,7 +170,7 @@ def check_recipe(sweeps: dict[str, str]) -> None:
 
 def tflite_results(run: dict, dataset_dir: str, cache_dir: str) -> dict:
     """TFLite files of one float32 run at every precision: bytes, latency, metrics, max |Δp|."""
-    from tftag import evaluate, tflite, train
+    from tftag import evaluate, patches, tflite, train
     from tftag.experiment import Experiment
     from tftag.features import MelConfig
 
@@ -193,9 +193,9 @@ def tflite_results(run: dict, dataset_dir: str, cache_dir: str) -> dict:
     window = run.get("patch_frames") or mel.n_frames
     keras = evaluate.predict_clips(model, dataset_dir, mel, "test", run.get("patch_frames"))
     reference = evaluate.macro_metrics(keras.labels, keras.probabilities)
-    representative = (tflite.windows(tflite.dataset_mels(dataset_dir, mel, "train",
-                                                         FLAGS.representative_clips),
-                                     window).reshape(-1, window, mel.n_mels)
+    representative = (patches.windows(tflite.dataset_mels(dataset_dir, mel, "train",
+                                                          FLAGS.representative_clips),
+                                      window).reshape(-1, window, mel.n_mels)
                       if "int8" in FLAGS.precisions else None)  # the model's own inputs
     timing = tflite.dataset_mels(dataset_dir, mel, "test", FLAGS.latency_clips)
     out = {"key": run["key"], "keras_roc_auc": reference.roc_auc, "keras_pr_auc": reference.pr_auc,

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tftag import evaluate, experiment, export, tflite
+from tftag import evaluate, experiment, export, litert, patches, tflite
 from tftag.features import MelConfig
 from tftag.models import ModelConfig, build
 
@@ -127,7 +127,7 @@ def test_patch_model_averages_patches_like_evaluate():
     assert patch == 31
     converted = tflite.TFLiteModel(tflite.convert(model, (patch, 16), "float32"))
     mel = np.random.default_rng(0).normal(2.0, 1.0, (2, 95, 16)).astype(np.float32)
-    assert tflite.windows(mel, patch).shape == (2, 3, 31, 16)  # 95 frames: 3 patches, tail dropped
+    assert patches.windows(mel, patch).shape == (2, 3, 31, 16)  # 95 frames: 3 patches, tail dropped
     for x in (mel, mel[:, :20]):  # whole clips, and clips shorter than one patch (zero-padded)
         expected = evaluate.patch_scores(model, tf.constant(x), patch).numpy()
         np.testing.assert_allclose(converted.predict(x), expected, atol=1e-4)
@@ -173,7 +173,7 @@ def test_export_config_and_usage_errors(tmp_path, tiny_dataset):
     assert errors == ["error: --tflite=float32,fp8: unknown precision fp8; allowed: float32, "
                       "float16, dynamic, int8 (a .tflite file only with --mode=evaluate)"]
     with pytest.raises(FileNotFoundError, match=r"--tflite=/no/such\.tflite: no such \.tflite"):
-        evaluate._tflite_model("/no/such.tflite", MEL, 5)
+        litert.load_checked("/no/such.tflite", MEL, 5)
 
 
 def test_tflite_module_imports_no_tensorflow():

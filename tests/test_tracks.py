@@ -194,3 +194,62 @@ def test_pretrained_names_are_the_ports():
     from tftag.models import pretrained
 
     assert set(tag.PRETRAINED) == set(pretrained.VARIABLE_MAPS)
+
+
+def test_one_list_of_pretrained_models():
+    from tftag import experiment, export, teacher
+    from tftag.models import pretrained
+
+    assert pretrained.names() == ["MTT_musicnn", "MTT_vgg"] == list(tag.PRETRAINED)
+    assert teacher.parse_labels("teacher:MTT_vgg") == "MTT_vgg"
+    with pytest.raises(ValueError, match="labels must be one of catalog, teacher:MTT_musicnn, "
+                                         "teacher:MTT_vgg, got 'teacher:MTT_rnn'"):
+        teacher.parse_labels("teacher:MTT_rnn")
+    with pytest.raises(ValueError, match="--pretrained='MTT_rnn': unknown pretrained model "
+                                         "'MTT_rnn'; known: MTT_musicnn, MTT_vgg"):
+        tag.Tagger.pretrained("MTT_rnn")
+    with pytest.raises(ValueError, match="unknown pretrained model 'MTT_rnn'; known: "
+                                         "MTT_musicnn, MTT_vgg"):
+        export.export_pretrained("MTT_rnn", experiment.ExportConfig())
+    with pytest.raises(ValueError, match="registered twice"):
+        pretrained.REGISTRY.register("MTT_vgg")(
+            pretrained.PretrainedModel("MTT_vgg", pretrained.get("MTT_musicnn").model_config, ()))
+
+
+def test_tag_arguments_are_checked_by_the_library():
+    with pytest.raises(ValueError, match=r"^--mode=tag needs --pretrained \(MTT_musicnn, MTT_vgg\) "
+                                         r"or --model_dir \(an exported model\), not both$"):
+        tag.check_args("export/x", "MTT_musicnn", None)
+    with pytest.raises(ValueError, match="--mode=tag needs --pretrained"):
+        tag.check_args(None, None, None)
+    with pytest.raises(ValueError, match="^--server scores with a served export: give its "
+                                         "--model_dir$"):
+        tag.check_args(None, "MTT_musicnn", "localhost:8500")
+    tag.check_args("export/x", None, "localhost:8500")
+    tag.check_args(None, "MTT_vgg", None)
+    with pytest.raises(ValueError, match="--server scores with a served export"):
+        tag.tag(None, WAV_12S, "out.json", "localhost:8500", pretrained="MTT_musicnn")
+
+
+def test_export_layout_finds_the_latest_version_without_tensorflow(tmp_path):
+    import subprocess
+    import sys
+
+    from tftag import export_layout
+
+    base = tmp_path / "vgg-x"
+    for version in ("2", "10", ".reserved-11", "tmp"):
+        (base / version / "assets").mkdir(parents=True)
+    (base / "10" / "assets" / "tags.txt").write_text("rock\npiano\n\n")
+    assert export_layout.model_version_dir(str(base)) == str(base / "10")
+    assert export_layout.model_name(str(base / "10") + "/") == "vgg-x"
+    assert export_layout.load_tags(str(base / "10")) == ["rock", "piano"]
+    with pytest.raises(FileNotFoundError, match="no essentia/.*model card"):
+        export_layout.read_model_card(str(base / "10"))
+    with pytest.raises(FileNotFoundError, match="--model_dir=.* holds no SavedModel version"):
+        export_layout.model_version_dir(str(tmp_path / "none"))
+    code = ("import sys, tftag.tag, tftag.export_layout; "
+            "print('tensorflow' in sys.modules, 'tftag.export' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert out.stdout.split() == ["False", "False"]

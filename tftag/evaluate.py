@@ -1,10 +1,11 @@
 """Evaluation: clip scores averaged over non-overlapping patches, macro ROC-AUC and PR-AUC.
 
-A clip's score is the mean of the sigmoids of its non-overlapping patches (the last partial
-patch is dropped; a clip shorter than one patch is zero-padded to one). Metrics are
-scikit-learn's ``roc_auc_score`` and ``average_precision_score`` (PR-AUC = average precision)
-per tag, macro-averaged over the tags that have both positives and negatives in the split; the
-others are skipped and counted (ROC-AUC is undefined for them).
+A clip's score is the mean of the sigmoids of its non-overlapping patches, cut by
+:mod:`tftag.patches` (the last partial patch is dropped; a clip shorter than one patch is
+zero-padded to one). Metrics are scikit-learn's ``roc_auc_score`` and
+``average_precision_score`` (PR-AUC = average precision) per tag, macro-averaged over the tags
+that have both positives and negatives in the split; the others are skipped and counted (ROC-AUC
+is undefined for them).
 
 On a teacher-labelled split (soft labels stored) the metrics above are against the hard labels,
 and :func:`agreement` adds how closely the model follows the teacher: the mean top-5 overlap
@@ -17,6 +18,8 @@ import dataclasses
 from typing import Sequence
 
 import numpy as np
+
+from tftag import patches
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,41 +83,9 @@ def macro_metrics(y_true: np.ndarray, y_score: np.ndarray, tags: Sequence[str] |
     )
 
 
-def patch_indices(n_patches: int, max_patches: int | None) -> list[int]:
-    """Which of ``n_patches`` non-overlapping patches to score: all, or ``max_patches`` evenly
-    spaced ones (1 = the centre patch)."""
-    if max_patches is None or max_patches >= n_patches:
-        return list(range(n_patches))
-    if max_patches < 1:
-        raise ValueError(f"max_patches must be >= 1 or None, got {max_patches}")
-    return sorted({int(round((i + 0.5) * n_patches / max_patches - 0.5)) for i in range(max_patches)})
-
-
-def patch_scores(model, mel, patch_frames: int | None, max_patches: int | None = None):
-    """Mean sigmoid over the non-overlapping patches of each clip: [b, T, F] -> [b, n_tags].
-
-    Args:
-      max_patches: score only this many evenly spaced patches (:func:`patch_indices`); None =
-        all. Training's validation uses it for expensive patch models, as musicnn validates
-        on patches, and a sweep model's ``test_patches`` for its test.
-    """
-    import tensorflow as tf
-
-    if patch_frames is None or patch_frames == mel.shape[1]:
-        return tf.sigmoid(model(mel, training=False))
-    n_frames, n_mels = mel.shape[1], mel.shape[2]
-    n_patches = max(1, n_frames // patch_frames)
-    if n_frames < patch_frames:
-        mel = tf.pad(mel, [[0, 0], [0, patch_frames - n_frames], [0, 0]])
-    patches = tf.reshape(mel[:, : n_patches * patch_frames],
-                         [-1, n_patches, patch_frames, n_mels])
-    keep = patch_indices(n_patches, max_patches)
-    if len(keep) < n_patches:
-        patches = tf.gather(patches, keep, axis=1)
-    n_patches = len(keep)
-    patches = tf.reshape(patches, [-1, patch_frames, n_mels])  # [b · P, patch, F]
-    probabilities = tf.sigmoid(model(patches, training=False))  # [b · P, n_tags]
-    return tf.reduce_mean(tf.reshape(probabilities, [-1, n_patches, probabilities.shape[-1]]), axis=1)
+# Evaluation's names of the one windowing rule (tftag.patches).
+patch_indices = patches.evenly_spaced
+patch_scores = patches.mean_probabilities
 
 
 def agreement(teacher_probs: np.ndarray, student_probs: np.ndarray, k: int = 5) -> dict:
@@ -171,7 +142,7 @@ def predict_clips(model, dataset_dir: str, mel_config, split: str,
     teacher-labelled dataset) its soft labels (``max_patches``: see :func:`patch_scores`).
 
     ``model``: a Keras model (logits out), or an object whose ``clip_probabilities(mel
-    [b, T, F]) -> [b, n_tags]`` averages its own patches (:class:`tftag.tflite.TFLiteModel`;
+    [b, T, F]) -> [b, n_tags]`` averages its own patches (:class:`tftag.litert.TFLiteModel`;
     ``patch_frames`` and ``max_patches`` are then unused)."""
     from tftag import data
 
@@ -253,22 +224,6 @@ def _agreement_text(metrics: Metrics) -> str:
             f"{fmt(metrics.prob_correlation_per_clip)})")
 
 
-def _tflite_model(path: str, config, n_tags: int):
-    """The TFLite file of ``--tflite`` for evaluation, checked against the resolution and tags."""
-    import os
-
-    from tftag import tflite
-
-    if not path.endswith(".tflite") or not os.path.isfile(path):
-        raise FileNotFoundError(f"--tflite={path}: no such .tflite file (with --mode=evaluate, "
-                                "--tflite names one file)")
-    model = tflite.TFLiteModel(path)
-    if model.n_mels != config.n_mels or model.n_tags != n_tags:
-        raise ValueError(f"--tflite={path}: input [1, {model.window_frames}, {model.n_mels}] → "
-                         f"{model.n_tags} tags does not fit {config.name} with {n_tags} tags")
-    return model
-
-
 def run_evaluate(experiment, weights: str, split: str | None, tflite: str | None = None) -> dict:
     """``--mode=evaluate``: metrics of ``weights`` (or of the TFLite file ``tflite``, through
     the interpreter) on a split (None = all clips).
@@ -279,7 +234,7 @@ def run_evaluate(experiment, weights: str, split: str | None, tflite: str | None
     """
     import os
 
-    from tftag import data, pipeline, runfiles
+    from tftag import data, litert, pipeline, runfiles
     from tftag.models import build
 
     config, mc = experiment.mel_config, experiment.model
@@ -290,7 +245,7 @@ def run_evaluate(experiment, weights: str, split: str | None, tflite: str | None
     if split is not None and info.splits.get(split, 0) == 0:
         raise ValueError(f"--split={split}: empty in {dataset_dir} (splits {info.splits})")
     if tflite:
-        model, source = _tflite_model(tflite, config, info.n_tags), {"tflite": tflite}
+        model, source = litert.load_checked(tflite, config, info.n_tags), {"tflite": tflite}
     else:
         model, source = build(mc, config, info.n_tags), {"weights": weights}
         model.load_weights(weights)

@@ -25,12 +25,14 @@ consecutive and non-overlapping; a partial window at the end of a longer track i
 windows = floor(frames / window_frames), at least 1.
 
 A patch model scores the non-overlapping patches of the clip and averages them, as evaluation
-does. ``assets/tags.txt`` holds the tag list. Beside the SavedModel, ``essentia/`` holds a frozen
-GraphDef of the mel → probabilities function and a JSON model card in the layout of Essentia's
-published models, for ``essentia.standard.TensorflowPredict`` (whose TensorFlow 2.5 cannot load
-a TensorFlow 2.21 SavedModel). Export reloads the SavedModel and checks it against the Keras
-model before it is renamed into place. With ``--tflite=...``, ``tflite/`` then receives TFLite
-files of the mel → probabilities function (:mod:`tftag.tflite`).
+does (both cut by :mod:`tftag.patches`). ``assets/tags.txt`` holds the tag list. Beside the
+SavedModel, ``essentia/`` holds a frozen GraphDef of the mel → probabilities function and a JSON
+model card in the layout of Essentia's published models, for
+``essentia.standard.TensorflowPredict`` (whose TensorFlow 2.5 cannot load a TensorFlow 2.21
+SavedModel); :mod:`tftag.export_layout` reads this layout back without TensorFlow. Export
+reloads the SavedModel and checks it against the Keras model before it is renamed into place.
+With ``--tflite=...``, ``tflite/`` then receives TFLite files of the mel → probabilities
+function (:mod:`tftag.tflite`).
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ import numpy as np
 import tensorflow as tf
 
 import tftag
-from tftag import codecs, data, evaluate, features
+from tftag import codecs, data, export_layout, features, patches
 from tftag.features import MelConfig
 from tftag.models import ModelConfig, inference_fn
 
@@ -157,10 +159,7 @@ class ServingModule(tf.Module):
         audio = self._require(audio, tf.reduce_all(tf.math.is_finite(audio)),
                               ["audio contains NaN or inf"], [1])
         mel = signal_to_mel(audio[tf.newaxis], c)[0]  # [T, F]
-        n = tf.shape(mel)[0]
-        padded = n < w
-        mel = tf.pad(mel, [[0, tf.maximum(w - n, 0)], [0, 0]])
-        windows = tf.signal.frame(mel, w, w, axis=0)  # [W, w, F]: full windows, tail dropped
+        windows, padded = patches.track_windows_tf(mel, w)  # [W, w, F]: full windows
         out = self._from_windows(tf.ensure_shape(windows, [None, w, c.n_mels]))
         starts = tf.cast(tf.range(tf.shape(windows)[0]), tf.float32) * (w * c.hop_length / c.sr)
         return {"probabilities": tf.reduce_mean(out["probabilities"], axis=0),
@@ -169,7 +168,7 @@ class ServingModule(tf.Module):
                 "window_embeddings": out["embedding"], "padded": padded}
 
     def _probabilities(self, mel):
-        return evaluate.patch_scores(self.model, mel, self.spec.patch_frames)
+        return patches.mean_probabilities(self.model, mel, self.spec.patch_frames)
 
     def _outputs(self, mel):
         probabilities = self._probabilities(mel)  # [b, n_tags]
@@ -372,7 +371,7 @@ def export(model, spec: ExportSpec, export_root: str = "export", version: int | 
     final = os.path.join(base, str(version))
     tmp = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=base)
     try:
-        tags_file = os.path.join(tmp, "tags.txt")
+        tags_file = os.path.join(tmp, export_layout.TAGS_ASSET)
         with open(tags_file, "w", encoding="utf-8") as f:
             f.write("\n".join(spec.tags) + "\n")
         module = ServingModule(model, spec, tags_file)
@@ -384,9 +383,10 @@ def export(model, spec: ExportSpec, export_root: str = "export", version: int | 
             "serving_window": module.serving_window.get_concrete_function(),
             "serving_track": module.serving_track.get_concrete_function(),
         })
-        os.makedirs(os.path.join(saved, "essentia"), exist_ok=True)
-        _freeze(module, os.path.join(saved, "essentia", f"{spec.model_name}.pb"))
-        data.write_json_atomic(os.path.join(saved, "essentia", f"{spec.model_name}.json"),
+        essentia = os.path.join(saved, export_layout.ESSENTIA_DIR)
+        os.makedirs(essentia, exist_ok=True)
+        _freeze(module, os.path.join(essentia, f"{spec.model_name}.pb"))
+        data.write_json_atomic(os.path.join(essentia, f"{spec.model_name}.json"),
                                model_card(spec, version))
         check_reload(model, spec, saved, check_audio)
         os.remove(tags_file)
@@ -410,7 +410,7 @@ def check_reload(model, spec: ExportSpec, path: str, audio: np.ndarray | None = 
     if audio is None:
         audio = (0.1 * rng.standard_normal(c.n_samples)).astype(np.float32)
     mel = features.melspectrogram(features.crop(audio, c.sr, c.duration).audio, c)[None]
-    expected = evaluate.patch_scores(model, tf.constant(mel), spec.patch_frames).numpy()
+    expected = patches.mean_probabilities(model, tf.constant(mel), spec.patch_frames).numpy()
     got = loaded.signatures["serving_default"](mel=tf.constant(mel))["probabilities"].numpy()
     report = {"mel_max_abs_diff": float(np.abs(got - expected).max())}
     if report["mel_max_abs_diff"] > atol:
@@ -424,22 +424,13 @@ def check_reload(model, spec: ExportSpec, path: str, audio: np.ndarray | None = 
     return report
 
 
-def load_tags(version_dir: str) -> list[str]:
-    """The tag list asset of an exported version."""
-    with open(os.path.join(version_dir, "assets", "tags.txt"), encoding="utf-8") as f:
-        return [line.strip() for line in f if line.strip()]
+load_tags = export_layout.load_tags  # the readers of this layout live in tftag.export_layout
 
 
 def tag_probabilities(loaded, audio: np.ndarray) -> np.ndarray:
     """Probabilities [n_tags] of one mono clip through ``serving_waveform``."""
     out = loaded.signatures["serving_waveform"](audio=tf.constant(audio[None], tf.float32))
     return out["probabilities"].numpy()[0]
-
-
-def top_tags(tags: Sequence[str], probabilities: np.ndarray, k: int = TOP_K) -> list[tuple[str, float]]:
-    """The k most probable tags with their probabilities."""
-    order = np.argsort(-probabilities)[:k]
-    return [(tags[i], float(probabilities[i])) for i in order]
 
 
 def export_weights(experiment, mel_config: MelConfig, model_config: ModelConfig, weights: str,
@@ -485,9 +476,10 @@ def export_pretrained(name: str, export_config, dataset_dir: str | None = None) 
     if "int8" in export_config.tflite and not dataset_dir:
         raise ValueError("--tflite=int8 calibrates on the training split of a dataset at the "
                          "model's resolution: give --dataset_dir")
+    port = pretrained.get(name)  # an unknown name: ValueError listing the known ones
     model = pretrained.load_musicnn(name)
-    spec = ExportSpec(pretrained.MEL_CONFIG, pretrained.MODEL_CONFIGS[name],
-                      tuple(pretrained.MTT_TAGS), name=name)
+    spec = ExportSpec(pretrained.MEL_CONFIG, port.model_config, tuple(pretrained.MTT_TAGS),
+                      name=name)
     path = export(model, spec, export_config.export_dir, export_config.version)
     _export_tflite(model, spec, path, export_config, dataset_dir)
     print(f"exported {path}; inspect it with: .venv/bin/saved_model_cli show --all --dir {path}")

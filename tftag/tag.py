@@ -12,49 +12,51 @@ probabilities) and, with ``--embeddings``, the penultimate-layer embedding per w
 mean. A file shorter than one window is zero-padded to one and flagged ``padded``.
 
 Decoding and mel run in a background thread while the model scores the previous windows (NumPy,
-libsndfile and soxr release the GIL), and the model is loaded once per run. Unreadable files
-are skipped and listed in ``<output>.failures.jsonl``; outputs are written atomically: JSON
-(probabilities, top tags and taggram per file) or CSV (one row per file), and optionally one
-``.npz`` + ``.csv`` taggram per file (``--taggram_dir``), a taggram PNG per file (``--plot``)
-and embeddings (``--embeddings``). With ``--server`` (TF Serving, gRPC or REST) the same windows
-are scored by the server's ``serving_window`` signature: same outputs, nothing loaded here.
+libsndfile and soxr release the GIL; the engine is :func:`tftag.tracks.tag_tracks`), and the
+model is loaded once per run; an export is found and read by :mod:`tftag.export_layout`.
+Unreadable files are skipped and listed in ``<output>.failures.jsonl``; outputs are written
+atomically: JSON (probabilities, top tags and taggram per file) or CSV (one row per file), and
+optionally one ``.npz`` + ``.csv`` taggram per file (``--taggram_dir``), a taggram PNG per file
+(``--plot``) and embeddings (``--embeddings``). With ``--server`` (TF Serving, gRPC or REST)
+the same windows are scored by the server's ``serving_window`` signature: same outputs, nothing
+loaded here.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import glob
 import json
 import os
-import queue
 import re
-import threading
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from absl import logging
 
-from tftag import runfiles
+from tftag import export_layout, runfiles, tracks
+from tftag.export_layout import model_version_dir
+from tftag.models import pretrained as _pretrained
+from tftag.tracks import TrackResult, tag_tracks  # noqa: F401  (the engine, kept importable here)
 
 PROTOCOLS = ("grpc", "rest")
+PRETRAINED = tuple(_pretrained.names())  # --pretrained's choices: the pretrained registry
+TOP_K = 5
+
+
+def check_args(model_dir: str | None, pretrained: str | None, server: str | None) -> None:
+    """The model arguments of ``--mode=tag``: one of ``pretrained`` and ``model_dir``, and
+    ``server`` only with ``model_dir``; else a ValueError naming the flags."""
+    if bool(model_dir) == bool(pretrained):
+        raise ValueError(f"--mode=tag needs --pretrained ({', '.join(_pretrained.names())}) or "
+                         "--model_dir (an exported model), not both")
+    if server and pretrained:
+        raise ValueError("--server scores with a served export: give its --model_dir")
 
 
 def check_protocol(protocol: str) -> None:
     """Raises a one-line ValueError unless ``protocol`` is one of PROTOCOLS."""
     if protocol not in PROTOCOLS:
         raise ValueError(f"--server_protocol={protocol!r}; known: {', '.join(PROTOCOLS)}")
-
-
-def model_version_dir(model_dir: str) -> str:
-    """``model_dir`` if it is a SavedModel, else its highest integer version directory."""
-    if os.path.exists(os.path.join(model_dir, "saved_model.pb")):
-        return model_dir
-    versions = sorted((int(d) for d in os.listdir(model_dir) if d.isdigit()), reverse=True) \
-        if os.path.isdir(model_dir) else []
-    if not versions:
-        raise FileNotFoundError(f"--model_dir={model_dir!r} holds no SavedModel version "
-                                "(expected <export_dir>/<model_name>[/<version>])")
-    return os.path.join(model_dir, str(versions[0]))
 
 
 def audio_files(audio: str) -> list[str]:
@@ -67,14 +69,6 @@ def audio_files(audio: str) -> list[str]:
         return sorted(p for p in glob.glob(os.path.join(audio, "**", "*"), recursive=True)
                       if p.lower().endswith(AUDIO_EXTENSIONS))
     return [audio]
-
-
-def model_card(version_dir: str) -> dict:
-    """The Essentia model card of an export (sample rate, mel config, tags)."""
-    cards = glob.glob(os.path.join(version_dir, "essentia", "*.json"))
-    if not cards:
-        raise FileNotFoundError(f"{version_dir}: no essentia/*.json model card (not a tftag export)")
-    return runfiles.read_json(cards[0])
 
 
 def write_failures(output: str, failures: list[dict]) -> str | None:
@@ -116,13 +110,7 @@ def tag(model_dir: str | None, audio: str, output: str, server: str | None = Non
     """
     from tqdm import tqdm
 
-    from tftag import export, tracks
-
-    if bool(pretrained) == bool(model_dir):
-        raise ValueError("give one of --pretrained (MTT_musicnn, MTT_vgg) or --model_dir")
-    if server and not model_dir:
-        raise ValueError("--server needs --model_dir: the export the server serves (its model "
-                         "card and tags)")
+    check_args(model_dir, pretrained, server)
     check_protocol(protocol)  # before the folder is searched
     if model_dir:
         model_version_dir(model_dir)  # a bad --model_dir fails before the folder is searched
@@ -156,7 +144,7 @@ def tag(model_dir: str | None, audio: str, output: str, server: str | None = Non
         if plot:
             written.append(plot_taggram(item, tags, f"{os.path.basename(item.path)} "
                                         f"({tagger.name})", os.path.join(side_dir, f"{stem}.png")))
-        top = ", ".join(f"{t} {v:.2f}" for t, v in export.top_tags(tags, item.probabilities, top_k))
+        top = ", ".join(f"{t} {v:.2f}" for t, v in top_tags(tags, item.probabilities, top_k))
         print(f"{item.path}: {top}" + (" (shorter than one window: padded)" if item.padded else ""))
     progress.close()
     failed = write_track_results(output, tagger, results, failures, top_k)
@@ -171,8 +159,6 @@ def write_track_results(output: str, tagger: "Tagger", results: dict, failures: 
                         top_k: int) -> str | None:
     """Writes ``output`` (.csv: one row per file; else JSON with taggrams) and the failures
     list, atomically. Returns the failures file, or None when every file was tagged."""
-    from tftag import export
-
     tags = tagger.tags
     if output.endswith(".csv"):
         rows = [dict({"path": path, "seconds": f"{r.seconds:.3f}", "windows": len(r.taggram),
@@ -188,7 +174,7 @@ def write_track_results(output: str, tagger: "Tagger", results: dict, failures: 
             "files": {path: {
                 "seconds": r.seconds, "windows": len(r.taggram), "padded": r.padded,
                 "probabilities": dict(zip(tags, map(float, r.probabilities))),
-                "top": export.top_tags(tags, r.probabilities, top_k),
+                "top": top_tags(tags, r.probabilities, top_k),
                 "taggram": {"start": [round(float(x), 4) for x in r.starts],
                             "end": [round(float(x + r.window_seconds), 4) for x in r.starts],
                             "probabilities": np.round(r.taggram, 6).tolist()}}
@@ -197,53 +183,14 @@ def write_track_results(output: str, tagger: "Tagger", results: dict, failures: 
     return write_failures(output, failures)
 
 
-# ----------------------------------------------------------------------------- whole tracks
-
-PRETRAINED = ("MTT_musicnn", "MTT_vgg")  # tftag.models.pretrained.VARIABLE_MAPS (tested)
-BATCH_WINDOWS = 8  # windows per model call (MTT_musicnn: 23 ms/window at 8, 30 at 16-32)
-QUEUE_ITEMS = 8  # decoded batches waiting for the model (bounds memory)
-
-
-@dataclasses.dataclass(frozen=True)
-class TrackResult:
-    """One tagged file.
-
-    Attributes:
-      path: the file.
-      seconds: its duration at the model's sample rate.
-      starts: window start times [W] in seconds; a window ends ``window_seconds`` later.
-      window_seconds: seconds one window covers.
-      taggram: per-window probabilities [W, n_tags].
-      embeddings: per-window penultimate-layer embeddings [W, d], or None.
-      padded: the file was shorter than one window (zero-padded to one).
-    """
-
-    path: str
-    seconds: float
-    starts: np.ndarray
-    window_seconds: float
-    taggram: np.ndarray
-    embeddings: np.ndarray | None
-    padded: bool
-
-    @property
-    def probabilities(self) -> np.ndarray:
-        """Track-level probabilities [n_tags]: the mean over windows."""
-        return self.taggram.mean(axis=0)
-
-    @property
-    def mean_embedding(self) -> np.ndarray | None:
-        """The mean embedding [d], or None."""
-        return None if self.embeddings is None else self.embeddings.mean(axis=0)
+def top_tags(tags: Sequence[str], probabilities: np.ndarray,
+             k: int = TOP_K) -> list[tuple[str, float]]:
+    """The k most probable tags with their probabilities."""
+    order = np.argsort(-probabilities)[:k]
+    return [(tags[i], float(probabilities[i])) for i in order]
 
 
-def _card_mel_config(card: dict):
-    """The MelConfig of an export's Essentia model card."""
-    from tftag.features import MelConfig
-
-    mel = card["inference"]["mel"]
-    return MelConfig(**{k: mel[k] for k in ("sr", "n_mels", "hop_factor", "compression", "duration")})
-
+# ----------------------------------------------------------------------------- scorers
 
 class Tagger:
     """A model that scores mel windows: its window spec, tags and scoring function.
@@ -252,43 +199,45 @@ class Tagger:
     [w, window_frames, n_mels] to (probabilities [w, n_tags], embeddings [w, d]).
     """
 
-    def __init__(self, name: str, spec, tags: Sequence[str],
+    def __init__(self, name: str, spec: tracks.WindowSpec, tags: Sequence[str],
                  score: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]):
         self.name, self.spec, self.tags, self._score = name, spec, list(tags), score
 
     @classmethod
     def pretrained(cls, name: str) -> "Tagger":
-        """A pretrained musicnn port (``MTT_musicnn`` or ``MTT_vgg``): 3-s windows of the
-        16 kHz 96-band log mel, the 50 MTAT tags."""
+        """A pretrained musicnn port (a name of :data:`tftag.models.pretrained.REGISTRY`:
+        ``MTT_musicnn``, ``MTT_vgg``): 3-s windows of the 16 kHz 96-band log mel, the 50 MTAT
+        tags."""
+        try:
+            _pretrained.get(name)
+        except ValueError as e:
+            raise ValueError(f"--pretrained={name!r}: {e}") from None
         import tensorflow as tf
 
-        from tftag import tracks
-        from tftag.models import inference_fn, pretrained
+        from tftag.models import inference_fn
 
-        if name not in PRETRAINED:
-            raise ValueError(f"--pretrained={name!r}; known: {', '.join(PRETRAINED)}")
-        run = tf.function(inference_fn(pretrained.load_musicnn(name)), reduce_retracing=True)
+        run = tf.function(inference_fn(_pretrained.load_musicnn(name)), reduce_retracing=True)
 
         def score(windows):
             logits, embedding = run(tf.constant(windows))
             return tf.sigmoid(logits).numpy(), embedding.numpy()
 
-        spec = tracks.WindowSpec(pretrained.MEL_CONFIG, pretrained.PATCH_FRAMES)
-        return cls(name, spec, pretrained.MTT_TAGS, score)
+        spec = tracks.WindowSpec(_pretrained.MEL_CONFIG, _pretrained.PATCH_FRAMES)
+        return cls(name, spec, _pretrained.MTT_TAGS, score)
 
     @classmethod
     def from_server(cls, model_dir: str, server: str, protocol: str = "grpc") -> "Tagger":
         """Windows scored by a TF Serving server (its ``serving_window`` signature) serving the
         export ``model_dir`` (read here for its model card and tags only; the model name is the
         export's folder name)."""
-        from tftag import export, serving, tracks
+        from tftag import serving
 
         check_protocol(protocol)
         version_dir = model_version_dir(model_dir)
-        card = model_card(version_dir)
-        config = _card_mel_config(card)
-        window_frames = card["inference"].get("patch_frames") or config.n_frames
-        model_name = os.path.basename(os.path.dirname(version_dir.rstrip("/")))
+        card = export_layout.read_model_card(version_dir)
+        config = export_layout.card_mel_config(card)
+        window_frames = export_layout.card_window_frames(card)
+        model_name = export_layout.model_name(version_dir)
         if protocol == "grpc":
             client = serving.GrpcClient(server, model_name)
 
@@ -302,137 +251,42 @@ class Tagger:
                 rows = client.predict(list(windows), signature="serving_window")
                 return (np.stack([r["probabilities"] for r in rows]),
                         np.stack([r["embedding"] for r in rows]))
-        return cls(f"{model_name} at {server}", tracks.WindowSpec(config, int(window_frames)),
-                   export.load_tags(version_dir), score)
+        return cls(f"{model_name} at {server}", tracks.WindowSpec(config, window_frames),
+                   export_layout.load_tags(version_dir), score)
 
     @classmethod
     def from_export(cls, model_dir: str) -> "Tagger":
         """An export's ``serving_window`` signature (exports made before it existed: re-export)."""
         import tensorflow as tf
 
-        from tftag import export, tracks
-
         version_dir = model_version_dir(model_dir)
-        card = model_card(version_dir)
+        card = export_layout.read_model_card(version_dir)
         loaded = tf.saved_model.load(version_dir)
         if "serving_window" not in loaded.signatures:
             raise ValueError(f"--model_dir={model_dir!r}: this export has no serving_window "
                              "signature (made by an older tftag); export it again")
         fn = loaded.signatures["serving_window"]
         _, window_frames, n_mels = fn.structured_input_signature[1]["mel"].shape
-        config = _card_mel_config(card)
+        config = export_layout.card_mel_config(card)
 
         def score(windows):
             out = fn(mel=tf.constant(windows))
             return out["probabilities"].numpy(), out["embedding"].numpy()
 
         tagger = cls(version_dir, tracks.WindowSpec(config, int(window_frames)),
-                     export.load_tags(version_dir), score)
+                     export_layout.load_tags(version_dir), score)
         tagger._loaded = loaded  # keeps the SavedModel's resources alive
         return tagger
 
     def score(self, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(probabilities [w, n_tags], embeddings [w, d]) of windows [w, frames, n_mels]."""
         probs, embs = [], []
-        for start in range(0, len(windows), BATCH_WINDOWS):
-            p, e = self._score(windows[start:start + BATCH_WINDOWS])
+        step = tracks.BATCH_WINDOWS
+        for start in range(0, len(windows), step):
+            p, e = self._score(windows[start:start + step])
             probs.append(p)
             embs.append(e)
         return np.concatenate(probs), np.concatenate(embs)
-
-
-def track_windows(path: str, spec, block_seconds: float) -> Iterator[tuple[np.ndarray, dict]]:
-    """The model windows of one file, in batches of at most BATCH_WINDOWS, streamed from block
-    reads; the last item's info holds ``seconds`` and ``padded``."""
-    from tftag import tracks
-
-    mel = tracks.StreamingMel(spec.mel_config)
-    cutter = tracks.Windows(spec)
-    samples = 0
-    pending = []
-
-    def flush():
-        nonlocal pending
-        out = np.concatenate(pending) if pending else np.zeros(
-            (0, spec.window_frames, spec.mel_config.n_mels), np.float32)
-        pending = []
-        return out
-
-    for block in tracks.read_blocks(path, spec.mel_config.sr, block_seconds):
-        samples += block.size
-        pending.append(cutter.push(mel.feed(block)))
-        if sum(len(p) for p in pending) >= BATCH_WINDOWS:
-            yield flush(), {}
-    if samples == 0:
-        from tftag import features
-
-        raise features.AudioDecodeError(f"{path}: no samples")
-    pending.append(cutter.push(mel.finish()))
-    pending.append(cutter.finish())
-    yield flush(), {"seconds": samples / spec.mel_config.sr, "padded": cutter.padded}
-
-
-def tag_tracks(tagger: Tagger, files: Sequence[str], block_seconds: float = 30.0,
-               embeddings: bool = False) -> Iterator[TrackResult | dict]:
-    """Tags every file whole; yields a :class:`TrackResult` per file, or a failure record
-    ``{"path", "error", "reason"}`` for a file that cannot be read.
-
-    Decoding and mel computation run in a background thread, at most QUEUE_ITEMS batches
-    ahead of the model.
-    """
-    from tftag import features
-    from tftag._essentia import DecoderCrashedError
-
-    errors = (features.AudioDecodeError, FileNotFoundError, DecoderCrashedError, RuntimeError,
-              ValueError, OSError)
-    items: queue.Queue = queue.Queue(maxsize=QUEUE_ITEMS)
-    stop = threading.Event()
-
-    def produce():
-        for path in files:
-            if stop.is_set():
-                return
-            try:
-                for windows, info in track_windows(path, tagger.spec, block_seconds):
-                    items.put((path, windows, info))
-            except errors as e:  # noqa: PERF203  one bad file must not end the run
-                items.put((path, None, {"error": type(e).__name__, "reason": str(e)}))
-        items.put(None)
-
-    worker = threading.Thread(target=produce, name="tftag-decode", daemon=True)
-    worker.start()
-    window_seconds = tagger.spec.window_seconds
-    hop_seconds = tagger.spec.hop * tagger.spec.frame_seconds
-    probs: list[np.ndarray] = []
-    embs: list[np.ndarray] = []
-    try:
-        while True:
-            item = items.get()
-            if item is None:
-                break
-            path, windows, info = item
-            if windows is None:
-                probs, embs = [], []
-                yield {"path": path, **info}
-                continue
-            if len(windows):
-                p, e = tagger.score(windows)
-                probs.append(p)
-                if embeddings:
-                    embs.append(e)
-            if "seconds" in info:  # the file's last batch
-                taggram = np.concatenate(probs)
-                yield TrackResult(path, info["seconds"],
-                                  np.arange(len(taggram)) * hop_seconds, window_seconds, taggram,
-                                  np.concatenate(embs) if embeddings else None, info["padded"])
-                probs, embs = [], []
-    finally:
-        stop.set()
-        while worker.is_alive():  # unblock a producer waiting on a full queue
-            try:
-                items.get_nowait()
-            except queue.Empty:
-                worker.join(0.05)
 
 
 def output_stem(path: str, root: str) -> str:

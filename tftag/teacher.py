@@ -12,7 +12,8 @@ averaged over the patches, as musicnn tags a file — and store per clip:
   the teacher never ranks in a clip's top 3 have no positives and are skipped by the macro
   metrics, as absent tags are on any split.
 
-The tag list is the MTAT top 50 in the checkpoints' order.
+The teachers are the pretrained models of :data:`tftag.models.pretrained.REGISTRY`; the tag
+list is the MTAT top 50 in the checkpoints' order.
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ import dataclasses
 
 import numpy as np
 
+from tftag import patches
+
 CATALOG = "catalog"
 PREFIX = "teacher:"
-TEACHERS = ("MTT_musicnn", "MTT_vgg")
 DEFAULT_TOP_K = 3
 SR = 16000
 
@@ -32,13 +34,16 @@ def parse_labels(labels: str) -> str | None:
     """The teacher name of a ``--labels`` value ("catalog" -> None).
 
     Raises:
-      ValueError: anything but ``catalog`` or ``teacher:<name>`` of :data:`TEACHERS`.
+      ValueError: anything but ``catalog`` or ``teacher:<name>`` of a pretrained model
+        (:data:`tftag.models.pretrained.REGISTRY`).
     """
+    from tftag.models import pretrained
+
     if labels == CATALOG:
         return None
-    if labels.startswith(PREFIX) and labels[len(PREFIX):] in TEACHERS:
+    if labels.startswith(PREFIX) and labels[len(PREFIX):] in pretrained.names():
         return labels[len(PREFIX):]
-    allowed = ", ".join([CATALOG] + [PREFIX + t for t in TEACHERS])
+    allowed = ", ".join([CATALOG] + [PREFIX + t for t in pretrained.names()])
     raise ValueError(f"labels must be one of {allowed}, got {labels!r}")
 
 
@@ -83,10 +88,9 @@ class Teacher:
         """Mean sigmoid over the non-overlapping patches of a log-mel [frames, 96] -> [50]."""
         import tensorflow as tf
 
-        from tftag import evaluate
-
         x = tf.constant(np.asarray(mel, np.float32)[None])
-        return evaluate.patch_scores(self.model, x, self.patch_frames).numpy()[0].astype(np.float32)
+        return patches.mean_probabilities(self.model, x, self.patch_frames).numpy()[0].astype(
+            np.float32)
 
     def label(self, audio_16k: np.ndarray, duration: float) -> tuple[np.ndarray, np.ndarray]:
         """(hard labels int64 [50], soft labels float32 [50]) of a clip's 16 kHz crop."""

@@ -1,4 +1,4 @@
-"""TFLite files of an export: conversion, an interpreter wrapper, the integer-only check.
+"""TFLite files of an export: conversion, checked writing, the ``tflite.json`` summary.
 
 ``--mode=export --tflite=float32,float16,dynamic,int8`` (and train / sweep, which export too)
 writes ``<version_dir>/tflite/<model_name>-<precision>.tflite`` beside the SavedModel, plus
@@ -7,7 +7,8 @@ on one thread, integer-only check). Each file holds the mel → probabilities fu
 model's own input window: ``mel`` float32 [1, window_frames, n_mels] (the patch of a patch
 model, else the whole clip) → ``probabilities`` [1, n_tags] (sigmoid of the logits). A patch
 model's clip probabilities are the mean over its non-overlapping patches, computed in Python by
-:class:`TFLiteModel` exactly as :func:`tftag.evaluate.patch_scores` does.
+:class:`tftag.litert.TFLiteModel` (imported here as :class:`TFLiteModel`) through the same cut
+(:mod:`tftag.patches`) as evaluation.
 
 Precisions (:data:`PRECISIONS`):
   float32: the float graph as it is.
@@ -22,29 +23,28 @@ Precisions (:data:`PRECISIONS`):
     conversion. (``relu(x) + exp(min(x, 0)) - 1`` is integer-only too but loses more to the
     requantized ADD: max |Δp| 0.15 instead of 0.026 on the tests' tiny VGG.)
 
-The interpreter is LiteRT's (``ai_edge_litert``, the successor of ``tf.lite.Interpreter``, which
-TensorFlow 2.21 deprecates); without that package, ``tf.lite.Interpreter``. Loading and running
-a file imports no TensorFlow when LiteRT is installed.
+Running a file (the interpreter, the integer-only check) is :mod:`tftag.litert`'s, which
+imports no TensorFlow when LiteRT is installed; its names are re-exported here.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 import warnings
 from typing import Any, Sequence
 
 import numpy as np
 
+from tftag import patches, runfiles
+from tftag.litert import (  # noqa: F401  (re-exported: tftag.tflite.TFLiteModel is documented)
+    INTEGER_DTYPES, TFLiteModel, integer_only, interpreter_class, non_integer_tensors)
+
 PRECISIONS = ("float32", "float16", "dynamic", "int8")
 TFLITE_DIR = "tflite"
 SUMMARY_JSON = "tflite.json"
 CHECK_CLIPS = 16  # test clips each written file is checked on
 FLOAT32_ATOL = 1e-4
-# Tensor dtypes of an integer-only model: int8 activations, weights and I/O; int32 biases and
-# shape operands.
-INTEGER_DTYPES = (np.int8, np.int32)
 
 
 def check_precisions(precisions: Sequence[str]) -> tuple[str, ...]:
@@ -54,39 +54,6 @@ def check_precisions(precisions: Sequence[str]) -> tuple[str, ...]:
         raise ValueError(f"unknown precision {', '.join(map(repr, bad))}; allowed: "
                          f"{', '.join(PRECISIONS)}")
     return tuple(precisions)
-
-
-def interpreter_class():
-    """LiteRT's ``Interpreter`` (``ai_edge_litert``), else ``tf.lite.Interpreter``."""
-    try:
-        from ai_edge_litert.interpreter import Interpreter
-    except ImportError:  # LiteRT not installed: TensorFlow's own (deprecated) interpreter
-        import tensorflow as tf
-
-        Interpreter = tf.lite.Interpreter
-    return Interpreter
-
-
-def windows(mel: np.ndarray, window_frames: int) -> np.ndarray:
-    """The model inputs of clips, as :func:`tftag.evaluate.patch_scores` cuts them.
-
-    Args:
-      mel: [b, T, F] clips.
-      window_frames: frames of one model input.
-
-    Returns:
-      [b, P, window_frames, F]: the clip itself (P = 1) if T == window_frames; else its
-      max(1, T // window_frames) non-overlapping patches (tail dropped; a clip shorter than one
-      patch is zero-padded to one).
-    """
-    mel = np.asarray(mel, np.float32)
-    b, n_frames, n_mels = mel.shape
-    if n_frames == window_frames:
-        return mel[:, None]
-    if n_frames < window_frames:
-        mel = np.pad(mel, [(0, 0), (0, window_frames - n_frames), (0, 0)])
-    n = max(1, n_frames // window_frames)
-    return mel[:, : n * window_frames].reshape(b, n, window_frames, n_mels)
 
 
 def _int8_friendly(model):
@@ -162,86 +129,6 @@ def convert(model, input_shape: tuple[int, int], precision: str,
         return converter.convert()
 
 
-class TFLiteModel:
-    """A ``.tflite`` file of :func:`convert` run by the interpreter, clip by clip.
-
-    Attributes:
-      window_frames, n_mels: the input [1, window_frames, n_mels] of the file.
-      n_tags: probabilities per clip.
-      input_dtype: np.float32, or np.int8 (quantized with ``input_quantization``).
-    """
-
-    def __init__(self, path_or_bytes: str | bytes, num_threads: int = 1):
-        """Loads a file (a path, or its bytes); ``num_threads``: interpreter threads."""
-        cls = interpreter_class()
-        if isinstance(path_or_bytes, (bytes, bytearray)):
-            self.path = None
-            self.interpreter = cls(model_content=bytes(path_or_bytes), num_threads=num_threads)
-        else:
-            if not os.path.isfile(path_or_bytes):
-                raise FileNotFoundError(f"{path_or_bytes!r}: no such .tflite file")
-            self.path = path_or_bytes
-            self.interpreter = cls(model_path=path_or_bytes, num_threads=num_threads)
-        self.interpreter.allocate_tensors()
-        inputs = self.interpreter.get_input_details()
-        outputs = self.interpreter.get_output_details()
-        if len(inputs) != 1 or len(outputs) != 1 or len(inputs[0]["shape"]) != 3:
-            raise ValueError(f"{self.path or 'model'}: not a tftag TFLite file (expected one "
-                             "input [1, frames, n_mels] and one output)")
-        self._input, self._output = inputs[0], outputs[0]
-        _, self.window_frames, self.n_mels = (int(v) for v in self._input["shape"])
-        self.n_tags = int(self._output["shape"][-1])
-        self.input_dtype = self._input["dtype"]
-        self.input_quantization = self._input["quantization"]  # (scale, zero_point)
-        self.output_quantization = self._output["quantization"]
-
-    def _run(self, window: np.ndarray) -> np.ndarray:
-        """Probabilities [n_tags] of one model input [window_frames, n_mels]."""
-        x = window[None]
-        if self.input_dtype != np.float32:
-            scale, zero = self.input_quantization
-            info = np.iinfo(self.input_dtype)
-            x = np.clip(np.round(x / scale + zero), info.min, info.max)
-        self.interpreter.set_tensor(self._input["index"], x.astype(self.input_dtype))
-        self.interpreter.invoke()
-        y = self.interpreter.get_tensor(self._output["index"])[0]
-        if self._output["dtype"] != np.float32:
-            scale, zero = self.output_quantization
-            y = (y.astype(np.float32) - zero) * scale
-        return y.astype(np.float32)
-
-    def predict(self, mel: np.ndarray) -> np.ndarray:
-        """Clip probabilities [b, n_tags] of mels [b, T, F]: the mean over the clip's windows
-        (:func:`windows`), as :func:`tftag.evaluate.patch_scores`."""
-        mel = np.asarray(mel, np.float32)
-        if mel.ndim != 3 or mel.shape[2] != self.n_mels:
-            raise ValueError(f"mel must be [batch, frames, {self.n_mels}]; got {mel.shape}")
-        batch = windows(mel, self.window_frames)
-        return np.stack([np.mean([self._run(w) for w in clip], axis=0) for clip in batch]) \
-            if len(batch) else np.zeros((0, self.n_tags), np.float32)
-
-    clip_probabilities = predict  # what tftag.evaluate.predict_clips calls
-
-
-def non_integer_tensors(path_or_bytes: str | bytes) -> list[str]:
-    """The tensors of a TFLite model that are not int8 / int32, as ``"name: dtype"``.
-
-    Every tensor in the interpreter's tensor table is checked: weights, biases, intermediate
-    activations, inputs and outputs. int8 (activations, weights, I/O) and int32 (biases, shape
-    operands) are integer; any float32 / float16 tensor means some kernel runs in float (a
-    DEQUANTIZE → float op → QUANTIZE island, float weights, or float I/O).
-    """
-    model = TFLiteModel(path_or_bytes)
-    return [f"{t['name']}: {np.dtype(t['dtype']).name}"
-            for t in model.interpreter.get_tensor_details()
-            if np.dtype(t["dtype"]) not in [np.dtype(d) for d in INTEGER_DTYPES]]
-
-
-def integer_only(path_or_bytes: str | bytes) -> bool:
-    """Whether every tensor of the model is int8 or int32 (:func:`non_integer_tensors`)."""
-    return not non_integer_tensors(path_or_bytes)
-
-
 def latency_ms(model: TFLiteModel, mel: np.ndarray, runs: int = 3) -> float:
     """Median milliseconds per clip of ``model.predict`` over the clips of ``mel`` [b, T, F]."""
     model.predict(mel[:1])  # warm-up
@@ -256,32 +143,24 @@ def latency_ms(model: TFLiteModel, mel: np.ndarray, runs: int = 3) -> float:
 
 def _write_checked(path: str, content: bytes, reference: np.ndarray, check_mels: np.ndarray,
                    precision: str) -> dict[str, Any]:
-    """Writes ``content`` to a temp file beside ``path``, checks it, renames it into place."""
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".tflite", dir=os.path.dirname(path))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(content)
-            f.flush()
-            os.fsync(f.fileno())
-        model = TFLiteModel(tmp, num_threads=1)
-        diff = float(np.abs(model.predict(check_mels) - reference).max())
-        if precision == "float32" and not diff <= FLOAT32_ATOL:
-            raise RuntimeError(f"{path}: the float32 TFLite model differs from the Keras model by "
-                               f"{diff:.2e} > {FLOAT32_ATOL} on {len(check_mels)} test clips")
-        bad = non_integer_tensors(tmp)
-        row = {"file": os.path.basename(path), "bytes": len(content), "max_abs_diff": diff,
-               "latency_ms_per_clip": latency_ms(model, check_mels),
-               "input_dtype": np.dtype(model.input_dtype).name,
-               "input_quantization": [float(v) for v in model.input_quantization],
-               "output_quantization": [float(v) for v in model.output_quantization],
-               "integer_only": not bad}
-        if precision == "int8":
-            row["non_integer_tensors"] = bad
-        os.replace(tmp, path)
-        return row
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    """Checks ``content`` (loaded and run on ``check_mels``), then writes it to ``path``
+    atomically; a file that fails the check is never written."""
+    model = TFLiteModel(content, num_threads=1)
+    diff = float(np.abs(model.predict(check_mels) - reference).max())
+    if precision == "float32" and not diff <= FLOAT32_ATOL:
+        raise RuntimeError(f"{path}: the float32 TFLite model differs from the Keras model by "
+                           f"{diff:.2e} > {FLOAT32_ATOL} on {len(check_mels)} test clips")
+    bad = non_integer_tensors(content)
+    row = {"file": os.path.basename(path), "bytes": len(content), "max_abs_diff": diff,
+           "latency_ms_per_clip": latency_ms(model, check_mels),
+           "input_dtype": np.dtype(model.input_dtype).name,
+           "input_quantization": [float(v) for v in model.input_quantization],
+           "output_quantization": [float(v) for v in model.output_quantization],
+           "integer_only": not bad}
+    if precision == "int8":
+        row["non_integer_tensors"] = bad
+    runfiles.write_bytes_atomic(path, content)
+    return row
 
 
 def export_tflite(model, spec, version_dir: str, precisions: Sequence[str],
@@ -311,8 +190,6 @@ def export_tflite(model, spec, version_dir: str, precisions: Sequence[str],
     """
     import tensorflow as tf
 
-    from tftag import evaluate, runfiles
-
     check_precisions(precisions)
     if "int8" in precisions and (representative_mels is None or len(representative_mels) == 0):
         raise ValueError("--tflite=int8 needs clips of the training split to calibrate on: give "
@@ -323,10 +200,11 @@ def export_tflite(model, spec, version_dir: str, precisions: Sequence[str],
     os.makedirs(out_dir, exist_ok=True)
     frames, n_mels = spec.window_frames, spec.mel_config.n_mels
     check_mels = np.asarray(check_mels, np.float32)
-    reference = evaluate.patch_scores(model, tf.constant(check_mels), spec.patch_frames).numpy()
+    reference = patches.mean_probabilities(model, tf.constant(check_mels),
+                                           spec.patch_frames).numpy()
     representative = None
     if representative_mels is not None and len(representative_mels):
-        representative = windows(representative_mels, frames).reshape(-1, frames, n_mels)
+        representative = patches.windows(representative_mels, frames).reshape(-1, frames, n_mels)
     files = {}
     for precision in precisions:
         content = convert(model, (frames, n_mels), precision,

@@ -1,5 +1,5 @@
 """Whole tracks in bounded memory: block decoding, a streaming mel equal to the whole-file one,
-and the model's windows over it.
+the model's windows over it, and the engine that tags files through them.
 
 A track is read in blocks (:func:`read_blocks`: libsndfile block reads resampled by a streaming
 soxr resampler; formats libsndfile cannot read are decoded whole by Essentia), turned into mel
@@ -7,21 +7,31 @@ frames by :class:`StreamingMel` — the same frames, bit for bit, as
 :func:`tftag.features.melspectrogram` of the whole decoded signal (Essentia framing: frame ``i``
 is centred on sample ``256·i``) — and cut into the model's windows by :class:`Windows`:
 consecutive non-overlapping windows of ``window_frames`` frames (or a hop of ``hop_frames``), as
-musicnn does. Memory is bounded by the block and window sizes, never by the track's length.
+musicnn does, by the one rule of :mod:`tftag.patches`. Memory is bounded by the block and window
+sizes, never by the track's length.
+
+:func:`tag_tracks` runs that chain for a list of files in a background thread (NumPy,
+libsndfile and soxr release the GIL) while a scorer (``tftag.tag.Tagger``: anything with a
+``spec`` and ``score(windows)``) scores the previous windows, and yields a :class:`TrackResult`
+(taggram, embeddings) per file, or a failure record for a file that cannot be read.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Iterator
+import queue
+import threading
+from typing import Iterator, Protocol, Sequence
 
 import numpy as np
 
-from tftag import features
+from tftag import features, patches
 from tftag.features import MelConfig
 
 BLOCK_SECONDS = 30.0
+BATCH_WINDOWS = 8  # windows per model call (MTT_musicnn: 23 ms/window at 8, 30 at 16-32)
+QUEUE_ITEMS = 8  # decoded batches waiting for the model (bounds memory)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,10 +71,8 @@ class WindowSpec:
 
     def n_windows(self, n_frames: int) -> int:
         """Full windows in ``n_frames`` frames; a track shorter than one window gets one
-        (zero-padded)."""
-        if n_frames <= self.window_frames:
-            return 1
-        return (n_frames - self.window_frames) // self.hop + 1
+        (zero-padded): :func:`tftag.patches.n_windows`."""
+        return patches.n_windows(n_frames, self.window_frames, self.hop)
 
     @classmethod
     def of_seconds(cls, mel_config: MelConfig, window_seconds: float,
@@ -162,7 +170,8 @@ class Windows:
     def _take(self) -> np.ndarray:
         w, hop = self.spec.window_frames, self.spec.hop
         out = []
-        while self._next_start + w <= self._pending_start + len(self._pending):
+        # The full windows of the frames seen so far (tftag.patches' rule) not yet cut.
+        for _ in range(self.windows_out, patches.full_windows(self.frames_seen, w, hop)):
             a = self._next_start - self._pending_start
             out.append(self._pending[a:a + w])
             self._next_start += hop
@@ -231,3 +240,137 @@ def read_blocks(path: str, sr: int, block_seconds: float = BLOCK_SECONDS) -> Ite
                 yield out.astype(np.float32, copy=False)
             if last:
                 break
+
+
+# ----------------------------------------------------------------------------- tagging engine
+
+class Scorer(Protocol):
+    """What :func:`tag_tracks` scores with (``tftag.tag.Tagger``)."""
+
+    spec: WindowSpec
+
+    def score(self, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(probabilities [w, n_tags], embeddings [w, d]) of windows [w, frames, n_mels]."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrackResult:
+    """One tagged file.
+
+    Attributes:
+      path: the file.
+      seconds: its duration at the model's sample rate.
+      starts: window start times [W] in seconds; a window ends ``window_seconds`` later.
+      window_seconds: seconds one window covers.
+      taggram: per-window probabilities [W, n_tags].
+      embeddings: per-window penultimate-layer embeddings [W, d], or None.
+      padded: the file was shorter than one window (zero-padded to one).
+    """
+
+    path: str
+    seconds: float
+    starts: np.ndarray
+    window_seconds: float
+    taggram: np.ndarray
+    embeddings: np.ndarray | None
+    padded: bool
+
+    @property
+    def probabilities(self) -> np.ndarray:
+        """Track-level probabilities [n_tags]: the mean over windows."""
+        return self.taggram.mean(axis=0)
+
+    @property
+    def mean_embedding(self) -> np.ndarray | None:
+        """The mean embedding [d], or None."""
+        return None if self.embeddings is None else self.embeddings.mean(axis=0)
+
+
+def track_windows(path: str, spec: WindowSpec,
+                  block_seconds: float) -> Iterator[tuple[np.ndarray, dict]]:
+    """The model windows of one file, in batches of at most BATCH_WINDOWS, streamed from block
+    reads; the last item's info holds ``seconds`` and ``padded``."""
+    mel = StreamingMel(spec.mel_config)
+    cutter = Windows(spec)
+    samples = 0
+    pending = []
+
+    def flush():
+        nonlocal pending
+        out = np.concatenate(pending) if pending else np.zeros(
+            (0, spec.window_frames, spec.mel_config.n_mels), np.float32)
+        pending = []
+        return out
+
+    for block in read_blocks(path, spec.mel_config.sr, block_seconds):
+        samples += block.size
+        pending.append(cutter.push(mel.feed(block)))
+        if sum(len(p) for p in pending) >= BATCH_WINDOWS:
+            yield flush(), {}
+    if samples == 0:
+        raise features.AudioDecodeError(f"{path}: no samples")
+    pending.append(cutter.push(mel.finish()))
+    pending.append(cutter.finish())
+    yield flush(), {"seconds": samples / spec.mel_config.sr, "padded": cutter.padded}
+
+
+def tag_tracks(tagger: Scorer, files: Sequence[str], block_seconds: float = BLOCK_SECONDS,
+               embeddings: bool = False) -> Iterator[TrackResult | dict]:
+    """Tags every file whole; yields a :class:`TrackResult` per file, or a failure record
+    ``{"path", "error", "reason"}`` for a file that cannot be read.
+
+    Decoding and mel computation run in a background thread, at most QUEUE_ITEMS batches
+    ahead of the model.
+    """
+    from tftag._essentia import DecoderCrashedError
+
+    errors = (features.AudioDecodeError, FileNotFoundError, DecoderCrashedError, RuntimeError,
+              ValueError, OSError)
+    items: queue.Queue = queue.Queue(maxsize=QUEUE_ITEMS)
+    stop = threading.Event()
+
+    def produce():
+        for path in files:
+            if stop.is_set():
+                return
+            try:
+                for windows, info in track_windows(path, tagger.spec, block_seconds):
+                    items.put((path, windows, info))
+            except errors as e:  # noqa: PERF203  one bad file must not end the run
+                items.put((path, None, {"error": type(e).__name__, "reason": str(e)}))
+        items.put(None)
+
+    worker = threading.Thread(target=produce, name="tftag-decode", daemon=True)
+    worker.start()
+    window_seconds = tagger.spec.window_seconds
+    hop_seconds = tagger.spec.hop * tagger.spec.frame_seconds
+    probs: list[np.ndarray] = []
+    embs: list[np.ndarray] = []
+    try:
+        while True:
+            item = items.get()
+            if item is None:
+                break
+            path, windows, info = item
+            if windows is None:
+                probs, embs = [], []
+                yield {"path": path, **info}
+                continue
+            if len(windows):
+                p, e = tagger.score(windows)
+                probs.append(p)
+                if embeddings:
+                    embs.append(e)
+            if "seconds" in info:  # the file's last batch
+                taggram = np.concatenate(probs)
+                yield TrackResult(path, info["seconds"],
+                                  np.arange(len(taggram)) * hop_seconds, window_seconds, taggram,
+                                  np.concatenate(embs) if embeddings else None, info["padded"])
+                probs, embs = [], []
+    finally:
+        stop.set()
+        while worker.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                items.get_nowait()
+            except queue.Empty:
+                worker.join(0.05)

@@ -6,10 +6,15 @@ with ``tf.train.load_checkpoint``; each variable goes to a Keras weight through 
 and anything unmatched on either side is an error that lists it. Inputs are ``[batch, 187, 96]``
 log-mel patches (musicnn's own 16 kHz, 512/256, 96-band, log10(1 + 10000·x) representation);
 outputs are logits over the 50 MTAT tags (sigmoid them for the package's taggram).
+
+:data:`REGISTRY` is the one list of the pretrained models (``--pretrained``, the teachers of
+``--labels=teacher:NAME``, ``--mode=export --pretrained``): one :class:`PretrainedModel` per
+port; an unknown name is an error listing the known ones.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import os
 import tempfile
@@ -19,6 +24,7 @@ import numpy as np
 from tftag.datasets.mtat import TOP50_TAGS
 from tftag.features import MelConfig
 from tftag.models import ModelConfig, build
+from tftag.registry import Registry
 
 PATCH_SECONDS = 3.0  # musicnn's input: 187 frames of 16 kHz hop 256 (MEL_CONFIG.frames_in(3))
 MTT_TAGS = TOP50_TAGS  # the checkpoints' output order
@@ -34,9 +40,30 @@ def _dense(ckpt: str, layer: str) -> list[tuple[str, str, str]]:
     return [(f"{ckpt}/kernel", layer, "kernel"), (f"{ckpt}/bias", layer, "bias")]
 
 
-# (checkpoint variable, Keras layer, weight) in Keras weight order within each layer.
-VARIABLE_MAPS = {
-    "MTT_musicnn": (
+@dataclasses.dataclass(frozen=True)
+class PretrainedModel:
+    """One port of a musicnn checkpoint.
+
+    Attributes:
+      name: registry name, the checkpoint folder in the wheel (``MTT_musicnn``).
+      model_config: the tftag model its weights fit (input: :data:`PATCH_SECONDS` patches of
+        :data:`MEL_CONFIG`).
+      variables: (checkpoint variable, Keras layer, weight), in Keras weight order within each
+        layer.
+    """
+
+    name: str
+    model_config: ModelConfig
+    variables: tuple[tuple[str, str, str], ...]
+
+
+REGISTRY: Registry[PretrainedModel] = Registry("pretrained model", lambda: None)
+names = REGISTRY.names
+get = REGISTRY.get
+
+for _port in (
+    PretrainedModel("MTT_musicnn", ModelConfig("musicnn", preset="musicnn_mtt",
+                                               patch_seconds=PATCH_SECONDS), tuple(
         _bn("batch_normalization", "input_bn")
         + _dense("conv2d", "timbral0_conv") + _bn("batch_normalization_1", "timbral0_bn")
         + _dense("conv2d_1", "timbral1_conv") + _bn("batch_normalization_2", "timbral1_bn")
@@ -48,20 +75,18 @@ VARIABLE_MAPS = {
         + _dense("conv2d_7", "mid2_conv") + _bn("batch_normalization_8", "mid2_bn")
         + _bn("batch_normalization_9", "pool_bn")
         + _dense("dense", "dense") + _bn("batch_normalization_10", "dense_bn")
-        + _dense("dense_1", "logits")
-    ),
-    "MTT_vgg": (
+        + _dense("dense_1", "logits"))),
+    PretrainedModel("MTT_vgg", ModelConfig("musicnn_vgg", patch_seconds=PATCH_SECONDS), tuple(
         _bn("batch_normalization", "input_bn")
         + [m for i in range(1, 6)
            for m in _dense(f"{i}CNN", f"conv{i}") + _bn(f"batch_normalization_{i}", f"bn{i}")]
-        + _dense("dense", "logits")
-    ),
-}
-MODEL_CONFIGS = {
-    "MTT_musicnn": ModelConfig("musicnn", preset="musicnn_mtt", patch_seconds=PATCH_SECONDS),
-    "MTT_vgg": ModelConfig("musicnn_vgg", patch_seconds=PATCH_SECONDS),
-}
-PATCH_FRAMES = MODEL_CONFIGS["MTT_musicnn"].patch_frames(MEL_CONFIG)  # 187
+        + _dense("dense", "logits"))),
+):
+    REGISTRY.register(_port.name)(_port)
+
+# The registry's variable maps by name, as load_musicnn reads them (a test breaks one here).
+VARIABLE_MAPS = {n: list(get(n).variables) for n in names()}
+PATCH_FRAMES = get("MTT_musicnn").model_config.patch_frames(MEL_CONFIG)  # 187, both ports
 # Optimizer state and counters in the checkpoints, not part of the model.
 _IGNORED_SUFFIXES = ("/Adam", "/Adam_1")
 _IGNORED = {"beta1_power", "beta2_power", "global_step"}
@@ -103,7 +128,7 @@ def load_musicnn(name: str, path: str | None = None):
     """Keras model with the weights of a pretrained musicnn checkpoint, in inference mode.
 
     Args:
-      name: ``MTT_musicnn`` or ``MTT_vgg``.
+      name: a name of :data:`REGISTRY` (``MTT_musicnn``, ``MTT_vgg``).
       path: checkpoint folder (default: inside the installed ``musicnn`` wheel).
 
     Returns:
@@ -113,10 +138,9 @@ def load_musicnn(name: str, path: str | None = None):
       ValueError: unknown name, or checkpoint variables and model weights that do not match
         (every unmatched name and shape is listed).
     """
-    if name not in VARIABLE_MAPS:
-        raise ValueError(f"unknown pretrained model {name!r}; known: {', '.join(sorted(VARIABLE_MAPS))}")
+    port = get(name)  # an unknown name: ValueError listing the known ones
     variables = read_checkpoint(path or checkpoint_dir(name))
-    model = build(MODEL_CONFIGS[name], MEL_CONFIG, len(MTT_TAGS))
+    model = build(port.model_config, MEL_CONFIG, len(MTT_TAGS))
     mapping = VARIABLE_MAPS[name]
     problems = [f"checkpoint variable {v} {variables[v].shape} has no Keras weight"
                 for v in sorted(set(variables) - {m[0] for m in mapping})]
