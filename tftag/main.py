@@ -201,8 +201,10 @@ flags.DEFINE_bool("profile_trace", False, "profile: also trace a few training st
 flags.DEFINE_integer("trace_steps", 3, "profile: training steps in the trace.", lower_bound=1)
 
 
-def build_experiment(mode: str) -> experiment.Experiment:
-    """The Experiment of the flags; a bad value is a UsageError naming its flag."""
+def build_experiment(mode: str | None = None) -> experiment.Experiment:
+    """The Experiment of the flags (for ``mode``, default ``--mode``); a bad value is a
+    UsageError naming its flag."""
+    mode = mode or FLAGS.mode
     mel_configs = tuple(cli.mel_configs())  # checked first: no model registry (Keras) needed
     model = cli.config("--width/--preset/--dropout/--patch_seconds", lambda: models.ModelConfig(
         FLAGS.model, width=FLAGS.width, preset=FLAGS.preset,
