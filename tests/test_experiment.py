@@ -139,6 +139,8 @@ def test_cli_run_dir_holds_the_whole_experiment(tmp_path):
      "error: --dataset_dir: /nonexistent/dataset.json not found"),
     (["--mode=tag", "--model_dir=/nonexistent", "--audio=/"], "error: --model_dir='/nonexistent'"),
     (["--mode=verify"], "error: --mode=verify needs --dataset_dir"),
+    (["--mode=sweep", "--strategy=multi_worker", "--run_dir=RUN"],
+     "error: --strategy=multi_worker trains with --mode=train only, not --mode=sweep"),
     (["--epochs=0"], "error: flag --epochs=0: 0 is not a positive integer"),
     (["--mode=profile", "--sweep_model=vgg:depth=3"],
      "error: --sweep_model: 'vgg:depth=3': 'depth=3' is not key=value with a key in resolutions"),
