@@ -211,10 +211,12 @@ def build_experiment(mode: str | None = None) -> experiment.Experiment:
         dropout=None if FLAGS.dropout < 0 else FLAGS.dropout,
         patch_seconds=FLAGS.patch_seconds or None))
     train = cli.config("--batch_size/--epochs/--learning_rate/--patience", lambda: (
-        experiment.TrainConfig(batch_size=FLAGS.batch_size, epochs=FLAGS.epochs, learning_rate=FLAGS.learning_rate,
-        patience=FLAGS.patience, seed=FLAGS.seed, steps_per_epoch=FLAGS.steps_per_epoch or None,
-        deterministic=FLAGS.deterministic, strategy=FLAGS.strategy, loss=FLAGS.loss,
-        valid_patches=FLAGS.valid_patches or None)))
+        experiment.TrainConfig(
+            batch_size=FLAGS.batch_size, epochs=FLAGS.epochs, learning_rate=FLAGS.learning_rate,
+            patience=FLAGS.patience, seed=FLAGS.seed,
+            steps_per_epoch=FLAGS.steps_per_epoch or None,
+            deterministic=FLAGS.deterministic, strategy=FLAGS.strategy, loss=FLAGS.loss,
+            valid_patches=FLAGS.valid_patches or None)))
     data = cli.config(f"--catalog={FLAGS.catalog}/--labels", lambda: experiment.DataConfig(
         FLAGS.catalog, FLAGS.input, FLAGS.dataset_dir, FLAGS.num_clips, FLAGS.clip_seconds,
         FLAGS.synth_sr, FLAGS.mel_dtype, FLAGS.clips_per_shard, FLAGS.direct_num_workers,
@@ -257,9 +259,9 @@ def main(argv) -> None:
     exp = build_experiment(name) if mode.experiment else None
     if exp:
         check_experiment(name, mode, exp)
-    record = runrecord.record_dir(FLAGS.run_dir, name) if FLAGS.run_dir else None
-    if exp:  # before the first TensorFlow op: thread pools, then a multi_worker strategy
+        # before the first TensorFlow op: thread pools, then a multi_worker strategy
         _lib("distributed").setup(exp.train, mode.uses_strategy, exp.data.dataset_dir)
+    record = runrecord.record_dir(FLAGS.run_dir, name) if FLAGS.run_dir else None  # runrecord
     chief = _lib("distributed").is_chief()  # other workers write nothing
     if exp and record and chief:
         write_run_files(exp, record)
