@@ -21,17 +21,13 @@ import os
 
 from absl import app, flags
 
-from tftag import cli, codecs, datasets, extraction, pipeline
-from tftag.datasets import Catalog
+from tftag import cli, codecs, datasets, experiment, extract, extraction, pipeline
 
 FLAGS = flags.FLAGS
 
 
 def define_flags() -> None:
     """Defines this pipeline's flags (only when it runs as the entry point)."""
-    flags.DEFINE_string("input", None, "What to extract: a folder of audio files (searched "
-                        "recursively, unlabelled), a CSV with path,split,tags, a rendered built-in corpus, "
-                        "an MTAT directory or an MSD directory (see --catalog).")
     flags.DEFINE_string("catalog", "auto", f"Catalogue reader: auto or one of {', '.join(datasets.names())}; auto = "
                         "synthetic (has corpus.json), mtat (has annotations_final.csv), msd (has "
                         "train.tsv), else folder for a directory and csv for a file.")
@@ -48,8 +44,6 @@ def define_flags() -> None:
                        "recorded.", lower_bound=0.0)
     flags.DEFINE_float("silence_threshold", 1e-5, "Clips whose peak |sample| is below this are "
                        "skipped as silent and recorded.", lower_bound=0.0)
-    flags.DEFINE_integer("min_tag_count", 1, "csv catalogue: keep tags with at least this many "
-                         "training clips.", lower_bound=1)
     flags.DEFINE_bool("overwrite", False, "Discard whatever extraction output is in --output_dir.")
     flags.DEFINE_bool("retry_failed", False, "On resume, retry clips recorded as failed.")
     flags.DEFINE_bool("keep_staging", False, "Keep the per-clip staging files after success.")
@@ -70,48 +64,41 @@ def define_flags() -> None:
                          lower_bound=0)
     flags.DEFINE_enum("direct_running_mode", "auto", list(pipeline.RUNNING_MODES), "DirectRunner mode; auto = "
                       "multi_processing when direct_num_workers != 1, else in_memory.")
+    cli.define_catalog_flags()
     cli.define_label_flags()
     flags.DEFINE_list("pipeline_options", [], "Extra Beam pipeline options, comma-separated, e.g. "
                       "--pipeline_options=--project=P,--region=R,--temp_location=gs://B/tmp.")
 
 
-def load_catalog() -> Catalog:
-    """The catalogue named by --catalog/--input."""
-    if FLAGS.catalog == "debian":
-        from tftag.datasets import debian
-
-        return datasets.load("debian", FLAGS.input, packages=FLAGS.packages or debian.QUICK_PACKAGES,
-                             cache_dir=FLAGS.cache_dir)
-    if not FLAGS.input:
-        raise app.UsageError("--input is required: a folder of audio files or a catalogue CSV")
-    if not os.path.exists(FLAGS.input):
-        raise app.UsageError(f"--input={FLAGS.input!r} does not exist")
+def data_config() -> experiment.DataConfig:
+    """The data source of the flags (--catalog=auto resolved from --input)."""
     name = FLAGS.catalog
     if name == "auto":
+        if not FLAGS.input:
+            raise app.UsageError("--input is required: a folder of audio files or a catalogue CSV")
         name = datasets.detect(FLAGS.input)
-    known = datasets.names()
-    if name not in known:
-        raise app.UsageError(f"--catalog={FLAGS.catalog!r}; known: auto, {', '.join(known)}")
-    try:
-        return datasets.load(name, FLAGS.input, min_tag_count=FLAGS.min_tag_count)
-    except (ValueError, FileNotFoundError, NotADirectoryError) as e:
-        raise app.UsageError(f"--catalog={name} --input={FLAGS.input}: {e}") from None
+    return cli.config(f"--catalog={name}", lambda: experiment.DataConfig(
+        name, FLAGS.input, mel_dtype=FLAGS.mel_dtype, clips_per_shard=FLAGS.clips_per_shard,
+        direct_num_workers=FLAGS.direct_num_workers, labels=FLAGS.labels,
+        teacher_top_k=FLAGS.teacher_top_k, packages=tuple(FLAGS.packages),
+        cache_dir=FLAGS.cache_dir, min_tag_count=FLAGS.min_tag_count),
+        also_known={"catalog": ("auto",)})
 
 
 def main(argv):
     del argv
     if not FLAGS.output_dir:
         raise app.UsageError("--output_dir is required")
-    cli.check_name("mel_dtype", codecs.REGISTRY)
     configs = cli.mel_configs()
-    catalog = load_catalog()
+    data = data_config()
+    catalog = extract.resolve_catalog(data, FLAGS.seed)  # as --mode=extract: the same split
     if FLAGS.describe:
         from tftag import datacard
 
         print(datacard.format_card(datacard.write_card(catalog, FLAGS.output_dir)))
     plan = extraction.ExtractionPlan(
         output_dir=os.path.abspath(FLAGS.output_dir), configs=tuple(configs),
-        tags=pipeline.plan_tags(catalog, FLAGS.labels), mel_dtype=FLAGS.mel_dtype,
+        tags=extract.plan_tags(catalog, FLAGS.labels), mel_dtype=FLAGS.mel_dtype,
         clips_per_shard=FLAGS.clips_per_shard, min_duration=FLAGS.min_duration,
         silence_threshold=FLAGS.silence_threshold, labels=FLAGS.labels,
         teacher_top_k=FLAGS.teacher_top_k,

@@ -135,3 +135,36 @@ def test_extraction_with_teacher_labels(cache, tmp_path):
         np.testing.assert_allclose(ex["soft_labels"], expected, atol=1e-5)
         top3 = set(np.argsort(-expected)[:3])
         assert set(np.flatnonzero(ex["labels"])) == top3
+
+
+def test_both_entry_points_split_with_the_seed(cache, tmp_path):
+    """pipelines/extract.py and --mode=extract resolve the catalogue through one function: the
+    same --seed gives the same clips in the same splits (seed 7 moves both groups of the fake
+    package away from their seed-0 splits)."""
+    from tftag import data
+    from tftag.features import MelConfig
+
+    catalogue = [f"--cache_dir={cache}", f"--packages={PKG}", "--catalog=debian", "--seed=7",
+                 "--resolutions=sr16000-mel16-hop1-log"]
+    run_dir, out = tmp_path / "run", tmp_path / "out"
+    run_module("tftag.main", "--mode=extract", f"--run_dir={run_dir}", *catalogue)
+    run_module("pipelines.extract", f"--output_dir={out}", *catalogue)
+    config = MelConfig(16000, 16, 1, "log")
+
+    def splits(dataset_dir):
+        names = json.loads((dataset_dir / "dataset.json").read_text())["splits"]
+        return {split: sorted(e["clip_id"] for e in data.read_examples(str(dataset_dir), config,
+                                                                         split=split))
+                for split in names}
+
+    main_splits, pipeline_splits = splits(run_dir / "dataset"), splits(out)
+    assert main_splits == pipeline_splits
+    groups = {"song_a": "valid", "pk3song": "train"}  # seed 0: train and test
+    assert {g: debian.split_of(f"{PKG}:{g}", 7) for g in groups} == groups
+    assert {g: debian.split_of(f"{PKG}:{g}", 0) for g in groups} == {"song_a": "train",
+                                                                      "pk3song": "test"}
+    by_clip = {c: s for s, clips in main_splits.items() for c in clips}
+    assert len(by_clip) == 4
+    assert by_clip == {c: groups["pk3song" if "pk3song" in c else "song_a"] for c in by_clip}
+    for dataset_dir in (run_dir / "dataset", out):
+        assert json.loads((dataset_dir / "dataset.json").read_text())["source"]["split_seed"] == 7

@@ -177,9 +177,12 @@ def test_multi_worker_setup_errors(monkeypatch):
                                                 "task": {"type": "worker", "index": 0}}))
     cfg = train.TrainConfig(strategy="multi_worker")
     with pytest.raises(ValueError, match=r"needs --dataset_dir \(a finished dataset"):
-        distributed.setup(cfg, "train", None)
-    with pytest.raises(ValueError, match="trains with --mode=train only, not --mode=sweep"):
-        distributed.setup(cfg, "sweep", "/data")
+        distributed.setup(cfg, True, None)
+    # A mode that does not use the strategy ignores it (the entry point refuses it for sweep
+    # and tune: tests/test_experiment.py); no TF_CONFIG is parsed, no strategy is made.
+    monkeypatch.setenv("TF_CONFIG", "not json")
+    distributed.setup(cfg, False, None)
+    assert distributed.task() is None
 
 
 def test_the_global_batch_must_divide_across_replicas(tiny_dataset, tmp_path):

@@ -5,8 +5,12 @@ from __future__ import annotations
 import glob
 import json
 import os
+import subprocess
+import sys
 
-from conftest import run_module
+from conftest import ROOT, run_module
+from tftag import runrecord
+from tftag.experiment import Experiment
 
 
 def test_extract_mode_on_the_built_in_corpus(tmp_path):
@@ -73,3 +77,69 @@ def test_profile_flag_errors(tmp_path):
     proc = run_module("tftag.main", "--mode=profile", f"--run_dir={tmp_path}", "--width=0",
                       check=False)
     assert proc.returncode != 0 and "width must be > 0" in proc.stderr
+
+
+def test_modes_are_one_table():
+    """Every --mode value has a Mode record with a runner, and every record is a --mode value."""
+    code = ("import dataclasses, json, tftag.main as m; "
+            "print(json.dumps({'enum': m.FLAGS['mode'].parser.enum_values, "
+            "'records': {n: [type(r).__name__, callable(r.run), r.__dataclass_params__.frozen] "
+            "for n, r in m.MODES.items()}, 'doc': m.__doc__}))")
+    out = json.loads(subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                                    text=True, check=True).stdout.splitlines()[-1])
+    assert sorted(out["enum"]) == sorted(out["records"]) and len(out["enum"]) == 11
+    assert all(r == ["Mode", True, True] for r in out["records"].values()), out["records"]
+    for name in out["enum"]:  # the docstring says what each mode does
+        assert f"\n  {name} " in out["doc"], name
+
+
+def test_importing_the_modes_loads_no_beam(tiny_dataset):
+    """Checking an existing --dataset_dir (every mode does) imports no Apache Beam."""
+    code = ("import sys, tftag.train, tftag.evaluate, tftag.export, tftag.sweep, tftag.tune, "
+            "tftag.tag; assert 'apache_beam' not in sys.modules, 'import'; "
+            "from tftag import experiment, extract; from tftag.features import MelConfig; "
+            "from tftag.models import ModelConfig; "
+            "exp = experiment.Experiment((MelConfig(16000, 16, 2, 'log', 3.0),), "
+            f"ModelConfig('vgg'), data=experiment.DataConfig(dataset_dir={tiny_dataset!r})); "
+            "print(extract.ensure_dataset(exp)); "
+            "assert 'apache_beam' not in sys.modules, 'ensure_dataset'")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.splitlines()[-1] == tiny_dataset
+
+
+def test_run_record_owner(tmp_path):
+    assert runrecord.owner(str(tmp_path)) is None
+    assert runrecord.record_dir(str(tmp_path), "export") == str(tmp_path)  # nobody made it yet
+    (tmp_path / "flags.txt").write_text("--catalog=synthetic\n--mode=sweep\n--seed=0\n")
+    assert runrecord.owner(str(tmp_path)) == "sweep"
+    assert runrecord.record_dir(str(tmp_path), "sweep") == str(tmp_path)  # a resumed sweep
+    assert runrecord.record_dir(str(tmp_path), "export") == str(tmp_path / "export")
+
+
+def test_other_modes_keep_the_training_runs_record(tiny_dataset, tmp_path):
+    """export and evaluate on a training run dir add their records in <run_dir>/<mode>/ and leave
+    the run's flags.txt, configs.json and summary.json byte for byte as they were."""
+    run_dir = tmp_path / "run"
+    args = [f"--dataset_dir={tiny_dataset}", f"--run_dir={run_dir}",
+            "--resolutions=sr16000-mel16-hop2-log", "--duration=3", "--model=vgg",
+            "--width=0.05", "--batch_size=8", f"--export_dir={tmp_path / 'export'}"]
+    run_module("tftag.main", "--mode=train", *args, "--epochs=1", "--export=false")
+    record = {name: (run_dir / name).read_bytes() for name in runrecord.RECORD_FILES}
+    assert json.loads(record["summary.json"])["mode"] == "train"
+    weights = f"--weights={run_dir / 'best.weights.h5'}"
+    run_module("tftag.main", "--mode=export", *args, weights)
+    run_module("tftag.main", "--mode=evaluate", *args, weights, "--split=valid")
+    assert {name: (run_dir / name).read_bytes() for name in runrecord.RECORD_FILES} == record
+    exported = json.loads((run_dir / "export" / "summary.json").read_text())
+    assert exported["mode"] == "export"
+    assert exported["export_path"] == str(tmp_path / "export" / "vgg-sr16000-mel16-hop2-log" / "1")
+    evaluated = json.loads((run_dir / "evaluate" / "summary.json").read_text())
+    assert evaluated["mode"] == "evaluate" and evaluated["split"] == "valid"
+    assert evaluated["results"] == str(run_dir / "evaluation_valid.json")  # results stay in place
+    for mode in ("export", "evaluate"):
+        assert f"--mode={mode}\n" in (run_dir / mode / "flags.txt").read_text()
+        assert Experiment.load(str(run_dir)).model.width == 0.05
+        configs = json.loads((run_dir / mode / "configs.json").read_text())
+        assert configs["data"]["dataset_dir"] == tiny_dataset
+        assert glob.glob(str(run_dir / mode / "tb" / "config" / "events.out.tfevents.*"))

@@ -170,7 +170,7 @@ def test_export_config_and_usage_errors(tmp_path, tiny_dataset):
                      f"--dataset_dir={tiny_dataset}", *MODEL_FLAGS, check=False)
     assert bad.returncode == 2
     errors = [line for line in bad.stderr.splitlines() if line.startswith("error:")]
-    assert errors == ["error: --tflite=float32,fp8: unknown precision fp8; allowed: float32, "
+    assert errors == ["error: --tflite=float32,fp8: unknown precision 'fp8'; allowed: float32, "
                       "float16, dynamic, int8 (a .tflite file only with --mode=evaluate)"]
     with pytest.raises(FileNotFoundError, match=r"--tflite=/no/such\.tflite: no such \.tflite"):
         litert.load_checked("/no/such.tflite", MEL, 5)

@@ -9,12 +9,15 @@ no page of flag help, no traceback (``--show_traceback`` shows it).
 from __future__ import annotations
 
 import sys
-from typing import Callable
+from typing import Callable, Mapping, Sequence, TypeVar
 
 from absl import app, flags
 
 from tftag import features
 from tftag.errors import DataError
+from tftag.registry import UnknownNameError
+
+T = TypeVar("T")
 
 FLAGS = flags.FLAGS
 HINT = "see --helpfull for every flag"
@@ -106,16 +109,29 @@ def flagfile_text() -> str:
     return "\n".join(lines) + "\n"
 
 
-def define_label_flags() -> None:
-    """Defines --labels, --teacher_top_k (tftag.teacher) and --packages, --cache_dir (debian)."""
-    flags.DEFINE_string("labels", "catalog", "catalog (the catalogue's tags) or "
-                        "teacher:MTT_musicnn / teacher:MTT_vgg (top-k hard and soft labels from a "
-                        "pretrained model; see tftag.teacher).")
-    flags.DEFINE_integer("teacher_top_k", 3, "Teacher labels: hard labels per clip.", lower_bound=1)
+def define_catalog_flags() -> None:
+    """The catalogue flags both extraction entry points take (beside their own ``--catalog``):
+    --input, --seed, --min_tag_count, --packages, --cache_dir
+    (:func:`tftag.extract.resolve_catalog` reads them from a ``DataConfig``)."""
+    flags.DEFINE_string("input", None, "Catalogue input: a folder of audio files (searched "
+                        "recursively, unlabelled), a CSV with path,split,tags, a rendered "
+                        "built-in corpus, an MTAT directory or an MSD directory (see --catalog).")
+    flags.DEFINE_integer("seed", 0, "Seed of the built-in corpus and of the debian catalogue's "
+                         "split; tftag.main: also of weights, shuffling and patches.")
+    flags.DEFINE_integer("min_tag_count", 1, "csv catalogue: keep tags with at least this many "
+                         "training clips.", lower_bound=1)
     flags.DEFINE_list("packages", [], "--catalog=debian: Debian packages (default: a ~210 MB "
                       "subset; tftag.datasets.debian.ALL_PACKAGES lists the 17 of the study).")
     flags.DEFINE_string("cache_dir", None, "--catalog=debian: downloads and unpacked packages "
                         "(default ~/.cache/tftag/debian).")
+
+
+def define_label_flags() -> None:
+    """Defines --labels and --teacher_top_k (tftag.teacher)."""
+    flags.DEFINE_string("labels", "catalog", "catalog (the catalogue's tags) or "
+                        "teacher:MTT_musicnn / teacher:MTT_vgg (top-k hard and soft labels from a "
+                        "pretrained model; see tftag.teacher).")
+    flags.DEFINE_integer("teacher_top_k", 3, "Teacher labels: hard labels per clip.", lower_bound=1)
 
 
 def define_export_flags() -> None:
@@ -134,21 +150,6 @@ def define_export_flags() -> None:
                       "evaluate: one .tflite file to evaluate instead of --weights.")
     flags.DEFINE_integer("representative_clips", 100, "--tflite=int8: clips of the training "
                          "split of --dataset_dir to calibrate on.", lower_bound=1)
-
-
-def tflite_precisions(mode: str) -> tuple[str, ...]:
-    """The precisions of --tflite (none in evaluate mode, where it names a file); a bad name is
-    a one-line UsageError naming the flag and the allowed values."""
-    from tftag import tflite
-
-    if mode == "evaluate":
-        return ()
-    bad = [p for p in FLAGS.tflite if p not in tflite.PRECISIONS]
-    if bad:
-        raise app.UsageError(f"--tflite={','.join(FLAGS.tflite)}: unknown precision "
-                             f"{', '.join(bad)}; allowed: {', '.join(tflite.PRECISIONS)} (a "
-                             ".tflite file only with --mode=evaluate)")
-    return tuple(FLAGS.tflite)
 
 
 def define_tag_flags() -> None:
@@ -216,9 +217,26 @@ def registry_help(registry, what: str) -> str:
     return f"{what}: one of {', '.join(registry.names())}."
 
 
-def check_name(flag: str, registry) -> str:
-    """The value of --flag if its registry knows it; else a UsageError listing the known names."""
-    value = getattr(FLAGS, flag)
-    if value not in registry.names():
-        raise app.UsageError(f"--{flag}={value!r}; known: {', '.join(registry.names())}")
-    return value
+# The flag of each config field that holds a registry name (the registry checks the config).
+FLAG_OF_FIELD = {"catalog": "catalog", "mel_dtype": "mel_dtype", "model": "model",
+                 "sweep_models": "models"}
+
+
+def config(flag_names: str, make: Callable[[], T], hint: str = "",
+           also_known: Mapping[str, Sequence[str]] | None = None) -> T:
+    """``make()`` (a config built from flags); its errors as one-line UsageErrors.
+
+    An unknown registry name names its flag and the known names (``--model='resnet'; known:
+    musicnn, ...``, plus the entry point's own ``also_known`` values of that flag); any other
+    ValueError or TypeError is prefixed with ``flag_names`` and followed by ``hint``.
+    """
+    try:
+        return make()
+    except UnknownNameError as e:
+        flag = FLAG_OF_FIELD.get(e.field or "", e.field or e.kind)
+        known = ", ".join([*(also_known or {}).get(flag, ()), *e.known])
+        if flag in FLAGS and isinstance(FLAGS[flag].value, list):
+            raise app.UsageError(f"--{flag}: unknown {list(e.names)}; known: {known}") from None
+        raise app.UsageError(f"--{flag}={e.names[0]!r}; known: {known}") from None
+    except (ValueError, TypeError) as e:
+        raise app.UsageError(f"{flag_names}: {e}{' ' + hint if hint else ''}") from None

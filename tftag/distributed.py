@@ -89,8 +89,6 @@ TF_CONFIG = "TF_CONFIG"
 EXPECTED = ('TF_CONFIG={"cluster": {"worker": ["host:port", ...]}, '
             '"task": {"type": "worker", "index": i}}')
 JOBS = ("chief", "worker")
-# Modes that train but not through tftag.train.run_train: not multi-worker aware.
-OTHER_TRAINING_MODES = ("sweep", "tune")
 
 _PROCESS: dict[str, Any] = {}  # "task" and "strategy" of this process, once made
 
@@ -178,28 +176,25 @@ def parse_tf_config(text: str | None) -> Task:
     return Task(addresses, task_type, index)
 
 
-def setup(train_config, mode: str, dataset_dir: str | None) -> dict[str, Any]:
+def setup(train_config, uses_strategy: bool, dataset_dir: str | None) -> dict[str, Any]:
     """The entry point's start-up, before any other TensorFlow op: seeds and thread pools
-    (:func:`tftag.determinism.configure`), then, for ``--mode=train --strategy=multi_worker``,
-    the strategy of $TF_CONFIG.
+    (:func:`tftag.determinism.configure`), then, for ``--strategy=multi_worker`` in a mode that
+    uses the strategy (``--mode=train``), the strategy of $TF_CONFIG.
 
     Args:
       train_config: the experiment's :class:`tftag.experiment.TrainConfig`.
-      mode: the entry point's mode (other modes than train do not use the strategy).
+      uses_strategy: whether the mode trains under the strategy (the entry point's table of
+        modes says; the others ignore it).
       dataset_dir: the experiment's ``data.dataset_dir`` (None: extracted into the run dir).
 
     Returns:
       The settings of :func:`tftag.determinism.configure`.
 
     Raises:
-      ValueError: multi_worker with a mode that trains otherwise (sweep, tune), without a
-        finished ``dataset_dir``, or with a missing or malformed $TF_CONFIG.
+      ValueError: multi_worker without a finished ``dataset_dir``, or with a missing or
+        malformed $TF_CONFIG.
     """
-    multi = train_config.strategy == "multi_worker"
-    if multi and mode in OTHER_TRAINING_MODES:
-        raise ValueError(f"--strategy=multi_worker trains with --mode=train only, not "
-                         f"--mode={mode}")
-    multi = multi and mode == "train"
+    multi = train_config.strategy == "multi_worker" and uses_strategy
     if multi:
         parse_tf_config(os.environ.get(TF_CONFIG))  # a bad TF_CONFIG fails before TensorFlow
         if not dataset_dir:

@@ -234,11 +234,11 @@ def run_evaluate(experiment, weights: str, split: str | None, tflite: str | None
     """
     import os
 
-    from tftag import data, litert, pipeline, runfiles
+    from tftag import data, extract, litert, runfiles
     from tftag.models import build
 
     config, mc = experiment.mel_config, experiment.model
-    dataset_dir = pipeline.ensure_dataset(experiment)
+    dataset_dir = extract.ensure_dataset(experiment)
     if not tflite:
         runfiles.require_weights(weights)
     info = data.load_dataset_info(dataset_dir)

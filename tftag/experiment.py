@@ -108,6 +108,7 @@ class DataConfig:
       teacher_top_k: teacher labels: hard labels per clip (its top-k tags).
       packages: ``debian`` catalogue: the Debian packages (empty = its quick subset).
       cache_dir: ``debian`` catalogue: downloads and unpacked packages (None = ~/.cache/tftag).
+      min_tag_count: ``csv`` catalogue: keep tags with at least this many training clips.
     """
 
     catalog: str = "synthetic"
@@ -123,16 +124,17 @@ class DataConfig:
     teacher_top_k: int = 3
     packages: tuple[str, ...] = ()
     cache_dir: str | None = None
+    min_tag_count: int = 1
 
     def __post_init__(self):
         from tftag import datasets, teacher
 
-        datasets.REGISTRY.check(self.catalog)
-        codecs.REGISTRY.check(self.mel_dtype)
+        datasets.REGISTRY.check(self.catalog, "catalog")
+        codecs.REGISTRY.check(self.mel_dtype, "mel_dtype")
         teacher.parse_labels(self.labels)
         if not 1 <= self.teacher_top_k <= len(teacher.tags()):
             raise ValueError(f"teacher_top_k must be in [1, 50], got {self.teacher_top_k}")
-        for name in ("num_clips", "clips_per_shard"):
+        for name in ("num_clips", "clips_per_shard", "min_tag_count"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.catalog not in ("synthetic", "debian") and not self.input and not self.dataset_dir:
@@ -262,8 +264,8 @@ class Experiment:
             raise ValueError("no resolution given")
         if len({c.duration for c in self.mel_configs}) != 1:
             raise ValueError("all resolutions of one experiment need one duration")
-        for name in (self.model.name, *self.sweep_models):
-            models.REGISTRY.check(name)
+        models.REGISTRY.check(self.model.name, "model")
+        models.REGISTRY.check_all(self.sweep_models, "sweep_models")
         if self.repeats < 1:
             raise ValueError(f"repeats must be >= 1, got {self.repeats}")
         names = [m.name for m in self.model_configs]
@@ -281,10 +283,15 @@ class Experiment:
     @property
     def mel_config(self) -> MelConfig:
         """The one resolution of a single-resolution mode."""
+        return self.one_resolution()
+
+    def one_resolution(self, user: str = "this mode") -> MelConfig:
+        """The one resolution; a ValueError saying that ``user`` (e.g. ``--mode=train``) takes
+        one if there are several."""
         if len(self.mel_configs) != 1:
             names = ", ".join(c.name for c in self.mel_configs[:4])
             more = ", ..." if len(self.mel_configs) > 4 else ""
-            raise ValueError(f"this mode takes one resolution: give --sr, --n_mels, "
+            raise ValueError(f"{user} takes one resolution: give --sr, --n_mels, "
                              f"--hop_factors and --compressions one value each, or one "
                              f"--resolutions (got {len(self.mel_configs)}: {names}{more})")
         return self.mel_configs[0]
@@ -352,9 +359,10 @@ class Experiment:
                        SweepModel(**dict(o, resolutions=tuple(o["resolutions"])))
                        for o in d.get("sweep_overrides", ())))
 
-    def save(self) -> str:
-        """Writes ``<run_dir>/configs.json``; returns its path."""
-        path = self.path(CONFIGS_JSON)
+    def save(self, directory: str | None = None) -> str:
+        """Writes ``configs.json`` into ``directory`` (default: the run directory); returns its
+        path."""
+        path = os.path.join(directory, CONFIGS_JSON) if directory else self.path(CONFIGS_JSON)
         runfiles.write_json_atomic(path, self.to_dict())
         return path
 

@@ -488,10 +488,10 @@ def export_pretrained(name: str, export_config, dataset_dir: str | None = None) 
 
 def run_export(experiment, weights: str) -> dict:
     """``--mode=export``: the experiment's model at its one resolution with ``weights``."""
-    from tftag import pipeline, runfiles
+    from tftag import extract, runfiles
 
     runfiles.require_weights(weights)
-    dataset_dir = pipeline.ensure_dataset(experiment)
+    dataset_dir = extract.ensure_dataset(experiment)
     path = export_weights(experiment, experiment.mel_config, experiment.model, weights, dataset_dir)
     print(f"exported {path}; inspect it with: .venv/bin/saved_model_cli show --all --dir {path}")
     return {"export_path": path}

@@ -2,8 +2,8 @@ r"""tftag's entry point: ``python -m tftag.main --flagfile=configs/NAME.flags``.
 
 Modes (what each does lives in the library module named after it):
   extract   render the built-in corpus (--catalog=synthetic, no --input), extract the requested
-            resolutions into <run_dir>/dataset (Apache Beam; resumes) — tftag.pipeline;
-  describe  the data card of a catalogue (files into --run_dir if given) — tftag.datacard;
+            resolutions into <run_dir>/dataset (Apache Beam; resumes) — tftag.extract;
+  describe  the data card of a catalogue (files into --run_dir if given) — tftag.extract;
   train     train --model at one resolution, keep the best weights by validation ROC-AUC,
             evaluate them on the test split, export — tftag.train;
   evaluate  macro ROC-AUC / PR-AUC of --weights (or a --tflite file) on --split — tftag.evaluate;
@@ -18,40 +18,136 @@ Modes (what each does lives in the library module named after it):
   verify    check every shard of --dataset_dir against dataset.json — tftag.verify;
   transcode --dataset_dir stored again with --mel_dtype into <run_dir>/dataset — tftag.transcode.
 
-train, evaluate, sweep, tune, extract and transcode need --run_dir; the others write there only if
-given. A run directory holds flags.txt (a valid flagfile), configs.json (the whole Experiment;
-tftag.experiment.Experiment.load reads it back), TensorBoard logs (tb/) and summary.json
-(--strategy=multi_worker: written by the chief alone; see tftag.distributed).
+What the entry point knows of each mode is one row of MODES (a Mode record: run dir needed, one
+resolution, Experiment, strategy, runner); main() parses, builds the Experiment, checks the row
+and dispatches. train, evaluate, sweep, tune, extract and transcode need --run_dir; the others
+write there only if given. A run directory holds flags.txt (a valid flagfile), configs.json (the
+whole Experiment; tftag.experiment.Experiment.load reads it back), TensorBoard logs (tb/) and
+summary.json (--strategy=multi_worker: written by the chief alone; see tftag.distributed).
+Those three files belong to the mode that made the directory (the --mode of its flags.txt); a
+run of another mode on it, e.g. --mode=export --run_dir=<a training run>, writes its own into
+<run_dir>/<mode>/ and never replaces them (tftag.runrecord).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import os
 import sys
+from typing import Any, Callable
 
 from absl import app, flags, logging
 
-from tftag import cli, codecs, datasets, experiment, models, runfiles
-
-NEEDS_RUN_DIR = ("train", "evaluate", "sweep", "tune", "extract", "transcode")
-MODES = (*NEEDS_RUN_DIR, "profile", "export", "tag", "describe", "verify")
-ONE_RESOLUTION = ("train", "evaluate", "tune", "export")
+from tftag import cli, codecs, datasets, experiment, models, runfiles, runrecord
 
 FLAGS = flags.FLAGS
+
+
+@dataclasses.dataclass(frozen=True)
+class Mode:
+    """What the entry point needs to know about one ``--mode``.
+
+    Attributes:
+      run: the runner: the Experiment (None without ``experiment``) -> its summary dict.
+      needs_run_dir: ``--run_dir`` is required.
+      one_resolution: takes exactly one resolution (checked before anything runs).
+      pretrained_resolution: with ``--pretrained``, the pretrained model's own resolution is
+        used instead (no one-resolution check).
+      experiment: builds an Experiment from the flags (tag and verify read an export or a
+        dataset: no Experiment, no Keras import).
+      uses_strategy: trains under ``--strategy`` (multi_worker included; tftag.distributed).
+      trains: trains models its own way: ``--strategy=multi_worker`` is an error unless
+        ``uses_strategy`` (other modes ignore the strategy).
+    """
+
+    run: Callable[[Any], dict]
+    needs_run_dir: bool = False
+    one_resolution: bool = False
+    pretrained_resolution: bool = False
+    experiment: bool = True
+    uses_strategy: bool = False
+    trains: bool = False
+
+
+def _lib(name: str):
+    return importlib.import_module(f"tftag.{name}")
+
+
+def _weights(exp) -> str:
+    return FLAGS.weights or exp.path("best.weights.h5")
+
+
+def _profile(exp) -> dict:
+    try:
+        batches = tuple(int(b) for b in FLAGS.latency_batches)
+    except ValueError:
+        raise app.UsageError("--latency_batches must be comma-separated integers") from None
+    return _lib("profile").run(exp, FLAGS.latency_runs, batches,
+                               FLAGS.trace_steps if FLAGS.profile_trace else 0)
+
+
+def _verify(exp) -> dict:
+    if not FLAGS.dataset_dir:
+        raise app.UsageError("--mode=verify needs --dataset_dir")
+    report = _lib("verify").verify_dataset(FLAGS.dataset_dir)
+    print(report.format())
+    return {"dataset_dir": FLAGS.dataset_dir, "ok": report.ok}
+
+
+def _check_tag_flags() -> None:  # TODO(tag.py): move beside the mode as tag.check_args
+    if bool(FLAGS.model_dir) == bool(FLAGS.pretrained):
+        raise app.UsageError("--mode=tag needs --pretrained (MTT_musicnn, MTT_vgg) or --model_dir "
+                             "(an exported model), not both")
+    if FLAGS.server and FLAGS.pretrained:
+        raise app.UsageError("--server scores with a served export: give its --model_dir")
+
+
+def _tag(exp) -> dict:
+    _check_tag_flags()
+    return _lib("tag").tag(FLAGS.model_dir, FLAGS.audio or "", FLAGS.output, FLAGS.server,
+                           FLAGS.server_protocol, FLAGS.top_k, pretrained=FLAGS.pretrained,
+                           window_hop=FLAGS.window_hop, taggram_dir=FLAGS.taggram_dir,
+                           plot=FLAGS.plot, embeddings=FLAGS.embeddings,
+                           block_seconds=FLAGS.block_seconds)
+
+
+def _export(exp) -> dict:
+    if FLAGS.pretrained:
+        return _lib("export").export_pretrained(FLAGS.pretrained, exp.export, exp.data.dataset_dir)
+    return _lib("export").run_export(exp, _weights(exp))
+
+
+MODES: dict[str, Mode] = {
+    "train": Mode(lambda exp: _lib("train").run_train(exp), needs_run_dir=True,
+                  one_resolution=True, uses_strategy=True, trains=True),
+    "evaluate": Mode(lambda exp: _lib("evaluate").run_evaluate(
+        exp, _weights(exp), None if FLAGS.split == "all" else FLAGS.split,
+        tflite=",".join(FLAGS.tflite) or None), needs_run_dir=True, one_resolution=True),
+    "sweep": Mode(lambda exp: _lib("sweep").run(exp), needs_run_dir=True, trains=True),
+    "tune": Mode(lambda exp: _lib("tune").run(exp, FLAGS.max_trials), needs_run_dir=True,
+                 one_resolution=True, trains=True),
+    "extract": Mode(lambda exp: _lib("extract").extract(exp), needs_run_dir=True),
+    "transcode": Mode(lambda exp: _lib("transcode").transcode_dataset(
+        exp.data.dataset_dir, exp.path("dataset"), exp.data.mel_dtype), needs_run_dir=True),
+    "profile": Mode(_profile),
+    "export": Mode(_export, one_resolution=True, pretrained_resolution=True),
+    "tag": Mode(_tag, experiment=False),
+    "describe": Mode(lambda exp: _lib("extract").describe(exp)),
+    "verify": Mode(_verify, experiment=False),
+}
+
 flags.DEFINE_enum("mode", "train", list(MODES), "What to run.")
 flags.DEFINE_string("run_dir", None, "Run directory (created): flags, configs, TensorBoard logs, "
                     "summary.json, and the dataset of --mode=extract.")
 flags.DEFINE_string("catalog", "synthetic", cli.registry_help(datasets.REGISTRY, "Catalogue") +
                     " synthetic without --input renders the built-in corpus into <run_dir>/corpus.")
-flags.DEFINE_string("input", None, "Catalogue input (MTAT or MSD directory, CSV file, audio "
-                    "folder, rendered corpus).")
 flags.DEFINE_integer("num_clips", 48, "Built-in corpus: clips to render.", lower_bound=1)
 flags.DEFINE_float("clip_seconds", 30.0, "Built-in corpus: seconds per clip.", lower_bound=0.5)
 flags.DEFINE_integer("synth_sr", 16000, "Built-in corpus: sample rate of the WAVs.",
                      lower_bound=8000)
-flags.DEFINE_integer("seed", 0, "Seed of weights, shuffling, patches and the built-in corpus.")
+cli.define_catalog_flags()
 cli.define_mel_flags()
 flags.DEFINE_string("mel_dtype", "float32", cli.registry_help(codecs.REGISTRY, "Storage codec "
                     "of the base mels"))
@@ -105,142 +201,73 @@ flags.DEFINE_bool("profile_trace", False, "profile: also trace a few training st
 flags.DEFINE_integer("trace_steps", 3, "profile: training steps in the trace.", lower_bound=1)
 
 
-def _config(cls, flag_names: str, *args, **kwargs):
-    try:
-        return cls(*args, **kwargs)
-    except (ValueError, TypeError) as e:
-        raise app.UsageError(f"{flag_names}: {e}") from None
-
-
-def build_experiment() -> experiment.Experiment:
-    """The Experiment of the flags; a bad value is a UsageError naming its flag."""
+def build_experiment(mode: str | None = None) -> experiment.Experiment:
+    """The Experiment of the flags (for ``mode``, default ``--mode``); a bad value is a
+    UsageError naming its flag."""
+    mode = mode or FLAGS.mode
     mel_configs = tuple(cli.mel_configs())  # checked first: no model registry (Keras) needed
-    for flag, registry in (("catalog", datasets.REGISTRY), ("mel_dtype", codecs.REGISTRY),
-                           ("model", models.REGISTRY)):
-        cli.check_name(flag, registry)
-    unknown = [n for n in FLAGS.models if n not in models.names()]
-    if unknown:
-        raise app.UsageError(f"--models: unknown {unknown}; known: {', '.join(models.names())}")
-    model = _config(models.ModelConfig, "--width/--preset/--dropout/--patch_seconds", FLAGS.model,
-                    width=FLAGS.width, preset=FLAGS.preset,
-                    dropout=None if FLAGS.dropout < 0 else FLAGS.dropout,
-                    patch_seconds=FLAGS.patch_seconds or None)
-    train = _config(experiment.TrainConfig, "--batch_size/--epochs/--learning_rate/--patience",
-                    batch_size=FLAGS.batch_size, epochs=FLAGS.epochs,
-                    learning_rate=FLAGS.learning_rate, patience=FLAGS.patience, seed=FLAGS.seed,
-                    steps_per_epoch=FLAGS.steps_per_epoch or None,
-                    deterministic=FLAGS.deterministic, strategy=FLAGS.strategy, loss=FLAGS.loss,
-                    valid_patches=FLAGS.valid_patches or None)
-    data = _config(experiment.DataConfig, f"--catalog={FLAGS.catalog}/--labels", FLAGS.catalog,
-                   FLAGS.input, FLAGS.dataset_dir, FLAGS.num_clips, FLAGS.clip_seconds,
-                   FLAGS.synth_sr, FLAGS.mel_dtype, FLAGS.clips_per_shard, FLAGS.direct_num_workers,
-                   FLAGS.labels, FLAGS.teacher_top_k, tuple(FLAGS.packages), FLAGS.cache_dir)
-    export = experiment.ExportConfig(FLAGS.export, FLAGS.export_dir, FLAGS.export_version or None,
-                                     FLAGS.export_per_resolution, cli.tflite_precisions(FLAGS.mode),
-                                     FLAGS.representative_clips)
-    overrides = tuple(_config(experiment.SweepModel.parse, "--sweep_model", text)
+    model = cli.config("--width/--preset/--dropout/--patch_seconds", lambda: models.ModelConfig(
+        FLAGS.model, width=FLAGS.width, preset=FLAGS.preset,
+        dropout=None if FLAGS.dropout < 0 else FLAGS.dropout,
+        patch_seconds=FLAGS.patch_seconds or None))
+    train = cli.config("--batch_size/--epochs/--learning_rate/--patience", lambda: (
+        experiment.TrainConfig(
+            batch_size=FLAGS.batch_size, epochs=FLAGS.epochs, learning_rate=FLAGS.learning_rate,
+            patience=FLAGS.patience, seed=FLAGS.seed,
+            steps_per_epoch=FLAGS.steps_per_epoch or None,
+            deterministic=FLAGS.deterministic, strategy=FLAGS.strategy, loss=FLAGS.loss,
+            valid_patches=FLAGS.valid_patches or None)))
+    data = cli.config(f"--catalog={FLAGS.catalog}/--labels", lambda: experiment.DataConfig(
+        FLAGS.catalog, FLAGS.input, FLAGS.dataset_dir, FLAGS.num_clips, FLAGS.clip_seconds,
+        FLAGS.synth_sr, FLAGS.mel_dtype, FLAGS.clips_per_shard, FLAGS.direct_num_workers,
+        FLAGS.labels, FLAGS.teacher_top_k, tuple(FLAGS.packages), FLAGS.cache_dir,
+        FLAGS.min_tag_count))
+    tflite = () if mode == "evaluate" else tuple(FLAGS.tflite)  # evaluate: --tflite is a file
+    export = cli.config(f"--tflite={','.join(FLAGS.tflite)}", lambda: experiment.ExportConfig(
+        FLAGS.export, FLAGS.export_dir, FLAGS.export_version or None, FLAGS.export_per_resolution,
+        tflite, FLAGS.representative_clips), hint="(a .tflite file only with --mode=evaluate)")
+    overrides = tuple(cli.config("--sweep_model", lambda t=text: experiment.SweepModel.parse(t))
                       for text in FLAGS.sweep_model)
-    return _config(experiment.Experiment, "--resolutions/--models/--repeats/--sweep_model",
-                   mel_configs, model, train, data, export, FLAGS.run_dir,
-                   tuple(FLAGS.models), FLAGS.repeats, overrides)
+    return cli.config("--resolutions/--models/--repeats/--sweep_model", lambda: (
+        experiment.Experiment(mel_configs, model, train, data, export, FLAGS.run_dir,
+                              tuple(FLAGS.models), FLAGS.repeats, overrides)))
 
 
-def _lib(name: str):
-    return importlib.import_module(f"tftag.{name}")
+def check_experiment(name: str, mode: Mode, exp: experiment.Experiment) -> None:
+    """The table's checks of ``--mode=name`` on its Experiment, before anything runs."""
+    if mode.one_resolution and not (mode.pretrained_resolution and FLAGS.pretrained):
+        exp.one_resolution(f"--mode={name}")  # a ValueError: a usage error (exit 2)
+    if exp.train.strategy == "multi_worker" and mode.trains and not mode.uses_strategy:
+        raise app.UsageError(f"--strategy=multi_worker trains with --mode=train only, not "
+                             f"--mode={name}")
 
 
-def _weights(exp) -> str:
-    return FLAGS.weights or exp.path("best.weights.h5")
-
-
-def _profile(exp) -> dict:
-    try:
-        batches = tuple(int(b) for b in FLAGS.latency_batches)
-    except ValueError:
-        raise app.UsageError("--latency_batches must be comma-separated integers") from None
-    if FLAGS.profile_trace and not exp.run_dir:
-        raise app.UsageError("--profile_trace writes into --run_dir: give one")
-    return _lib("profile").run_profile(exp.model, exp.mel_configs, 50, FLAGS.latency_runs, batches,
-                                       exp.run_dir, FLAGS.trace_steps if FLAGS.profile_trace else 0)
-
-
-def _describe(exp) -> dict:
-    pipeline = _lib("pipeline")
-    catalog = pipeline.catalog_of(exp)
-    card = (pipeline.write_datacard(catalog, exp.run_dir) if exp.run_dir
-            else _lib("datacard").describe(catalog))
-    print(_lib("datacard").format_card(card))
-    return {"clips": card["clips"], "splits": card["splits"]}
-
-
-def _verify(exp) -> dict:
-    if not FLAGS.dataset_dir:
-        raise app.UsageError("--mode=verify needs --dataset_dir")
-    report = _lib("verify").verify_dataset(FLAGS.dataset_dir)
-    print(report.format())
-    return {"dataset_dir": FLAGS.dataset_dir, "ok": report.ok}
-
-
-def _tag(exp) -> dict:
-    if bool(FLAGS.model_dir) == bool(FLAGS.pretrained):
-        raise app.UsageError("--mode=tag needs --pretrained (MTT_musicnn, MTT_vgg) or --model_dir "
-                             "(an exported model), not both")
-    if FLAGS.server and FLAGS.pretrained:
-        raise app.UsageError("--server scores with a served export: give its --model_dir")
-    return _lib("tag").tag(FLAGS.model_dir, FLAGS.audio or "", FLAGS.output, FLAGS.server,
-                           FLAGS.server_protocol, FLAGS.top_k, pretrained=FLAGS.pretrained,
-                           window_hop=FLAGS.window_hop, taggram_dir=FLAGS.taggram_dir,
-                           plot=FLAGS.plot, embeddings=FLAGS.embeddings,
-                           block_seconds=FLAGS.block_seconds)
-
-
-RUN_MODE = {
-    "extract": lambda exp: _lib("pipeline").extract(exp),
-    "describe": _describe,
-    "train": lambda exp: _lib("train").run_train(exp),
-    "evaluate": lambda exp: _lib("evaluate").run_evaluate(
-        exp, _weights(exp), None if FLAGS.split == "all" else FLAGS.split,
-        tflite=",".join(FLAGS.tflite) or None),
-    "sweep": lambda exp: _lib("sweep").run(exp),
-    "tune": lambda exp: _lib("tune").run(exp, FLAGS.max_trials),
-    "export": lambda exp: (_lib("export").export_pretrained(FLAGS.pretrained, exp.export,
-                                                            exp.data.dataset_dir)
-                           if FLAGS.pretrained else _lib("export").run_export(exp, _weights(exp))),
-    "tag": _tag,
-    "transcode": lambda exp: _lib("transcode").transcode_dataset(
-        exp.data.dataset_dir, exp.path("dataset"), exp.data.mel_dtype),
-    "profile": _profile,
-    "verify": _verify,
-}
-
-
-def write_run_files(exp) -> None:
-    """flags.txt, configs.json (the whole Experiment) and the flags in TensorBoard."""
-    runfiles.write_text_atomic(exp.path("flags.txt"), cli.flagfile_text())
-    exp.save()
-    runfiles.tensorboard_notes(exp.path("tb", "config"), texts={
+def write_run_files(exp, directory: str) -> None:
+    """flags.txt, configs.json (the whole Experiment) and the flags in TensorBoard into
+    ``directory`` (the run's record: tftag.runrecord)."""
+    runfiles.write_text_atomic(os.path.join(directory, "flags.txt"), cli.flagfile_text())
+    exp.save(directory)
+    runfiles.tensorboard_notes(os.path.join(directory, "tb", "config"), texts={
         "flags": cli.flagfile_text(), "experiment": json.dumps(exp.to_dict(), indent=2)})
 
 
 def main(argv) -> None:
     del argv
-    if FLAGS.mode in NEEDS_RUN_DIR and not FLAGS.run_dir:
-        raise app.UsageError(f"--mode={FLAGS.mode} needs --run_dir (where the run is written)")
-    # tag and verify read an export or a dataset: no Experiment (and no Keras import) needed.
-    exp = build_experiment() if FLAGS.mode not in ("tag", "verify") else None
-    pretrained_export = FLAGS.mode == "export" and FLAGS.pretrained  # its own resolution
-    if exp and FLAGS.mode in ONE_RESOLUTION and len(exp.mel_configs) != 1 and not pretrained_export:
-        try:
-            exp.mel_config
-        except ValueError as e:
-            raise app.UsageError(str(e).replace("this mode", f"--mode={FLAGS.mode}")) from None
-    if exp:  # before the first TensorFlow op: thread pools, then a multi_worker strategy
-        _lib("distributed").setup(exp.train, FLAGS.mode, exp.data.dataset_dir)
-    if exp and exp.run_dir and _lib("distributed").is_chief():  # other workers write nothing
-        write_run_files(exp)
-    summary = dict(mode=FLAGS.mode, **RUN_MODE[FLAGS.mode](exp))
-    if FLAGS.run_dir and _lib("distributed").is_chief():
-        runfiles.write_json_atomic(os.path.join(FLAGS.run_dir, "summary.json"), summary)
+    name, mode = FLAGS.mode, MODES[FLAGS.mode]
+    if mode.needs_run_dir and not FLAGS.run_dir:
+        raise app.UsageError(f"--mode={name} needs --run_dir (where the run is written)")
+    exp = build_experiment(name) if mode.experiment else None
+    if exp:
+        check_experiment(name, mode, exp)
+        # before the first TensorFlow op: thread pools, then a multi_worker strategy
+        _lib("distributed").setup(exp.train, mode.uses_strategy, exp.data.dataset_dir)
+    record = runrecord.record_dir(FLAGS.run_dir, name) if FLAGS.run_dir else None  # runrecord
+    chief = _lib("distributed").is_chief()  # other workers write nothing
+    if exp and record and chief:
+        write_run_files(exp, record)
+    summary = dict(mode=name, **mode.run(exp))
+    if record and chief:
+        runfiles.write_json_atomic(os.path.join(record, "summary.json"), summary)
     logging.info("summary: %s", json.dumps(summary, sort_keys=True))
     if summary.get("ok") is False:
         sys.exit(1)

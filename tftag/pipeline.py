@@ -10,9 +10,9 @@ Runners: "DirectRunner" means Beam's local FnApiRunner; "DaskRunner" runs on a
 of worker processes); any other name is handed to Beam with ``--pipeline_options``. Every runner
 writes through the same staging area, so datasets, resume and failures are runner-independent;
 a worker process keeps one Essentia child and one teacher for all its bundles
-(:func:`_worker_resources`). :func:`extract` is what ``--mode=extract`` of an
-:class:`~tftag.experiment.Experiment` does (render the built-in corpus if needed, data card,
-extraction, resume); ``pipelines/extract.py`` is the stand-alone entry point.
+(:func:`_worker_resources`). :func:`tftag.extract.extract` (``--mode=extract``) and
+``pipelines/extract.py`` (the stand-alone entry point) run it; the catalogue, the data card and
+the dataset check live in :mod:`tftag.extract`, which imports this module only to extract.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import Iterator, Sequence
 
 from absl import logging
 
-from tftag import _essentia, datacard, datasets, extraction, runfiles
+from tftag import _essentia, extraction
 from tftag.datasets import Catalog, Clip
 
 import apache_beam as beam  # noqa: E402  (after tftag.features: see tftag/_essentia.py)
@@ -309,88 +309,3 @@ def run(
         "seconds": round(elapsed, 2), "runner": recorded_runner, "beam_counters": metrics,
     }
     return meta_summary
-
-
-def summary_of(meta: dict) -> dict:
-    """The clip counts of a finished ``dataset.json``."""
-    return {k: meta[k] for k in ("clips_total", "clips_written", "clips_failed", "splits")}
-
-
-def catalog_of(experiment) -> Catalog:
-    """The experiment's catalogue; the built-in corpus is rendered into ``<run_dir>/corpus``."""
-    d = experiment.data
-    if d.catalog == "synthetic" and not d.input:
-        from tftag.datasets import synthetic
-
-        corpus_dir = experiment.path("corpus")
-        started = time.monotonic()
-        catalog = synthetic.render_corpus(corpus_dir, d.num_clips, d.clip_seconds, d.synth_sr,
-                                          experiment.train.seed, progress=True)
-        logging.info("built-in corpus: %d clips in %s (%.1f s)", len(catalog.clips), corpus_dir,
-                     time.monotonic() - started)
-        return catalog
-    if d.catalog == "debian":
-        from tftag.datasets import debian
-
-        return datasets.load("debian", d.input, packages=d.packages or debian.QUICK_PACKAGES,
-                             cache_dir=d.cache_dir, seed=experiment.train.seed)
-    if not os.path.exists(d.input):
-        raise FileNotFoundError(f"--input={d.input!r} does not exist")
-    return datasets.load(d.catalog, d.input)
-
-
-def plan_tags(catalog: Catalog, labels: str) -> tuple[str, ...]:
-    """The tag list labels index into: the teacher's with teacher labels, else the catalogue's."""
-    from tftag import teacher
-
-    return teacher.tags() if teacher.parse_labels(labels) else tuple(catalog.tags)
-
-
-def write_datacard(catalog: Catalog, out_dir: str) -> dict:
-    """Writes the data card into ``out_dir`` (files and TensorBoard ``tb/data``)."""
-    card = datacard.write_card(catalog, out_dir)
-    runfiles.tensorboard_notes(
-        os.path.join(out_dir, "tb", "data"), texts={"datacard": datacard.format_card(card)},
-        images={"tag_frequencies": os.path.join(out_dir, "tag_frequencies.png")},
-        scalars={f"clips/{split}": n for split, n in card["splits"].items()})
-    return card
-
-
-def extract(experiment) -> dict:
-    """Extracts the experiment's catalogue into ``<run_dir>/dataset`` (resumes; no-op if done).
-
-    Returns:
-      A summary: dataset_dir, clip counts per split, Beam counters.
-    """
-    d = experiment.data
-    catalog = catalog_of(experiment)
-    write_datacard(catalog, experiment.run_dir)
-    dataset_dir = experiment.path("dataset")
-    plan = extraction.ExtractionPlan(dataset_dir, tuple(experiment.mel_configs),
-                                     plan_tags(catalog, d.labels), d.mel_dtype, d.clips_per_shard,
-                                     labels=d.labels, teacher_top_k=d.teacher_top_k)
-    state = extraction.prepare_output(plan, catalog, overwrite=False, retry_failed=False)
-    if state == "complete":
-        logging.info("%s is complete already", dataset_dir)
-        summary = summary_of(data.load_dataset_info(dataset_dir).raw)
-    else:
-        summary = run(plan, catalog, pipeline_options("DirectRunner", d.direct_num_workers))
-    print(f"extracted {summary['clips_written']}/{summary['clips_total']} clips into {dataset_dir}")
-    return {"dataset_dir": dataset_dir, **summary}
-
-
-def ensure_dataset(experiment) -> str:
-    """The experiment's dataset directory, checked against its resolutions; made if missing.
-
-    With ``data.dataset_dir`` the dataset must exist and hold every resolution; otherwise it is
-    extracted into ``<run_dir>/dataset`` as :func:`extract` does (a no-op when complete).
-    """
-    if experiment.data.dataset_dir:
-        try:
-            info = data.load_dataset_info(experiment.data.dataset_dir)
-            for config in experiment.mel_configs:
-                info.check(config)
-        except (FileNotFoundError, ValueError) as e:
-            raise type(e)(f"--dataset_dir: {e}") from None
-        return experiment.data.dataset_dir
-    return extract(experiment)["dataset_dir"]

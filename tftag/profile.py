@@ -16,6 +16,8 @@ import numpy as np
 import tensorflow as tf
 
 _MAC_OPS = ["Conv2D", "Conv3D", "MatMul", "BatchMatMulV2", "DepthwiseConv2dNative"]
+# Output tags of a profiled model without a dataset: MTAT's top 50, the paper's output layer.
+DEFAULT_N_TAGS = 50
 
 
 def _concrete(model, batch: int):
@@ -116,7 +118,7 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def run_profile(model_config, mel_configs, n_tags: int = 50, latency_runs: int = 5,
+def run_profile(model_config, mel_configs, n_tags: int = DEFAULT_N_TAGS, latency_runs: int = 5,
                 batches: tuple[int, ...] = (1, 32), out_dir: str | None = None,
                 trace_steps: int = 0) -> dict:
     """``--mode=profile``: GMACs, parameters and latency of a model at every resolution.
@@ -169,3 +171,23 @@ def run_profile(model_config, mel_configs, n_tags: int = 50, latency_runs: int =
                                    texts={"profile": table})
         summary.update(paths)
     return summary
+
+
+def run(experiment, latency_runs: int = 5, batches: tuple[int, ...] = (1, 32),
+        trace_steps: int = 0) -> dict:
+    """``--mode=profile``: :func:`run_profile` of the experiment's model at its resolutions,
+    with as many output tags as its ``--dataset_dir`` has (else :data:`DEFAULT_N_TAGS`); files
+    into its run directory if it has one.
+
+    Raises:
+      ValueError: ``trace_steps`` without a run directory to write the trace into.
+    """
+    if trace_steps and not experiment.run_dir:
+        raise ValueError("--profile_trace writes into --run_dir: give one")
+    n_tags = DEFAULT_N_TAGS
+    if experiment.data.dataset_dir:
+        from tftag import data
+
+        n_tags = data.load_dataset_info(experiment.data.dataset_dir).n_tags
+    return run_profile(experiment.model, experiment.mel_configs, n_tags, latency_runs, batches,
+                       experiment.run_dir, trace_steps)

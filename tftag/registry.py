@@ -2,9 +2,27 @@
 
 from __future__ import annotations
 
-from typing import Callable, Generic, TypeVar
+from typing import Callable, Generic, Sequence, TypeVar
 
 F = TypeVar("F", bound=Callable)
+
+
+class UnknownNameError(ValueError):
+    """Names a registry does not know.
+
+    Attributes:
+      kind: what the names are ("model", "catalog", ...).
+      names: the unknown names.
+      known: the registry's names.
+      field: the config field that held them (e.g. ``mel_dtype``), if the checker said: an
+        entry point maps it to its flag (:func:`tftag.cli.config`).
+    """
+
+    def __init__(self, kind: str, names: Sequence[str], known: Sequence[str],
+                 field: str | None = None):
+        self.kind, self.names, self.known, self.field = kind, tuple(names), tuple(known), field
+        shown = repr(self.names[0]) if len(self.names) == 1 else str(list(self.names))
+        super().__init__(f"unknown {kind} {shown}; known: {', '.join(self.known)}")
 
 
 def _origin(fn: Callable) -> str:
@@ -45,14 +63,21 @@ class Registry(Generic[F]):
         self._load_builtin()
         return sorted(self._factories)
 
-    def check(self, name: str) -> str:
-        """``name`` if known; else ValueError listing the known names."""
-        self.get(name)
+    def check(self, name: str, field: str | None = None) -> str:
+        """``name`` if known; else :class:`UnknownNameError` (a ValueError listing the known
+        names; ``field``: the config field that held it)."""
+        self.check_all((name,), field)
         return name
+
+    def check_all(self, names: Sequence[str], field: str | None = None) -> tuple[str, ...]:
+        """``names`` if every one is known; else :class:`UnknownNameError` naming all unknown."""
+        known = self.names()
+        unknown = [n for n in names if n not in self._factories]
+        if unknown:
+            raise UnknownNameError(self.kind, unknown, known, field)
+        return tuple(names)
 
     def get(self, name: str) -> F:
         """The factory of ``name``; an unknown name raises ValueError listing the known ones."""
-        known = self.names()
-        if name not in self._factories:
-            raise ValueError(f"unknown {self.kind} {name!r}; known: {', '.join(known)}")
+        self.check_all((name,))
         return self._factories[name]

@@ -258,9 +258,9 @@ def run(experiment) -> dict:
     Returns:
       The sweep's summary (files, best row, best checkpoint, export path).
     """
-    from tftag import export, pipeline
+    from tftag import export, extract
 
-    dataset_dir = pipeline.ensure_dataset(experiment)
+    dataset_dir = extract.ensure_dataset(experiment)
     items = plan_items(experiment.sweep_plan(), experiment.repeats, experiment.train.seed)
     results = run_sweep(items, dataset_dir, experiment.train, experiment.run_dir)
     rows = summarize(results)

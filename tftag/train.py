@@ -307,10 +307,10 @@ def run_train(experiment) -> dict:
     Returns:
       The run's summary (metrics, best epoch and checkpoint, dataset and export paths).
     """
-    from tftag import export, pipeline, runfiles
+    from tftag import export, extract, runfiles
 
     config, mc = experiment.mel_config, experiment.model
-    dataset_dir = pipeline.ensure_dataset(experiment)
+    dataset_dir = extract.ensure_dataset(experiment)
     outcome = train(dataset_dir, config, mc, experiment.train, experiment.run_dir)
     if not distributed.is_chief():  # a non-chief worker: no test scores, no export, no files
         distributed.barrier()  # ... but it stays until the chief is done (see tftag.distributed)

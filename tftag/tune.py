@@ -101,9 +101,9 @@ def best_flagfile(experiment, outcome: dict, dataset_dir: str) -> str:
 def run(experiment, max_trials: int) -> dict:
     """``--mode=tune``: the search at the experiment's one resolution; writes ``tune.json`` and
     ``best.flags`` (a flagfile that trains the best trial)."""
-    from tftag import pipeline
+    from tftag.extract import ensure_dataset
 
-    dataset_dir = pipeline.ensure_dataset(experiment)
+    dataset_dir = ensure_dataset(experiment)
     outcome = tune(dataset_dir, experiment.mel_config, experiment.model, experiment.train,
                    experiment.run_dir, max_trials)
     path = experiment.path("best.flags")
