@@ -486,9 +486,13 @@ def export_pretrained(name: str, export_config, dataset_dir: str | None = None) 
     return {"export_path": path}
 
 
-def run_export(experiment, weights: str) -> dict:
-    """``--mode=export``: the experiment's model at its one resolution with ``weights``."""
+def run_export(experiment, weights: str | None, pretrained: str | None = None) -> dict:
+    """``--mode=export``: the experiment's model at its one resolution with ``weights``, or
+    the pretrained model ``pretrained`` (at its own resolution; ``export_pretrained``)."""
     from tftag import extract, runfiles
+
+    if pretrained:
+        return export_pretrained(pretrained, experiment.export, experiment.data.dataset_dir)
 
     runfiles.require_weights(weights)
     dataset_dir = extract.ensure_dataset(experiment)

@@ -40,6 +40,7 @@ from typing import Any, Callable
 
 from absl import app, flags, logging
 
+import tftag
 from tftag import cli, codecs, datasets, experiment, models, runfiles, runrecord
 
 FLAGS = flags.FLAGS
@@ -88,35 +89,12 @@ def _profile(exp) -> dict:
                                FLAGS.trace_steps if FLAGS.profile_trace else 0)
 
 
-def _verify(exp) -> dict:
-    if not FLAGS.dataset_dir:
-        raise app.UsageError("--mode=verify needs --dataset_dir")
-    report = _lib("verify").verify_dataset(FLAGS.dataset_dir)
-    print(report.format())
-    return {"dataset_dir": FLAGS.dataset_dir, "ok": report.ok}
-
-
-def _check_tag_flags() -> None:  # TODO(tag.py): move beside the mode as tag.check_args
-    if bool(FLAGS.model_dir) == bool(FLAGS.pretrained):
-        raise app.UsageError("--mode=tag needs --pretrained (MTT_musicnn, MTT_vgg) or --model_dir "
-                             "(an exported model), not both")
-    if FLAGS.server and FLAGS.pretrained:
-        raise app.UsageError("--server scores with a served export: give its --model_dir")
-
-
 def _tag(exp) -> dict:
-    _check_tag_flags()
     return _lib("tag").tag(FLAGS.model_dir, FLAGS.audio or "", FLAGS.output, FLAGS.server,
                            FLAGS.server_protocol, FLAGS.top_k, pretrained=FLAGS.pretrained,
                            window_hop=FLAGS.window_hop, taggram_dir=FLAGS.taggram_dir,
                            plot=FLAGS.plot, embeddings=FLAGS.embeddings,
                            block_seconds=FLAGS.block_seconds)
-
-
-def _export(exp) -> dict:
-    if FLAGS.pretrained:
-        return _lib("export").export_pretrained(FLAGS.pretrained, exp.export, exp.data.dataset_dir)
-    return _lib("export").run_export(exp, _weights(exp))
 
 
 MODES: dict[str, Mode] = {
@@ -132,13 +110,17 @@ MODES: dict[str, Mode] = {
     "transcode": Mode(lambda exp: _lib("transcode").transcode_dataset(
         exp.data.dataset_dir, exp.path("dataset"), exp.data.mel_dtype), needs_run_dir=True),
     "profile": Mode(_profile),
-    "export": Mode(_export, one_resolution=True, pretrained_resolution=True),
+    "export": Mode(lambda exp: _lib("export").run_export(
+        exp, None if FLAGS.pretrained else _weights(exp), FLAGS.pretrained),
+        one_resolution=True, pretrained_resolution=True),
     "tag": Mode(_tag, experiment=False),
     "describe": Mode(lambda exp: _lib("extract").describe(exp)),
-    "verify": Mode(_verify, experiment=False),
+    "verify": Mode(lambda exp: _lib("verify").run_verify(FLAGS.dataset_dir),
+                   experiment=False),
 }
 
 flags.DEFINE_enum("mode", "train", list(MODES), "What to run.")
+flags.DEFINE_bool("version", False, "Print tftag's version and exit.")
 flags.DEFINE_string("run_dir", None, "Run directory (created): flags, configs, TensorBoard logs, "
                     "summary.json, and the dataset of --mode=extract.")
 flags.DEFINE_string("catalog", "synthetic", cli.registry_help(datasets.REGISTRY, "Catalogue") +
@@ -253,6 +235,9 @@ def write_run_files(exp, directory: str) -> None:
 
 def main(argv) -> None:
     del argv
+    if FLAGS.version:
+        print(f"tftag {tftag.__version__}")
+        return
     name, mode = FLAGS.mode, MODES[FLAGS.mode]
     if mode.needs_run_dir and not FLAGS.run_dir:
         raise app.UsageError(f"--mode={name} needs --run_dir (where the run is written)")
@@ -273,5 +258,5 @@ def main(argv) -> None:
         sys.exit(1)
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # also the `tftag` command and `python -m tftag` (tftag/__main__.py)
     cli.run(main)

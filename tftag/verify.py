@@ -472,3 +472,12 @@ def bad_shards(dataset_dir: str, config: MelConfig, split: str | None) -> dict[s
         shards.setdefault(relative_name(dataset_dir, path), None)
     return {os.path.join(dataset_dir, r.path): r.describe()
             for r in verify_shards(dataset_dir, shards) if not r.ok}
+
+
+def run_verify(dataset_dir: str | None) -> dict:
+    """``--mode=verify``: prints the report of ``dataset_dir``; its summary (``ok``: all sound)."""
+    if not dataset_dir:
+        raise ValueError("--mode=verify needs --dataset_dir")
+    report = verify_dataset(dataset_dir)
+    print(report.format())
+    return {"dataset_dir": dataset_dir, "ok": report.ok}
