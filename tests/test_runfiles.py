@@ -21,6 +21,19 @@ def test_atomic_path_renames_on_success(tmp_path):
     assert os.listdir(tmp_path / "sub") == ["out.bin"]
 
 
+def test_atomic_path_gives_the_mode_open_would(tmp_path):
+    old = os.umask(0o027)
+    try:
+        with runfiles.atomic_path(str(tmp_path / "plot.png"), suffix=".png") as tmp:
+            assert os.stat(tmp).st_mode & 0o777 == 0o600  # private while half-written
+        plain = tmp_path / "plain.txt"
+        plain.write_text("x")
+    finally:
+        os.umask(old)
+    assert os.stat(tmp_path / "plot.png").st_mode & 0o777 == 0o640
+    assert os.stat(plain).st_mode & 0o777 == 0o640
+
+
 def test_atomic_path_keeps_the_old_file_on_failure(tmp_path):
     target = tmp_path / "out.txt"
     target.write_text("old")

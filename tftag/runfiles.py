@@ -17,14 +17,21 @@ import tempfile
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str, suffix: str = "") -> Iterator[str]:
     """A temp path beside ``path`` to write to; renamed to ``path`` when the block succeeds.
 
     The one write-to-temp-then-rename of tftag: the temp file (``.tmp-*<suffix>`` in the target's
-    directory, created empty, mode 0600) replaces ``path`` atomically when the ``with`` block
-    ends without an exception, and is removed when it raises (a killed job leaves at most a
-    ``.tmp-*`` file, never half a ``path``). The target's directory is created if needed.
+    directory, created empty and private) is given the mode a plain ``open()`` would give it (0666
+    less the umask) and replaces ``path`` atomically when the ``with`` block ends without an
+    exception; it is removed when the block raises (a killed job leaves at most a ``.tmp-*`` file,
+    never half a ``path``). The target's directory is created if needed.
 
     Args:
       path: the file to write.
@@ -39,6 +46,7 @@ def atomic_path(path: str, suffix: str = "") -> Iterator[str]:
     os.close(fd)
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

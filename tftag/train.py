@@ -58,9 +58,10 @@ STRATEGIES = {  # the names of tftag.experiment.STRATEGIES
 
 
 def _save_weights_atomic(model, path: str) -> None:
-    tmp = path[: -len(".weights.h5")] + ".tmp.weights.h5"
-    model.save_weights(tmp)
-    os.replace(tmp, path)
+    from tftag import runfiles
+
+    with runfiles.atomic_path(path, suffix=".weights.h5") as tmp:
+        model.save_weights(tmp)
 
 
 def _hparams(run_dir: str, mel_config: MelConfig, model_config: ModelConfig, cfg: TrainConfig,
