@@ -39,7 +39,7 @@ from absl import logging
 from tftag import data, determinism, distributed, evaluate
 from tftag.experiment import TrainConfig  # noqa: F401  (defined beside the Experiment)
 from tftag.features import MelConfig
-from tftag.models import ModelConfig, build
+from tftag.models import ModelConfig, build, training
 
 
 def default_strategy() -> tf.distribute.Strategy:
@@ -190,12 +190,14 @@ def train(
     else:
         train_writer = valid_writer = tf.summary.create_noop_writer()
 
+    forward = training.training_fn(model)  # model(x, training=True), rewritten for speed
+
     def step(x, targets):  # targets: hard labels (bce) or the teacher's probabilities (distill)
         # Averaged over the examples of the global batch (all replicas), a partial one too.
         examples = tf.distribute.get_replica_context().all_reduce(
             tf.distribute.ReduceOp.SUM, tf.shape(x)[0])
         with tf.GradientTape() as tape:
-            logits = model(x, training=True)
+            logits = forward(x)
             loss = tf.nn.compute_average_loss(per_example_loss(targets, logits),
                                               global_batch_size=examples)
         grads = tape.gradient(loss, model.trainable_variables)
