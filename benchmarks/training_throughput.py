@@ -154,20 +154,35 @@ class Worker:
     """A worker process running the tftag of ``root``."""
 
     def __init__(self, root: str, side: str):
-        self.side = side
-        env = dict(os.environ, PYTHONPATH=root, TF_CPP_MIN_LOG_LEVEL="2")
-        python = os.path.join(root, ".venv", "bin", "python")
+        self.root, self.side = root, side
+        self._start()
+
+    def _start(self) -> None:
+        env = dict(os.environ, PYTHONPATH=self.root, TF_CPP_MIN_LOG_LEVEL="2")
+        python = os.path.join(self.root, ".venv", "bin", "python")
         self.proc = subprocess.Popen(
             [python if os.path.exists(python) else sys.executable, os.path.abspath(__file__),
-             "--worker"], cwd=root, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+             "--worker"], cwd=self.root, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL, text=True)
 
+    def _ask(self, job: dict) -> str:
+        try:
+            self.proc.stdin.write(json.dumps(dict(job, side=self.side)) + "\n")
+            self.proc.stdin.flush()
+        except BrokenPipeError:
+            return ""
+        return self.proc.stdout.readline()
+
     def run(self, job: dict) -> dict:
-        self.proc.stdin.write(json.dumps(dict(job, side=self.side)) + "\n")
-        self.proc.stdin.flush()
-        line = self.proc.stdout.readline()
+        line = self._ask(job)
+        if not line:  # the process died (once seen after ~25 configurations): a fresh one retries
+            self.proc.wait(timeout=60)
+            print(f"{self.side} worker exited with {self.proc.returncode}; restarting it",
+                  file=sys.stderr, flush=True)
+            self._start()
+            line = self._ask(job)
         if not line:
-            raise RuntimeError(f"the {self.side} worker died (job {job})")
+            raise RuntimeError(f"the {self.side} worker died twice (job {job})")
         answer = json.loads(line)
         if "error" in answer:
             raise RuntimeError(f"{self.side} worker: {answer['error']} (job {job})")
@@ -245,7 +260,7 @@ def main() -> None:
                         "Where the benchmark dataset is extracted once.")
     flags.DEFINE_string("out_dir", os.path.join(REPO, "benchmarks", "results",
                                                 "training_throughput"), "Results directory.")
-    flags.DEFINE_float("budget_seconds", 2.5, "Timed seconds per configuration and side.")
+    flags.DEFINE_float("budget_seconds", 1.5, "Timed seconds per configuration and side.")
     flags.DEFINE_integer("warmup", 1, "Untimed steps after the first (tracing) step.")
     flags.DEFINE_integer("min_steps", 1, "Timed steps at least.")
     flags.DEFINE_list("models", list(WIDTHS), "Models to time.")
