@@ -40,7 +40,7 @@ def summarise(trace_dir: str) -> dict[str, float]:
                 continue
             for event in line.events:
                 name = plane.event_metadata[event.metadata_id].name
-                if ":" in name:  # "<node>:<op type>"; other events are executor bookkeeping
+                if ":" in name and "::" not in name:  # "<node>:<op type>" (not executor events)
                     totals[name.rsplit(":", 1)[1]] += event.duration_ps / 1e9
     return dict(totals)
 
