@@ -39,7 +39,7 @@ from absl import logging
 from tftag import data, determinism, distributed, evaluate
 from tftag.experiment import TrainConfig  # noqa: F401  (defined beside the Experiment)
 from tftag.features import MelConfig
-from tftag.models import ModelConfig, build
+from tftag.models import ModelConfig, build, training
 
 
 def default_strategy() -> tf.distribute.Strategy:
@@ -109,6 +109,35 @@ def check_loss(loss: str, info: data.DatasetInfo) -> None:
             f"--loss=distill trains on a teacher's soft labels, but the dataset {info.path} is "
             f"labelled {info.raw.get('labels', 'catalog')!r} (no soft labels); extract it with "
             "--labels=teacher:MTT_musicnn (or teacher:MTT_vgg), or use --loss=bce")
+
+
+def train_step_fn(model, optimizer, strategy: tf.distribute.Strategy):
+    """The training step: ``(x, targets) -> loss`` summed over replicas, one Adam update.
+
+    The loss is :func:`per_example_loss` averaged over the examples of the global batch (all
+    replicas; a partial last batch too); the forward pass is
+    :func:`tftag.models.training.training_fn` (``model(x, training=True)`` rewritten for speed,
+    same variables and updates).
+    """
+    forward = training.training_fn(model)
+
+    def step(x, targets):  # targets: hard labels (bce) or the teacher's probabilities (distill)
+        examples = tf.distribute.get_replica_context().all_reduce(
+            tf.distribute.ReduceOp.SUM, tf.shape(x)[0])
+        with tf.GradientTape() as tape:
+            logits = forward(x)
+            loss = tf.nn.compute_average_loss(per_example_loss(targets, logits),
+                                              global_batch_size=examples)
+        grads = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        return loss
+
+    @tf.function
+    def distributed_step(x, y):
+        losses = strategy.run(step, args=(x, y))
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, losses, axis=None)
+
+    return distributed_step
 
 
 def train(
@@ -191,22 +220,7 @@ def train(
     else:
         train_writer = valid_writer = tf.summary.create_noop_writer()
 
-    def step(x, targets):  # targets: hard labels (bce) or the teacher's probabilities (distill)
-        # Averaged over the examples of the global batch (all replicas), a partial one too.
-        examples = tf.distribute.get_replica_context().all_reduce(
-            tf.distribute.ReduceOp.SUM, tf.shape(x)[0])
-        with tf.GradientTape() as tape:
-            logits = model(x, training=True)
-            loss = tf.nn.compute_average_loss(per_example_loss(targets, logits),
-                                              global_batch_size=examples)
-        grads = tape.gradient(loss, model.trainable_variables)
-        optimizer.apply_gradients(zip(grads, model.trainable_variables))
-        return loss
-
-    @tf.function
-    def distributed_step(x, y):
-        losses = strategy.run(step, args=(x, y))
-        return strategy.reduce(tf.distribute.ReduceOp.SUM, losses, axis=None)
+    distributed_step = train_step_fn(model, optimizer, strategy)
 
     epochs_this_call = 0
     stopped_early = False
