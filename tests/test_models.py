@@ -286,11 +286,13 @@ def test_musicnn_weights_saved_before_fast_inference_still_load(tmp_path):
 def test_toeplitz_time_conv_equals_same_convolution(length):
     import tensorflow as tf
 
+    from tftag.models import gemm_conv
+
     rng = np.random.default_rng(length)
     x = rng.normal(size=(3, 4, 37)).astype("float32")  # [b, F, T]: T not a multiple of the block
     kernel = rng.normal(size=(length, 1, 1, 6)).astype("float32")
     expected = tf.nn.conv2d(x[..., None], np.transpose(kernel, (1, 0, 2, 3)), 1, "SAME").numpy()
-    got = musicnn._toeplitz_time_conv(tf.constant(x), tf.constant(kernel), block=16).numpy()
+    got = gemm_conv.time_conv(tf.constant(x), tf.constant(kernel), block=16).numpy()
     assert got.shape == (3, 4, 48, 6)  # ceil(37 / 16) blocks of 16 frames
     np.testing.assert_allclose(got[:, :, :37], expected, atol=1e-4)
 
@@ -352,23 +354,10 @@ def _train_pass(model, forward, x, y):
     return logits.numpy(), {v.path: g.numpy() for v, g in zip(model.trainable_variables, grads)}, stats
 
 
-@pytest.mark.parametrize("name,width,resolution", [
-    ("vgg", 0.125, MelConfig(16000, 48, 2, "log")),
-    ("musicnn", 0.25, MelConfig(16000, 32, 1, "log")),
-    ("musicnn_vgg", 0.125, MelConfig(16000, 96, 1, "log")),
-])
-def test_training_fn_equals_keras_training_mode(name, width, resolution):
-    """models.training.training_fn (input BatchNorm folded into the first convolutions, fused
-    BatchNorm) computes model(x, training=True)'s logits, gradients and moving-statistics
-    updates on the model's own variables (weights stay interchangeable): checked against the
-    Keras graph run in float64, it is as close as the float32 Keras graph is (some gradients,
-    e.g. of input_bn, are sums with heavy cancellation: both float32 graphs are off by percents
-    there, the float64 reference decides)."""
-    import tensorflow as tf
-
-    from tftag.models import training
-
+def _model_pair(name, width, resolution, seed=0):
+    """A float32 model and a float64 copy with the same weights (seeded initialisation)."""
     config = ModelConfig(name, width=width, patch_seconds=3.0, dropout=0.0)
+    keras.utils.set_random_seed(seed)
     model = build(config, resolution, 7)
     keras.config.set_dtype_policy("float64")
     try:
@@ -376,29 +365,122 @@ def test_training_fn_equals_keras_training_mode(name, width, resolution):
     finally:
         keras.config.set_dtype_policy("float32")
     model64.set_weights(model.get_weights())
-    n_variables = len(model.variables)
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     x = rng.normal(2.0, 3.0, (8, config.n_frames(resolution), resolution.n_mels))
     y = rng.uniform(0, 1, (8, 7))
+    return model, model64, x, y
+
+
+def _relative_error(got, want):
+    return np.linalg.norm(got - want) / max(np.linalg.norm(want), 1e-12)
+
+
+# Resolutions chosen to take every path of training_fn: MUSICNN 96×1 and 32×1 (187 frames: time
+# GEMM blocks of 17 frames, frequency GEMMs for the 0.9/0.4-of-the-bands timbral filters, lazy
+# front-end BatchNorms), 32×4 (47 frames, prime: one block of 47), 48×2 (94 frames: blocks of 47);
+# VGG-CNN and the musicnn package's VGG (folded 3×3 first convolution, fused BatchNorm).
+TRAINING_CASES = [
+    ("vgg", 0.125, MelConfig(16000, 48, 2, "log")),
+    ("musicnn", 0.25, MelConfig(16000, 96, 1, "log")),
+    ("musicnn", 0.25, MelConfig(16000, 32, 1, "log")),
+    ("musicnn", 0.5, MelConfig(16000, 48, 2, "log")),
+    ("musicnn", 0.25, MelConfig(16000, 32, 4, "log")),
+    ("musicnn_vgg", 0.125, MelConfig(16000, 96, 1, "log")),
+]
+
+
+@pytest.mark.parametrize("name,width,resolution", TRAINING_CASES)
+def test_training_fn_is_the_keras_training_graph_exactly(name, width, resolution):
+    """The rewrites of models.training.training_fn (input BatchNorm folded into the first
+    convolutions, Toeplitz GEMMs, BatchNorm applied after MUSICNN's max over bands) are exact:
+    run in float64, logits, every gradient and every moving-statistics update equal
+    model(x, training=True)'s to 1e-9 (float64 rounding), on the model's own variables."""
+    import tensorflow as tf
+
+    from tftag.models import training
+
+    _, model64, x, y = _model_pair(name, width, resolution)
+    n_variables = len(model64.variables)
+    x64, y64 = tf.constant(x), tf.constant(y)
+    want = _train_pass(model64, lambda t: model64(t, training=True), x64, y64)
+    got = _train_pass(model64, training.training_fn(model64), x64, y64)
+    assert len(model64.variables) == n_variables  # no variable added
+    def equal(a, b):  # to float64 rounding; + 1e-12 for gradients that are 0 in exact math
+        return np.linalg.norm(a - b) <= 1e-9 * np.linalg.norm(b) + 1e-12  # (bias before a BN)
+
+    assert equal(got[0], want[0])
+    for part in (1, 2):  # gradients, moving statistics
+        assert got[part].keys() == want[part].keys()
+        for path, value in want[part].items():
+            assert equal(got[part][path], value), (path, _relative_error(got[part][path], value))
+    moved = [p for p, v in want[2].items() if "moving_mean" in p and np.abs(v).max() > 1e-3]
+    assert moved  # the pass did update the moving statistics (the comparison is not vacuous)
+
+
+def test_training_fn_takes_the_gemm_and_lazy_paths(monkeypatch):
+    """MUSICNN 96×1's front-end runs as GEMMs with its BatchNorms applied after the max over
+    bands (so the exactness test above covers them); VGG-CNN's 3×3 convolution does not."""
+    import tensorflow as tf
+
+    from tftag.models import gemm_conv, training
+
+    calls = []
+    for fn in ("frequency_conv", "time_conv"):
+        original = getattr(gemm_conv, fn)
+        monkeypatch.setattr(gemm_conv, fn, lambda *a, _f=original, _n=fn: calls.append(_n) or _f(*a))
+    lazy = []
+    original_lazy = training._normalize_lazily
+    monkeypatch.setattr(training, "_normalize_lazily",
+                        lambda *a: lazy.append(a[0].name) or original_lazy(*a))
+    mel = MelConfig(16000, 96, 1, "log")
+    model = build(ModelConfig("musicnn", width=0.25, patch_seconds=3.0), mel, 7)
+    training.training_fn(model)(tf.zeros((2, 187, 96)))
+    # 6 timbral (the 3 of height 0.4·96 in 3 band groups each), 4 temporal
+    assert sorted(calls) == ["frequency_conv"] * 12 + ["time_conv"] * 4
+    assert len(lazy) == 10  # every front-end BatchNorm
+    calls.clear()
+    lazy.clear()
+    vgg = build(ModelConfig("vgg", width=0.125), MelConfig(16000, 48, 2, "log"), 7)
+    training.training_fn(vgg)(tf.zeros((2, *vgg.input_shape[1:])))
+    assert calls == [] and lazy == []
+
+
+@pytest.mark.parametrize("name,width,resolution", TRAINING_CASES[:3] + TRAINING_CASES[5:])
+def test_training_fn_float32_is_as_close_as_keras(name, width, resolution):
+    """In float32 (FusedBatchNormV3 and oneDNN kernels, other summation orders) training_fn is
+    as close to the float64 Keras graph as the float32 Keras graph is, give or take: ×5 its
+    error + 0.5 % (input_bn's two gradients are sums over the whole input with heavy
+    cancellation: both float32 graphs are off by percents there, 10 % slack)."""
+    import tensorflow as tf
+
+    from tftag.models import training
+
+    model, model64, x, y = _model_pair(name, width, resolution)
     x32, y32 = tf.constant(x, tf.float32), tf.constant(y, tf.float32)
     ref = _train_pass(model64, lambda t: model64(t, training=True), tf.constant(x), tf.constant(y))
     keras32 = _train_pass(model, lambda t: model(t, training=True), x32, y32)
     fast = _train_pass(model, training.training_fn(model), x32, y32)
-    assert len(model.variables) == n_variables  # no variable added
-
-    def error(got, want):
-        return np.linalg.norm(got - want) / max(np.linalg.norm(want), 1e-12)
-
-    assert error(fast[0], ref[0]) <= 5 * error(keras32[0], ref[0]) + 1e-5  # logits
-    for part in (1, 2):  # gradients, moving statistics
+    assert _relative_error(fast[0], ref[0]) <= 5 * _relative_error(keras32[0], ref[0]) + 1e-5
+    for part in (1, 2):
         for path, want in ref[part].items():
-            # input_bn's two gradients are sums over the whole input with heavy cancellation:
-            # the folded form is within 10 % of float64 there (the float32 Keras graph: 1-15 %).
             slack = 0.1 if path.startswith("input_bn/") and part == 1 else 5e-3
-            tolerance = 5 * error(keras32[part][path], want) + slack
-            assert error(fast[part][path], want) <= tolerance, (path, error(fast[part][path], want))
-    moved = [p for p, v in ref[2].items() if "moving_mean" in p and np.abs(v).max() > 1e-3]
-    assert moved  # the pass did update the moving statistics (the comparison is not vacuous)
+            tolerance = 5 * _relative_error(keras32[part][path], want) + slack
+            assert _relative_error(fast[part][path], want) <= tolerance, path
+
+
+@pytest.mark.parametrize("kt,kf", [(7, 29), (3, 13), (1, 32), (2, 1)])
+def test_frequency_conv_equals_valid_convolution(kt, kf):
+    import tensorflow as tf
+
+    from tftag.models import gemm_conv
+
+    rng = np.random.default_rng(kt * 100 + kf)
+    x = rng.normal(size=(3, 20, 32)).astype("float32")  # [b, T, F]
+    kernel = rng.normal(size=(kt, kf, 1, 5)).astype("float32")
+    expected = tf.nn.conv2d(x[..., None], kernel, 1, "VALID").numpy()
+    got = gemm_conv.frequency_conv(tf.constant(x), tf.constant(kernel)).numpy()
+    assert got.shape == (3, 20 - kt + 1, 32 - kf + 1, 5)
+    np.testing.assert_allclose(got, expected, atol=1e-4)
 
 
 def test_training_fn_rejects_a_non_functional_model():

@@ -196,34 +196,6 @@ def _branch_max(z_max, bias, a, b, sign):
     return a * tf.nn.relu(sign * (z_max + sign * bias)) + b
 
 
-def _toeplitz_time_conv(x_ft, kernel, block: int):
-    """'Same' convolution over time of ``x_ft`` [b, F, T] with ``kernel`` [L, 1, 1, c], as one GEMM.
-
-    Output frames are computed ``block`` at a time: each row holds the ``Q·block`` input samples
-    a block needs and the kernel becomes a block-Toeplitz matrix [Q·block, block·c], so a long
-    one-channel kernel runs as a dense matrix product instead of a convolution with one input
-    channel (MTT_musicnn's temporal branches: 41 ms → 9 ms per 3-s window on 2 cores).
-
-    Returns:
-      [b, F, nb·block, c] with the first T frames valid (nb = ceil(T / block)).
-    """
-    import tensorflow as tf
-
-    length, channels = int(kernel.shape[0]), int(kernel.shape[-1])
-    n_bands, n_frames = int(x_ft.shape[1]), int(x_ft.shape[2])
-    n_blocks = -(-n_frames // block)
-    q = -(-(block + length - 1) // block)
-    left = (length - 1) // 2
-    x = tf.pad(x_ft, [[0, 0], [0, 0], [left, (n_blocks + q - 1) * block - n_frames - left]])
-    blocks = tf.reshape(x, [-1, n_bands, n_blocks + q - 1, block])
-    rows = tf.concat([blocks[:, :, i:i + n_blocks] for i in range(q)], axis=-1)
-    k = tf.reshape(kernel, [length, channels])
-    toeplitz = tf.stack([tf.pad(k, [[j, q * block - length - j], [0, 0]]) for j in range(block)],
-                        axis=1)  # [q·block, block, c]
-    y = tf.matmul(tf.reshape(rows, [-1, q * block]), tf.reshape(toeplitz, [q * block, -1]))
-    return tf.reshape(y, [-1, n_bands, n_blocks * block, channels])
-
-
 def fast_inference(model):
     """MUSICNN inference, mathematically equal to ``model(mel, training=False)``, ~2× faster on CPU.
 
@@ -232,7 +204,7 @@ def fast_inference(model):
     the sign-flipped convolution followed by ReLU and BN on the pooled [b, T, c] tensor
     (:func:`_branch_max`), so the large [b, T, F', c] tensors are reduced once instead of
     normalised and pooled; (2) the temporal convolutions run as block-Toeplitz matrix products
-    (:func:`_toeplitz_time_conv`). The mid-end and back-end are the model's own layers. Weights are
+    (:func:`tftag.models.gemm_conv.time_conv`). The mid-end and back-end are the model's own layers. Weights are
     read from the model's variables on every call (it stays right if they change).
 
     Args:
@@ -243,6 +215,8 @@ def fast_inference(model):
       is the input of the ``logits`` layer.
     """
     import tensorflow as tf
+
+    from tftag.models import gemm_conv
 
     if not is_musicnn(model):
         raise ValueError(f"{model.name}: not a MUSICNN model (no timbral/temporal front-end)")
@@ -277,7 +251,7 @@ def fast_inference(model):
         for conv in temporal:
             a, b = _affine(bn_of(conv))
             sign = tf.where(a < 0, -1.0, 1.0)
-            z = _toeplitz_time_conv(x_ft, conv.kernel * sign, TOEPLITZ_BLOCK)  # [b, F, T+, c]
+            z = gemm_conv.time_conv(x_ft, conv.kernel * sign, TOEPLITZ_BLOCK)  # [b, F, T+, c]
             outs.append(_branch_max(tf.reduce_max(z, axis=1)[:, :n_frames], conv.bias, a, b, sign))
         logits, embedding = tail(tf.concat(outs, axis=-1), training=False)
         return logits, embedding
