@@ -7,13 +7,16 @@ For VGG-CNN at widths 1/16, 1/8, 1/4, 1/2, 1 and MUSICNN (3-s patches) at 1/4, 1
 backward, Adam; distillation loss on the teacher's probabilities, as the study trains) fed by
 the real input pipeline (``tftag.data.make_dataset`` on a teacher-labelled dataset, shuffled and
 repeating, as ``tftag.train`` reads it). With ``--before_dir`` (a checkout of the code before
-issue 22) each configuration runs in two worker processes, one per code base, one after the
-other on the same machine, same batch, same seed (the order alternates from one configuration
-to the next), and the first step's loss of both is recorded.
+issue 22) each configuration runs in two worker processes, one per code base, taking turns on
+the same machine, same batch, same seed (who starts alternates from one configuration to the
+next), and the first step's loss of both is recorded.
 
-Per configuration and side: the first step (tracing) and ``--warmup`` more steps are not timed;
-then steps are timed until ``--budget_seconds`` have passed (at least ``--min_steps``).
-examples/s = timed examples / timed seconds; GFLOP/s = examples/s × profiler GMACs/example × 3
+Per configuration, both sides are built and run their first (tracing) step and ``--warmup``
+more steps untimed; then each side times ``--rounds`` windows of ``--budget_seconds / rounds``
+(at least ``--min_steps`` steps each), the sides taking turns, and its figure is its best
+window (noise from the rest of the machine only ever slows a window down; both sides get the
+same number of tries, interleaved in time). examples/s = timed examples / timed seconds of
+that window; GFLOP/s = examples/s × profiler GMACs/example × 3
 (forward + two backward products) × 2 (FLOPs per MAC).
 
 The dataset (64 rendered clips of the built-in corpus, 29.1-s crops, teacher-labelled with
@@ -78,10 +81,12 @@ def _legacy_step(model, optimizer, strategy):
     return distributed_step
 
 
-def _measure(job: dict) -> dict:
-    """Times one configuration with the tftag on sys.path (the worker's code base)."""
-    import gc
+_STATE: dict = {}  # the worker's prepared configuration, between its commands
 
+
+def _prepare(job: dict) -> dict:
+    """Builds the configuration with the tftag on sys.path (the worker's code base), runs the
+    first (tracing) step and the warm-up steps; the model stays for :func:`_time`."""
     import keras
     import tensorflow as tf
 
@@ -100,8 +105,7 @@ def _measure(job: dict) -> dict:
     optimizer.build(model.trainable_variables)
     make_step = getattr(train, "train_step_fn", None) or _legacy_step
     step = make_step(model, optimizer, strategy)
-    batch = job["batch"]
-    ds = data.make_dataset(job["dataset_dir"], mel_config, "train", batch,
+    ds = data.make_dataset(job["dataset_dir"], mel_config, "train", job["batch"],
                            model_config.patch_frames(mel_config), shuffle_buffer=SHUFFLE_BUFFER,
                            seed=SEED * 100003, repeat=True, targets="soft_labels")
     batches = iter(ds)
@@ -110,37 +114,52 @@ def _measure(job: dict) -> dict:
     first_seconds = time.perf_counter() - start
     for _ in range(job["warmup"]):
         float(step(*next(batches)))
+    _STATE.update(step=step, batches=batches, job=job, windows=[])
+    return {"first_loss": first_loss, "first_step_seconds": round(first_seconds, 2),
+            "gmacs": profile.gmacs(model), "training_fn": make_step is not _legacy_step}
+
+
+def _time(seconds: float, min_steps: int) -> dict:
+    """Times steps of the prepared configuration for ``seconds`` (at least ``min_steps``)."""
+    step, batches = _STATE["step"], _STATE["batches"]
     times = []
     start = time.perf_counter()
-    while len(times) < job["min_steps"] or time.perf_counter() - start < job["budget_seconds"]:
+    while len(times) < min_steps or time.perf_counter() - start < seconds:
         t0 = time.perf_counter()
         float(step(*next(batches)))  # waits for the step (and the input pipeline)
         times.append(time.perf_counter() - t0)
-    seconds = time.perf_counter() - start
-    gmacs = profile.gmacs(model)
-    eps = len(times) * batch / seconds
-    result = {
-        "model": job["model"], "resolution": job["resolution"], "width": job["width"],
-        "batch": batch, "side": job["side"], "gmacs": round(gmacs, 4),
-        "first_loss": first_loss, "first_step_seconds": round(first_seconds, 2),
-        "steps_timed": len(times), "median_step_seconds": round(statistics.median(times), 4),
-        "examples_per_second": round(eps, 3), "gflops": round(eps * gmacs * 6, 2),
-        "deterministic": job.get("deterministic", True),
-        "training_fn": make_step is not _legacy_step,
-    }
-    del step, model, optimizer, batches, ds
+    window = {"steps": len(times), "seconds": time.perf_counter() - start,
+              "median_step_seconds": statistics.median(times)}
+    _STATE["windows"].append(window)
+    return {"examples_per_second": len(times) * _STATE["job"]["batch"] / window["seconds"]}
+
+
+def _finish() -> dict:
+    """Drops the prepared configuration; returns its timed windows."""
+    import gc
+
+    import keras
+
+    windows = _STATE.pop("windows")
+    _STATE.clear()
     keras.backend.clear_session()
     gc.collect()
-    return result
+    return {"windows": windows}
 
 
 def worker() -> None:
-    """Reads one JSON job per line on stdin, answers one JSON result per line on stdout."""
+    """Reads one JSON command per line on stdin (prepare / time / finish), answers one JSON line."""
     out = sys.stdout
     sys.stdout = sys.stderr  # library prints must not mix with the answers
     for line in sys.stdin:
+        command = json.loads(line)
         try:
-            answer = _measure(json.loads(line))
+            if command["cmd"] == "prepare":
+                answer = _prepare(command["job"])
+            elif command["cmd"] == "time":
+                answer = _time(command["seconds"], command["min_steps"])
+            else:
+                answer = _finish()
         except Exception as e:  # noqa: BLE001  reported to the parent, which stops
             answer = {"error": f"{type(e).__name__}: {e}"}
         out.write(json.dumps(answer) + "\n")
@@ -165,32 +184,65 @@ class Worker:
              "--worker"], cwd=self.root, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL, text=True)
 
-    def _ask(self, job: dict) -> str:
+    def _ask(self, command: dict) -> str:
         try:
-            self.proc.stdin.write(json.dumps(dict(job, side=self.side)) + "\n")
+            self.proc.stdin.write(json.dumps(command) + "\n")
             self.proc.stdin.flush()
         except BrokenPipeError:
             return ""
         return self.proc.stdout.readline()
 
-    def run(self, job: dict) -> dict:
-        line = self._ask(job)
-        if not line:  # the process died (once seen after ~25 configurations): a fresh one retries
+    def ask(self, command: dict) -> dict:
+        """One command's answer; a worker that died on ``prepare`` (once seen after ~25
+        configurations) is restarted and asked again."""
+        line = self._ask(command)
+        if not line and command["cmd"] == "prepare":
             self.proc.wait(timeout=60)
             print(f"{self.side} worker exited with {self.proc.returncode}; restarting it",
                   file=sys.stderr, flush=True)
             self._start()
-            line = self._ask(job)
+            line = self._ask(command)
         if not line:
-            raise RuntimeError(f"the {self.side} worker died twice (job {job})")
+            raise RuntimeError(f"the {self.side} worker died ({command})")
         answer = json.loads(line)
         if "error" in answer:
-            raise RuntimeError(f"{self.side} worker: {answer['error']} (job {job})")
+            raise RuntimeError(f"{self.side} worker: {answer['error']} ({command})")
         return answer
 
     def close(self) -> None:
         self.proc.stdin.close()
         self.proc.wait(timeout=60)
+
+
+def measure(workers: dict, job: dict, rounds: int, first: int = 0) -> list[dict]:
+    """One configuration on every side: prepared side by side, then ``rounds`` timed windows
+    per side, alternating sides (``first`` chooses who starts); a side's figure is its best
+    window (the one least disturbed by the rest of the machine)."""
+    sides = sorted(workers)
+    order = sides[first % len(sides):] + sides[:first % len(sides)]
+    prepared = {side: workers[side].ask({"cmd": "prepare", "job": job}) for side in order}
+    rates: dict[str, list[float]] = {side: [] for side in order}
+    for _ in range(rounds):
+        for side in order:
+            answer = workers[side].ask({"cmd": "time", "seconds": job["budget_seconds"] / rounds,
+                                        "min_steps": job["min_steps"]})
+            rates[side].append(answer["examples_per_second"])
+    rows = []
+    for side in order:
+        windows = workers[side].ask({"cmd": "finish"})["windows"]
+        eps, gmacs = max(rates[side]), prepared[side]["gmacs"]
+        rows.append({
+            "model": job["model"], "resolution": job["resolution"], "width": job["width"],
+            "batch": job["batch"], "side": side, "gmacs": round(gmacs, 4),
+            "first_loss": prepared[side]["first_loss"],
+            "first_step_seconds": prepared[side]["first_step_seconds"],
+            "steps_timed": sum(w["steps"] for w in windows),
+            "window_examples_per_second": [round(r, 3) for r in rates[side]],
+            "examples_per_second": round(eps, 3), "gflops": round(eps * gmacs * 6, 2),
+            "deterministic": job.get("deterministic", True),
+            "training_fn": prepared[side]["training_fn"],
+        })
+    return rows
 
 
 def ensure_dataset(work_dir: str) -> str:
@@ -260,9 +312,11 @@ def main() -> None:
                         "Where the benchmark dataset is extracted once.")
     flags.DEFINE_string("out_dir", os.path.join(REPO, "benchmarks", "results",
                                                 "training_throughput"), "Results directory.")
-    flags.DEFINE_float("budget_seconds", 1.5, "Timed seconds per configuration and side.")
+    flags.DEFINE_float("budget_seconds", 3.0, "Timed seconds per configuration and side "
+                       "(split over --rounds windows).")
     flags.DEFINE_integer("warmup", 1, "Untimed steps after the first (tracing) step.")
-    flags.DEFINE_integer("min_steps", 1, "Timed steps at least.")
+    flags.DEFINE_integer("min_steps", 1, "Timed steps per window at least.")
+    flags.DEFINE_integer("rounds", 5, "Timed windows per side, alternating sides.")
     flags.DEFINE_list("models", list(WIDTHS), "Models to time.")
     flags.DEFINE_list("resolutions", list(RESOLUTIONS), "Resolutions to time.")
     flags.DEFINE_list("widths", [], "Only these widths (e.g. 0.125); default: all of a model's.")
@@ -290,9 +344,7 @@ def main() -> None:
                            "min_steps": FLAGS.min_steps, "budget_seconds": FLAGS.budget_seconds,
                            "deterministic": FLAGS.deterministic}
                     job["batch"] = batch_for(_estimate_gmacs(model, resolution, width))
-                    order = sorted(workers, reverse=index % 2 == 1)  # alternate who goes first
-                    for side in order:
-                        row = workers[side].run(job)
+                    for row in measure(workers, job, FLAGS.rounds, first=index % 2):
                         rows.append(row)
                         print(json.dumps(row), flush=True)
                         jsonl.write(json.dumps(row) + "\n")

@@ -47,9 +47,6 @@ import tensorflow as tf
 from tftag.models import gemm_conv
 
 
-# Inputs with fewer values per example (e.g. 18 frames × 8 bands) run the Keras graph as it is:
-# there the rewrite's extra small ops cost more than they save (MUSICNN 8×10: 0.8× measured).
-MIN_INPUT_VALUES = 1024
 MIN_TIME_TAPS = 8  # one-band kernels at least this long run as time GEMMs
 MIN_BAND_FRACTION = 0.25  # kernels spanning at least this share of the bands: frequency GEMMs
 BAND_GROUP_FRACTION = 0.6  # frequency GEMM groups of at most this × kernel-height output bands
@@ -352,12 +349,6 @@ def training_fn(model) -> Callable[[tf.Tensor], tf.Tensor]:
     if not isinstance(model, keras.Model) or not hasattr(model, "_run_through_graph"):
         raise ValueError(f"{getattr(model, 'name', model)!r}: training_fn needs a Keras "
                          "functional model")
-    values = 1
-    for size in model.input_shape[1:]:
-        values *= int(size or 0)
-    if values < MIN_INPUT_VALUES:  # per-op overhead dominates: the rewrite's extra ops cost
-        return lambda x: model(x, training=True)
-
     pooled = _pooled_batchnorms(model)
 
     def forward(x):
