@@ -13,10 +13,10 @@ next), and the first step's loss of both is recorded.
 
 Per configuration, both sides are built and run their first (tracing) step and ``--warmup``
 more steps untimed; then each side times ``--rounds`` windows of ``--budget_seconds / rounds``
-(at least ``--min_steps`` steps each), the sides taking turns, and its figure is its best
-window (noise from the rest of the machine only ever slows a window down; both sides get the
-same number of tries, interleaved in time). examples/s = timed examples / timed seconds of
-that window; GFLOP/s = examples/s × profiler GMACs/example × 3
+(at least ``--min_steps`` steps each), the sides taking turns, and its figure is the median
+of its windows (a window of ~1000 examples/s varies by ±15 % here; the median of windows
+interleaved in time with the other side's is robust to one lucky or unlucky window).
+examples/s = timed examples / timed seconds of a window; GFLOP/s = examples/s × profiler GMACs/example × 3
 (forward + two backward products) × 2 (FLOPs per MAC).
 
 The dataset (64 rendered clips of the built-in corpus, 29.1-s crops, teacher-labelled with
@@ -43,6 +43,7 @@ BATCH = 16
 MAX_GMAC_PER_BATCH = 8.0  # large inputs: smaller batches (same on both sides), at least 2
 SEED = 0
 SHUFFLE_BUFFER = 512  # TrainConfig's default
+SETTLE_SECONDS = 0.25  # pause before each timed window
 
 
 def batch_for(gmacs: float) -> int:
@@ -142,7 +143,7 @@ def _finish() -> dict:
 
     windows = _STATE.pop("windows")
     _STATE.clear()
-    keras.backend.clear_session()
+    keras.backend.clear_session(free_memory=False)  # names and state; freeing is gc's job
     gc.collect()
     return {"windows": windows}
 
@@ -184,24 +185,24 @@ class Worker:
              "--worker"], cwd=self.root, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL, text=True)
 
-    def _ask(self, command: dict) -> str:
+    def send(self, command: dict) -> bool:
         try:
             self.proc.stdin.write(json.dumps(command) + "\n")
             self.proc.stdin.flush()
+            return True
         except BrokenPipeError:
-            return ""
-        return self.proc.stdout.readline()
+            return False
 
-    def ask(self, command: dict) -> dict:
-        """One command's answer; a worker that died on ``prepare`` (once seen after ~25
-        configurations) is restarted and asked again."""
-        line = self._ask(command)
+    def receive(self, command: dict) -> dict:
+        """The answer to ``command`` (sent before); a worker that died on ``prepare`` (once seen
+        after ~25 configurations) is restarted and asked again."""
+        line = self.proc.stdout.readline()
         if not line and command["cmd"] == "prepare":
             self.proc.wait(timeout=60)
             print(f"{self.side} worker exited with {self.proc.returncode}; restarting it",
                   file=sys.stderr, flush=True)
             self._start()
-            line = self._ask(command)
+            line = self.proc.stdout.readline() if self.send(command) else ""
         if not line:
             raise RuntimeError(f"the {self.side} worker died ({command})")
         answer = json.loads(line)
@@ -209,40 +210,52 @@ class Worker:
             raise RuntimeError(f"{self.side} worker: {answer['error']} ({command})")
         return answer
 
+    def ask(self, command: dict) -> dict:
+        self.send(command)
+        return self.receive(command)
+
     def close(self) -> None:
         self.proc.stdin.close()
         self.proc.wait(timeout=60)
 
 
 def measure(workers: dict, job: dict, rounds: int, first: int = 0) -> list[dict]:
-    """One configuration on every side: prepared side by side, then ``rounds`` timed windows
-    per side, alternating sides (``first`` chooses who starts); a side's figure is its best
-    window (the one least disturbed by the rest of the machine)."""
+    """One configuration on every side: prepared side by side (in parallel: untimed), then
+    ``rounds`` timed windows per side, the sides taking turns (``first`` chooses who starts);
+    a side's figure is the median of its windows."""
     sides = sorted(workers)
     order = sides[first % len(sides):] + sides[:first % len(sides)]
-    prepared = {side: workers[side].ask({"cmd": "prepare", "job": job}) for side in order}
+    prepared = ask_all(workers, {"cmd": "prepare", "job": job})
     rates: dict[str, list[float]] = {side: [] for side in order}
     for _ in range(rounds):
         for side in order:
+            time.sleep(SETTLE_SECONDS)  # the other side's input pipeline refills its buffers
             answer = workers[side].ask({"cmd": "time", "seconds": job["budget_seconds"] / rounds,
                                         "min_steps": job["min_steps"]})
             rates[side].append(answer["examples_per_second"])
+    finished = ask_all(workers, {"cmd": "finish"})
     rows = []
     for side in order:
-        windows = workers[side].ask({"cmd": "finish"})["windows"]
-        eps, gmacs = max(rates[side]), prepared[side]["gmacs"]
+        eps, gmacs = statistics.median(rates[side]), prepared[side]["gmacs"]
         rows.append({
             "model": job["model"], "resolution": job["resolution"], "width": job["width"],
             "batch": job["batch"], "side": side, "gmacs": round(gmacs, 4),
             "first_loss": prepared[side]["first_loss"],
             "first_step_seconds": prepared[side]["first_step_seconds"],
-            "steps_timed": sum(w["steps"] for w in windows),
+            "steps_timed": sum(w["steps"] for w in finished[side]["windows"]),
             "window_examples_per_second": [round(r, 3) for r in rates[side]],
             "examples_per_second": round(eps, 3), "gflops": round(eps * gmacs * 6, 2),
             "deterministic": job.get("deterministic", True),
             "training_fn": prepared[side]["training_fn"],
         })
     return rows
+
+
+def ask_all(workers: dict, command: dict) -> dict:
+    """Sends ``command`` to every worker at once, then collects the answers by side."""
+    for worker_ in workers.values():
+        worker_.send(command)
+    return {side: worker_.receive(command) for side, worker_ in workers.items()}
 
 
 def ensure_dataset(work_dir: str) -> str:
@@ -312,11 +325,11 @@ def main() -> None:
                         "Where the benchmark dataset is extracted once.")
     flags.DEFINE_string("out_dir", os.path.join(REPO, "benchmarks", "results",
                                                 "training_throughput"), "Results directory.")
-    flags.DEFINE_float("budget_seconds", 3.0, "Timed seconds per configuration and side "
+    flags.DEFINE_float("budget_seconds", 2.0, "Timed seconds per configuration and side "
                        "(split over --rounds windows).")
     flags.DEFINE_integer("warmup", 1, "Untimed steps after the first (tracing) step.")
     flags.DEFINE_integer("min_steps", 1, "Timed steps per window at least.")
-    flags.DEFINE_integer("rounds", 5, "Timed windows per side, alternating sides.")
+    flags.DEFINE_integer("rounds", 4, "Timed windows per side, alternating sides.")
     flags.DEFINE_list("models", list(WIDTHS), "Models to time.")
     flags.DEFINE_list("resolutions", list(RESOLUTIONS), "Resolutions to time.")
     flags.DEFINE_list("widths", [], "Only these widths (e.g. 0.125); default: all of a model's.")
@@ -344,6 +357,8 @@ def main() -> None:
                            "min_steps": FLAGS.min_steps, "budget_seconds": FLAGS.budget_seconds,
                            "deterministic": FLAGS.deterministic}
                     job["batch"] = batch_for(_estimate_gmacs(model, resolution, width))
+                    print(f"[{time.monotonic() - t0:6.0f} s] {model} {resolution} width {width:g}",
+                          file=sys.stderr, flush=True)
                     for row in measure(workers, job, FLAGS.rounds, first=index % 2):
                         rows.append(row)
                         print(json.dumps(row), flush=True)

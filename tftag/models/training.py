@@ -50,6 +50,7 @@ from tftag.models import gemm_conv
 MIN_TIME_TAPS = 8  # one-band kernels at least this long run as time GEMMs
 MIN_BAND_FRACTION = 0.25  # kernels spanning at least this share of the bands: frequency GEMMs
 BAND_GROUP_FRACTION = 0.6  # frequency GEMM groups of at most this × kernel-height output bands
+MIN_GROUP_MACS = 10e6  # ... when the whole GEMM has this many multiply-adds per example
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,8 +151,14 @@ def _time_block(n_frames: int) -> int | None:
     return n_frames if n_frames <= 128 else None
 
 
-def _band_groups(n_out: int, kf: int) -> list[tuple[int, int]]:
-    """[start, stop) of the output-band groups of a frequency GEMM (as even as possible)."""
+def _band_groups(n_out: int, kf: int, macs_per_example: float) -> list[tuple[int, int]]:
+    """[start, stop) of the output-band groups of a frequency GEMM (as even as possible).
+
+    Groups cut the zeros of the Toeplitz matrix (a group's rows span its bands + kf − 1) but
+    add ops: small GEMMs (8×10, 32×4 inputs) run as one (measured faster there).
+    """
+    if macs_per_example < MIN_GROUP_MACS:
+        return [(0, n_out)]
     groups = max(1, math.ceil(n_out / (BAND_GROUP_FRACTION * kf)))
     bounds = [round(g * n_out / groups) for g in range(groups + 1)]
     return [(lo, hi) for lo, hi in zip(bounds, bounds[1:]) if hi > lo]
@@ -174,8 +181,10 @@ def _gemm_conv(layer, x: tf.Tensor, kernel: tf.Tensor) -> _Bands | None:
         y = gemm_conv.time_conv(tf.transpose(x[..., 0], [0, 2, 1]), kernel, block)
         return _Bands((y,), bands_first=True)
     if kf >= MIN_BAND_FRACTION * n_bands and layer.padding == "valid":
+        n_out, channels = n_bands - kf + 1, int(kernel.shape[-1])
+        macs = (n_frames - kt + 1) * kt * n_bands * n_out * channels
         return _Bands(tuple(gemm_conv.frequency_conv(x[:, :, lo:hi + kf - 1, 0], kernel)
-                            for lo, hi in _band_groups(n_bands - kf + 1, kf)))
+                            for lo, hi in _band_groups(n_out, kf, macs)))
     return None
 
 
