@@ -241,6 +241,32 @@ def random_patch(mel: tf.Tensor, patch_frames: int, seed: Any = None) -> tf.Tens
     return mel[start:start + patch_frames]
 
 
+_CLIP_ID_SPEC = {"clip_id": FEATURE_SPEC["clip_id"]}
+
+
+def _clip_filter(clips: Sequence[str]):
+    """A ``tf.data`` predicate on serialized Examples: is the clip id one of ``clips``?"""
+    keys = tf.constant(sorted(set(clips)) or [""], tf.string)
+    table = tf.lookup.StaticHashTable(
+        tf.lookup.KeyValueTensorInitializer(keys, tf.ones_like(keys, tf.int32) if clips
+                                            else tf.zeros([1], tf.int32)), default_value=0)
+
+    def keep(serialized):
+        return table.lookup(tf.io.parse_single_example(serialized, _CLIP_ID_SPEC)["clip_id"]) > 0
+
+    return keep
+
+
+def clip_ids(dataset_dir: str, config: MelConfig, split: str | None = None) -> list[str]:
+    """The sorted clip ids of a split (None: all) of ``config``'s stored base (reads only the
+    ids; every base of a dataset holds the same clips)."""
+    _, files = _resolve(dataset_dir, config, split)
+    ds = tf.data.TFRecordDataset(files).map(
+        lambda s: tf.io.parse_single_example(s, _CLIP_ID_SPEC)["clip_id"])
+    with naming_corrupt_shards(dataset_dir, config, split):
+        return sorted(c.decode("utf-8") for c in ds.as_numpy_iterator())
+
+
 def make_dataset(
     dataset_dir: str,
     config: MelConfig,
@@ -255,6 +281,7 @@ def make_dataset(
     as_dict: bool = False,
     cycle_length: int | None = None,
     targets: str = "labels",
+    clips: Sequence[str] | None = None,
 ) -> tf.data.Dataset:
     """A batched ``tf.data`` pipeline over a dataset directory at ``config``'s resolution.
 
@@ -281,6 +308,8 @@ def make_dataset(
       cycle_length: shards read in parallel (default: all, up to 8).
       targets: the y of the (mel, y) pairs: "labels" (hard multi-hot) or "soft_labels" (the
         teacher's probabilities; only on a dataset whose dataset.json "labels" is "teacher:...").
+      clips: keep only the clips with these ids (a cross-validation fold's part,
+        :mod:`tftag.folds`; usually with ``split=None``); None keeps every clip.
 
     Returns:
       Batches of (mel float32 [batch, frames, n_mels], targets float32 [batch, n_tags]).
@@ -323,6 +352,8 @@ def make_dataset(
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=deterministic,
     )
+    if clips is not None:
+        ds = ds.filter(_clip_filter(clips))
     if shuffle_buffer:
         ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     if repeat:

@@ -137,16 +137,18 @@ class Predictions:
 
 def predict_clips(model, dataset_dir: str, mel_config, split: str,
                   patch_frames: int | None = None, batch_size: int = 16,
-                  max_patches: int | None = None) -> Predictions:
+                  max_patches: int | None = None,
+                  clips: Sequence[str] | None = None) -> Predictions:
     """Patch-averaged probabilities of every clip of a split, its labels and (on a
-    teacher-labelled dataset) its soft labels (``max_patches``: see :func:`patch_scores`).
+    teacher-labelled dataset) its soft labels (``max_patches``: see :func:`patch_scores`;
+    ``clips``: only these clip ids, e.g. a cross-validation fold's part with ``split=None``).
 
     ``model``: a Keras model (logits out), or an object whose ``clip_probabilities(mel
     [b, T, F]) -> [b, n_tags]`` averages its own patches (:class:`tftag.litert.TFLiteModel`;
     ``patch_frames`` and ``max_patches`` are then unused)."""
     from tftag import data
 
-    ds = data.make_dataset(dataset_dir, mel_config, split, batch_size, as_dict=True)
+    ds = data.make_dataset(dataset_dir, mel_config, split, batch_size, as_dict=True, clips=clips)
     ids, labels, scores, soft = [], [], [], []
     with data.naming_corrupt_shards(dataset_dir, mel_config, split):  # names a corrupt shard
         for batch in ds:
@@ -170,6 +172,14 @@ def predict(model, dataset_dir: str, mel_config, split: str, patch_frames: int |
     return p.clip_ids, p.labels, p.probabilities
 
 
+def clip_bce(targets: np.ndarray, probabilities: np.ndarray, eps: float = 1e-7) -> float:
+    """Binary cross-entropy of clip probabilities against targets in [0, 1] (hard labels, or the
+    teacher's probabilities for distillation), mean over clips and tags: the validation loss."""
+    t = np.asarray(targets, np.float64)
+    p = np.clip(np.asarray(probabilities, np.float64), eps, 1.0 - eps)
+    return float(np.mean(-(t * np.log(p) + (1.0 - t) * np.log(1.0 - p))))
+
+
 def _finite_or_none(value: float) -> float | None:
     return None if value is None or np.isnan(value) else float(value)
 
@@ -190,11 +200,17 @@ def with_agreement(metrics: Metrics, soft_labels: np.ndarray | None,
 
 def evaluate(model, dataset_dir: str, mel_config, split: str, tags: Sequence[str],
              patch_frames: int | None = None, batch_size: int = 16,
-             max_patches: int | None = None) -> Metrics:
+             max_patches: int | None = None, clips: Sequence[str] | None = None) -> Metrics:
     """Macro ROC-AUC / PR-AUC of ``model`` on a split of a dataset directory (against the hard
     labels), plus the agreement with the teacher on a teacher-labelled dataset
-    (``max_patches``: see :func:`patch_scores`)."""
-    p = predict_clips(model, dataset_dir, mel_config, split, patch_frames, batch_size, max_patches)
+    (``max_patches``: see :func:`patch_scores`; ``clips``: see :func:`predict_clips`)."""
+    p = predict_clips(model, dataset_dir, mel_config, split, patch_frames, batch_size, max_patches,
+                      clips)
+    return scores(p, tags)
+
+
+def scores(p: Predictions, tags: Sequence[str]) -> Metrics:
+    """The metrics of :func:`evaluate` from predictions already made."""
     return with_agreement(macro_metrics(p.labels, p.probabilities, tags), p.soft_labels,
                           p.probabilities)
 

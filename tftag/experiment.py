@@ -17,6 +17,7 @@ import os
 from typing import Any
 
 from tftag import codecs, runfiles
+from tftag.folds import FoldConfig
 from tftag.features import MelConfig
 from tftag.models import ModelConfig
 
@@ -25,6 +26,12 @@ STRATEGIES = ("auto", "default", "mirrored", "one_device_cpu", "multi_worker")
 # Training losses: bce = binary cross-entropy on the hard labels; distill = binary cross-entropy
 # against a teacher's probabilities (the soft labels of a teacher-labelled dataset).
 LOSSES = ("bce", "distill")
+# What early stopping watches: the validation macro ROC-AUC (higher is better; the default) or
+# the validation loss (the training loss's BCE on clip probabilities; lower is better).
+MONITORS = ("valid_roc_auc", "valid_loss")
+# What --patience counts: epochs, or passes over the training data (an epoch of
+# --steps_per_epoch steps may be a fraction of a pass).
+PATIENCE_UNITS = ("epochs", "passes")
 FORMAT_VERSION = 2
 
 
@@ -53,6 +60,8 @@ class TrainConfig:
         always use every patch (unless ``test_patches``).
       test_patches: patch models: the sweep's test scores this many evenly spaced patches per
         clip; None = every patch (the default and the paper's protocol).
+      monitor: what early stopping and the best weights follow (:data:`MONITORS`).
+      patience_unit: what ``patience`` counts (:data:`PATIENCE_UNITS`).
     """
 
     batch_size: int = 32
@@ -68,6 +77,8 @@ class TrainConfig:
     loss: str = "bce"
     valid_patches: int | None = None
     test_patches: int | None = None
+    monitor: str = "valid_roc_auc"
+    patience_unit: str = "epochs"
 
     def __post_init__(self):
         for name in ("valid_patches", "test_patches"):
@@ -84,6 +95,11 @@ class TrainConfig:
             raise ValueError(f"steps_per_epoch must be >= 1 or None, got {self.steps_per_epoch}")
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        if self.monitor not in MONITORS:
+            raise ValueError(f"monitor must be one of {', '.join(MONITORS)}, got {self.monitor!r}")
+        if self.patience_unit not in PATIENCE_UNITS:
+            raise ValueError(f"patience_unit must be one of {', '.join(PATIENCE_UNITS)}, got "
+                             f"{self.patience_unit!r}")
         if self.strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
 
@@ -186,7 +202,10 @@ class SweepModel:
       patch_seconds: input patch seconds; 0 = whole clips.
       epochs: maximum epochs.
       steps_per_epoch: training steps per epoch.
-      test_patches: patch models: test scores this many evenly spaced patches per clip.
+      test_patches: patch models: test scores this many evenly spaced patches per clip
+        (``all`` = every patch).
+      valid_patches: patch models: validation scores this many evenly spaced patches per clip
+        (``all`` = every patch).
     """
 
     name: str
@@ -196,8 +215,11 @@ class SweepModel:
     epochs: int | None = None
     steps_per_epoch: int | None = None
     test_patches: int | None = None
+    valid_patches: int | None = None
 
-    KEYS = ("resolutions", "width", "patch_seconds", "epochs", "steps_per_epoch", "test_patches")
+    KEYS = ("resolutions", "width", "patch_seconds", "epochs", "steps_per_epoch", "test_patches",
+            "valid_patches")
+    ALL_PATCHES = 0  # test_patches / valid_patches = all: every patch (TrainConfig: None)
 
     @classmethod
     def parse(cls, text: str) -> "SweepModel":
@@ -212,6 +234,7 @@ class SweepModel:
             try:
                 values[key] = (tuple(filter(None, value.split("+"))) if key == "resolutions"
                                else float(value) if key in ("width", "patch_seconds")
+                               else cls.ALL_PATCHES if key.endswith("_patches") and value == "all"
                                else int(value))
             except ValueError:
                 raise ValueError(f"{text!r}: {key}={value!r} is not a number") from None
@@ -224,8 +247,12 @@ class SweepModel:
             changes["width"] = self.width
         if self.patch_seconds is not None:
             changes["patch_seconds"] = self.patch_seconds or None
-        train_changes = {k: getattr(self, k) for k in ("epochs", "steps_per_epoch", "test_patches")
+        train_changes = {k: getattr(self, k) for k in ("epochs", "steps_per_epoch", "test_patches",
+                                                      "valid_patches")
                          if getattr(self, k) is not None}
+        for k in ("test_patches", "valid_patches"):
+            if train_changes.get(k) == self.ALL_PATCHES:
+                train_changes[k] = None
         return (dataclasses.replace(model, **changes),
                 dataclasses.replace(train, **train_changes))
 
@@ -245,6 +272,10 @@ class Experiment:
       repeats: sweep: runs per (model, resolution), seeds seed, seed + 1, ...
       sweep_overrides: sweep: per-model settings (:class:`SweepModel`), e.g. other resolutions
         or patches for one model.
+      folds: sweep: cross-validation by track group (:mod:`tftag.folds`, :mod:`tftag.crossval`)
+        instead of the dataset's splits; None = the splits.
+      results_dir: cross-validation: where every finished run's ``result.json`` and
+        ``test_predictions.npz`` go; None = ``<run_dir>/results``.
     """
 
     mel_configs: tuple[MelConfig, ...]
@@ -256,6 +287,11 @@ class Experiment:
     sweep_models: tuple[str, ...] = ()
     repeats: int = 1
     sweep_overrides: tuple[SweepModel, ...] = ()
+    folds: FoldConfig | None = None
+    results_dir: str | None = None
+
+    # Cross-validated runs train to convergence: patience of at least this many passes.
+    MIN_FOLD_PATIENCE = 3
 
     def __post_init__(self):
         from tftag import models
@@ -279,6 +315,9 @@ class Experiment:
                 raise ValueError(f"sweep model {o.name}: resolutions {unknown} are not among the "
                                  f"experiment's ({', '.join(sorted(known))})")
             o.apply(self.model, self.train)  # validates the values
+        if self.folds is not None and self.train.patience < self.MIN_FOLD_PATIENCE:
+            raise ValueError(f"--patience must be >= {self.MIN_FOLD_PATIENCE} (passes over a "
+                             f"fold's training data) with --folds, got {self.train.patience}")
 
     @property
     def mel_config(self) -> MelConfig:
@@ -357,7 +396,9 @@ class Experiment:
                    sweep_models=tuple(d["sweep_models"]), repeats=d["repeats"],
                    sweep_overrides=tuple(
                        SweepModel(**dict(o, resolutions=tuple(o["resolutions"])))
-                       for o in d.get("sweep_overrides", ())))
+                       for o in d.get("sweep_overrides", ())),
+                   folds=FoldConfig(**d["folds"]) if d.get("folds") else None,
+                   results_dir=d.get("results_dir"))
 
     def save(self, directory: str | None = None) -> str:
         """Writes ``configs.json`` into ``directory`` (default: the run directory); returns its

@@ -419,6 +419,9 @@ def finalize(plan: ExtractionPlan, catalog: Catalog, source: dict, keep_staging:
                                            "the 16 kHz 96-band log mel"}}
                if plan.teacher else {}),
             data.SHARD_FILES: shard_files,
+            # Track groups named by the catalogue (tftag.folds; other clips: their own file).
+            **({"groups": {c.clip_id: c.group for c in ok_clips if c.group}}
+               if any(c.group for c in ok_clips) else {}),
         },
     )
     data.write_json_atomic(os.path.join(plan.output_dir, data.DATASET_JSON), meta)

@@ -8,7 +8,8 @@ Modes (what each does lives in the library module named after it):
             evaluate them on the test split, export — tftag.train;
   evaluate  macro ROC-AUC / PR-AUC of --weights (or a --tflite file) on --split — tftag.evaluate;
   sweep     every (--models × resolution × --repeats): results table, t-tests, plots, export of
-            the best run — tftag.sweep;
+            the best run — tftag.sweep; with --folds, cross-validated by track group, each run
+            trained to convergence and recorded in --results_dir — tftag.crossval;
   tune      keras-tuner search of width, learning rate and dropout — tftag.tune;
   export    --weights as a SavedModel (TF Serving) + frozen graph (Essentia), and TFLite files
             (--tflite) — tftag.export, tftag.tflite;
@@ -41,7 +42,7 @@ from typing import Any, Callable
 from absl import app, flags, logging
 
 import tftag
-from tftag import cli, codecs, datasets, experiment, models, runfiles, runrecord
+from tftag import cli, codecs, datasets, experiment, folds, models, runfiles, runrecord
 
 FLAGS = flags.FLAGS
 
@@ -103,7 +104,9 @@ MODES: dict[str, Mode] = {
     "evaluate": Mode(lambda exp: _lib("evaluate").run_evaluate(
         exp, _weights(exp), None if FLAGS.split == "all" else FLAGS.split,
         tflite=",".join(FLAGS.tflite) or None), needs_run_dir=True, one_resolution=True),
-    "sweep": Mode(lambda exp: _lib("sweep").run(exp), needs_run_dir=True, trains=True),
+    # --folds: the cross-validated sweep (tftag.crossval) instead of the dataset's splits.
+    "sweep": Mode(lambda exp: _lib("crossval" if exp.folds else "sweep").run(exp),
+                  needs_run_dir=True, trains=True),
     "tune": Mode(lambda exp: _lib("tune").run(exp, FLAGS.max_trials), needs_run_dir=True,
                  one_resolution=True, trains=True),
     "extract": Mode(lambda exp: _lib("extract").extract(exp), needs_run_dir=True),
@@ -145,8 +148,21 @@ flags.DEFINE_list("models", [], "sweep: model names (default: --model).")
 flags.DEFINE_multi_string(
     "sweep_model", [], "sweep: one model's own settings, NAME:key=value,... (repeat the flag per "
     "model); keys: resolutions (names joined by +; default all), width, patch_seconds (0 = whole "
-    "clips), epochs, steps_per_epoch, test_patches (patches scored per test clip; default all). "
+    "clips), epochs, steps_per_epoch, test_patches (patches scored per test clip; default all), "
+    "valid_patches (per validation clip; default --valid_patches); both take all. "
     "E.g. musicnn:patch_seconds=3,resolutions=sr16000-mel96-hop1-log+sr16000-mel48-hop1-log")
+flags.DEFINE_integer("folds", None, "sweep: cross-validate by track group with K folds (the "
+                     "same for every resolution; tftag.folds) instead of the dataset's splits; "
+                     "early stopping then follows the validation loss, --patience counts passes "
+                     "over a fold's training data (>= 3) and --epochs is the cap. Default: the "
+                     "splits (5 folds when only --fold is given).")
+flags.DEFINE_integer("fold", None, "sweep with --folds: run only this fold (0 .. K-1).")
+flags.DEFINE_integer("fold_seed", 0, "sweep with --folds: seed of the fold and validation "
+                     "groups (the same for every resolution and repeat).")
+flags.DEFINE_string("results_dir", None, "sweep with --folds: where each finished run writes "
+                    "<model>-w<width>-<resolution>-fold<k>-seed<s>/result.json and "
+                    "test_predictions.npz (default <run_dir>/results); runs whose result.json "
+                    "exists are skipped.")
 flags.DEFINE_integer("repeats", 3, "sweep: runs per (model, resolution), seeds seed, seed+1, ...",
                      lower_bound=1)
 flags.DEFINE_integer("batch_size", 32, "Global batch (split across replicas).", lower_bound=1)
@@ -192,13 +208,20 @@ def build_experiment(mode: str | None = None) -> experiment.Experiment:
         FLAGS.model, width=FLAGS.width, preset=FLAGS.preset,
         dropout=None if FLAGS.dropout < 0 else FLAGS.dropout,
         patch_seconds=FLAGS.patch_seconds or None))
+    fold_config = None
+    if FLAGS.folds is not None or FLAGS.fold is not None:  # cross-validation (tftag.folds)
+        fold_config = cli.config("--folds/--fold", lambda: folds.FoldConfig(
+            **({"folds": FLAGS.folds} if FLAGS.folds is not None else {}), fold=FLAGS.fold,
+            seed=FLAGS.fold_seed))
+    # Cross-validated runs train to convergence: the lowest validation loss, patience in passes.
+    stopping = ({"monitor": "valid_loss", "patience_unit": "passes"} if fold_config else {})
     train = cli.config("--batch_size/--epochs/--learning_rate/--patience", lambda: (
         experiment.TrainConfig(
             batch_size=FLAGS.batch_size, epochs=FLAGS.epochs, learning_rate=FLAGS.learning_rate,
             patience=FLAGS.patience, seed=FLAGS.seed,
             steps_per_epoch=FLAGS.steps_per_epoch or None,
             deterministic=FLAGS.deterministic, strategy=FLAGS.strategy, loss=FLAGS.loss,
-            valid_patches=FLAGS.valid_patches or None)))
+            valid_patches=FLAGS.valid_patches or None, **stopping)))
     data = cli.config(f"--catalog={FLAGS.catalog}/--labels", lambda: experiment.DataConfig(
         FLAGS.catalog, FLAGS.input, FLAGS.dataset_dir, FLAGS.num_clips, FLAGS.clip_seconds,
         FLAGS.synth_sr, FLAGS.mel_dtype, FLAGS.clips_per_shard, FLAGS.direct_num_workers,
@@ -210,15 +233,19 @@ def build_experiment(mode: str | None = None) -> experiment.Experiment:
         tflite, FLAGS.representative_clips), hint="(a .tflite file only with --mode=evaluate)")
     overrides = tuple(cli.config("--sweep_model", lambda t=text: experiment.SweepModel.parse(t))
                       for text in FLAGS.sweep_model)
-    return cli.config("--resolutions/--models/--repeats/--sweep_model", lambda: (
+    return cli.config("--resolutions/--models/--repeats/--sweep_model/--folds", lambda: (
         experiment.Experiment(mel_configs, model, train, data, export, FLAGS.run_dir,
-                              tuple(FLAGS.models), FLAGS.repeats, overrides)))
+                              tuple(FLAGS.models), FLAGS.repeats, overrides, fold_config,
+                              FLAGS.results_dir)))
 
 
 def check_experiment(name: str, mode: Mode, exp: experiment.Experiment) -> None:
     """The table's checks of ``--mode=name`` on its Experiment, before anything runs."""
     if mode.one_resolution and not (mode.pretrained_resolution and FLAGS.pretrained):
         exp.one_resolution(f"--mode={name}")  # a ValueError: a usage error (exit 2)
+    if exp.folds is not None and name != "sweep":
+        raise app.UsageError(f"--folds/--fold cross-validate a sweep: use --mode=sweep, not "
+                             f"--mode={name}")
     if exp.train.strategy == "multi_worker" and mode.trains and not mode.uses_strategy:
         raise app.UsageError(f"--strategy=multi_worker trains with --mode=train only, not "
                              f"--mode={name}")

@@ -60,10 +60,20 @@ def plan_items(plan: Sequence[tuple[ModelConfig, Sequence[MelConfig], train.Trai
             for r in range(repeats)]
 
 
-def run_item(item: SweepItem, dataset_dir: str, train_config: train.TrainConfig, run_dir: str) -> dict:
-    """Trains one item (resuming if interrupted), evaluates its best weights on the test split."""
+def costs(item: SweepItem, info) -> dict:
+    """{"gmacs", "storage_bytes"} of an item: the model over the whole clip (patch models cost
+    the same per frame) and the stored mel of one clip at its resolution."""
     from tftag import profile
 
+    full_clip = build(dataclasses.replace(item.model_config, patch_seconds=None), item.mel_config,
+                      info.n_tags)
+    c = item.mel_config
+    return {"gmacs": round(profile.analytic_macs(full_clip) / 1e9, 5),
+            "storage_bytes": info.codec.bytes_per_value * c.n_frames * c.n_mels}
+
+
+def run_item(item: SweepItem, dataset_dir: str, train_config: train.TrainConfig, run_dir: str) -> dict:
+    """Trains one item (resuming if interrupted), evaluates its best weights on the test split."""
     cfg = dataclasses.replace(item.train_config or train_config, seed=item.seed)
     info = load_dataset_info(dataset_dir)
     outcome = train.train(dataset_dir, item.mel_config, item.model_config, cfg, run_dir)
@@ -72,9 +82,6 @@ def run_item(item: SweepItem, dataset_dir: str, train_config: train.TrainConfig,
                                 item.patch_frames, cfg.eval_batch_size, cfg.test_patches)
     runfiles.write_bytes_atomic(os.path.join(run_dir, "per_tag.txt"),
                                 (evaluate.format_per_tag(metrics) + "\n").encode())
-    # Cost per clip: the model over the whole clip (patch models cost the same per frame).
-    full_clip = build(dataclasses.replace(item.model_config, patch_seconds=None), item.mel_config,
-                      info.n_tags)
     m, c = item.model_config, item.mel_config
     return {
         "model": m.name, "width": m.width, "preset": m.preset, "resolution": c.name,
@@ -82,9 +89,7 @@ def run_item(item: SweepItem, dataset_dir: str, train_config: train.TrainConfig,
         "seed": item.seed, "test_roc_auc": metrics.roc_auc, "test_pr_auc": metrics.pr_auc,
         "valid_roc_auc": outcome["best_valid_roc_auc"], "best_epoch": outcome["best_epoch"],
         "epochs_done": outcome["epochs_done"], "train_seconds": outcome["train_seconds"],
-        "gmacs": round(profile.analytic_macs(full_clip) / 1e9, 5),
-        "storage_bytes": info.codec.bytes_per_value * c.n_frames * c.n_mels,
-        "mel_dtype": info.codec.name, "patch_frames": item.patch_frames,
+        **costs(item, info), "mel_dtype": info.codec.name, "patch_frames": item.patch_frames,
         "skipped_tags": len(metrics.skipped_tags),
         "top5_overlap": metrics.top5_overlap, "prob_correlation": metrics.prob_correlation,
         "test_patches": cfg.test_patches if item.patch_frames else None,

@@ -10,7 +10,11 @@ derived from (seed, epoch), so an interrupted run resumed from its last checkpoi
 optimizer, epoch, early-stopping state) ends in the same state as an uninterrupted one. After
 each epoch the validation split is scored clip by clip (patch-averaged, :mod:`tftag.evaluate`);
 the best weights by validation ROC-AUC are kept, and training stops after ``patience`` epochs
-without improvement.
+without improvement. With ``monitor="valid_loss"`` (cross-validation, :mod:`tftag.folds`) the
+best weights are those of the lowest validation loss (the training loss on clip probabilities)
+and ``patience_unit="passes"`` counts the patience in passes over the training data; the
+outcome's ``stop_reason`` says why training ended: ``plateau`` (patience ran out) or ``cap``
+(``epochs`` reached).
 
 Run directory: ``checkpoints/`` (last state), ``best.weights.h5``, ``history.json``,
 ``tb/train`` and ``tb/valid`` (TensorBoard).
@@ -28,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import time
 
@@ -36,7 +41,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from tftag import data, determinism, distributed, evaluate
+from tftag import data, determinism, distributed, evaluate, folds
 from tftag.experiment import TrainConfig  # noqa: F401  (defined beside the Experiment)
 from tftag.features import MelConfig
 from tftag.models import ModelConfig, build, training
@@ -148,6 +153,7 @@ def train(
     run_dir: str,
     strategy: tf.distribute.Strategy | None = None,
     stop_after_epochs: int | None = None,
+    fold: folds.FoldParts | None = None,
 ) -> dict:
     """Trains (or resumes training) one model at one resolution.
 
@@ -160,18 +166,26 @@ def train(
         the chief's; every worker resumes from it).
       strategy: a tf.distribute strategy (default: the one ``train_config.strategy`` names).
       stop_after_epochs: end this call after so many epochs (simulates an interruption).
+      fold: a cross-validation fold: train on its training part and validate on its validation
+        part (clip ids over all splits) instead of the train and valid splits.
 
     Returns:
-      {"best_weights", "best_epoch", "best_valid_roc_auc", "best_valid_pr_auc", "epochs_done",
-       "stopped_early", "train_seconds", "history"}.
+      {"best_weights", "best_epoch", "best_valid_roc_auc", "best_valid_pr_auc",
+       "best_valid_loss", "epochs_done", "stopped_early", "stop_reason" ("plateau", "cap", or
+       None when interrupted), "patience_epochs", "train_seconds", "history"}.
     """
     cfg = train_config
     patch_frames = model_config.patch_frames(mel_config)
     info = data.load_dataset_info(dataset_dir)
-    for split in ("train", "valid"):
-        if info.splits.get(split, 0) == 0:
-            raise ValueError(f"{dataset_dir}: split {split!r} is empty or missing; splits: "
-                             f"{info.splits}")
+    # (split, clip ids) of the training and validation data: splits, or a fold's parts.
+    source = ({p: (None, fold.part(p)) for p in ("train", "valid")} if fold is not None
+              else {p: (p, None) for p in ("train", "valid")})
+    sizes = {p: len(clips) if clips is not None else info.splits.get(p, 0)
+             for p, (_, clips) in source.items()}
+    for split, size in sizes.items():
+        if size == 0:
+            raise ValueError(f"{dataset_dir}: {'fold %d part' % fold.fold if fold else 'split'} "
+                             f"{split!r} is empty or missing; splits: {info.splits}")
     if info.n_tags == 0:
         raise ValueError(f"{dataset_dir}: the dataset has no tags to learn")
     check_loss(cfg.loss, info)
@@ -192,8 +206,10 @@ def train(
     if replicas > 1:  # batch statistics of the global batch, as in one process
         distributed.synchronize_batch_norm(model)
     from_chief = distributed.chief_broadcast(strategy)
+    lower_is_better = cfg.monitor == "valid_loss"  # "best" holds the score: -loss or ROC-AUC
     state = {
-        "epoch": tf.Variable(0, dtype=tf.int64), "best": tf.Variable(-1.0, dtype=tf.float64),
+        "epoch": tf.Variable(0, dtype=tf.int64),
+        "best": tf.Variable(-np.inf if lower_is_better else -1.0, dtype=tf.float64),
         "best_epoch": tf.Variable(-1, dtype=tf.int64), "bad_epochs": tf.Variable(0, dtype=tf.int64),
     }
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, **state)
@@ -222,46 +238,52 @@ def train(
 
     distributed_step = train_step_fn(model, optimizer, strategy)
 
+    patience = patience_epochs(cfg, sizes["train"])
     epochs_this_call = 0
     stopped_early = False
     while int(state["epoch"]) < cfg.epochs:
         epoch = int(state["epoch"])
-        if cfg.patience and int(state["bad_epochs"]) >= cfg.patience:
+        if patience and int(state["bad_epochs"]) >= patience:
             stopped_early = True
             break
         if stop_after_epochs is not None and epochs_this_call >= stop_after_epochs:
             break
         ds = data.make_dataset(
-            dataset_dir, mel_config, "train", cfg.batch_size, patch_frames,
+            dataset_dir, mel_config, source["train"][0], cfg.batch_size, patch_frames,
             shuffle_buffer=cfg.shuffle_buffer, seed=cfg.seed * 100003 + epoch,
             repeat=cfg.steps_per_epoch is not None, targets=TARGETS[cfg.loss],
+            clips=source["train"][1],
         )
         if cfg.steps_per_epoch is not None:
             ds = ds.take(cfg.steps_per_epoch)
         ds = distributed.shard_by_data(ds)  # each worker: its slice of every global batch
         t0 = time.monotonic()
-        with data.naming_corrupt_shards(dataset_dir, mel_config, "train"):  # names a corrupt shard
+        with data.naming_corrupt_shards(dataset_dir, mel_config, source["train"][0]):
             losses = [float(distributed_step(x, y)) for x, y in strategy.experimental_distribute_dataset(ds)]
         train_seconds = time.monotonic() - t0
         t1 = time.monotonic()
-        scores = [0.0, 0.0]  # the chief scores validation; every worker takes its decision
+        scores = [0.0, 0.0, 0.0]  # the chief scores validation; every worker takes its decision
         if chief:
-            metrics = evaluate.evaluate(model, dataset_dir, mel_config, "valid", info.tags,
-                                        patch_frames, cfg.eval_batch_size, cfg.valid_patches)
-            scores = [metrics.roc_auc, metrics.pr_auc]
-        roc_auc, pr_auc = from_chief(scores)
+            split, clips = source["valid"]
+            p = evaluate.predict_clips(model, dataset_dir, mel_config, split, patch_frames,
+                                       cfg.eval_batch_size, cfg.valid_patches, clips)
+            metrics = evaluate.scores(p, info.tags)
+            targets = p.soft_labels if TARGETS[cfg.loss] == "soft_labels" else p.labels
+            scores = [metrics.roc_auc, metrics.pr_auc, evaluate.clip_bce(targets, p.probabilities)]
+        roc_auc, pr_auc, valid_loss = from_chief(scores)
         valid_seconds = time.monotonic() - t1
-        improved = roc_auc > float(state["best"])
+        score = -valid_loss if lower_is_better else roc_auc
+        improved = score > float(state["best"])
         if improved:
             if chief:
                 _save_weights_atomic(model, best_path)
-            state["best"].assign(roc_auc)
+            state["best"].assign(score)
             state["best_epoch"].assign(epoch)
             state["bad_epochs"].assign(0)
         else:
             state["bad_epochs"].assign_add(1)
         record = {"epoch": epoch, "loss": float(np.mean(losses)), "steps": len(losses),
-                  "valid_roc_auc": roc_auc, "valid_pr_auc": pr_auc,
+                  "valid_roc_auc": roc_auc, "valid_pr_auc": pr_auc, "valid_loss": valid_loss,
                   "epoch_seconds": round(train_seconds, 3),
                   "valid_seconds": round(valid_seconds, 3), "best": improved}
         history.append(record)
@@ -273,6 +295,7 @@ def train(
         with valid_writer.as_default():
             tf.summary.scalar("roc_auc", roc_auc, step=epoch)
             tf.summary.scalar("pr_auc", pr_auc, step=epoch)
+            tf.summary.scalar("loss", valid_loss, step=epoch)
         state["epoch"].assign(epoch + 1)
         if chief:
             manager.save()
@@ -286,19 +309,35 @@ def train(
                      pr_auc, " (best)" if improved else "")
     train_writer.close()
     valid_writer.close()
+    best = next((h for h in history if h["epoch"] == int(state["best_epoch"])), {})
+    plateau = bool(patience) and int(state["bad_epochs"]) >= patience
     return {
         "best_weights": best_path,
         "best_epoch": int(state["best_epoch"]),
-        "best_valid_roc_auc": float(state["best"]),
-        "best_valid_pr_auc": next((h["valid_pr_auc"] for h in history
-                                   if h["epoch"] == int(state["best_epoch"])), None),
+        "best_valid_roc_auc": best.get("valid_roc_auc", float(state["best"])) if lower_is_better
+        else float(state["best"]),
+        "best_valid_pr_auc": best.get("valid_pr_auc"),
+        "best_valid_loss": best.get("valid_loss"),
         "epochs_done": int(state["epoch"]),
         "stopped_early": stopped_early,
+        "stop_reason": ("plateau" if plateau else
+                        "cap" if int(state["epoch"]) >= cfg.epochs else None),
+        "patience_epochs": patience,
         # Training + validation time of every epoch, across resumed calls.
         "train_seconds": round(sum(h["epoch_seconds"] + h.get("valid_seconds", 0.0)
                                    for h in history), 2),
         "history": history,
     }
+
+
+def patience_epochs(cfg: TrainConfig, train_clips: int) -> int:
+    """Epochs without improvement before stopping: ``cfg.patience`` epochs, or (unit "passes")
+    that many passes over ``train_clips`` training clips in epochs of ``cfg.steps_per_epoch``
+    steps (rounded up; one epoch = one pass without ``steps_per_epoch``); 0 = never stop."""
+    if cfg.patience_unit == "epochs" or not cfg.steps_per_epoch:
+        return cfg.patience
+    steps_per_pass = math.ceil(train_clips / cfg.batch_size)
+    return math.ceil(cfg.patience * steps_per_pass / cfg.steps_per_epoch)
 
 
 def load_best(run_dir: str, dataset_dir: str, mel_config: MelConfig, model_config: ModelConfig):

@@ -28,6 +28,9 @@ class Clip:
     tags: tuple[str, ...] = ()
     offset: float = 0.0
     duration: float | None = None
+    # Track group (near-duplicate versions of one track; cross-validation folds keep a group
+    # together, tftag.folds); "" = the clip's own file (tftag.folds.default_group).
+    group: str = ""
 
     @property
     def segment(self) -> tuple[float, float | None] | None:
@@ -62,7 +65,7 @@ class Catalog:
         h = hashlib.sha1()
         h.update(json.dumps(list(self.tags)).encode())
         for clip in sorted(self.clips, key=lambda c: c.clip_id):
-            fields = dataclasses.astuple(clip)
+            fields = dataclasses.astuple(clip)[:6]  # the group is not hashed (added later)
             if clip.segment is None:  # whole files hash as before segments existed
                 fields = fields[:4]
             h.update(json.dumps(fields, ensure_ascii=False).encode())

@@ -330,7 +330,7 @@ def load_debian(input_path: str | None = None, *, packages: Sequence[str] = QUIC
         n = int(usable // CLIP_SECONDS)
         for k in range(n):
             clips.append(Clip(f"{t['package']}/{t['path']}#{k:03d}", t["abs_path"], split, (),
-                              offset=k * CLIP_SECONDS, duration=CLIP_SECONDS))
+                              offset=k * CLIP_SECONDS, duration=CLIP_SECONDS, group=group))
         track_info.append({
             "package": t["package"], "path": t["path"], "seconds": t["seconds"],
             "loop_seconds": t["loop_seconds"], "clips": n, "split": split, "group": group,

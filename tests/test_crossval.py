@@ -1,0 +1,275 @@
+"""Cross-validation by track group (tftag.folds, tftag.crossval) and training to convergence
+(early stopping on the validation loss, stop reasons), on a tiny teacher-labelled dataset
+written here: 14 track groups of 1-4 clips, stored at two resolutions (16 and 8 bands)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import numpy as np
+import pytest
+
+from conftest import run_module
+from tftag import crossval, data, folds, train
+from tftag.experiment import DataConfig, Experiment, ExportConfig, TrainConfig
+from tftag.features import MelConfig
+from tftag.models import ModelConfig
+
+TAGS = ("a", "b", "c", "d", "e", "f")
+MEL16 = MelConfig(16000, 16, 2, "log", 3.0)
+MEL8 = MelConfig(16000, 8, 2, "log", 3.0)
+# Track group g has GROUP_SIZES[g] clips "pkg/track{g}.ogg#00k"; some tracks are named twice
+# (near-duplicate versions) through dataset.json "groups": track 13 joins group of track 12.
+GROUP_SIZES = (3, 1, 4, 2, 3, 1, 2, 4, 3, 2, 1, 3, 2, 2)
+SPLITS = ("train", "valid", "test")
+
+
+def _clip_ids() -> list[str]:
+    return [f"pkg/track{g:02d}.ogg#{k:03d}" for g, n in enumerate(GROUP_SIZES) for k in range(n)]
+
+
+def write_dataset(directory, learnable: bool, seed: int = 0) -> str:
+    """Soft labels p ~ U(0, 1) (hard labels: top 2). ``learnable``: bands 2t, 2t+1 grow with
+    p_t; else the mel is noise independent of the labels (nothing to learn: the validation loss
+    cannot improve for long)."""
+    rng = np.random.default_rng(seed)
+    version = data.tags_version(TAGS)
+    ids = _clip_ids()
+    records = {(m, s): [] for m in (16, 8) for s in SPLITS}
+    splits = {s: 0 for s in SPLITS}
+    for i, clip_id in enumerate(ids):
+        split = SPLITS[i % 3]  # catalogue splits, ignored by the folds
+        splits[split] += 1
+        soft = rng.uniform(0.0, 1.0, len(TAGS)).astype(np.float32)
+        hard = data.multi_hot(np.argsort(-soft, kind="stable")[:2], len(TAGS))
+        for n_mels in (16, 8):
+            base = MelConfig(16000, n_mels, 1, "power", 3.0)
+            mel = rng.uniform(0.5, 1.5, (base.n_frames, n_mels)).astype(np.float32) * 1e-3
+            if learnable:
+                mel[:, 0:min(12, n_mels)] *= np.repeat(1.0 + 20.0 * soft, 2)[None, :n_mels]
+            records[n_mels, split].append(data.serialize_example(
+                clip_id, split, mel, base, hard, version, soft_labels=soft))
+    for (n_mels, split), recs in records.items():
+        base = MelConfig(16000, n_mels, 1, "power", 3.0)
+        data.write_tfrecord_atomic(data.shard_path(str(directory), base.base_name, split, 0, 1),
+                                   recs)
+    meta = data.dataset_metadata(
+        configs=[MEL16, MEL8], mel_dtype="float32", tags=TAGS, splits=splits,
+        shards={s: 1 for s in SPLITS}, source={"test": "tests/test_crossval.py"},
+        extra={"labels": "teacher:MTT_musicnn", "teacher": {"name": "MTT_musicnn", "top_k": 2},
+               "groups": {c: "pkg:track12" for c in ids if c.startswith("pkg/track13")}})
+    data.write_json_atomic(str(directory / data.DATASET_JSON), meta)
+    return str(directory)
+
+
+@pytest.fixture(scope="module")
+def learnable(tmp_path_factory):
+    return write_dataset(tmp_path_factory.mktemp("learnable"), learnable=True)
+
+
+@pytest.fixture(scope="module")
+def noise(tmp_path_factory):
+    return write_dataset(tmp_path_factory.mktemp("noise"), learnable=False)
+
+
+def _groups() -> dict[str, str]:
+    return folds.clip_groups(_clip_ids(), {"groups": {c: "pkg:track12" for c in _clip_ids()
+                                                      if c.startswith("pkg/track13")}})
+
+
+# ----------------------------------------------------------------------------- folds
+
+
+def test_clip_groups_stored_debian_tracks_and_default():
+    ids = ["pkg/a.ogg#000", "pkg/a.ogg#001", "pkg/a_v2.ogg#000", "synth000001"]
+    meta = {"groups": {"pkg/a_v2.ogg#000": "pkg:a"},
+            "source": {"tracks": [{"package": "pkg", "path": "a.ogg", "group": "pkg:a"}]}}
+    assert folds.clip_groups(ids, meta) == {"pkg/a.ogg#000": "pkg:a", "pkg/a.ogg#001": "pkg:a",
+                                            "pkg/a_v2.ogg#000": "pkg:a",
+                                            "synth000001": "synth000001"}
+    # Without records: a segment's file is its group, a whole clip its own.
+    assert folds.clip_groups(ids, {}) == {"pkg/a.ogg#000": "pkg/a.ogg",
+                                          "pkg/a.ogg#001": "pkg/a.ogg",
+                                          "pkg/a_v2.ogg#000": "pkg/a_v2.ogg",
+                                          "synth000001": "synth000001"}
+
+
+@pytest.mark.parametrize("k", [2, 3, 5])
+def test_every_clip_tested_once_groups_never_split(k):
+    groups = _groups()
+    config = folds.FoldConfig(folds=k, seed=7)
+    parts = [folds.fold_parts(groups, config, f) for f in range(k)]
+    tested = sorted(c for p in parts for c in p.test)
+    assert tested == sorted(groups)  # every clip exactly once
+    for p in parts:
+        assert set(p.train) | set(p.valid) | set(p.test) == set(groups)
+        assert not (set(p.train) & set(p.valid) or set(p.train) & set(p.test)
+                    or set(p.valid) & set(p.test))
+        part_of_group: dict[str, str] = {}
+        for name in folds.PARTS:
+            for c in p.part(name):
+                assert part_of_group.setdefault(groups[c], name) == name, (c, name)
+        assert p.valid and p.train
+        # ≈ 10 % of the training part (whole groups: at most one group more)
+        assert len(p.valid) < 0.1 * (len(p.train) + len(p.valid)) + max(GROUP_SIZES)
+    fold_of = {groups[c]: p.fold for p in parts for c in p.test}
+    assert len(fold_of) == len(set(groups.values()))  # a group sits in one fold
+    assert "pkg/track13.ogg" not in fold_of and "pkg:track12" in fold_of  # stored group used
+    sizes = [len(p.test) for p in parts]
+    assert max(sizes) - min(sizes) <= max(GROUP_SIZES)  # balanced by clips
+    folds.check_partition(parts, groups)
+
+
+def test_folds_are_seeded():
+    groups = _groups()
+    a = [folds.fold_parts(groups, folds.FoldConfig(3, seed=0), f) for f in range(3)]
+    b = [folds.fold_parts(groups, folds.FoldConfig(3, seed=0), f) for f in range(3)]
+    c = [folds.fold_parts(groups, folds.FoldConfig(3, seed=1), f) for f in range(3)]
+    assert a == b
+    assert [p.test for p in a] != [p.test for p in c]
+    # The clip order given does not matter.
+    shuffled = dict(reversed(list(groups.items())))
+    assert folds.fold_parts(shuffled, folds.FoldConfig(3), 1) == a[1]
+
+
+def test_fold_config_errors():
+    with pytest.raises(ValueError, match=r"--folds must be >= 2, got 1"):
+        folds.FoldConfig(folds=1)
+    with pytest.raises(ValueError, match=r"--fold must be in 0..2 \(--folds=3\), got 3"):
+        folds.FoldConfig(folds=3, fold=3)
+    with pytest.raises(ValueError, match=r"--folds=20: the dataset has only 14 track groups"):
+        folds.fold_of_groups(_groups(), 20)
+    assert folds.FoldConfig(4, fold=2).selected == (2,)
+    assert folds.FoldConfig(3).selected == (0, 1, 2)
+
+
+def _experiment(dataset_dir, tmp_path, **train_changes) -> Experiment:
+    cfg = TrainConfig(batch_size=8, epochs=2, patience=3, seed=0, learning_rate=1e-2,
+                      loss="distill", monitor="valid_loss", patience_unit="passes",
+                      **train_changes)
+    return Experiment((MEL16, MEL8), ModelConfig("vgg", width=0.05), cfg,
+                      DataConfig(dataset_dir=dataset_dir), ExportConfig(enabled=False),
+                      run_dir=str(tmp_path / "run"), folds=folds.FoldConfig(3),
+                      results_dir=str(tmp_path / "results"))
+
+
+def test_same_folds_for_every_resolution(learnable, tmp_path):
+    exp = _experiment(learnable, tmp_path)
+    groups, parts = crossval.dataset_folds(learnable, exp)
+    assert sorted(groups) == sorted(_clip_ids())
+    for config in (MEL16, MEL8):  # the clips of each stored base give the same folds
+        ids = data.clip_ids(learnable, config)
+        assert ids == sorted(_clip_ids())
+        again = folds.clip_groups(ids, json.loads(open(os.path.join(
+            learnable, data.DATASET_JSON)).read()))
+        assert {k: folds.fold_parts(again, exp.folds, k) for k in range(3)} == parts
+    # The reader keeps exactly a part's clips, at either resolution.
+    for config in (MEL16, MEL8):
+        ds = data.make_dataset(learnable, config, None, 4, as_dict=True, clips=parts[1].valid)
+        seen = sorted(c.decode() for b in ds for c in b["clip_id"].numpy())
+        assert seen == list(parts[1].valid)
+
+
+def test_experiment_checks_patience_and_round_trips(learnable, tmp_path):
+    exp = _experiment(learnable, tmp_path)
+    assert Experiment.from_dict(exp.to_dict()) == exp
+    with pytest.raises(ValueError, match=r"--patience must be >= 3 .* with --folds, got 2"):
+        dataclasses.replace(exp, train=dataclasses.replace(exp.train, patience=2))
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def test_patience_in_passes():
+    cfg = TrainConfig(batch_size=8, patience=3, patience_unit="passes", steps_per_epoch=2)
+    assert train.patience_epochs(cfg, 40) == 8  # 5 steps a pass, 15 steps = 7.5 epochs
+    assert train.patience_epochs(dataclasses.replace(cfg, steps_per_epoch=None), 40) == 3
+    assert train.patience_epochs(dataclasses.replace(cfg, patience_unit="epochs"), 40) == 3
+
+
+def test_stop_reasons_plateau_and_cap(noise, learnable, tmp_path):
+    groups = _groups()
+    parts = folds.fold_parts(groups, folds.FoldConfig(3), 0)
+    mc = ModelConfig("vgg", width=0.05)
+    # Noise: the untrained model's ~0.5 is already the best guess; training overfits the noise
+    # and the validation loss plateaus: patience (3 passes = 3 epochs) runs out before the cap.
+    cfg = TrainConfig(batch_size=8, epochs=15, patience=3, seed=0, learning_rate=3e-2,
+                      loss="distill", monitor="valid_loss", patience_unit="passes")
+    out = train.train(noise, MEL16, mc, cfg, str(tmp_path / "plateau"), fold=parts)
+    assert out["stop_reason"] == "plateau", [h["valid_loss"] for h in out["history"]]
+    assert out["epochs_done"] == out["best_epoch"] + 1 + 3 < 15
+    losses = [h["valid_loss"] for h in out["history"]]
+    assert out["best_valid_loss"] == min(losses) == losses[out["best_epoch"]]
+    assert all(h["steps"] == -(-len(parts.train) // 8) for h in out["history"])  # one pass
+    # Learnable data, cap of 2 epochs < the patience: the cap ends it.
+    capped = train.train(learnable, MEL16, mc, dataclasses.replace(cfg, epochs=2, learning_rate=1e-2),
+                         str(tmp_path / "cap"), fold=parts)
+    assert capped["stop_reason"] == "cap" and capped["epochs_done"] == 2
+    # Resuming a finished run trains no more and keeps its reason.
+    again = train.train(noise, MEL16, mc, cfg, str(tmp_path / "plateau"), fold=parts)
+    assert again["stop_reason"] == "plateau" and again["epochs_done"] == out["epochs_done"]
+    # The default (no fold) keeps the split-based ROC-AUC rule and reports a reason too.
+    old = train.train(learnable, MEL16, mc, TrainConfig(batch_size=8, epochs=1, loss="distill"),
+                      str(tmp_path / "splits"))
+    assert old["stop_reason"] == "cap" and old["patience_epochs"] == 5
+    assert "valid_loss" in old["history"][0]
+
+
+# ----------------------------------------------------------------------------- the sweep
+
+
+def test_crossval_sweep_writes_contract_files_and_resumes(learnable, tmp_path):
+    exp = dataclasses.replace(_experiment(learnable, tmp_path), mel_configs=(MEL8,))
+    summary = crossval.run(exp)
+    assert summary["runs"] == summary["ran"] == 3 and summary["done_before"] == 0
+    out = tmp_path / "results"
+    keys = sorted(os.listdir(out))
+    assert keys == ["folds.json"] + [f"vgg-w0.05-{MEL8.name}-fold{k}-seed0" for k in range(3)]
+    tested = []
+    for k in range(3):
+        d = out / f"vgg-w0.05-{MEL8.name}-fold{k}-seed0"
+        result = json.loads((d / "result.json").read_text())
+        assert set(crossval.RESULT_KEYS) <= set(result)
+        assert (result["fold"], result["folds"], result["model"], result["width"],
+                result["resolution"], result["seed"]) == (k, 3, "vgg", 0.05, MEL8.name, 0)
+        for name in ("test_roc_auc", "test_pr_auc", "top5_overlap"):
+            assert 0.0 <= result[name] <= 1.0
+        assert -1.0 <= result["prob_correlation"] <= 1.0
+        assert result["stop_reason"] == "cap" and result["epochs_done"] == 2
+        assert [c["epoch"] for c in result["curve"]] == [0, 1]
+        assert set(result["curve"][0]) == {"epoch", "train_loss", "valid_loss", "valid_roc_auc"}
+        assert result["gmacs"] > 0 and result["storage_bytes"] == 4 * MEL8.n_frames * 8
+        npz = np.load(d / "test_predictions.npz")
+        assert set(npz.files) == set(crossval.NPZ_KEYS)
+        n = result["n_test_clips"]
+        assert npz["clip_id"].shape == (n,) and list(npz["clip_id"]) == sorted(npz["clip_id"])
+        assert npz["probs"].shape == npz["teacher"].shape == (n, len(TAGS))
+        assert npz["probs"].dtype == npz["teacher"].dtype == np.float16
+        assert list(npz["tags"]) == list(TAGS)
+        assert (npz["labels"].sum(axis=1) == 2).all()  # the stored hard labels: top 2
+        assert ((npz["probs"] >= 0) & (npz["probs"] <= 1)).all()
+        tested += list(npz["clip_id"])
+    assert sorted(tested) == sorted(_clip_ids())  # pooled: every clip once
+    record = json.loads((out / "folds.json").read_text())
+    assert {c: v["fold"] for c, v in record["clips"].items()} == {
+        c: k for k in range(3) for c in json.loads(
+            (tmp_path / "run" / "runs" / f"vgg-w0.05-{MEL8.name}-fold{k}-seed0" / "fold.json"
+             ).read_text())["test"]}
+    # A rerun skips finished runs: nothing trained, files untouched.
+    first = out / f"vgg-w0.05-{MEL8.name}-fold0-seed0" / "result.json"
+    stamp = first.stat().st_mtime_ns
+    os.remove(out / f"vgg-w0.05-{MEL8.name}-fold2-seed0" / "result.json")  # an unfinished run
+    again = crossval.run(exp)
+    assert (again["done_before"], again["ran"]) == (2, 1)
+    assert first.stat().st_mtime_ns == stamp
+
+
+def test_bad_fold_flags_are_short_errors(tmp_path):
+    for args, message in ((("--folds=1",), "--folds must be >= 2, got 1"),
+                          (("--folds=3", "--fold=3"), "--fold must be in 0..2 (--folds=3), got 3")):
+        proc = run_module("tftag.main", "--mode=sweep", f"--run_dir={tmp_path}", *args,
+                          check=False)
+        assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
+        assert "Traceback" not in proc.stderr and len(proc.stderr.splitlines()) <= 3
