@@ -304,9 +304,9 @@ def train(
             with distributed.scratch_dir() as scratch:
                 checkpoint.save(os.path.join(scratch, "ckpt"))
         epochs_this_call += 1
-        logging.info("%s %s epoch %d: loss %.4f, valid ROC-AUC %.4f, PR-AUC %.4f%s",
-                     model_config.name, mel_config.name, epoch, record["loss"], roc_auc,
-                     pr_auc, " (best)" if improved else "")
+        logging.info("%s %s epoch %d: loss %.4f, valid loss %.4f, ROC-AUC %.4f, PR-AUC %.4f%s",
+                     model_config.name, mel_config.name, epoch, record["loss"], valid_loss,
+                     roc_auc, pr_auc, " (best)" if improved else "")
     train_writer.close()
     valid_writer.close()
     best = next((h for h in history if h["epoch"] == int(state["best_epoch"])), {})
