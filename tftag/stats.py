@@ -207,21 +207,23 @@ def midranks(x: np.ndarray) -> np.ndarray:
     return out
 
 
-def _components(y: np.ndarray, s: np.ndarray) -> tuple[float, np.ndarray]:
+def _components(y: np.ndarray, s: np.ndarray, strict: bool = True) -> tuple[float, np.ndarray]:
     """AUC and each clip's centred, scaled structural component: positives
     (V10 - AUC) / sqrt(m (m - 1)), negatives (V01 - AUC) / sqrt(n (n - 1)), so that the sum of
     squares over clips is DeLong's variance S10 / m + S01 / n."""
     pos, neg = np.flatnonzero(y), np.flatnonzero(~y)
     m, n = pos.size, neg.size
-    if m < 2 or n < 2:
+    if strict and (m < 2 or n < 2):
         raise ValueError(f"DeLong needs >= 2 positive and >= 2 negative clips, got {m} and {n}")
     all_ranks = midranks(s)
     v10 = (all_ranks[pos] - midranks(s[pos])) / n  # share of negatives below (ties: half)
     v01 = 1.0 - (all_ranks[neg] - midranks(s[neg])) / m  # share of positives above
     auc = float(v10.mean())
-    out = np.empty(y.size)
-    out[pos] = (v10 - auc) / math.sqrt(m * (m - 1))
-    out[neg] = (v01 - auc) / math.sqrt(n * (n - 1))
+    out = np.zeros(y.size)  # a side with one clip has no estimable variance: 0
+    if m > 1:
+        out[pos] = (v10 - auc) / math.sqrt(m * (m - 1))
+    if n > 1:
+        out[neg] = (v01 - auc) / math.sqrt(n * (n - 1))
     return auc, out
 
 
@@ -260,7 +262,8 @@ def delong_macro(y_true: np.ndarray, score_a: np.ndarray, score_b: np.ndarray) -
     Each clip's influence on the macro difference is the mean over tags of its structural
     components' difference (:func:`_components`); the variance is the sum of their squares over
     clips, which keeps the covariance between tags (they share the clips) and equals DeLong's
-    variance exactly for one tag. Tags with fewer than 2 positives or 2 negatives are refused.
+    variance exactly for one tag. A tag with a single positive (or negative) clip counts in the
+    difference, but its side with one clip adds no variance (none can be estimated from it).
     """
     y = _check(y_true, score_a, score_b)
     tags = evaluable_tags(y)
@@ -268,8 +271,8 @@ def delong_macro(y_true: np.ndarray, score_a: np.ndarray, score_b: np.ndarray) -
     influence = np.zeros(y.shape[0])
     diffs = []
     for t in tags:
-        a, ca = _components(y[:, t], a_s[:, t])
-        b, cb = _components(y[:, t], b_s[:, t])
+        a, ca = _components(y[:, t], a_s[:, t], strict=False)
+        b, cb = _components(y[:, t], b_s[:, t], strict=False)
         influence += (cb - ca) / tags.size
         diffs.append(b - a)
     return _normal_test("DeLong (macro)", float(np.mean(diffs)), float(np.sum(influence ** 2)))
