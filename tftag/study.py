@@ -39,6 +39,17 @@ RESULT_KEYS = RUNS_COLUMNS + ("folds", "n_test_clips", "curve")
 STOP_REASONS = ("plateau", "cap")
 PREDICTIONS = "test_predictions.npz"
 
+# The paper's claims (EUSIPCO 2020, §1 and Table IV), as (model, from, to, claim): resolutions
+# are (n_mels, hop_factor) at the study's sample rate and compression.
+PAPER_CLAIMS = (
+    ("vgg", (96, 1), (48, 1), "96 → 48 bands: ~50 % fewer MACs, no significant loss (MTAT, all P > 0.08)"),
+    ("vgg", (96, 1), (96, 2), "hop ×1 → ×2: ~50 % fewer MACs, no loss (MTAT)"),
+    ("vgg", (96, 1), (96, 10), "hop ×1 → ×10: ~10× fewer MACs for a 1.4–1.8 % ROC-AUC drop (MTAT)"),
+    ("vgg", (96, 1), (48, 2), "both halvings together (MSD 16 kHz: 86.71 → 86.41)"),
+    ("musicnn", (128, 1), (96, 1), "MUSICNN 128 → 96 bands: comparable (MTAT 16 kHz 90.83 → 90.60)"),
+    ("musicnn", (96, 1), (48, 1), "MUSICNN 96 → 48 bands: comparable (MTAT 16 kHz 90.60 → 90.50)"),
+)
+
 
 def _track_group(clip_id: str) -> str:
     """Debian clip ids ``package/path#k``: the track group of :func:`tftag.datasets.debian.group_name`."""
