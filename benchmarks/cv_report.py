@@ -157,13 +157,26 @@ def comparison_table(rows: Sequence[dict], first: str = "claim") -> str:
     return "\n".join(lines)
 
 
-def plot_learning_curves(results: Sequence[dict], path: str) -> None:
-    """Validation loss per epoch of every run, one panel per model, one colour per resolution."""
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _label_axes(ax, xlabel: str, ylabel: str, title: str) -> None:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+
+
+def plot_learning_curves(results: Sequence[dict], path: str) -> None:
+    """Validation loss per epoch of every run, one panel per model, one colour per resolution."""
+    plt = _pyplot()
     models = sorted({r["model"] for r in results})
     fig, axes = plt.subplots(1, len(models), figsize=(6.5 * len(models), 4.5), squeeze=False)
     for ax, model in zip(axes[0], models):
@@ -178,22 +191,15 @@ def plot_learning_curves(results: Sequence[dict], path: str) -> None:
                     ls="--" if r["stop_reason"] == "cap" else "-")
         for res, colour in colours.items():
             ax.plot([], [], color=colour, label=res)
-        ax.set_title(f"{model}: validation loss per epoch ({len(runs)} runs; dashed = cap)")
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("validation loss")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        _label_axes(ax, "epoch", "validation loss",
+                    f"{model}: validation loss per epoch ({len(runs)} runs; dashed = cap)")
     fig.tight_layout()
     runfiles.save_figure_atomic(fig, path, dpi=90)
 
 
 def plot_roc_vs_gmacs(rows: Sequence[dict], path: str) -> None:
     """Pooled ROC-AUC with its bootstrap 95 % CI against GMAC (log x), one series per model."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 5))
     for key in sorted({(r["model"], r["width"], r["seed"]) for r in rows}):
         rs = [r for r in rows if (r["model"], r["width"], r["seed"]) == key]
@@ -207,11 +213,8 @@ def plot_roc_vs_gmacs(rows: Sequence[dict], path: str) -> None:
             ax.annotate(f"{m.n_mels}×{m.hop_factor}", (r["gmacs"], yy), fontsize=7,
                         xytext=(3, 3), textcoords="offset points")
     ax.set_xscale("log")
-    ax.set_xlabel("GMAC per clip (log)")
-    ax.set_ylabel("pooled test ROC-AUC % (bootstrap 95 % CI)")
-    ax.set_title("ROC-AUC vs compute, K test folds pooled (labels: bands × hop)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    _label_axes(ax, "GMAC per clip (log)", "pooled test ROC-AUC % (bootstrap 95 % CI)",
+                "ROC-AUC vs compute, K test folds pooled (labels: bands × hop)")
     fig.tight_layout()
     runfiles.save_figure_atomic(fig, path, dpi=90)
 
