@@ -93,7 +93,8 @@ def vs_baseline(sets: Sequence[study.RunSet], opts: Options) -> list[dict]:
         base = _partner(sets, s, BASELINES[s.model]) if s.model in BASELINES else None
         if base is None or base is s:
             continue
-        out.append({"model": s.model, "width": s.width, "seed": s.seed, "shape": _label(s),
+        out.append({"model": s.model, "width": s.width, "seed": s.seed,
+                    "from_shape": _label(base), "to_shape": _label(s),
                     **study.compare(base, s, alpha=opts.alpha, power=opts.power, **opts.kwargs())})
     return out
 
@@ -146,10 +147,8 @@ def comparison_table(rows: Sequence[dict], first: str = "claim") -> str:
              "bootstrap | p DeLong | p paired t (folds) | p independent t | MDE points | GMAC × | "
              + first + " |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for c in rows:
-        frm = c.get("from_shape") or c["from"].split("-", 2)[-1]
-        to = c.get("to_shape") or c["shape"]
         lines.append(
-            f"| {c['model']} (w{c['width']:g}) | {frm} → {to} | {c['roc_from']:.2f} → "
+            f"| {c['model']} (w{c['width']:g}) | {c['from_shape']} → {c['to_shape']} | {c['roc_from']:.2f} → "
             f"{c['roc_to']:.2f} | {c['delta_points']:+.2f} [{c['ci95_points'][0]:+.2f}, "
             f"{c['ci95_points'][1]:+.2f}] | {_fmt_p(c['p_bootstrap'])} | {_fmt_p(c['p_delong'])} "
             f"| {_fmt_p(c['p_paired_t'])} | {_fmt_p(c['p_independent_t'])} | {c['mde_points']:.2f} "
@@ -251,7 +250,7 @@ def build(runs_dir: str, out_dir: str, name: str, opts: Options = Options()) -> 
     md = [
         f"# Study `{name}` (cross-validated, trained to convergence)", "",
         f"- {len(results)} runs, {len(sets)} run sets, folds: {report['folds']}; "
-        f"{report['stopped_at_cap']} runs stopped at the epoch cap (the others on a plateau).",
+        f"runs stopped at the epoch cap: {report['stopped_at_cap']} (the others on a plateau).",
         f"- labels: the teacher's top-{opts.top_k} tags per clip; metrics macro over the tags "
         "present among the pooled clips; each set's K test folds pooled (every clip once).",
         f"- primary paired test: {report['primary_test']}; beside it DeLong's test of the same "
