@@ -1,7 +1,17 @@
-r"""The committed report of a resolution study: tables, the paper's claims tested, one plot.
+r"""The committed report of a resolution study: tables, the paper's claims tested, plots.
+
+A cross-validated study (trained to convergence, K folds by track group), rebuilt from its
+committed per-run files alone (:mod:`benchmarks.cv_report`)::
+
+    .venv/bin/python -m benchmarks.study_report \
+        --runs_dir=benchmarks/results/real_music/runs --name=real_music
+
+A fixed-budget sweep (the old format, e.g. ``real_music_fixed_budget``), from its run directory::
 
     .venv/bin/python -m benchmarks.study_report --run_dir=runs/real_music --name=real_music \
         --compare=synthetic=runs/synthetic_study
+
+The rest of this docstring describes the fixed-budget report.
 
 Reads a finished sweep (``<run_dir>/runs/*/result.json``, ``configs.json`` and the dataset's
 ``dataset.json``) and writes ``benchmarks/results/<name>/``:
@@ -27,13 +37,26 @@ from typing import Sequence
 import numpy as np
 from absl import app, flags
 
+from tftag import study
+
 
 
 def define_flags() -> None:
     """The report's flags (defined only when it runs as a program, so that importing it, as
     the tests do, leaves tftag's own flags alone)."""
-    flags.DEFINE_string("run_dir", None, "A finished sweep's run directory.", required=True)
+    flags.DEFINE_string("run_dir", None, "A finished fixed-budget sweep's run directory (the "
+                        "old format: <run_dir>/runs/*/result.json, configs.json).")
+    flags.DEFINE_string("runs_dir", None, "A cross-validated study's per-run files "
+                        "(<model>-w<width>-<resolution>-fold<k>-seed<s>/result.json and "
+                        "test_predictions.npz), e.g. benchmarks/results/real_music/runs.")
     flags.DEFINE_string("name", None, "Study name: writes benchmarks/results/<name>/.", required=True)
+    flags.DEFINE_integer("n_resamples", 1000, "--runs_dir: bootstrap resamples.", lower_bound=100)
+    flags.DEFINE_integer("bootstrap_seed", 0, "--runs_dir: seed of the bootstrap resamples.")
+    flags.DEFINE_enum("resample_by", "clip", ["clip", "track_group"], "--runs_dir: what one "
+                      "bootstrap draw resamples: a clip, or all clips of a track group at once.")
+    flags.DEFINE_integer("teacher_top_k", 3, "--runs_dir: hard labels = the teacher's top-k tags "
+                         "per clip (the value the dataset was extracted with).", lower_bound=1)
+    flags.DEFINE_float("power", 0.8, "--runs_dir: power of the minimum detectable effect.")
     flags.DEFINE_multi_string("compare", [], "NAME=RUN_DIR of another study to draw beside it.")
     flags.DEFINE_string("out_root", os.path.join("benchmarks", "results"), "Root of the results.")
     flags.DEFINE_float("alpha", 0.05, "Significance level of 'no significant loss'.")
@@ -43,16 +66,8 @@ def define_flags() -> None:
 
 FLAGS = flags.FLAGS
 
-# The paper's claims (EUSIPCO 2020, §1 and Table IV), as (model, from, to, claim): resolutions
-# are (n_mels, hop_factor) at the study's sample rate and compression.
-CLAIMS = (
-    ("vgg", (96, 1), (48, 1), "96 → 48 bands: ~50 % fewer MACs, no significant loss (MTAT, all P > 0.08)"),
-    ("vgg", (96, 1), (96, 2), "hop ×1 → ×2: ~50 % fewer MACs, no loss (MTAT)"),
-    ("vgg", (96, 1), (96, 10), "hop ×1 → ×10: ~10× fewer MACs for a 1.4–1.8 % ROC-AUC drop (MTAT)"),
-    ("vgg", (96, 1), (48, 2), "both halvings together (MSD 16 kHz: 86.71 → 86.41)"),
-    ("musicnn", (128, 1), (96, 1), "MUSICNN 128 → 96 bands: comparable (MTAT 16 kHz 90.83 → 90.60)"),
-    ("musicnn", (96, 1), (48, 1), "MUSICNN 96 → 48 bands: comparable (MTAT 16 kHz 90.60 → 90.50)"),
-)
+# The paper's claims, as (model, from, to, claim) (tftag.study.PAPER_CLAIMS).
+CLAIMS = study.PAPER_CLAIMS
 
 
 def load_results(run_dir: str) -> list[dict]:
@@ -220,6 +235,22 @@ def plot(rows: Sequence[dict], results: Sequence[dict], name: str,
 
 def main(argv):
     del argv
+    if (FLAGS.run_dir is None) == (FLAGS.runs_dir is None):
+        raise app.UsageError("give exactly one of --run_dir (a fixed-budget sweep) or --runs_dir "
+                             "(a cross-validated study's per-run files)")
+    if FLAGS.runs_dir is not None:
+        from benchmarks import cv_report
+
+        out = os.path.join(FLAGS.out_root, FLAGS.name)
+        try:
+            summary = cv_report.build(FLAGS.runs_dir, out, FLAGS.name, cv_report.Options(
+                n_resamples=FLAGS.n_resamples, seed=FLAGS.bootstrap_seed,
+                unit=FLAGS.resample_by, top_k=FLAGS.teacher_top_k, alpha=FLAGS.alpha,
+                power=FLAGS.power))
+        except ValueError as e:
+            raise app.UsageError(str(e)) from e
+        print(json.dumps(summary))
+        return
     from tftag import runfiles, sweep
 
     results = load_results(FLAGS.run_dir)

@@ -87,3 +87,110 @@ def test_report_files(tmp_path):
     bad = run_module("benchmarks.study_report", f"--run_dir={tmp_path}", "--name=x",
                      f"--out_root={out}", check=False)
     assert bad.returncode != 0 and "no runs/*/result.json" in bad.stderr
+
+
+# --- the cross-validated study (--runs_dir): synthetic per-run files in the contract's format ---
+
+N_CLIPS, N_TAGS, FOLDS = 150, 8, 3
+# (model, n_mels, hop, noise of the student around the teacher, gmacs)
+CV_SETS = (("vgg", 96, 1, 0.05, 0.064), ("vgg", 48, 1, 0.05, 0.032), ("vgg", 96, 10, 0.5, 0.0064),
+           ("musicnn", 128, 1, 0.1, 2.8), ("musicnn", 96, 1, 0.1, 1.8))
+
+
+def _write_cv_runs(runs_dir, stop_reason="plateau"):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    ids = np.array([f"pkg{t % 5}/track{t // 3}.ogg#{t % 3:03d}" for t in range(N_CLIPS)])
+    teacher = rng.dirichlet(np.full(N_TAGS, 0.3), size=N_CLIPS)  # [clips, tags]
+    fold_of = np.arange(N_CLIPS) % FOLDS
+    tags = np.array([f"tag{i}" for i in range(N_TAGS)])
+    for k, (model, n_mels, hop, noise, gmacs) in enumerate(CV_SETS):
+        res = f"sr16000-mel{n_mels}-hop{hop}-log"
+        probs = np.clip(teacher + noise * rng.normal(size=teacher.shape), 0, 1)
+        for fold in range(FOLDS):
+            d = runs_dir / f"{model}-w0.125-{res}-fold{fold}-seed0"
+            d.mkdir(parents=True)
+            sel = fold_of == fold
+            np.savez(d / "test_predictions.npz", clip_id=ids[sel],
+                     probs=probs[sel].astype(np.float16), teacher=teacher[sel].astype(np.float16),
+                     tags=tags)
+            (d / "result.json").write_text(json.dumps({
+                "model": model, "width": 0.125, "resolution": res, "fold": fold, "folds": FOLDS,
+                "seed": 0, "test_roc_auc": 0.9 - noise / 2 + 0.01 * fold,
+                "test_pr_auc": 0.5 - noise / 4, "top5_overlap": 0.6, "prob_correlation": 0.7,
+                "best_epoch": 5, "epochs_done": 8,
+                "stop_reason": "cap" if (k, fold) == (0, 2) else stop_reason,
+                "train_seconds": 100.0, "gmacs": gmacs, "storage_bytes": 4 * n_mels * 1820 // hop,
+                "n_test_clips": int(sel.sum()),
+                "curve": [{"epoch": e, "train_loss": 0.5 / (e + 1), "valid_loss": 0.4 + 0.1 / (e + 1),
+                           "valid_roc_auc": 0.8} for e in range(8)]}))
+
+
+def test_cv_report_files(tmp_path):
+    import csv
+
+    runs = tmp_path / "runs"
+    _write_cv_runs(runs)
+    out = tmp_path / "results"
+    proc = run_module("benchmarks.study_report", f"--runs_dir={runs}", "--name=cv",
+                      f"--out_root={out}", "--n_resamples=300")
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["runs"] == 15 and summary["sets"] == 5 and summary["folds"] == 3
+    d = out / "cv"
+    with open(d / "runs.csv", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        rows = list(reader)
+    assert tuple(reader.fieldnames) == (
+        "model", "width", "resolution", "fold", "seed", "test_roc_auc", "test_pr_auc",
+        "top5_overlap", "prob_correlation", "best_epoch", "epochs_done", "stop_reason",
+        "train_seconds", "gmacs", "storage_bytes")
+    assert len(rows) == 15 and sum(r["stop_reason"] == "cap" for r in rows) == 1
+    report = json.loads((d / "report.json").read_text())
+    assert {"folds", "mde_points", "claims", "pooled"} <= set(report)
+    assert report["folds"] == 3 and report["stopped_at_cap"] == 1
+    base = report["pooled"]["vgg-w0.125-sr16000-mel96-hop1-log"]
+    assert base["n_clips"] == N_CLIPS and base["folds_done"] == 3 and base["stopped_at_cap"] == 1
+    assert base["ci95"][0] < base["roc_auc"] < base["ci95"][1] <= 1
+    # ROC-AUC of a student 0.05 from the teacher vs the teacher's top-3: above 0.9; at 0.5: far lower
+    assert base["roc_auc"] > 0.9
+    assert report["pooled"]["vgg-w0.125-sr16000-mel96-hop10-log"]["roc_auc"] < base["roc_auc"] - 0.1
+    claims = {(c["model"], c["from_shape"], c["to_shape"]): c for c in report["claims"]}
+    assert set(claims) == {("vgg", "96×1", "48×1"), ("vgg", "96×1", "96×10"),
+                           ("musicnn", "128×1", "96×1")}
+    hop10 = claims[("vgg", "96×1", "96×10")]
+    assert hop10["delta_points"] < -10 and hop10["p_bootstrap"] < 0.01 and hop10["p_delong"] < 1e-6
+    assert hop10["ci95_points"][1] < 0 and hop10["gmac_ratio"] == pytest.approx(0.1)
+    # fold-level test_roc_auc: 96×1 = 0.875 + 0.01·fold, 96×10 = 0.65 + 0.01·fold: constant
+    # paired difference -> p = 0; the independent t on the same numbers is tiny but not 0
+    assert hop10["p_paired_t"] == 0.0 and 0 < hop10["p_independent_t"] < 1e-4
+    b48 = claims[("vgg", "96×1", "48×1")]
+    assert abs(b48["delta_points"]) < 2 and b48["p_bootstrap"] > 0.01
+    assert b48["p_paired_t"] == 1.0  # identical fold values
+    assert report["mde_points"] == pytest.approx(max(c["mde_points"] for c in report["claims"]))
+    assert report["mde_points"] == pytest.approx(2.8016 * max(c["se_points"] for c in report["claims"]),
+                                                 rel=1e-3)
+    assert report["lowest_without_loss"]["vgg-w0.125-seed0"]["set"] == "vgg-w0.125-sr16000-mel48-hop1-log"
+    md = (d / "results.md").read_text()
+    assert f"minimum detectable effect of the design: {report['mde_points']:.2f} ROC-AUC points" in md
+    assert "| vgg (w0.125) | 96×1 → 96×10 |" in md
+    for png in ("learning_curves.png", "roc_vs_gmacs.png"):
+        assert (d / png).read_bytes()[:4] == b"\x89PNG" and os.path.getsize(d / png) < 300_000
+    # the same files and seed rebuild the same report
+    run_module("benchmarks.study_report", f"--runs_dir={runs}", "--name=cv2",
+               f"--out_root={out}", "--n_resamples=300")
+    assert json.loads((out / "cv2" / "report.json").read_text())["claims"] == report["claims"]
+
+
+def test_cv_report_errors(tmp_path):
+    runs = tmp_path / "runs"
+    _write_cv_runs(runs, stop_reason="tired")
+    bad = run_module("benchmarks.study_report", f"--runs_dir={runs}", "--name=x",
+                     f"--out_root={tmp_path}", check=False)
+    assert bad.returncode != 0 and "stop_reason must be one of plateau, cap, got 'tired'" in bad.stderr
+    both = run_module("benchmarks.study_report", f"--runs_dir={runs}", f"--run_dir={runs}",
+                      "--name=x", f"--out_root={tmp_path}", check=False)
+    assert both.returncode != 0 and "exactly one of --run_dir" in both.stderr
+    empty = run_module("benchmarks.study_report", f"--runs_dir={tmp_path / 'none'}", "--name=x",
+                       f"--out_root={tmp_path}", check=False)
+    assert empty.returncode != 0 and "no */result.json" in empty.stderr
