@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import run_module
-from tftag import crossval, data, folds, train
+from tftag import crossval, data, folds, patches, train
 from tftag.experiment import DataConfig, Experiment, ExportConfig, TrainConfig
 from tftag.features import MelConfig
 from tftag.models import ModelConfig
@@ -188,6 +188,30 @@ def test_patience_in_passes():
     assert train.patience_epochs(dataclasses.replace(cfg, steps_per_epoch=None), 40) == 3
     assert train.patience_epochs(dataclasses.replace(cfg, patience_unit="epochs"), 40) == 3
 
+
+def test_a_patch_models_pass_covers_its_audio():
+    # 40 clips of 10 windows, batch 8: a pass is 50 steps of random patches.
+    cfg = TrainConfig(batch_size=8, patience=3, patience_unit="passes")
+    assert train.steps_per_pass(40, 8, 10) == 50
+    assert train.epoch_steps(cfg, 40, 10) == 50  # one epoch = one pass over the audio
+    assert train.patience_epochs(cfg, 40, 10) == 3
+    assert train.epoch_steps(cfg, 40, 1) is None  # whole clips: one pass, no repeat
+    halves = dataclasses.replace(cfg, steps_per_epoch=25)
+    assert train.epoch_steps(halves, 40, 10) == 25 and train.patience_epochs(halves, 40, 10) == 6
+    by_epochs = dataclasses.replace(cfg, patience_unit="epochs")
+    assert train.epoch_steps(by_epochs, 40, 10) is None  # outside cross-validation: unchanged
+
+
+def test_a_patch_models_epoch_in_a_fold_is_one_pass_over_its_audio(learnable, tmp_path):
+    parts = folds.fold_parts(_groups(), folds.FoldConfig(3), 0)
+    mc = ModelConfig("vgg", width=0.05, patch_seconds=1.0)
+    windows = patches.n_windows(MEL16.n_frames, mc.patch_frames(MEL16))
+    assert windows == 3  # 93 frames, 31-frame patches
+    cfg = TrainConfig(batch_size=8, epochs=1, patience=3, seed=0, loss="distill",
+                      monitor="valid_loss", patience_unit="passes")
+    out = train.train(learnable, MEL16, mc, cfg, str(tmp_path / "run"), fold=parts)
+    assert out["history"][0]["steps"] == -(-len(parts.train) * windows // 8)
+    assert out["patience_epochs"] == 3
 
 def test_stop_reasons_plateau_and_cap(noise, learnable, tmp_path):
     groups = _groups()

@@ -12,7 +12,8 @@ each epoch the validation split is scored clip by clip (patch-averaged, :mod:`tf
 the best weights by validation ROC-AUC are kept, and training stops after ``patience`` epochs
 without improvement. With ``monitor="valid_loss"`` (cross-validation, :mod:`tftag.folds`) the
 best weights are those of the lowest validation loss (the training loss on clip probabilities)
-and ``patience_unit="passes"`` counts the patience in passes over the training data; the
+and ``patience_unit="passes"`` counts the patience in passes over the training data (a patch
+model's pass, and epoch, is as many random patches per clip as the clip has windows); the
 outcome's ``stop_reason`` says why training ended: ``plateau`` (patience ran out) or ``cap``
 (``epochs`` reached).
 
@@ -41,7 +42,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from tftag import data, determinism, distributed, evaluate, folds
+from tftag import data, determinism, distributed, evaluate, folds, patches
 from tftag.experiment import TrainConfig  # noqa: F401  (defined beside the Experiment)
 from tftag.features import MelConfig
 from tftag.models import ModelConfig, build, training
@@ -238,7 +239,10 @@ def train(
 
     distributed_step = train_step_fn(model, optimizer, strategy)
 
-    patience = patience_epochs(cfg, sizes["train"])
+    patches_per_clip = (patches.n_windows(mel_config.n_frames, patch_frames) if patch_frames
+                        else 1)
+    steps_per_epoch = epoch_steps(cfg, sizes["train"], patches_per_clip)
+    patience = patience_epochs(cfg, sizes["train"], patches_per_clip)
     epochs_this_call = 0
     stopped_early = False
     while int(state["epoch"]) < cfg.epochs:
@@ -251,11 +255,11 @@ def train(
         ds = data.make_dataset(
             dataset_dir, mel_config, source["train"][0], cfg.batch_size, patch_frames,
             shuffle_buffer=cfg.shuffle_buffer, seed=cfg.seed * 100003 + epoch,
-            repeat=cfg.steps_per_epoch is not None, targets=TARGETS[cfg.loss],
+            repeat=steps_per_epoch is not None, targets=TARGETS[cfg.loss],
             clips=source["train"][1],
         )
-        if cfg.steps_per_epoch is not None:
-            ds = ds.take(cfg.steps_per_epoch)
+        if steps_per_epoch is not None:
+            ds = ds.take(steps_per_epoch)
         ds = distributed.shard_by_data(ds)  # each worker: its slice of every global batch
         t0 = time.monotonic()
         with data.naming_corrupt_shards(dataset_dir, mel_config, source["train"][0]):
@@ -330,14 +334,33 @@ def train(
     }
 
 
-def patience_epochs(cfg: TrainConfig, train_clips: int) -> int:
+def steps_per_pass(train_clips: int, batch_size: int, patches_per_clip: int = 1) -> int:
+    """Steps of one pass over the training data: every clip, or for a patch model as many
+    random patches per clip as it has non-overlapping windows (``patches_per_clip``)."""
+    return math.ceil(train_clips * patches_per_clip / batch_size)
+
+
+def epoch_steps(cfg: TrainConfig, train_clips: int, patches_per_clip: int = 1) -> int | None:
+    """Steps of one epoch: ``cfg.steps_per_epoch``; else, counting in passes (cross-validation),
+    a patch model's epoch is one pass over its training audio (``patches_per_clip`` random
+    patches per clip, so it sees as much music per epoch as a whole-clip model); None = one
+    pass over the clips, one random patch each."""
+    if cfg.steps_per_epoch is not None:
+        return cfg.steps_per_epoch
+    if cfg.patience_unit == "passes" and patches_per_clip > 1:
+        return steps_per_pass(train_clips, cfg.batch_size, patches_per_clip)
+    return None
+
+
+def patience_epochs(cfg: TrainConfig, train_clips: int, patches_per_clip: int = 1) -> int:
     """Epochs without improvement before stopping: ``cfg.patience`` epochs, or (unit "passes")
-    that many passes over ``train_clips`` training clips in epochs of ``cfg.steps_per_epoch``
-    steps (rounded up; one epoch = one pass without ``steps_per_epoch``); 0 = never stop."""
-    if cfg.patience_unit == "epochs" or not cfg.steps_per_epoch:
+    that many passes (:func:`steps_per_pass`) in epochs of :func:`epoch_steps` steps (rounded
+    up); 0 = never stop."""
+    steps = epoch_steps(cfg, train_clips, patches_per_clip)
+    if cfg.patience_unit == "epochs" or not steps:
         return cfg.patience
-    steps_per_pass = math.ceil(train_clips / cfg.batch_size)
-    return math.ceil(cfg.patience * steps_per_pass / cfg.steps_per_epoch)
+    return math.ceil(cfg.patience * steps_per_pass(train_clips, cfg.batch_size, patches_per_clip)
+                     / steps)
 
 
 def load_best(run_dir: str, dataset_dir: str, mel_config: MelConfig, model_config: ModelConfig):
