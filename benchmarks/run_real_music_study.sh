@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Runs the converged real-music study (configs/real_music_study.flags) in the background: one
+# process per fold (default folds 0 1 2), each in runs/real_music_study/fold<k>/ with its log in
+# runs/real_music_study/logs/. Rerun the same command to resume: finished runs (a result.json in
+# benchmarks/results/real_music/runs/) are skipped, an interrupted one continues from its last
+# epoch. Environment: THREADS (TF intra-op threads per process, default 1: three processes share
+# 2 cores), NICE (default 0), PYTHON (default .venv/bin/python).
+#   bash benchmarks/run_real_music_study.sh        # all folds
+#   bash benchmarks/run_real_music_study.sh 1 2    # some folds
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python=${PYTHON:-.venv/bin/python}
+folds=("$@")
+[ ${#folds[@]} -eq 0 ] && folds=(0 1 2)
+mkdir -p runs/real_music_study/logs
+for k in "${folds[@]}"; do
+  log=runs/real_music_study/logs/fold$k.log
+  TF_NUM_INTRAOP_THREADS=${THREADS:-1} TF_NUM_INTEROP_THREADS=1 setsid nohup nice -n "${NICE:-0}" \
+    "$python" -m tftag.main --flagfile=configs/real_music_study.flags --fold="$k" \
+    --run_dir="runs/real_music_study/fold$k" >>"$log" 2>&1 &
+  echo "fold $k: pid $!, log $log"
+done
