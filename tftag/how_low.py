@@ -113,8 +113,8 @@ class SearchConfig:
       max_drop: the answer is the cheapest front point within this many ROC-AUC points
         (percent) of the best found.
       oracle: the search strategy (:data:`ORACLES`).
-      factor: successive halving keeps 1/factor of a rung (>= 2).
-      iterations: Hyperband iterations (``hyperband`` only).
+      hyperband_factor: successive halving keeps 1/factor of a rung (>= 2).
+      hyperband_iterations: Hyperband iterations (``hyperband`` only).
       widths: model widths to search; empty = each model's own width.
       mel_dtypes: storage codecs to search; empty = the dataset's own.
       latency_runs: timed runs per candidate for the latency (``cost="latency"``).
@@ -123,8 +123,8 @@ class SearchConfig:
     cost: str = "gmacs"
     max_drop: float = 1.0
     oracle: str = "pareto"
-    factor: int = 3
-    iterations: int = 1
+    hyperband_factor: int = 3
+    hyperband_iterations: int = 1
     widths: tuple[float, ...] = ()
     mel_dtypes: tuple[str, ...] = ()
     latency_runs: int = 5
@@ -138,10 +138,11 @@ class SearchConfig:
         if not (self.max_drop >= 0 and math.isfinite(self.max_drop)):
             raise ValueError(f"max_drop must be a number of ROC-AUC points >= 0, got "
                              f"{self.max_drop}")
-        if self.factor < 2:
-            raise ValueError(f"factor must be >= 2, got {self.factor}")
-        if self.iterations < 1:
-            raise ValueError(f"iterations must be >= 1, got {self.iterations}")
+        if self.hyperband_factor < 2:
+            raise ValueError(f"hyperband_factor must be >= 2, got {self.hyperband_factor}")
+        if self.hyperband_iterations < 1:
+            raise ValueError(f"hyperband_iterations must be >= 1, got "
+                             f"{self.hyperband_iterations}")
         bad = [w for w in self.widths if not (w > 0 and math.isfinite(w))]
         if bad:
             raise ValueError(f"widths must be > 0, got {bad}")
@@ -304,6 +305,25 @@ def front_rows(cands: Sequence[Candidate], costs: Mapping[str, dict], trials: Se
     for r, f in zip(rows, flags):
         r["on_front"] = f
     return sorted(rows, key=lambda r: (r["cost"], r["candidate"]))
+
+
+def write_front_csv(rows: Sequence[dict], path: str) -> None:
+    """``front.csv``: :data:`FRONT_FIELDS`, ``on_front`` as ``true``/``false``."""
+    runfiles.write_csv_atomic(path, [dict(r, on_front=str(bool(r["on_front"])).lower())
+                                     for r in rows], FRONT_FIELDS)
+
+
+def read_front_csv(path: str) -> list[dict]:
+    """The rows of a ``front.csv`` with numbers and ``on_front`` parsed (empty cells: None)."""
+    import csv
+
+    numbers = {"sr": int, "n_mels": int, "hop_factor": int, "width": float, "val_roc_auc": float,
+               "cost": float, "epochs": int, "epochs_done": int, "trials": int, "gmacs": float,
+               "storage_bytes": int, "latency_ms": float, "train_seconds": float}
+    with open(path, encoding="utf-8", newline="") as f:
+        return [{k: (None if v == "" else v == "true" if k == "on_front"
+                     else numbers[k](v) if k in numbers else v) for k, v in row.items()}
+                for row in csv.DictReader(f)]
 
 
 def answer(rows: Sequence[dict], max_drop: float) -> tuple[int, int]:
@@ -503,7 +523,7 @@ def _check_same_search(path: str, record: dict) -> None:
     if not os.path.exists(path):
         return
     old = runfiles.read_json(path)
-    for key in ("candidates", "oracle", "factor", "iterations", "max_epochs"):
+    for key in ("candidates", "oracle", "hyperband_factor", "hyperband_iterations", "max_epochs"):
         if old.get(key) != record[key]:
             raise ValueError(f"--run_dir: {os.path.dirname(path)} holds a how_low search with "
                              f"other {key} than these flags: rerun it with its own flags "
@@ -539,8 +559,9 @@ def run(experiment, search: SearchConfig) -> dict:
                                         c.train_config) for c in cands}
     keys = [c.key for c in cands]
     max_epochs = experiment.train.epochs
-    record = {"candidates": keys, "oracle": search.oracle, "factor": search.factor,
-              "iterations": search.iterations, "max_epochs": max_epochs,
+    record = {"candidates": keys, "oracle": search.oracle,
+              "hyperband_factor": search.hyperband_factor,
+              "hyperband_iterations": search.hyperband_iterations, "max_epochs": max_epochs,
               "search": dataclasses.asdict(search), "dataset_dir": dataset_dir,
               "dataset_dirs": dirs}
     if role == "worker":
@@ -553,9 +574,10 @@ def run(experiment, search: SearchConfig) -> dict:
     column = COSTS.get(search.cost).column
     seed = experiment.train.seed + 1  # keras-tuner takes a seed of 0 for none
     oracle = (kt_search.ParetoHalvingOracle(keys, {k: costs[k][column] for k in keys},
-                                            max_epochs, search.factor, seed)
+                                            max_epochs, search.hyperband_factor, seed)
               if search.oracle == "pareto" else
-              kt_search.hyperband_oracle(keys, max_epochs, search.factor, search.iterations, seed))
+              kt_search.hyperband_oracle(keys, max_epochs, search.hyperband_factor,
+                                         search.hyperband_iterations, seed))
     logging.info("how_low: %d candidates, oracle %s, up to %d epochs each", len(keys),
                  search.oracle, max_epochs)
     t0 = time.monotonic()
@@ -594,7 +616,7 @@ def run(experiment, search: SearchConfig) -> dict:
     chosen_cand = by_key[rows[chosen]["candidate"]]
     export_path = _export(experiment, chosen_cand, runs["chosen"], dirs[chosen_cand.mel_dtype])
     # files
-    runfiles.write_csv_atomic(experiment.path("front.csv"), rows, FRONT_FIELDS)
+    write_front_csv(rows, experiment.path("front.csv"))
     table = markdown(rows, search.cost, best, chosen, search.max_drop,
                      {"chosen": retrained["chosen"]} if same else retrained, p_value)
     runfiles.write_text_atomic(experiment.path("front.md"), table)

@@ -14,6 +14,7 @@ import math
 from typing import Sequence
 
 Point = tuple[float, float]  # (cost, score)
+ROUNDING = 1e-12  # slack of cheapest_within: 0.80 - 0.10 is 0.7000000000000001 in floats
 
 
 def dominates(a: Point, b: Point) -> bool:
@@ -52,7 +53,8 @@ def ranks(points: Sequence[Point]) -> list[int]:
 
 def cheapest_within(points: Sequence[Point], tolerance: float) -> int:
     """Index of the cheapest point whose score is at least the best score minus ``tolerance``
-    (ties: the higher score, then the lower index). It is always on the front.
+    (ties: the higher score, then the lower index). It is always on the front. A point exactly
+    ``tolerance`` below the best counts (1e-12 of slack absorbs the rounding of the difference).
 
     Raises:
       ValueError: no points, or a negative tolerance.
@@ -62,7 +64,7 @@ def cheapest_within(points: Sequence[Point], tolerance: float) -> int:
         raise ValueError("no points to choose from")
     if tolerance < 0:
         raise ValueError(f"tolerance must be >= 0, got {tolerance}")
-    floor = max(s for _, s in pts) - tolerance
+    floor = max(s for _, s in pts) - tolerance - ROUNDING
     eligible = [i for i, (_, s) in enumerate(pts) if s >= floor]
     return min(eligible, key=lambda i: (pts[i][0], -pts[i][1], i))
 

@@ -271,6 +271,10 @@ def search(oracle: kt.Oracle, specs: Mapping[str, TrialSpec], run_dir: str) -> T
     """
     tuner = TrialRunner(oracle, specs, run_dir)
     tuner.search(verbose=0)
+    if not tuner._is_worker():
+        # The oracle saves its state in end_trial *before* it lets go of the trial: saved last
+        # by the chief's server, that state would have a rerun run the last trial again.
+        tuner.oracle.save()
     return tuner
 
 
