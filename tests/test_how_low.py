@@ -215,7 +215,7 @@ def test_a_chief_and_two_tuner_workers_search_then_a_rerun_resumes(tiny_dataset,
     chosen = rows[pareto.cheapest_within(points, 0.01)]
     assert summary["mode"] == "how_low" and summary["chosen"] == chosen["candidate"]
     assert chosen["on_front"]
-    assert os.path.exists(os.path.join(summary["export_path"], "model", "saved_model.pb"))
+    assert os.path.exists(os.path.join(summary["export_path"], "saved_model.pb"))
     assert summary["export_path"].startswith(str(export_dir))
     assert (run_dir / "front.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| **chosen** | " + chosen["candidate"] in (run_dir / "front.md").read_text()
