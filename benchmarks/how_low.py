@@ -170,7 +170,7 @@ def plot(grid_rows: list[dict], fronts: dict[str, list[dict]], path: str, label:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from tftag import pareto, runfiles
+    from tftag import how_low, pareto
 
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     points = [(r["cost"], 100 * r["valid_roc_auc"]) for r in grid_rows]
@@ -182,14 +182,8 @@ def plot(grid_rows: list[dict], fronts: dict[str, list[dict]], path: str, label:
         ax.step(*zip(*on), where="post", color=color, lw=1.2, ls="--",
                 label=f"search front ({name})")
         ax.scatter(*zip(*on), s=22, color=color)
-    ax.set_xscale("log")
-    ax.set_xlabel(label + " (log)")
-    ax.set_ylabel("validation ROC-AUC %")
-    ax.set_title("how_low: search fronts vs the full grid")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return runfiles.save_figure_atomic(fig, path, dpi=100)
+    return how_low.save_cost_plot(fig, ax, label, "validation ROC-AUC %",
+                                  "how_low: search fronts vs the full grid", path)
 
 
 def main(argv: list[str]) -> None:

@@ -391,10 +391,17 @@ def plot(rows: Sequence[dict], cost: str, best: int, chosen: int, max_drop: floa
                facecolors="none", edgecolors="black", label="best")
     ax.scatter([rows[chosen]["cost"]], [100 * rows[chosen]["val_roc_auc"]], marker="*", s=160,
                color="red", label="chosen")
+    return save_cost_plot(fig, ax, COSTS.get(cost).label, "validation ROC-AUC % (fidelity "
+                          "reached)", "How low can this data go? (labels: bands × hop, width)",
+                          path)
+
+
+def save_cost_plot(fig, ax, cost_label: str, y_label: str, title: str, path: str) -> str:
+    """Finishes a ROC-AUC-vs-cost figure (log cost axis, grid, legend) and saves it as a PNG."""
     ax.set_xscale("log")
-    ax.set_xlabel(COSTS.get(cost).label + " (log)")
-    ax.set_ylabel("validation ROC-AUC % (fidelity reached)")
-    ax.set_title("How low can this data go? (labels: bands × hop, width)")
+    ax.set_xlabel(cost_label + " (log)")
+    ax.set_ylabel(y_label)
+    ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
