@@ -236,7 +236,9 @@ def main(argv: list[str]) -> None:
               **{k: first[k] for k in ("hypervolume_ratio", "hypervolume_ratio_regraded",
                                        "compute_ratio", "gmac_ratio", "chosen", "grid_choice",
                                        "chosen_ok")},
-              "oracles": figures, "timings": timings, "dataset_dir": dataset_dir}
+              "oracles": figures, "timings": timings,
+              "dataset_dir": os.path.relpath(dataset_dir, ROOT)
+              if os.path.abspath(dataset_dir).startswith(ROOT + os.sep) else dataset_dir}
     path = os.path.join(FLAGS.out_dir, "summary.json")
     everything = runfiles.read_json(path) if os.path.exists(path) else {}
     everything[FLAGS.name] = result
