@@ -41,7 +41,7 @@ import dataclasses
 import math
 import os
 import time
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from absl import logging
 
@@ -89,17 +89,39 @@ for _cost in (
 
 @dataclasses.dataclass(frozen=True)
 class OracleKind:
-    """One search strategy (:mod:`tftag.search` builds it)."""
+    """One search strategy.
+
+    Attributes:
+      name: registry name (``--oracle``).
+      note: one line for ``--helpfull``.
+      build: (candidate keys, {key: cost}, top epochs, SearchConfig, seed) -> a keras-tuner
+        oracle (:mod:`tftag.search`, imported when called).
+    """
 
     name: str
     note: str
+    build: Callable[..., Any]
+
+
+def _pareto_oracle(keys, costs, max_epochs, config, seed):
+    from tftag import search
+
+    return search.ParetoHalvingOracle(keys, costs, max_epochs, config.hyperband_factor, seed)
+
+
+def _hyperband_oracle(keys, costs, max_epochs, config, seed):
+    from tftag import search
+
+    return search.hyperband_oracle(keys, max_epochs, config.hyperband_factor,
+                                   config.hyperband_iterations, seed)
 
 
 ORACLES: Registry[OracleKind] = Registry("oracle", lambda: None)
 for _oracle in (
     OracleKind("pareto", "successive halving over every candidate, promoted by Pareto rank of "
-               "(cost, partial ROC-AUC)"),
-    OracleKind("hyperband", "keras-tuner's Hyperband (random candidates, promoted by ROC-AUC)"),
+               "(cost, partial ROC-AUC)", _pareto_oracle),
+    OracleKind("hyperband", "keras-tuner's Hyperband (random candidates, promoted by ROC-AUC)",
+               _hyperband_oracle),
 ):
     ORACLES.register(_oracle.name)(_oracle)
 
@@ -241,13 +263,17 @@ def dataset_dirs(dataset_dir: str, info, mel_dtypes: Sequence[str], run_dir: str
 def measure_costs(cands: Sequence[Candidate], infos: Mapping[str, Any], search: SearchConfig,
                   path: str) -> dict[str, dict]:
     """Each candidate's cost figures {"gmacs", "storage_bytes"[, "latency_ms"]}, measured once:
-    read from ``path`` (``costs.json``) when there, the missing ones measured and added."""
+    read from ``path`` (``costs.json``) when there, the missing ones measured and added. The
+    latency is timed once per (model, resolution): candidates that differ only in their storage
+    codec run the same model."""
     import keras
 
     from tftag import models, profile, sweep
 
     known = runfiles.read_json(path) if os.path.exists(path) else {}
     latency = search.cost == "latency"
+    timed = {(c.model_config, c.mel_config): known[c.key]["latency_ms"] for c in cands
+             if "latency_ms" in known.get(c.key, {})}  # the codec does not change the model
     for c in cands:
         row = known.get(c.key)
         if row is not None and (not latency or "latency_ms" in row):
@@ -255,9 +281,12 @@ def measure_costs(cands: Sequence[Candidate], infos: Mapping[str, Any], search: 
         info = infos[c.mel_dtype]
         row = sweep.costs(sweep.SweepItem(c.model_config, c.mel_config, 0), info)
         if latency:
-            full_clip = models.build(dataclasses.replace(c.model_config, patch_seconds=None),
-                                     c.mel_config, info.n_tags)
-            row["latency_ms"] = round(profile.latency_ms(full_clip, 1, search.latency_runs), 4)
+            model = (c.model_config, c.mel_config)
+            if model not in timed:
+                full_clip = models.build(dataclasses.replace(c.model_config, patch_seconds=None),
+                                         c.mel_config, info.n_tags)
+                timed[model] = round(profile.latency_ms(full_clip, 1, search.latency_runs), 4)
+            row["latency_ms"] = timed[model]
         known[c.key] = row
         keras.backend.clear_session()
     runfiles.write_json_atomic(path, known)
@@ -537,6 +566,56 @@ def _check_same_search(path: str, record: dict) -> None:
                              f"(flags.txt) or use a new --run_dir")
 
 
+def _trial_results(tuner, trials: Sequence[dict]) -> dict[str, dict]:
+    """{trial_id: its result.json} of the finished trials (an error if none finished)."""
+    from tftag import search as kt_search
+
+    if not trials:
+        failed = [t for t in tuner.oracle.trials.values() if t.status == "FAILED"]
+        last = ((failed[0].message or "").strip().splitlines() or ["unknown"])[-1] if failed \
+            else "no trial ran"
+        raise RuntimeError(f"how_low: no trial finished ({len(failed)} failed); the first "
+                           f"error's last line: {last}")
+    results = {}
+    for t in trials:
+        path = os.path.join(tuner.trial_dir(t["trial_id"]), kt_search.RESULT_JSON)
+        if os.path.exists(path):
+            results[t["trial_id"]] = runfiles.read_json(path)
+    return results
+
+
+def _trial_rows(trials: Sequence[dict], by_key: Mapping[str, Candidate],
+                costs: Mapping[str, dict], column: str) -> list[dict]:
+    """One row per finished trial (TensorBoard hparams)."""
+    return [{**by_key[t["candidate"]].fields(), "trial_id": t["trial_id"], "epochs": t["epochs"],
+             "val_roc_auc": t["score"], "cost": costs[t["candidate"]][column],
+             "gmacs": costs[t["candidate"]]["gmacs"],
+             "storage_bytes": costs[t["candidate"]]["storage_bytes"]}
+            for t in trials if t["candidate"] in by_key]
+
+
+def _retrain_answer(experiment, rows: Sequence[dict], best: int, chosen: int,
+                    by_key: Mapping[str, Candidate], dirs: Mapping[str, str],
+                    trial_dir: Callable[[str], str]) -> tuple[dict, dict, float | None]:
+    """The chosen and the best candidate retrained (``experiment.repeats`` seeds each; once if
+    they are the same): ({name: runs}, {name: summary}, p of the t-test or None)."""
+    from tftag import stats
+
+    runs: dict[str, list[dict]] = {}
+    for name, row in (("chosen", rows[chosen]), ("best", rows[best])):
+        if name == "best" and best == chosen:
+            runs["best"] = runs["chosen"]
+            continue
+        cand = by_key[row["candidate"]]
+        runs[name] = retrain(cand, dirs[cand.mel_dtype], experiment.repeats,
+                             experiment.train.seed, experiment.run_dir,
+                             trial_dir(row["trial_id"]))
+    summaries = {name: retrain_summary(r) for name, r in runs.items()}
+    p_value = None if best == chosen else stats.independent_t(
+        summaries["chosen"]["test_roc_auc"], summaries["best"]["test_roc_auc"])
+    return runs, summaries, p_value
+
+
 def run(experiment, search: SearchConfig) -> dict:
     """``--mode=how_low``: the search, its front and its answer (see the module docstring).
 
@@ -547,7 +626,7 @@ def run(experiment, search: SearchConfig) -> dict:
       The summary: counts, the best and the chosen candidate, the t-test, the files and
       ``export_path``.
     """
-    from tftag import data, extract, stats
+    from tftag import data, extract
     from tftag import search as kt_search
 
     role = kt_search.role()
@@ -565,82 +644,46 @@ def run(experiment, search: SearchConfig) -> dict:
     specs = {c.key: kt_search.TrialSpec(dirs[c.mel_dtype], c.mel_config, c.model_config,
                                         c.train_config) for c in cands}
     keys = [c.key for c in cands]
+    if role == "worker":
+        tuner = kt_search.search(kt_search.worker_oracle(keys), specs, experiment.run_dir)
+        return {"role": role, "tuner_id": tuner.tuner_id, "candidates": len(keys)}
     max_epochs = experiment.train.epochs
     record = {"candidates": keys, "oracle": search.oracle,
               "hyperband_factor": search.hyperband_factor,
               "hyperband_iterations": search.hyperband_iterations, "max_epochs": max_epochs,
               "search": dataclasses.asdict(search), "dataset_dir": dataset_dir,
               "dataset_dirs": dirs}
-    if role == "worker":
-        tuner = kt_search.search(kt_search.worker_oracle(keys), specs, experiment.run_dir)
-        return {"role": role, "tuner_id": tuner.tuner_id, "candidates": len(keys)}
     _check_same_search(experiment.path(SEARCH_JSON), record)
     runfiles.write_json_atomic(experiment.path(SEARCH_JSON), record)
     infos = {codec: data.load_dataset_info(d) for codec, d in dirs.items()}
     costs = measure_costs(cands, infos, search, experiment.path(COSTS_JSON))
     column = COSTS.get(search.cost).column
-    seed = experiment.train.seed + 1  # keras-tuner takes a seed of 0 for none
-    oracle = (kt_search.ParetoHalvingOracle(keys, {k: costs[k][column] for k in keys},
-                                            max_epochs, search.hyperband_factor, seed)
-              if search.oracle == "pareto" else
-              kt_search.hyperband_oracle(keys, max_epochs, search.hyperband_factor,
-                                         search.hyperband_iterations, seed))
+    oracle = ORACLES.get(search.oracle).build(  # keras-tuner takes a seed of 0 for none: + 1
+        keys, {k: costs[k][column] for k in keys}, max_epochs, search, experiment.train.seed + 1)
     logging.info("how_low: %d candidates, oracle %s, up to %d epochs each", len(keys),
                  search.oracle, max_epochs)
     t0 = time.monotonic()
     tuner = kt_search.search(oracle, specs, experiment.run_dir)
     search_seconds = time.monotonic() - t0
     trials = kt_search.finished_trials(tuner.oracle)
-    if not trials:
-        failed = [t for t in tuner.oracle.trials.values() if t.status == "FAILED"]
-        last = ((failed[0].message or "").strip().splitlines() or ["unknown"])[-1] if failed \
-            else "no trial ran"
-        raise RuntimeError(f"how_low: no trial finished ({len(failed)} failed); the first "
-                           f"error's last line: {last}")
-    results = {}
-    for t in trials:
-        path = os.path.join(tuner.trial_dir(t["trial_id"]), kt_search.RESULT_JSON)
-        if os.path.exists(path):
-            results[t["trial_id"]] = runfiles.read_json(path)
+    results = _trial_results(tuner, trials)
     rows = front_rows(cands, costs, trials, results, search.cost)
     best, chosen = answer(rows, search.max_drop)
     by_key = {c.key: c for c in cands}
-    pick = {"chosen": rows[chosen], "best": rows[best]}
-    retrained: dict[str, dict] = {}
-    runs: dict[str, list[dict]] = {}
-    for name, row in pick.items():
-        cand = by_key[row["candidate"]]
-        if name == "best" and row["candidate"] == pick["chosen"]["candidate"]:
-            runs["best"] = runs["chosen"]
-        else:
-            runs[name] = retrain(cand, dirs[cand.mel_dtype], experiment.repeats,
-                                 experiment.train.seed, experiment.run_dir,
-                                 tuner.trial_dir(row["trial_id"]))
-        retrained[name] = retrain_summary(runs[name])
-    same = pick["chosen"]["candidate"] == pick["best"]["candidate"]
-    p_value = None if same else stats.independent_t(retrained["chosen"]["test_roc_auc"],
-                                                     retrained["best"]["test_roc_auc"])
+    runs, retrained, p_value = _retrain_answer(experiment, rows, best, chosen, by_key, dirs,
+                                               tuner.trial_dir)
     chosen_cand = by_key[rows[chosen]["candidate"]]
     export_path = _export(experiment, chosen_cand, runs["chosen"], dirs[chosen_cand.mel_dtype])
-    # files
     write_front_csv(rows, experiment.path("front.csv"))
     table = markdown(rows, search.cost, best, chosen, search.max_drop,
-                     {"chosen": retrained["chosen"]} if same else retrained, p_value)
+                     {"chosen": retrained["chosen"]} if best == chosen else retrained, p_value)
     runfiles.write_text_atomic(experiment.path("front.md"), table)
     png = plot(rows, search.cost, best, chosen, search.max_drop, experiment.path("front.png"))
     flags_path = experiment.path("chosen.flags")
     runfiles.write_text_atomic(flags_path, chosen_flagfile(
         experiment, chosen_cand, dirs[chosen_cand.mel_dtype], rows[chosen]))
-    trial_rows = []
-    for t in trials:
-        cand = by_key.get(t["candidate"])
-        if cand is not None:
-            figures = costs[cand.key]
-            trial_rows.append({**cand.fields(), "trial_id": t["trial_id"], "epochs": t["epochs"],
-                               "val_roc_auc": t["score"], "cost": figures[column],
-                               "gmacs": figures["gmacs"],
-                               "storage_bytes": figures["storage_bytes"]})
-    tensorboard_hparams(trial_rows, experiment.path("tb", "how_low"))
+    tensorboard_hparams(_trial_rows(trials, by_key, costs, column),
+                        experiment.path("tb", "how_low"))
     compute = search_compute(rows, infos[chosen_cand.mel_dtype].splits.get("train", 0))
     outcome = {"chosen": dict(rows[chosen], retrained=retrained["chosen"]),
                "best": dict(rows[best], retrained=retrained["best"]),
