@@ -222,10 +222,11 @@ def main(argv: list[str]) -> None:
         summary = runfiles.read_json(os.path.join(run_dir, "summary.json"))
         figures[oracle] = compare(fronts[oracle], summary, grid_rows, reference, FLAGS.max_drop,
                                   train_clips)
-        shutil.copyfile(os.path.join(run_dir, "front.csv"), os.path.join(out, f"front_{oracle}.csv"))
-        shutil.copyfile(os.path.join(run_dir, "front.png"), os.path.join(out, f"front_{oracle}.png"))
-    runfiles.write_csv_atomic(os.path.join(out, "grid.csv"), sorted(grid_rows, key=lambda r: r["cost"]),
-                              ["candidate", "cost", "gmacs", "storage_bytes", "valid_roc_auc",
+        for suffix in ("csv", "png"):
+            shutil.copyfile(os.path.join(run_dir, f"front.{suffix}"),
+                            os.path.join(out, f"front_{oracle}.{suffix}"))
+    runfiles.write_csv_atomic(os.path.join(out, "grid.csv"),
+                              sorted(grid_rows, key=lambda r: r["cost"]), ["candidate", "cost", "gmacs", "storage_bytes", "valid_roc_auc",
                                "test_roc_auc", "test_pr_auc", "epochs_done", "train_seconds"])
     plot(grid_rows, fronts, os.path.join(out, "fronts.png"), how_low.COSTS.get(cost).label)
     first = figures[FLAGS.oracles[0]]

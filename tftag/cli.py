@@ -188,13 +188,15 @@ def define_how_low_flags() -> None:
     flags.DEFINE_list("mel_dtypes", [], "how_low: storage codecs to search (default: the "
                       "dataset's own; any other is a transcoded copy of --dataset_dir in "
                       "<run_dir>/datasets/<codec>). " + registry_help(codecs.REGISTRY, "Each"))
-    flags.DEFINE_enum("cost", "gmacs", how_low.COSTS.names(), "how_low: the front's cost: " + "; ".join(
-        f"{c.name} = {c.note}" for c in map(how_low.COSTS.get, how_low.COSTS.names())) + ".")
+    costs = [how_low.COSTS.get(n) for n in how_low.COSTS.names()]
+    oracles = [how_low.ORACLES.get(n) for n in how_low.ORACLES.names()]
+    flags.DEFINE_enum("cost", "gmacs", [c.name for c in costs], "how_low: the front's cost: "
+                      + "; ".join(f"{c.name} = {c.note}" for c in costs) + ".")
     flags.DEFINE_float("max_drop", 1.0, "how_low: the answer is the cheapest front point within "
                        "this many ROC-AUC points (percent) of the best found.")
-    flags.DEFINE_enum("oracle", "pareto", how_low.ORACLES.names(), "how_low: the search: " + "; ".join(
-        f"{o.name} = {o.note}" for o in map(how_low.ORACLES.get, how_low.ORACLES.names()))
-        + ". Its top fidelity is --epochs.")
+    flags.DEFINE_enum("oracle", "pareto", [o.name for o in oracles], "how_low: the search: "
+                      + "; ".join(f"{o.name} = {o.note}" for o in oracles)
+                      + ". Its top fidelity is --epochs.")
     flags.DEFINE_integer("hyperband_factor", 3, "how_low: successive halving keeps 1/factor of "
                          "the candidates of each rung, which train factor times longer.")
     flags.DEFINE_integer("hyperband_iterations", 1, "how_low --oracle=hyperband: Hyperband "
