@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from conftest import run_module
+from conftest import ROOT, run_module
 from tftag import how_low, pareto
 from tftag.experiment import TrainConfig
 from tftag.features import MelConfig
@@ -154,6 +154,19 @@ def test_bad_flags_name_the_flag(tmp_path):
                       check=False)
     assert proc.returncode == 2 and "--oracle" in proc.stderr and "hyperband" in proc.stderr
     assert not run_dir.exists()
+
+
+def test_the_quick_config_is_the_documented_search():
+    from absl.testing import flagsaver
+
+    from tftag import cli, main
+
+    with flagsaver.flagsaver():
+        main.FLAGS(["tftag", f"--flagfile={os.path.join(ROOT, 'configs', 'how_low_quick.flags')}"])
+        exp, search = main.build_experiment(), cli.how_low_search()
+    assert len(exp.mel_configs) == 12 and {c.sr for c in exp.mel_configs} == {16000}
+    assert search == how_low.SearchConfig(widths=(0.0625, 0.125))
+    assert (exp.train.epochs, exp.train.patience, exp.repeats) == (9, 3, 2)
 
 
 def test_a_dataset_without_the_resolutions_is_a_clear_error(tiny_dataset):
