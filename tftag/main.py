@@ -24,10 +24,11 @@ Modes (what each does lives in the library module named after it):
 
 What the entry point knows of each mode is one row of MODES (a Mode record: run dir needed, one
 resolution, Experiment, strategy, runner); main() parses, builds the Experiment, checks the row
-and dispatches. train, evaluate, sweep, tune, extract and transcode need --run_dir; the others
-write there only if given. A run directory holds flags.txt (a valid flagfile), configs.json (the
-whole Experiment; tftag.experiment.Experiment.load reads it back), TensorBoard logs (tb/) and
-summary.json (--strategy=multi_worker: written by the chief alone; see tftag.distributed).
+and dispatches. train, evaluate, sweep, tune, how_low, extract and transcode need --run_dir;
+the others write there only if given. A run directory holds flags.txt (a valid flagfile),
+configs.json (the whole Experiment; tftag.experiment.Experiment.load reads it back), TensorBoard
+logs (tb/) and summary.json (--strategy=multi_worker: written by the chief alone; see
+tftag.distributed; how_low's keras-tuner workers write none: tftag.search).
 Those three files belong to the mode that made the directory (the --mode of its flags.txt); a
 run of another mode on it, e.g. --mode=export --run_dir=<a training run>, writes its own into
 <run_dir>/<mode>/ and never replaces them (tftag.runrecord).
