@@ -127,6 +127,22 @@ def test_the_halving_oracle_promotes_by_pareto_rank_and_resumes(tmp_path):
     assert len(o.trials) == 10
 
 
+def test_hyperband_stops_before_promoting_on_a_space_smaller_than_its_first_bracket(tmp_path):
+    """What README and tftag.search say of --oracle=hyperband (keras-tuner's own oracle)."""
+    from tftag import search
+
+    o = search.hyperband_oracle(list("abcd"), max_epochs=9, factor=3, iterations=1, seed=1)
+    o._set_project_dir(str(tmp_path), "tuner")
+    handed = []
+    while (trial := o.create_trial("tuner0")).status == "RUNNING":
+        handed.append((trial.hyperparameters["candidate"], trial.hyperparameters["tuner/epochs"]))
+        o.update_trial(trial.trial_id, {"val_roc_auc": 0.5 + 0.01 * len(handed)})
+        trial.status = "COMPLETED"
+        o.end_trial(trial)
+    assert sorted(handed) == [("a", 1), ("b", 1), ("c", 1), ("d", 1)]
+    assert trial.status == "STOPPED"
+
+
 def test_bad_flags_name_the_flag(tmp_path):
     from absl import app, flags
     from absl.testing import flagsaver
