@@ -109,6 +109,28 @@ def _pump(stream: IO[str], log: IO[str], prefix: str | None) -> None:
                 sys.stdout.flush()
 
 
+def start_process(index: int, command: Sequence[str], env: dict[str, str], log_dir: str,
+                  echo: str = "all") -> Worker:
+    """Starts worker ``index`` (0 is the chief) running ``command`` with ``env`` added to the
+    environment; its output is appended to ``<log_dir>/worker-<index>.log`` after a header with
+    ``env`` and the command, and echoed per ``echo``."""
+    env_text = " ".join(f"{k}={v}" for k, v in env.items())
+    log_path = os.path.join(log_dir, f"worker-{index}.log")
+    log = open(log_path, "a", encoding="utf-8")
+    log.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {env_text}\n"
+              f"=== {' '.join(command)}\n")
+    log.flush()
+    process = subprocess.Popen(list(command), env=dict(os.environ, PYTHONUNBUFFERED="1", **env),
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               bufsize=1, errors="replace")
+    shown = echo == "all" or (echo == "chief" and index == 0)
+    pump = threading.Thread(target=_pump, args=(process.stdout, log,
+                                                 f"[worker {index}]" if shown else None),
+                            daemon=True)
+    pump.start()
+    return Worker(index, process, log_path, pump)
+
+
 def start_workers(num_workers: int, args: Sequence[str], run_dir: str, log_dir: str,
                   echo: str = "all") -> list[Worker]:
     """Starts ``num_workers`` workers with their TF_CONFIG; their output goes to ``log_dir``."""
@@ -117,24 +139,10 @@ def start_workers(num_workers: int, args: Sequence[str], run_dir: str, log_dir: 
     command = worker_command(args, run_dir)
     workers = []
     for i in range(num_workers):
-        config = tf_config(ports, i)
-        env = dict(os.environ, TF_CONFIG=config, PYTHONUNBUFFERED="1")
-        log_path = os.path.join(log_dir, f"worker-{i}.log")
-        log = open(log_path, "a", encoding="utf-8")
-        log.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} TF_CONFIG={config}\n"
-                  f"=== {' '.join(command)}\n")
-        log.flush()
-        process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
-                                   stderr=subprocess.STDOUT, text=True, bufsize=1,
-                                   errors="replace")
-        shown = echo == "all" or (echo == "chief" and i == 0)
-        pump = threading.Thread(target=_pump, args=(process.stdout, log,
-                                                     f"[worker {i}]" if shown else None),
-                                daemon=True)
-        pump.start()
-        workers.append(Worker(i, process, log_path, pump))
-        print(f"started worker {i}{' (chief)' if i == 0 else ''}: pid {process.pid}, "
-              f"localhost:{ports[i]}, log {log_path}", flush=True)
+        worker = start_process(i, command, {"TF_CONFIG": tf_config(ports, i)}, log_dir, echo)
+        workers.append(worker)
+        print(f"started worker {i}{' (chief)' if i == 0 else ''}: pid {worker.process.pid}, "
+              f"localhost:{ports[i]}, log {worker.log_path}", flush=True)
     return workers
 
 
@@ -182,13 +190,14 @@ def _terminated(signum, frame) -> None:
     raise SystemExit(128 + signum)
 
 
-def main(argv: list[str]) -> None:
-    args = argv[1:]
-    if not FLAGS.run_dir:
-        raise app.UsageError("--run_dir is required (the training run's directory)")
-    log_dir = FLAGS.worker_log_dir or os.path.join(FLAGS.run_dir, "workers")
+def exit_on_sigterm() -> None:
+    """SIGTERM ends the launcher as an exception would: :func:`supervise` stops the workers."""
     signal.signal(signal.SIGTERM, _terminated)
-    workers = start_workers(FLAGS.num_workers, args, FLAGS.run_dir, log_dir, FLAGS.echo)
+
+
+def supervise(workers: Sequence[Worker], run_dir: str) -> None:
+    """Waits for the started workers; if one fails, prints its last lines, stops the others
+    and exits 1 (130 when interrupted)."""
     try:
         failed = wait(workers)
     except KeyboardInterrupt:
@@ -202,7 +211,21 @@ def main(argv: list[str]) -> None:
               f"were stopped); its log: {failed.log_path}", file=sys.stderr)
         sys.exit(1)
     print(f"all {len(workers)} workers finished; the chief's summary: "
-          f"{os.path.join(FLAGS.run_dir, 'summary.json')}", flush=True)
+          f"{os.path.join(run_dir, 'summary.json')}", flush=True)
+
+
+def log_dir_of(run_dir: str | None) -> str:
+    """``--worker_log_dir``, else ``<run_dir>/workers`` (``--run_dir`` is required)."""
+    if not run_dir:
+        raise app.UsageError("--run_dir is required (the run directory every worker shares)")
+    return FLAGS.worker_log_dir or os.path.join(run_dir, "workers")
+
+
+def main(argv: list[str]) -> None:
+    log_dir = log_dir_of(FLAGS.run_dir)
+    exit_on_sigterm()
+    supervise(start_workers(FLAGS.num_workers, argv[1:], FLAGS.run_dir, log_dir, FLAGS.echo),
+              FLAGS.run_dir)
 
 
 if __name__ == "__main__":

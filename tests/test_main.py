@@ -87,7 +87,7 @@ def test_modes_are_one_table():
             "for n, r in m.MODES.items()}, 'doc': m.__doc__}))")
     out = json.loads(subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                                     text=True, check=True).stdout.splitlines()[-1])
-    assert sorted(out["enum"]) == sorted(out["records"]) and len(out["enum"]) == 11
+    assert sorted(out["enum"]) == sorted(out["records"]) and len(out["enum"]) == 12
     assert all(r == ["Mode", True, True] for r in out["records"].values()), out["records"]
     for name in out["enum"]:  # the docstring says what each mode does
         assert f"\n  {name} " in out["doc"], name
@@ -96,7 +96,8 @@ def test_modes_are_one_table():
 def test_importing_the_modes_loads_no_beam(tiny_dataset):
     """Checking an existing --dataset_dir (every mode does) imports no Apache Beam."""
     code = ("import sys, tftag.train, tftag.evaluate, tftag.export, tftag.sweep, tftag.tune, "
-            "tftag.tag; assert 'apache_beam' not in sys.modules, 'import'; "
+            "tftag.tag, tftag.how_low, tftag.search; "
+            "assert 'apache_beam' not in sys.modules, 'import'; "
             "from tftag import experiment, extract; from tftag.features import MelConfig; "
             "from tftag.models import ModelConfig; "
             "exp = experiment.Experiment((MelConfig(16000, 16, 2, 'log', 3.0),), "

@@ -13,7 +13,7 @@ from typing import Callable, Mapping, Sequence, TypeVar
 
 from absl import app, flags
 
-from tftag import features
+from tftag import codecs, features
 from tftag.errors import DataError
 from tftag.registry import UnknownNameError
 
@@ -177,6 +177,47 @@ def define_tag_flags() -> None:
     flags.DEFINE_float("block_seconds", 30.0, "tag: seconds of audio decoded at a time (bounds "
                        "memory on long files).", lower_bound=1.0)
 
+
+def define_how_low_flags() -> None:
+    """The flags of ``--mode=how_low`` (:mod:`tftag.how_low`; it also reads the resolution
+    flags, --models, --sweep_model, --epochs, --repeats, --latency_runs and the export flags)."""
+    from tftag import how_low
+
+    flags.DEFINE_list("widths", [], "how_low: model widths to search (default: the model's own, "
+                      "--width or its --sweep_model width).")
+    flags.DEFINE_list("mel_dtypes", [], "how_low: storage codecs to search (default: the "
+                      "dataset's own; any other is a transcoded copy of --dataset_dir in "
+                      "<run_dir>/datasets/<codec>). " + registry_help(codecs.REGISTRY, "Each"))
+    costs = [how_low.COSTS.get(n) for n in how_low.COSTS.names()]
+    oracles = [how_low.ORACLES.get(n) for n in how_low.ORACLES.names()]
+    flags.DEFINE_enum("cost", "gmacs", [c.name for c in costs], "how_low: the front's cost: "
+                      + "; ".join(f"{c.name} = {c.note}" for c in costs) + ".")
+    flags.DEFINE_float("max_drop", 1.0, "how_low: the answer is the cheapest front point within "
+                       "this many ROC-AUC points (percent) of the best found.")
+    flags.DEFINE_enum("oracle", "pareto", [o.name for o in oracles], "how_low: the search: "
+                      + "; ".join(f"{o.name} = {o.note}" for o in oracles)
+                      + ". Its top fidelity is --epochs.")
+    flags.DEFINE_integer("hyperband_factor", 3, "how_low: successive halving keeps 1/factor of "
+                         "the candidates of each rung, which train factor times longer.")
+    flags.DEFINE_integer("hyperband_iterations", 1, "how_low --oracle=hyperband: Hyperband "
+                         "iterations (each runs every bracket).")
+
+
+def how_low_search():
+    """The :class:`tftag.how_low.SearchConfig` of the flags; a bad value is a UsageError naming
+    its flag and the allowed values."""
+    from tftag import how_low
+
+    try:
+        widths = tuple(float(w) for w in FLAGS.widths)
+    except ValueError:
+        raise app.UsageError(f"--widths must be comma-separated numbers > 0, got "
+                             f"{','.join(FLAGS.widths)!r}") from None
+    return config("--max_drop/--hyperband_factor/--hyperband_iterations/--widths/--mel_dtypes"
+                  "/--latency_runs", lambda: how_low.SearchConfig(
+                      FLAGS.cost, FLAGS.max_drop, FLAGS.oracle, FLAGS.hyperband_factor,
+                      FLAGS.hyperband_iterations, widths, tuple(FLAGS.mel_dtypes),
+                      FLAGS.latency_runs))
 
 
 def _ints(name: str) -> list[int]:

@@ -11,6 +11,9 @@ Modes (what each does lives in the library module named after it):
             the best run — tftag.sweep; with --folds, cross-validated by track group, each run
             trained to convergence and recorded in --results_dir — tftag.crossval;
   tune      keras-tuner search of width, learning rate and dropout — tftag.tune;
+  how_low   cost-aware keras-tuner search over resolution × model × width × storage codec: the
+            accuracy/cost Pareto front and the cheapest configuration within --max_drop ROC-AUC
+            points of the best, retrained, tested and exported — tftag.how_low;
   export    --weights as a SavedModel (TF Serving) + frozen graph (Essentia), and TFLite files
             (--tflite) — tftag.export, tftag.tflite;
   tag       tag whole tracks of --audio with --pretrained=MTT_musicnn, an export (--model_dir)
@@ -21,10 +24,11 @@ Modes (what each does lives in the library module named after it):
 
 What the entry point knows of each mode is one row of MODES (a Mode record: run dir needed, one
 resolution, Experiment, strategy, runner); main() parses, builds the Experiment, checks the row
-and dispatches. train, evaluate, sweep, tune, extract and transcode need --run_dir; the others
-write there only if given. A run directory holds flags.txt (a valid flagfile), configs.json (the
-whole Experiment; tftag.experiment.Experiment.load reads it back), TensorBoard logs (tb/) and
-summary.json (--strategy=multi_worker: written by the chief alone; see tftag.distributed).
+and dispatches. train, evaluate, sweep, tune, how_low, extract and transcode need --run_dir;
+the others write there only if given. A run directory holds flags.txt (a valid flagfile),
+configs.json (the whole Experiment; tftag.experiment.Experiment.load reads it back), TensorBoard
+logs (tb/) and summary.json (--strategy=multi_worker: written by the chief alone; see
+tftag.distributed; how_low's keras-tuner workers write none: tftag.search).
 Those three files belong to the mode that made the directory (the --mode of its flags.txt); a
 run of another mode on it, e.g. --mode=export --run_dir=<a training run>, writes its own into
 <run_dir>/<mode>/ and never replaces them (tftag.runrecord).
@@ -62,6 +66,9 @@ class Mode:
       uses_strategy: trains under ``--strategy`` (multi_worker included; tftag.distributed).
       trains: trains models its own way: ``--strategy=multi_worker`` is an error unless
         ``uses_strategy`` (other modes ignore the strategy).
+      check: checks the mode's own flags before anything runs (raises a usage error).
+      writes_record: whether this process writes the run's record (flags.txt, configs.json,
+        summary.json); None = :func:`tftag.distributed.is_chief`.
     """
 
     run: Callable[[Any], dict]
@@ -71,6 +78,8 @@ class Mode:
     experiment: bool = True
     uses_strategy: bool = False
     trains: bool = False
+    check: Callable[[], object] | None = None
+    writes_record: Callable[[], bool] | None = None
 
 
 def _lib(name: str):
@@ -109,6 +118,10 @@ MODES: dict[str, Mode] = {
                   needs_run_dir=True, trains=True),
     "tune": Mode(lambda exp: _lib("tune").run(exp, FLAGS.max_trials), needs_run_dir=True,
                  one_resolution=True, trains=True),
+    # keras-tuner workers (KERASTUNER_TUNER_ID without "chief") run trials and write no record.
+    "how_low": Mode(lambda exp: _lib("how_low").run(exp, cli.how_low_search()),
+                    needs_run_dir=True, trains=True, check=cli.how_low_search,
+                    writes_record=lambda: _lib("search").role() != "worker"),
     "extract": Mode(lambda exp: _lib("extract").extract(exp), needs_run_dir=True),
     "transcode": Mode(lambda exp: _lib("transcode").transcode_dataset(
         exp.data.dataset_dir, exp.path("dataset"), exp.data.mel_dtype), needs_run_dir=True),
@@ -144,7 +157,7 @@ flags.DEFINE_string("dataset_dir", None, "An extracted dataset directory; defaul
                     "<run_dir>/dataset, made from --catalog/--input as --mode=extract does.")
 flags.DEFINE_string("model", "vgg", "Model name from the registry tftag.models (vgg, musicnn, "
                     "musicnn_vgg, ...); an unknown name is an error listing the known ones.")
-flags.DEFINE_list("models", [], "sweep: model names (default: --model).")
+flags.DEFINE_list("models", [], "sweep, how_low: model names (default: --model).")
 flags.DEFINE_multi_string(
     "sweep_model", [], "sweep: one model's own settings, NAME:key=value,... (repeat the flag per "
     "model); keys: resolutions (names joined by +; default all), width, patch_seconds (0 = whole "
@@ -163,7 +176,8 @@ flags.DEFINE_string("results_dir", None, "sweep with --folds: where each finishe
                     "<model>-w<width>-<resolution>-fold<k>-seed<s>/result.json and "
                     "test_predictions.npz (default <run_dir>/results); runs whose result.json "
                     "exists are skipped.")
-flags.DEFINE_integer("repeats", 3, "sweep: runs per (model, resolution), seeds seed, seed+1, ...",
+flags.DEFINE_integer("repeats", 3, "sweep: runs per (model, resolution), seeds seed, seed+1, ...; "
+                     "how_low: runs of the chosen and of the best candidate when retrained",
                      lower_bound=1)
 flags.DEFINE_integer("batch_size", 32, "Global batch (split across replicas).", lower_bound=1)
 flags.DEFINE_integer("epochs", 20, "Maximum training epochs.", lower_bound=1)
@@ -186,13 +200,14 @@ flags.DEFINE_bool("deterministic", True, "Bit-for-bit repeatable runs (same seed
 flags.DEFINE_string("weights", None, "evaluate/export: weights (default <run_dir>/best.weights.h5).")
 flags.DEFINE_enum("split", "test", ["train", "valid", "test", "all"], "evaluate: which split.")
 flags.DEFINE_integer("max_trials", 5, "tune: keras-tuner trials.", lower_bound=1)
+cli.define_how_low_flags()
 cli.define_export_flags()
 cli.define_tag_flags()
 flags.DEFINE_float("width", 1.0, "Filter-count multiplier (1 = the paper's full-size model).")
 flags.DEFINE_string("preset", "paper", "Architecture preset (musicnn: paper, musicnn_mtt).")
 flags.DEFINE_float("dropout", -1.0, "Dropout rate; -1 = the architecture's own.")
 flags.DEFINE_integer("latency_runs", 5, "profile: timed runs per batch size (median); 0 skips "
-                     "latency.", lower_bound=0)
+                     "latency. how_low --cost=latency: timed runs per candidate.", lower_bound=0)
 flags.DEFINE_list("latency_batches", ["1", "32"], "profile: batch sizes to time.")
 flags.DEFINE_bool("profile_trace", False, "profile: also trace a few training steps of the first "
                   "resolution into <run_dir>/tb/trace (needs --run_dir).")
@@ -246,6 +261,8 @@ def check_experiment(name: str, mode: Mode, exp: experiment.Experiment) -> None:
     if exp.folds is not None and name != "sweep":
         raise app.UsageError(f"--folds/--fold cross-validate a sweep: use --mode=sweep, not "
                              f"--mode={name}")
+    if mode.check:
+        mode.check()
     if exp.train.strategy == "multi_worker" and mode.trains and not mode.uses_strategy:
         raise app.UsageError(f"--strategy=multi_worker trains with --mode=train only, not "
                              f"--mode={name}")
@@ -274,7 +291,7 @@ def main(argv) -> None:
         # before the first TensorFlow op: thread pools, then a multi_worker strategy
         _lib("distributed").setup(exp.train, mode.uses_strategy, exp.data.dataset_dir)
     record = runrecord.record_dir(FLAGS.run_dir, name) if FLAGS.run_dir else None  # runrecord
-    chief = _lib("distributed").is_chief()  # other workers write nothing
+    chief = (mode.writes_record or _lib("distributed").is_chief)()  # other workers write nothing
     if exp and record and chief:
         write_run_files(exp, record)
     summary = dict(mode=name, **mode.run(exp))
