@@ -123,7 +123,7 @@ def _hv(points: list[tuple[float, float]], reference: tuple[float, float]) -> fl
 def compare(front: list[dict], summary: dict, grid_rows: list[dict], reference, max_drop: float,
             train_clips: int) -> dict:
     """The figures of one search against the grid."""
-    from tftag import pareto
+    from tftag import how_low, pareto
 
     by_key = {r["candidate"]: r for r in grid_rows}
     on = [r for r in front if r["on_front"]]
@@ -136,8 +136,8 @@ def compare(front: list[dict], summary: dict, grid_rows: list[dict], reference, 
     grid_choice = grid_rows[pareto.cheapest_within(grid_points, max_drop / 100.0)]
     chosen = by_key[summary["chosen"]]
     search_seconds = summary["search_compute"]["train_seconds"]
-    grid_seconds = sum(r["train_seconds"] for r in grid_rows)
-    grid_gmacs = sum(r["epochs_done"] * train_clips * r["gmacs"] for r in grid_rows)
+    grid_compute = how_low.search_compute(grid_rows, train_clips)  # the same measure, the grid
+    grid_seconds, grid_gmacs = grid_compute["train_seconds"], grid_compute["clip_gmacs"]
 
     def _row(r: dict) -> dict:
         return {"candidate": r["candidate"], "cost": r["cost"],
@@ -226,7 +226,8 @@ def main(argv: list[str]) -> None:
             shutil.copyfile(os.path.join(run_dir, f"front.{suffix}"),
                             os.path.join(out, f"front_{oracle}.{suffix}"))
     runfiles.write_csv_atomic(os.path.join(out, "grid.csv"),
-                              sorted(grid_rows, key=lambda r: r["cost"]), ["candidate", "cost", "gmacs", "storage_bytes", "valid_roc_auc",
+                              sorted(grid_rows, key=lambda r: r["cost"]),
+                              ["candidate", "cost", "gmacs", "storage_bytes", "valid_roc_auc",
                                "test_roc_auc", "test_pr_auc", "epochs_done", "train_seconds"])
     plot(grid_rows, fronts, os.path.join(out, "fronts.png"), how_low.COSTS.get(cost).label)
     first = figures[FLAGS.oracles[0]]

@@ -79,9 +79,11 @@ def tf_config(ports: Sequence[int], index: int) -> str:
                        "task": {"type": "worker", "index": index}})
 
 
-def worker_command(args: Sequence[str], run_dir: str) -> list[str]:
-    """``python -m tftag.main`` with ``args``, then the flags every worker must have."""
-    return [sys.executable, "-m", "tftag.main", *args, *APPENDED, f"--run_dir={run_dir}"]
+def worker_command(args: Sequence[str], run_dir: str,
+                   appended: Sequence[str] = APPENDED) -> list[str]:
+    """``python -m tftag.main`` with ``args``, then the flags every worker must have
+    (``appended``, then ``--run_dir``: last, so they win over a flagfile)."""
+    return [sys.executable, "-m", "tftag.main", *args, *appended, f"--run_dir={run_dir}"]
 
 
 @dataclasses.dataclass

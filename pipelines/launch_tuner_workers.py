@@ -20,7 +20,6 @@ of :mod:`pipelines.launch_local_workers`.
 from __future__ import annotations
 
 import os
-import sys
 from typing import Sequence
 
 from absl import flags
@@ -48,17 +47,12 @@ def tuner_env(index: int, ip: str, port: int) -> dict[str, str]:
             "KERASTUNER_ORACLE_IP": ip, "KERASTUNER_ORACLE_PORT": str(port)}
 
 
-def worker_command(args: Sequence[str], run_dir: str) -> list[str]:
-    """``python -m tftag.main`` with ``args``, then the flags every process must have."""
-    return [sys.executable, "-m", "tftag.main", *args, *APPENDED, f"--run_dir={run_dir}"]
-
-
 def start_tuners(num_workers: int, args: Sequence[str], run_dir: str, log_dir: str,
                  echo: str = "all", ip: str = "localhost", port: int = 0) -> list[local.Worker]:
     """Starts the chief and ``num_workers`` tuner workers; their output goes to ``log_dir``."""
     os.makedirs(log_dir, exist_ok=True)
     port = port or local.free_ports(1)[0]
-    command = worker_command(args, run_dir)
+    command = local.worker_command(args, run_dir, APPENDED)
     workers = []
     for i in range(num_workers + 1):
         env = tuner_env(i, ip, port)

@@ -468,6 +468,11 @@ def tensorboard_hparams(rows_by_trial: Sequence[dict], logdir: str) -> int:
 # ----------------------------------------------------------------------------- the answer
 
 
+def _retrain_dir(run_dir: str, cand: Candidate) -> str:
+    """The sweep directory of a candidate's retrained runs: ``<run_dir>/retrain/<codec>``."""
+    return os.path.join(run_dir, "retrain", cand.mel_dtype)
+
+
 def retrain(cand: Candidate, dataset_dir: str, repeats: int, seed: int, run_dir: str,
             trial_dir: str | None) -> list[dict]:
     """Trains ``cand`` to convergence ``repeats`` times (seeds seed, seed + 1, ...) in
@@ -480,8 +485,8 @@ def retrain(cand: Candidate, dataset_dir: str, repeats: int, seed: int, run_dir:
 
     items = [sweep.SweepItem(cand.model_config, cand.mel_config, seed + r, cand.train_config)
              for r in range(repeats)]
-    sweep_dir = os.path.join(run_dir, "retrain", cand.mel_dtype)
-    first = os.path.join(sweep_dir, "runs", items[0].key)
+    sweep_dir = _retrain_dir(run_dir, cand)
+    first = sweep.item_run_dir(sweep_dir, items[0])
     if trial_dir and os.path.isdir(trial_dir) and not os.path.exists(first):
         os.makedirs(os.path.dirname(first), exist_ok=True)
         search.copy_run_dir(trial_dir, first)
@@ -536,7 +541,7 @@ def _export(experiment, cand: Candidate, runs: Sequence[dict], dataset_dir: str)
         return done["export_path"]
     run = max(runs, key=lambda r: (r["valid_roc_auc"], -r["seed"]))
     item = sweep.SweepItem(cand.model_config, cand.mel_config, run["seed"], cand.train_config)
-    weights = os.path.join(experiment.run_dir, "retrain", cand.mel_dtype, "runs", item.key,
+    weights = os.path.join(sweep.item_run_dir(_retrain_dir(experiment.run_dir, cand), item),
                            "best.weights.h5")
     exported = export.export_weights(experiment, cand.mel_config, cand.model_config, weights,
                                      dataset_dir, {"test_roc_auc": run["test_roc_auc"],

@@ -97,16 +97,22 @@ def run_item(item: SweepItem, dataset_dir: str, train_config: train.TrainConfig,
 
 
 
+def item_run_dir(sweep_dir: str, item: SweepItem) -> str:
+    """Where a sweep item trains and keeps its result: ``<sweep_dir>/runs/<key>``."""
+    return os.path.join(sweep_dir, "runs", item.key)
+
+
 def run_sweep(items: Sequence[SweepItem], dataset_dir: str, train_config: train.TrainConfig,
               sweep_dir: str) -> list[dict]:
     """Runs every item not finished yet; returns all results in item order."""
     import keras
 
     results = []
-    done = sum(os.path.exists(os.path.join(sweep_dir, "runs", i.key, "result.json")) for i in items)
+    done = sum(os.path.exists(os.path.join(item_run_dir(sweep_dir, i), "result.json"))
+               for i in items)
     logging.info("sweep: %d runs, %d done already", len(items), done)
     for n, item in enumerate(items, start=1):
-        run_dir = os.path.join(sweep_dir, "runs", item.key)
+        run_dir = item_run_dir(sweep_dir, item)
         path = os.path.join(run_dir, "result.json")
         if os.path.exists(path):
             with open(path, encoding="utf-8") as f:
@@ -279,7 +285,7 @@ def run(experiment) -> dict:
                                images={os.path.basename(p)[:-4]: p for p in plots})
     best, run_ = best_run(results, rows)
     item = _item_of(items, run_)
-    best_checkpoint = experiment.path("runs", item.key, "best.weights.h5")
+    best_checkpoint = os.path.join(item_run_dir(experiment.path(), item), "best.weights.h5")
     exports: dict[str, str] = {}
     if experiment.export.enabled:
         # A rerun of a finished sweep keeps the exports it made (finished runs never change).
@@ -293,7 +299,7 @@ def run(experiment) -> dict:
                 continue
             exports[name] = export.export_weights(
                 experiment, i.mel_config, i.model_config,
-                experiment.path("runs", i.key, "best.weights.h5"), dataset_dir,
+                os.path.join(item_run_dir(experiment.path(), i), "best.weights.h5"), dataset_dir,
                 {"test_roc_auc": r["test_roc_auc"], "test_pr_auc": r["test_pr_auc"]})
         runfiles.write_json_atomic(experiment.path("exports.json"), exports)
     export_path = exports.get(f"{run_['model']}-{run_['resolution']}")
