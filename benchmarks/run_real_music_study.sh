@@ -4,9 +4,12 @@
 # runs/real_music_study/logs/. Rerun the same command to resume: finished runs (a result.json in
 # benchmarks/results/real_music/runs/) are skipped, an interrupted one continues from its last
 # epoch. Environment: THREADS (TF intra-op threads per process, default 1: three processes share
-# 2 cores), NICE (default 0), PYTHON (default .venv/bin/python).
+# 2 cores), NICE (default 0), PYTHON (default .venv/bin/python), STUDY_FLAGS (more flags, e.g.
+# the order of the models: a session that may end before a long MUSICNN run finishes can run
+# the short VGG-CNN runs first; the runs and their results are the same in any order).
 #   bash benchmarks/run_real_music_study.sh        # all folds
 #   bash benchmarks/run_real_music_study.sh 1 2    # some folds
+#   STUDY_FLAGS=--models=vgg,musicnn bash benchmarks/run_real_music_study.sh 0 1
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-.venv/bin/python}
@@ -17,6 +20,6 @@ for k in "${folds[@]}"; do
   log=runs/real_music_study/logs/fold$k.log
   TF_NUM_INTRAOP_THREADS=${THREADS:-1} TF_NUM_INTEROP_THREADS=1 setsid nohup nice -n "${NICE:-0}" \
     "$python" -m tftag.main --flagfile=configs/real_music_study.flags --fold="$k" \
-    --run_dir="runs/real_music_study/fold$k" >>"$log" 2>&1 &
+    --run_dir="runs/real_music_study/fold$k" ${STUDY_FLAGS:-} >>"$log" 2>&1 &
   echo "fold $k: pid $!, log $log"
 done
