@@ -199,14 +199,15 @@ def read_card(path: str) -> dict:
     return card
 
 
-def from_card(directory: str) -> PretrainedModel:
+def from_card(directory: str, name: str | None = None) -> PretrainedModel:
     """The :class:`PretrainedModel` of a shipped model's folder (its card.json); a ValueError
-    naming the card when it is malformed or its folder name is not its ``name``."""
+    naming the card when it is malformed or its ``name`` is not ``name`` (default: the folder's
+    name)."""
     path = os.path.join(directory, CARD_JSON)
     card = read_card(path)
-    if card["name"] != os.path.basename(os.path.normpath(directory)):
-        raise ValueError(f"{path}: name {card['name']!r} is not its folder's name "
-                         f"{os.path.basename(os.path.normpath(directory))!r}")
+    expected = name or os.path.basename(os.path.normpath(directory))
+    if card["name"] != expected:
+        raise ValueError(f"{path}: name {card['name']!r} is not its folder's name {expected!r}")
     try:
         mel_config = MelConfig.from_name(card["resolution"], float(card["duration"]))
         model_config = ModelConfig(**card["model_config"])
