@@ -324,3 +324,29 @@ def test_readme_card_table_is_generated_from_the_cards():
     assert table.strip() == modelcards.markdown_table(shipped), (
         "README's model card table is stale: paste `python -m tftag.main --mode=describe "
         "--pretrained=all`")
+
+
+def test_tagging_benchmark_runs_students_side_by_side(shipped, tmp_path):
+    """benchmarks/tagging.py on two tiny files: MTT_musicnn, the student's SavedModel and TFLite
+    paths, one JSON line with the ratios (the full benchmark is the lead's to run)."""
+    for seed in range(2):
+        write_clip(str(tmp_path / f"t{seed}.wav"), 4.0, 16000, seed=seed)
+    proc = run_module("benchmarks.tagging", f"--audio={tmp_path}", "--in_process",
+                      f"--models_dir={shipped['models_dir']}", "--model_only_windows=8")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["students"] == ["tftag_vgg_16x2"]
+    folder = result["folder"]
+    assert folder["files"] == 2 and folder["minutes"] == pytest.approx(8 / 60, abs=0.01)
+    assert folder["tftag_s_per_min"] > 0
+    paths = folder["students"]["tftag_vgg_16x2"]
+    assert set(paths) == {"savedmodel", "tflite_dynamic"}
+    for row in paths.values():
+        assert row["s_per_min"] > 0 and row["speedup_vs_tftag_musicnn"] > 0
+        assert "agreement_with_tftag_musicnn" not in row  # 6 tags, not the teacher's 50
+    only = result["model_only"]
+    assert set(only) == {"MTT_musicnn", "tftag_vgg_16x2/savedmodel",
+                         "tftag_vgg_16x2/tflite_dynamic"}
+    assert only["MTT_musicnn"]["examples_per_s_ratio"] == 1.0
+    for row in only.values():
+        assert row["windows"] == 8 and row["examples_per_s"] > 0
+    assert result["musicnn_package"].startswith("not run")
