@@ -158,7 +158,9 @@ def define_tag_flags() -> None:
 
     flags.DEFINE_string("model_dir", None, "tag: an export: <export_dir>/<model_name> (latest version) "
                         "or one version directory.")
-    flags.DEFINE_string("audio", None, "tag: an audio file or a folder (searched recursively).")
+    flags.DEFINE_string("audio", None, "tag: an audio file or a folder (searched recursively); "
+                        "ship: the files its speed is measured on (default: the held-out "
+                        "packages' tracks in the debian cache).")
     flags.DEFINE_string("output", "tags.json", "tag: where to write all probabilities: .json or .csv.")
     flags.DEFINE_string("server", None, "tag: host:port of a TF Serving server to use instead of "
                         "loading --model_dir (which still provides tags and sample rate).")

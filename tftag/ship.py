@@ -196,7 +196,7 @@ def ship(run_dir: str, models_dir: str | None = None, name: str | None = None, *
         runfiles.write_json_atomic(os.path.join(tmp, pretrained.CARD_JSON), card)
         entry = pretrained.from_card(tmp, name)  # the folder as the registry will read it
         _check_same(entry.load(), model, _mels(dataset_dir, mel, parts.test, 4), patch_frames)
-        files = tag_files(audio) if audio else heldout_audio(info.raw, exp.heldout.packages)
+        files = _audio_files(audio) if audio else heldout_audio(info.raw, exp.heldout.packages)
         if files:
             card.update(measure_speed(entry, files))
         else:
@@ -216,8 +216,8 @@ def ship(run_dir: str, models_dir: str | None = None, name: str | None = None, *
     return {"shipped": final, "name": name, "card": card}
 
 
-def tag_files(audio: str) -> list[str]:
-    """The audio files of ``--audio`` (a file or a folder)."""
+def _audio_files(audio: str) -> list[str]:
+    """The audio files of ``--audio`` (a file or a folder), as ``--mode=tag`` finds them."""
     from tftag import tag
 
     return tag.audio_files(audio)

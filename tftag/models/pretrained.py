@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import json
 import os
 import tempfile
 
@@ -184,8 +185,6 @@ def student_name(model_config: ModelConfig, mel_config: MelConfig, with_width: b
 def read_card(path: str) -> dict:
     """A shipped model's card.json, checked: a ValueError naming the file when it is not JSON,
     or misses a key of :data:`CARD_KEYS` / :data:`LOADER_KEYS`."""
-    import json
-
     try:
         with open(path, encoding="utf-8") as f:
             card = json.load(f)
