@@ -190,7 +190,7 @@ def ship(run_dir: str, models_dir: str | None = None, name: str | None = None, *
             "tflite": {prec: {"bytes": row["bytes"], "max_abs_diff": round(row["max_abs_diff"], 6),
                               "check_clips": summary["check_clips"]}
                        for prec, row in summary["files"].items()},
-            "training": outcome, "run_dir": os.path.abspath(run_dir),
+            "training": outcome, "run_dir": run_dir,  # as given: no machine path shipped
             "tftag_version": tftag.__version__,
         }
         runfiles.write_json_atomic(os.path.join(tmp, pretrained.CARD_JSON), card)
