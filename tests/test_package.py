@@ -103,3 +103,28 @@ def test_version_in_one_place():
     assert sys.modules["tftag"].__version__ == tftag.__version__
     with open(os.path.join(REPO, "pyproject.toml")) as f:
         assert "version =" not in f.read().split("[tool.setuptools.dynamic]")[0]
+
+
+def test_wheel_ships_the_pretrained_students(tmp_path):
+    """pyproject.toml's package data: a shipped model's card.json and weights are in the wheel."""
+    import zipfile
+
+    source = tmp_path / "source"
+    shutil.copytree(os.path.join(REPO, "tftag"), source / "tftag",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(os.path.join(REPO, name), source / name)
+    model = source / "tftag" / "models" / "weights" / "tftag_vgg_8x1"
+    model.mkdir(parents=True)
+    (model / "card.json").write_text('{"name": "tftag_vgg_8x1"}')
+    (model / "model.weights.h5").write_bytes(b"\x89HDF\r\n\x1a\n")
+    (model / "notes.tmp").write_text("not shipped")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                    "--no-index", "-w", str(tmp_path / "dist"), str(source)],
+                   check=True, capture_output=True, text=True, cwd=tmp_path)
+    (wheel,) = os.listdir(tmp_path / "dist")
+    names = set(zipfile.ZipFile(tmp_path / "dist" / wheel).namelist())
+    assert {"tftag/models/weights/tftag_vgg_8x1/card.json",
+            "tftag/models/weights/tftag_vgg_8x1/model.weights.h5",
+            "tftag/models/weights/README.md", "tftag/models/pretrained.py"} <= names
+    assert "tftag/models/weights/tftag_vgg_8x1/notes.tmp" not in names

@@ -184,7 +184,10 @@ def test_pretrained_export_has_track_signatures(musicnn_tagger, tmp_path):
 def test_usage_errors(tmp_path):
     proc = run_module("tftag.main", "--mode=tag", f"--audio={WAV_12S}", check=False)
     assert proc.returncode == 2
-    assert "--mode=tag needs --pretrained (MTT_musicnn, MTT_vgg) or --model_dir" in proc.stderr
+    from tftag.models import pretrained
+
+    known = ", ".join(pretrained.names())  # the ports, then any shipped student
+    assert f"--mode=tag needs --pretrained ({known}) or --model_dir" in proc.stderr
     proc = run_module("tftag.main", "--mode=tag", "--pretrained=MTT_rnn", f"--audio={WAV_12S}",
                       check=False)
     assert proc.returncode == 2 and "MTT_musicnn" in proc.stderr
@@ -193,14 +196,16 @@ def test_usage_errors(tmp_path):
 def test_pretrained_names_are_the_ports():
     from tftag.models import pretrained
 
-    assert set(tag.PRETRAINED) == set(pretrained.VARIABLE_MAPS)
+    assert set(pretrained.ports()) == set(pretrained.VARIABLE_MAPS)
+    assert set(tag.PRETRAINED) == set(pretrained.ports()) | set(pretrained.students())
 
 
 def test_one_list_of_pretrained_models():
     from tftag import experiment, export, teacher
     from tftag.models import pretrained
 
-    assert pretrained.names() == ["MTT_musicnn", "MTT_vgg"] == list(tag.PRETRAINED)
+    assert pretrained.ports() == ["MTT_musicnn", "MTT_vgg"]
+    assert pretrained.names() == list(tag.PRETRAINED)
     assert teacher.parse_labels("teacher:MTT_vgg") == "MTT_vgg"
     with pytest.raises(ValueError, match="labels must be one of catalog, teacher:MTT_musicnn, "
                                          "teacher:MTT_vgg, got 'teacher:MTT_rnn'"):
@@ -217,7 +222,10 @@ def test_one_list_of_pretrained_models():
 
 
 def test_tag_arguments_are_checked_by_the_library():
-    with pytest.raises(ValueError, match=r"^--mode=tag needs --pretrained \(MTT_musicnn, MTT_vgg\) "
+    from tftag.models import pretrained
+
+    known = ", ".join(pretrained.names())
+    with pytest.raises(ValueError, match=rf"^--mode=tag needs --pretrained \({known}\) "
                                          r"or --model_dir \(an exported model\), not both$"):
         tag.check_args("export/x", "MTT_musicnn", None)
     with pytest.raises(ValueError, match="--mode=tag needs --pretrained"):

@@ -158,15 +158,23 @@ def define_tag_flags() -> None:
 
     flags.DEFINE_string("model_dir", None, "tag: an export: <export_dir>/<model_name> (latest version) "
                         "or one version directory.")
-    flags.DEFINE_string("audio", None, "tag: an audio file or a folder (searched recursively).")
+    flags.DEFINE_string("audio", None, "tag: an audio file or a folder (searched recursively); "
+                        "ship: the files its speed is measured on (default: the held-out "
+                        "packages' tracks in the debian cache).")
     flags.DEFINE_string("output", "tags.json", "tag: where to write all probabilities: .json or .csv.")
     flags.DEFINE_string("server", None, "tag: host:port of a TF Serving server to use instead of "
                         "loading --model_dir (which still provides tags and sample rate).")
     flags.DEFINE_enum("server_protocol", "grpc", ["grpc", "rest"], "tag: protocol of --server.")
     flags.DEFINE_integer("top_k", 5, "tag: tags printed per file.", lower_bound=1)
-    flags.DEFINE_enum("pretrained", None, list(tag.PRETRAINED), "tag/export: a pretrained "
-                      "musicnn model (50 MTAT tags, 3-s windows of the 16 kHz 96-band log mel) instead "
-                      "of --model_dir / --weights.")
+    flags.DEFINE_string("pretrained", None, "tag/export/describe: a pretrained model of "
+                        "tftag.models.pretrained (" + ", ".join(tag.PRETRAINED) + ", or a shipped "
+                        "student such as tftag_vgg_32x4: its own resolution, window and tags) "
+                        "instead of --model_dir / --weights; describe: its model card "
+                        "(all = the table of every one).")
+    flags.DEFINE_string("models_dir", None, "Shipped models (<dir>/<name>/card.json + weights): "
+                        "tag/export/describe register those of this folder too (as "
+                        "$TFTAG_MODELS_DIR does); ship writes <dir>/<name>/ (default: the "
+                        "package's tftag/models/weights).")
     flags.DEFINE_float("window_hop", 0.0, "tag: seconds between window starts (0 = the window "
                        "length: non-overlapping windows, as musicnn).", lower_bound=0.0)
     flags.DEFINE_string("taggram_dir", None, "tag: write one .npz + .csv taggram per file here.")

@@ -101,7 +101,7 @@ def agreement(teacher_probs: np.ndarray, student_probs: np.ndarray, k: int = 5) 
        towards the lower tag index), "correlation": Pearson correlation over all clip × tag
        values, "correlation_per_clip": mean over clips of the Pearson correlation of a clip's
        tag probabilities (clips where either row is constant are left out)}. An undefined
-       correlation (constant values) is NaN.
+       correlation (constant values) is NaN. (Spearman's per clip: :func:`rank_correlation`.)
     """
     t = np.asarray(teacher_probs, dtype=np.float64)
     s = np.asarray(student_probs, dtype=np.float64)
@@ -123,6 +123,19 @@ def agreement(teacher_probs: np.ndarray, student_probs: np.ndarray, k: int = 5) 
     per_clip = [r for r in per_clip if not np.isnan(r)]
     return {f"top{k}_overlap": float(overlap), "correlation": pearson(t.ravel(), s.ravel()),
             "correlation_per_clip": float(np.mean(per_clip)) if per_clip else float("nan")}
+
+
+def rank_correlation(teacher_probs: np.ndarray, student_probs: np.ndarray) -> float:
+    """Mean over clips of the Spearman correlation of a clip's tag probabilities, student vs
+    teacher (``scipy.stats.spearmanr``; clips where either row is constant are left out; NaN
+    if every clip is)."""
+    from scipy.stats import spearmanr
+
+    values = []
+    for a, b in zip(np.asarray(teacher_probs, np.float64), np.asarray(student_probs, np.float64)):
+        if np.ptp(a) > 0 and np.ptp(b) > 0:
+            values.append(float(spearmanr(a, b).statistic))
+    return float(np.mean(values)) if values else float("nan")
 
 
 @dataclasses.dataclass(frozen=True)

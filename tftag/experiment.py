@@ -17,7 +17,7 @@ import os
 from typing import Any
 
 from tftag import codecs, runfiles
-from tftag.folds import FoldConfig
+from tftag.folds import FoldConfig, HeldoutConfig
 from tftag.features import MelConfig
 from tftag.models import ModelConfig
 
@@ -276,6 +276,8 @@ class Experiment:
         instead of the dataset's splits; None = the splits.
       results_dir: cross-validation: where every finished run's ``result.json`` and
         ``test_predictions.npz`` go; None = ``<run_dir>/results``.
+      heldout: train: hold whole packages out (:class:`tftag.folds.HeldoutConfig`): train and
+        validate on the rest, test on them; None = the dataset's splits.
     """
 
     mel_configs: tuple[MelConfig, ...]
@@ -289,6 +291,7 @@ class Experiment:
     sweep_overrides: tuple[SweepModel, ...] = ()
     folds: FoldConfig | None = None
     results_dir: str | None = None
+    heldout: HeldoutConfig | None = None
 
     # Cross-validated runs train to convergence: patience of at least this many passes.
     MIN_FOLD_PATIENCE = 3
@@ -315,6 +318,8 @@ class Experiment:
                 raise ValueError(f"sweep model {o.name}: resolutions {unknown} are not among the "
                                  f"experiment's ({', '.join(sorted(known))})")
             o.apply(self.model, self.train)  # validates the values
+        if self.folds is not None and self.heldout is not None:
+            raise ValueError("--heldout_packages and --folds are two ways to split: give one")
         if self.folds is not None and self.train.patience < self.MIN_FOLD_PATIENCE:
             raise ValueError(f"--patience must be >= {self.MIN_FOLD_PATIENCE} (passes over a "
                              f"fold's training data) with --folds, got {self.train.patience}")
@@ -398,7 +403,8 @@ class Experiment:
                        SweepModel(**dict(o, resolutions=tuple(o["resolutions"])))
                        for o in d.get("sweep_overrides", ())),
                    folds=FoldConfig(**d["folds"]) if d.get("folds") else None,
-                   results_dir=d.get("results_dir"))
+                   results_dir=d.get("results_dir"),
+                   heldout=HeldoutConfig(**d["heldout"]) if d.get("heldout") else None)
 
     def save(self, directory: str | None = None) -> str:
         """Writes ``configs.json`` into ``directory`` (default: the run directory); returns its

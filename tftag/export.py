@@ -102,6 +102,7 @@ class ExportSpec:
     mel_dtype: "str | codecs.StorageCodec" = "float32"  # serving_example's storage codec
     metrics: dict | None = None
     name: str | None = None  # the TF Serving model name; None = <model>-<resolution>
+    description: str | None = None  # the Essentia card's; None = said from name / model config
 
     @property
     def patch_frames(self) -> int | None:
@@ -293,7 +294,8 @@ def model_card(spec: ExportSpec, version: int) -> dict:
         "type": "Music auto-tagging",
         "link": "",
         "version": str(version),
-        "description": (f"{spec.name}: the musicnn package's pretrained weights, ported by tftag "
+        "description": spec.description or (
+                        f"{spec.name}: the musicnn package's pretrained weights, ported by tftag "
                         f"{tftag.__version__}" if spec.name else
                         f"{spec.model_config.name} trained by tftag {tftag.__version__} at {c.name}"),
         "author": "tftag",
@@ -467,19 +469,22 @@ def _export_tflite(model, spec: ExportSpec, path: str, export_config, dataset_di
 
 
 def export_pretrained(name: str, export_config, dataset_dir: str | None = None) -> dict:
-    """``--mode=export --pretrained=NAME``: a pretrained musicnn port (``MTT_musicnn``,
-    ``MTT_vgg``) as ``<export_dir>/<NAME>/<version>/`` with every signature, the Essentia frozen
-    graph and model card, like a trained model's export. TFLite files (``--tflite``) are checked
-    on the test clips of ``dataset_dir`` (else on noise); int8 needs ``dataset_dir``."""
+    """``--mode=export --pretrained=NAME``: a pretrained model (a musicnn port such as
+    ``MTT_musicnn``, or a shipped student) as ``<export_dir>/<NAME>/<version>/`` with every
+    signature, the Essentia frozen graph and model card, like a trained model's export, at the
+    model's own resolution and window. TFLite files (``--tflite``) are checked on the test
+    clips of ``dataset_dir`` (else on noise); int8 needs ``dataset_dir``."""
     from tftag.models import pretrained
 
     if "int8" in export_config.tflite and not dataset_dir:
         raise ValueError("--tflite=int8 calibrates on the training split of a dataset at the "
                          "model's resolution: give --dataset_dir")
-    port = pretrained.get(name)  # an unknown name: ValueError listing the known ones
-    model = pretrained.load_musicnn(name)
-    spec = ExportSpec(pretrained.MEL_CONFIG, port.model_config, tuple(pretrained.MTT_TAGS),
-                      name=name)
+    entry = pretrained.get(name)  # an unknown name: ValueError listing the known ones
+    model = entry.load()
+    spec = ExportSpec(entry.mel_config, entry.model_config, tuple(entry.tags), name=name,
+                      description=None if entry.is_port else (
+                          f"{name}: a {entry.model_config.name} student of "
+                          f"{entry.card['teacher']} shipped with tftag {tftag.__version__}"))
     path = export(model, spec, export_config.export_dir, export_config.version)
     _export_tflite(model, spec, path, export_config, dataset_dir)
     print(f"exported {path}; inspect it with: .venv/bin/saved_model_cli show --all --dir {path}")

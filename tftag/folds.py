@@ -55,7 +55,8 @@ class FoldConfig:
 
 @dataclasses.dataclass(frozen=True)
 class FoldParts:
-    """The clip ids of one fold's training, validation and test parts (each sorted)."""
+    """The clip ids of one fold's training, validation and test parts (each sorted); a
+    held-out-package split (:func:`heldout_parts`) is fold 0 of 1."""
 
     fold: int
     folds: int
@@ -114,7 +115,8 @@ def fold_parts(groups: Mapping[str, str], config: FoldConfig, fold: int) -> Fold
     """Fold ``fold``'s training, validation and test clip ids.
 
     The validation part: groups of the training part in ``sha1(seed:valid:group)`` order until
-    they hold ``valid_fraction`` of its clips (at least one group; at least one stays to train).
+    they hold ``valid_fraction`` of its clips (at least one group; at least one stays to train:
+    :func:`split_valid`).
     """
     if not 0 <= fold < config.folds:
         raise ValueError(f"--fold must be in 0..{config.folds - 1}, got {fold}")
@@ -122,21 +124,94 @@ def fold_parts(groups: Mapping[str, str], config: FoldConfig, fold: int) -> Fold
     members = _by_group(groups)
     test = sorted(c for g, k in assignment.items() if k == fold for c in members[g])
     rest = [g for g, k in assignment.items() if k != fold]
-    n_rest = sum(len(members[g]) for g in rest)
+    train, valid = split_valid(rest, members, config.seed, config.valid_fraction)
+    if not train:
+        raise ValueError(f"--folds={config.folds}: fold {fold} leaves no training groups")
+    return FoldParts(fold, config.folds, train, valid, tuple(test))
+
+
+def split_valid(groups: Sequence[str], members: Mapping[str, Sequence[str]], seed: int,
+                valid_fraction: float) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(training clip ids, validation clip ids) of ``groups``: whole groups in
+    ``sha1(seed:valid:group)`` order are held out for validation until they hold
+    ``valid_fraction`` of the clips (at least one group; at least one stays to train)."""
+    n_clips = sum(len(members[g]) for g in groups)
     valid_groups: list[str] = []
     held = 0
-    for group in sorted(rest, key=lambda g: _rank(config.seed, "valid:", g)):
-        if valid_groups and (held >= config.valid_fraction * n_rest
-                             or len(valid_groups) == len(rest) - 1):
+    for group in sorted(groups, key=lambda g: _rank(seed, "valid:", g)):
+        if valid_groups and (held >= valid_fraction * n_clips
+                             or len(valid_groups) == len(groups) - 1):
             break
         valid_groups.append(group)
         held += len(members[group])
     chosen = set(valid_groups)
     valid = sorted(c for g in valid_groups for c in members[g])
-    train = sorted(c for g in rest if g not in chosen for c in members[g])
-    if not train:
-        raise ValueError(f"--folds={config.folds}: fold {fold} leaves no training groups")
-    return FoldParts(fold, config.folds, tuple(train), tuple(valid), tuple(test))
+    train = sorted(c for g in groups if g not in chosen for c in members[g])
+    return tuple(train), tuple(valid)
+
+
+# ----------------------------------------------------------------------------- held-out packages
+
+
+@dataclasses.dataclass(frozen=True)
+class HeldoutConfig:
+    """Final training with whole packages held out (``--heldout_packages``, ``--fold_seed``).
+
+    Training uses every clip outside ``packages`` but a validation part (whole track groups,
+    ≈ ``valid_fraction`` of them, chosen as a fold's: :func:`split_valid`); the test part is
+    every clip of ``packages``, which training never sees.
+
+    Attributes:
+      packages: the held-out packages (a clip's package: :func:`clip_package`).
+      seed: seeds the validation groups.
+      valid_fraction: share of the training clips held out (by group) for validation.
+    """
+
+    packages: tuple[str, ...]
+    seed: int = 0
+    valid_fraction: float = 0.1
+
+    def __post_init__(self):
+        object.__setattr__(self, "packages", tuple(self.packages))
+        if not self.packages:
+            raise ValueError("--heldout_packages is empty")
+        if not 0.0 < self.valid_fraction < 1.0:
+            raise ValueError(f"valid_fraction must be in (0, 1), got {self.valid_fraction}")
+
+
+def clip_package(clip_id: str) -> str:
+    """The package (collection) of a clip: the first part of its id (the debian catalogue's
+    ids are ``<package>/<path>#<k>``), or the whole id of a top-level file."""
+    return clip_id.split("/", 1)[0]
+
+
+def heldout_parts(groups: Mapping[str, str], config: HeldoutConfig) -> FoldParts:
+    """The training, validation and test clip ids of a held-out-package split (as fold 0 of 1).
+
+    Raises:
+      ValueError: a package the dataset does not have (the message lists the dataset's), a
+        track group with clips both inside and outside the held-out packages, or nothing left to
+        train on.
+    """
+    known = sorted({clip_package(c) for c in groups})
+    unknown = [p for p in config.packages if p not in known]
+    if unknown:
+        raise ValueError(f"--heldout_packages: unknown package {', '.join(map(repr, unknown))}; "
+                         f"the dataset's packages: {', '.join(known)}")
+    members = _by_group(groups)
+    held = set(config.packages)
+    test, rest = [], []
+    for group, clips in members.items():
+        inside = {clip_package(c) in held for c in clips}
+        if len(inside) > 1:
+            raise ValueError(f"--heldout_packages: track group {group!r} has clips inside and "
+                             "outside the held-out packages")
+        (test.extend(clips) if inside.pop() else rest.append(group))
+    if not rest:
+        raise ValueError(f"--heldout_packages={','.join(config.packages)} holds out every "
+                         "package: nothing left to train on")
+    train, valid = split_valid(rest, members, config.seed, config.valid_fraction)
+    return FoldParts(0, 1, train, valid, tuple(sorted(test)))
 
 
 def default_group(clip_id: str) -> str:

@@ -82,6 +82,12 @@ class TFLiteModel:
             y = (y.astype(np.float32) - zero) * scale
         return y.astype(np.float32)
 
+    def predict_windows(self, windows: np.ndarray) -> np.ndarray:
+        """Probabilities [w, n_tags] of model inputs [w, window_frames, n_mels] (one each)."""
+        windows = np.asarray(windows, np.float32)
+        return (np.stack([self._run(w) for w in windows]) if len(windows)
+                else np.zeros((0, self.n_tags), np.float32))
+
     def predict(self, mel: np.ndarray) -> np.ndarray:
         """Clip probabilities [b, n_tags] of mels [b, T, F]: the mean over the clip's windows
         (:func:`tftag.patches.windows`), as :func:`tftag.patches.mean_probabilities`."""

@@ -3,9 +3,15 @@ r"""tftag's entry point: ``python -m tftag.main --flagfile=configs/NAME.flags``.
 Modes (what each does lives in the library module named after it):
   extract   render the built-in corpus (--catalog=synthetic, no --input), extract the requested
             resolutions into <run_dir>/dataset (Apache Beam; resumes) — tftag.extract;
-  describe  the data card of a catalogue (files into --run_dir if given) — tftag.extract;
+  describe  the data card of a catalogue (files into --run_dir if given) — tftag.extract; with
+            --pretrained=NAME the model card of a pretrained model (--json: as JSON; NAME=all:
+            the table of every one) — tftag.modelcards;
   train     train --model at one resolution, keep the best weights by validation ROC-AUC,
-            evaluate them on the test split, export — tftag.train;
+            evaluate them on the test split, export — tftag.train; with --heldout_packages,
+            train on the other packages (early stopping on the validation loss) and test on
+            those (a final student, tftag.folds.HeldoutConfig);
+  ship      a finished --run_dir (a --heldout_packages training run) as a shipped pretrained
+            model <--models_dir>/<--ship_name>/ (weights + card.json) — tftag.ship;
   evaluate  macro ROC-AUC / PR-AUC of --weights (or a --tflite file) on --split — tftag.evaluate;
   sweep     every (--models × resolution × --repeats): results table, t-tests, plots, export of
             the best run — tftag.sweep; with --folds, cross-validated by track group, each run
@@ -16,8 +22,8 @@ Modes (what each does lives in the library module named after it):
             points of the best, retrained, tested and exported — tftag.how_low;
   export    --weights as a SavedModel (TF Serving) + frozen graph (Essentia), and TFLite files
             (--tflite) — tftag.export, tftag.tflite;
-  tag       tag whole tracks of --audio with --pretrained=MTT_musicnn, an export (--model_dir)
-            or a server (--server) — tftag.tag;
+  tag       tag whole tracks of --audio with --pretrained=NAME (MTT_musicnn, a shipped
+            student), an export (--model_dir) or a server (--server) — tftag.tag;
   profile   GMACs, parameters and latency at every resolution — tftag.profile;
   verify    check every shard of --dataset_dir against dataset.json — tftag.verify;
   transcode --dataset_dir stored again with --mel_dtype into <run_dir>/dataset — tftag.transcode.
@@ -107,6 +113,18 @@ def _tag(exp) -> dict:
                            block_seconds=FLAGS.block_seconds)
 
 
+def _describe(exp) -> dict:
+    if FLAGS.pretrained:
+        return _lib("modelcards").describe(FLAGS.pretrained, as_json=FLAGS.json)
+    return _lib("extract").describe(exp)
+
+
+def _ship(exp) -> dict:
+    del exp  # ship reads the run directory's own Experiment
+    return _lib("ship").ship(FLAGS.run_dir, FLAGS.models_dir, FLAGS.ship_name,
+                             audio=FLAGS.audio, overwrite=FLAGS.overwrite)
+
+
 MODES: dict[str, Mode] = {
     "train": Mode(lambda exp: _lib("train").run_train(exp), needs_run_dir=True,
                   one_resolution=True, uses_strategy=True, trains=True),
@@ -130,7 +148,8 @@ MODES: dict[str, Mode] = {
         exp, None if FLAGS.pretrained else _weights(exp), FLAGS.pretrained),
         one_resolution=True, pretrained_resolution=True),
     "tag": Mode(_tag, experiment=False),
-    "describe": Mode(lambda exp: _lib("extract").describe(exp)),
+    "describe": Mode(_describe),
+    "ship": Mode(_ship, needs_run_dir=True, experiment=False),
     "verify": Mode(lambda exp: _lib("verify").run_verify(FLAGS.dataset_dir),
                    experiment=False),
 }
@@ -171,7 +190,19 @@ flags.DEFINE_integer("folds", None, "sweep: cross-validate by track group with K
                      "splits (5 folds when only --fold is given).")
 flags.DEFINE_integer("fold", None, "sweep with --folds: run only this fold (0 .. K-1).")
 flags.DEFINE_integer("fold_seed", 0, "sweep with --folds: seed of the fold and validation "
-                     "groups (the same for every resolution and repeat).")
+                     "groups (the same for every resolution and repeat); train with "
+                     "--heldout_packages: seed of the validation groups.")
+flags.DEFINE_list("heldout_packages", [], "train: hold these packages out (a clip's package: the "
+                  "first part of its id, <package>/<path>#k in the debian catalogue): train on "
+                  "the others but a seeded ~10 % validation part (by track group, as a fold's), "
+                  "test on every clip of these; early stopping follows the validation loss, "
+                  "--patience counts passes. For the final students (configs/real_music_students"
+                  ".flags) that --mode=ship turns into pretrained models.")
+flags.DEFINE_string("ship_name", None, "ship: the pretrained model's name (default: the naming "
+                    "rule tftag_<model>_<n_mels>x<hop_factor>, tftag.models.pretrained"
+                    ".student_name).")
+flags.DEFINE_bool("overwrite", False, "ship: replace an existing <models_dir>/<ship_name>/.")
+flags.DEFINE_bool("json", False, "describe --pretrained: print the model card as JSON.")
 flags.DEFINE_string("results_dir", None, "sweep with --folds: where each finished run writes "
                     "<model>-w<width>-<resolution>-fold<k>-seed<s>/result.json and "
                     "test_predictions.npz (default <run_dir>/results); runs whose result.json "
@@ -228,8 +259,14 @@ def build_experiment(mode: str | None = None) -> experiment.Experiment:
         fold_config = cli.config("--folds/--fold", lambda: folds.FoldConfig(
             **({"folds": FLAGS.folds} if FLAGS.folds is not None else {}), fold=FLAGS.fold,
             seed=FLAGS.fold_seed))
-    # Cross-validated runs train to convergence: the lowest validation loss, patience in passes.
-    stopping = ({"monitor": "valid_loss", "patience_unit": "passes"} if fold_config else {})
+    heldout = None
+    if FLAGS.heldout_packages:  # a final student: whole packages held out (tftag.folds)
+        heldout = cli.config("--heldout_packages", lambda: folds.HeldoutConfig(
+            tuple(FLAGS.heldout_packages), seed=FLAGS.fold_seed))
+    # Cross-validated runs and final students train to convergence: the lowest validation loss,
+    # patience in passes.
+    stopping = ({"monitor": "valid_loss", "patience_unit": "passes"}
+                if fold_config or heldout else {})
     train = cli.config("--batch_size/--epochs/--learning_rate/--patience", lambda: (
         experiment.TrainConfig(
             batch_size=FLAGS.batch_size, epochs=FLAGS.epochs, learning_rate=FLAGS.learning_rate,
@@ -251,7 +288,7 @@ def build_experiment(mode: str | None = None) -> experiment.Experiment:
     return cli.config("--resolutions/--models/--repeats/--sweep_model/--folds", lambda: (
         experiment.Experiment(mel_configs, model, train, data, export, FLAGS.run_dir,
                               tuple(FLAGS.models), FLAGS.repeats, overrides, fold_config,
-                              FLAGS.results_dir)))
+                              FLAGS.results_dir, heldout)))
 
 
 def check_experiment(name: str, mode: Mode, exp: experiment.Experiment) -> None:
@@ -261,11 +298,26 @@ def check_experiment(name: str, mode: Mode, exp: experiment.Experiment) -> None:
     if exp.folds is not None and name != "sweep":
         raise app.UsageError(f"--folds/--fold cross-validate a sweep: use --mode=sweep, not "
                              f"--mode={name}")
+    if exp.heldout is not None and name != "train":
+        raise app.UsageError(f"--heldout_packages trains a final student: use --mode=train, not "
+                             f"--mode={name}")
     if mode.check:
         mode.check()
     if exp.train.strategy == "multi_worker" and mode.trains and not mode.uses_strategy:
         raise app.UsageError(f"--strategy=multi_worker trains with --mode=train only, not "
                              f"--mode={name}")
+
+
+def check_pretrained(name: str) -> None:
+    """Registers ``--models_dir``'s shipped models (not for ship, which writes there) and checks
+    ``--pretrained`` against the pretrained registry (a UsageError listing the known names)."""
+    from tftag.models import pretrained
+
+    if FLAGS.models_dir and name != "ship":
+        cli.config("--models_dir", lambda: pretrained.add_models_dir(FLAGS.models_dir))
+    if FLAGS.pretrained and not (name == "describe" and FLAGS.pretrained == "all"):
+        cli.config("--pretrained", lambda: pretrained.REGISTRY.check(FLAGS.pretrained,
+                                                                      "pretrained"))
 
 
 def write_run_files(exp, directory: str) -> None:
@@ -285,6 +337,7 @@ def main(argv) -> None:
     name, mode = FLAGS.mode, MODES[FLAGS.mode]
     if mode.needs_run_dir and not FLAGS.run_dir:
         raise app.UsageError(f"--mode={name} needs --run_dir (where the run is written)")
+    check_pretrained(name)
     exp = build_experiment(name) if mode.experiment else None
     if exp:
         check_experiment(name, mode, exp)

@@ -1,6 +1,7 @@
 """Tagging whole tracks: ``--mode=tag`` with a pretrained model, an export or a TF Serving server.
 
-The model is a pretrained musicnn port (``--pretrained=MTT_musicnn|MTT_vgg``, no export needed)
+The model is a pretrained model (``--pretrained=NAME``: a musicnn port, MTT_musicnn or MTT_vgg,
+or a shipped tftag student, e.g. tftag_vgg_32x4; no export needed; :mod:`tftag.models.pretrained`)
 or an export of :mod:`tftag.export` (``<export_dir>/<model_name>`` for its latest version, or
 one version directory: sample rate from its Essentia model card, tags from ``assets/tags.txt``).
 A track is tagged whole, in bounded memory (:mod:`tftag.tracks`): read in blocks, turned into
@@ -39,7 +40,7 @@ from tftag.models import pretrained as _pretrained
 from tftag.tracks import TrackResult, tag_tracks  # noqa: F401  (the engine, kept importable here)
 
 PROTOCOLS = ("grpc", "rest")
-PRETRAINED = tuple(_pretrained.names())  # --pretrained's choices: the pretrained registry
+PRETRAINED = tuple(_pretrained.names())  # the pretrained registry's names at import
 TOP_K = 5
 
 
@@ -96,7 +97,8 @@ def tag(model_dir: str | None, audio: str, output: str, server: str | None = Non
         there (``serving_window``) instead of loading the model here.
       protocol: ``grpc`` or ``rest`` (with ``server``).
       top_k: tags printed (and stored in JSON) per file.
-      pretrained: ``MTT_musicnn`` or ``MTT_vgg`` instead of ``model_dir``.
+      pretrained: a name of the pretrained registry (``MTT_musicnn``, ``MTT_vgg``, a shipped
+        student such as ``tftag_vgg_32x4``) instead of ``model_dir``.
       window_hop: seconds between window starts; 0 = the window length (no overlap).
       taggram_dir: where to write one ``.npz`` + ``.csv`` taggram per file (and the plots and
         embeddings); None = no taggram files (plots and embeddings then go to
@@ -205,25 +207,50 @@ class Tagger:
 
     @classmethod
     def pretrained(cls, name: str) -> "Tagger":
-        """A pretrained musicnn port (a name of :data:`tftag.models.pretrained.REGISTRY`:
-        ``MTT_musicnn``, ``MTT_vgg``): 3-s windows of the 16 kHz 96-band log mel, the 50 MTAT
-        tags."""
+        """A pretrained model of :data:`tftag.models.pretrained.REGISTRY` (a musicnn port such
+        as ``MTT_musicnn``: 3-s windows of the 16 kHz 96-band log mel, the 50 MTAT tags; or a
+        shipped student: the resolution, window and tags of its card)."""
         try:
-            _pretrained.get(name)
+            entry = _pretrained.get(name)
         except ValueError as e:
             raise ValueError(f"--pretrained={name!r}: {e}") from None
+        return cls.of_model(entry)
+
+    @classmethod
+    def of_model(cls, entry: "_pretrained.PretrainedModel") -> "Tagger":
+        """A :class:`tftag.models.pretrained.PretrainedModel` (registered or not: ``--mode=ship``
+        times a model before it is in place): its resolution, window and tags."""
         import tensorflow as tf
 
         from tftag.models import inference_fn
 
-        run = tf.function(inference_fn(_pretrained.load_musicnn(name)), reduce_retracing=True)
+        run = tf.function(inference_fn(entry.load()), reduce_retracing=True)
 
         def score(windows):
             logits, embedding = run(tf.constant(windows))
             return tf.sigmoid(logits).numpy(), embedding.numpy()
 
-        spec = tracks.WindowSpec(_pretrained.MEL_CONFIG, _pretrained.PATCH_FRAMES)
-        return cls(name, spec, _pretrained.MTT_TAGS, score)
+        spec = tracks.WindowSpec(entry.mel_config, entry.window_frames)
+        return cls(entry.name, spec, entry.tags, score)
+
+    @classmethod
+    def from_tflite(cls, path: str, name: str) -> "Tagger":
+        """A ``.tflite`` file of :mod:`tftag.tflite` for the pretrained model ``name`` (its
+        resolution and tags; the file's own window length); no embeddings ([w, 0])."""
+        from tftag.litert import TFLiteModel
+
+        entry = _pretrained.get(name)
+        model = TFLiteModel(path)
+        if (model.n_mels, model.n_tags) != (entry.mel_config.n_mels, len(entry.tags)):
+            raise ValueError(f"{path}: input [{model.window_frames}, {model.n_mels}] -> "
+                             f"{model.n_tags} tags does not fit {name} "
+                             f"({entry.mel_config.name}, {len(entry.tags)} tags)")
+
+        def score(windows):
+            return model.predict_windows(windows), np.zeros((len(windows), 0), np.float32)
+
+        return cls(f"{name} ({os.path.basename(path)})",
+                   tracks.WindowSpec(entry.mel_config, model.window_frames), entry.tags, score)
 
     @classmethod
     def from_server(cls, model_dir: str, server: str, protocol: str = "grpc") -> "Tagger":

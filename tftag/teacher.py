@@ -12,7 +12,8 @@ averaged over the patches, as musicnn tags a file — and store per clip:
   the teacher never ranks in a clip's top 3 have no positives and are skipped by the macro
   metrics, as absent tags are on any split.
 
-The teachers are the pretrained models of :data:`tftag.models.pretrained.REGISTRY`; the tag
+The teachers are the musicnn ports of :data:`tftag.models.pretrained.REGISTRY`
+(:func:`tftag.models.pretrained.ports`; tftag's shipped students are not teachers); the tag
 list is the MTAT top 50 in the checkpoints' order.
 """
 
@@ -41,9 +42,9 @@ def parse_labels(labels: str) -> str | None:
 
     if labels == CATALOG:
         return None
-    if labels.startswith(PREFIX) and labels[len(PREFIX):] in pretrained.names():
+    if labels.startswith(PREFIX) and labels[len(PREFIX):] in pretrained.ports():
         return labels[len(PREFIX):]
-    allowed = ", ".join([CATALOG] + [PREFIX + t for t in pretrained.names()])
+    allowed = ", ".join([CATALOG] + [PREFIX + t for t in pretrained.ports()])
     raise ValueError(f"labels must be one of {allowed}, got {labels!r}")
 
 

@@ -374,9 +374,26 @@ def load_best(run_dir: str, dataset_dir: str, mel_config: MelConfig, model_confi
     return model
 
 
+HELDOUT_JSON = "heldout.json"  # a held-out-package run's parts: packages, train/valid/test ids
+
+
+def heldout_split(dataset_dir: str, mel_config: MelConfig,
+                  heldout: folds.HeldoutConfig) -> folds.FoldParts:
+    """The held-out-package split of a dataset (:func:`tftag.folds.heldout_parts`) from its
+    clip ids and track groups."""
+    meta = data.load_dataset_info(dataset_dir).raw
+    groups = folds.clip_groups(data.clip_ids(dataset_dir, mel_config), meta)
+    return folds.heldout_parts(groups, heldout)
+
+
 def run_train(experiment) -> dict:
     """``--mode=train``: trains at the experiment's one resolution, evaluates the best weights on
     the test split, writes ``results.json`` and ``per_tag.txt`` and exports if asked.
+
+    With held-out packages (``experiment.heldout``) it trains on the other packages' clips but a
+    seeded validation part (by track group; early stopping on it) and tests on every clip of
+    the held-out packages; ``heldout.json`` records the parts. ``--mode=ship`` turns such a run
+    into a shipped pretrained model (:mod:`tftag.ship`).
 
     A non-chief multi-worker process trains, then waits for the chief's evaluation and export
     and returns a short summary (it writes nothing).
@@ -388,7 +405,13 @@ def run_train(experiment) -> dict:
 
     config, mc = experiment.mel_config, experiment.model
     dataset_dir = extract.ensure_dataset(experiment)
-    outcome = train(dataset_dir, config, mc, experiment.train, experiment.run_dir)
+    parts = None  # held-out packages: train and validate on the rest, test on them
+    if experiment.heldout is not None:
+        parts = heldout_split(dataset_dir, config, experiment.heldout)
+        if distributed.is_chief():
+            runfiles.write_json_atomic(experiment.path(HELDOUT_JSON), dict(
+                parts.describe(), packages=list(experiment.heldout.packages)))
+    outcome = train(dataset_dir, config, mc, experiment.train, experiment.run_dir, fold=parts)
     if not distributed.is_chief():  # a non-chief worker: no test scores, no export, no files
         distributed.barrier()  # ... but it stays until the chief is done (see tftag.distributed)
         return {"resolution": config.name, "model": mc.name, "worker": distributed.task().name,
@@ -396,8 +419,9 @@ def run_train(experiment) -> dict:
                 "best_epoch": outcome["best_epoch"], "epochs_done": outcome["epochs_done"]}
     model = load_best(experiment.run_dir, dataset_dir, config, mc)
     info = data.load_dataset_info(dataset_dir)
-    metrics = evaluate.evaluate(model, dataset_dir, config, "test", info.tags,
-                                mc.patch_frames(config))
+    metrics = evaluate.evaluate(model, dataset_dir, config, None if parts else "test", info.tags,
+                                mc.patch_frames(config), experiment.train.eval_batch_size,
+                                experiment.train.test_patches, parts.test if parts else None)
     table = evaluate.format_per_tag(metrics)
     print(table)
     results = experiment.path("results.json")

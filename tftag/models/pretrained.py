@@ -1,21 +1,34 @@
-"""The pretrained MTT_musicnn and MTT_vgg of the ``musicnn`` PyPI package, in tftag's Keras models.
-
-The wheel (``pip install --no-deps musicnn==0.1.0``; ``bash .ci/setup`` does it) ships TF1
-checkpoints whose variables are unscoped ``tf.layers`` names. Only its checkpoint files are read,
-with ``tf.train.load_checkpoint``; each variable goes to a Keras weight through an explicit map,
-and anything unmatched on either side is an error that lists it. Inputs are ``[batch, 187, 96]``
-log-mel patches (musicnn's own 16 kHz, 512/256, 96-band, log10(1 + 10000·x) representation);
-outputs are logits over the 50 MTAT tags (sigmoid them for the package's taggram).
+"""The pretrained taggers of tftag: the musicnn package's MTT_musicnn / MTT_vgg, and tftag's own
+distilled students shipped as packaged weights with a model card.
 
 :data:`REGISTRY` is the one list of the pretrained models (``--pretrained``, the teachers of
-``--labels=teacher:NAME``, ``--mode=export --pretrained``): one :class:`PretrainedModel` per
-port; an unknown name is an error listing the known ones.
+``--labels=teacher:NAME``, ``--mode=export --pretrained``, ``--mode=describe --pretrained``):
+one :class:`PretrainedModel` per name, carrying its own resolution (:class:`MelConfig`), model
+(:class:`ModelConfig`), tags, input window and loader (:meth:`PretrainedModel.load`); an
+unknown name is an error listing the known ones.
+
+**Ports.** The musicnn wheel (``pip install --no-deps musicnn==0.1.0``; ``bash .ci/setup`` does
+it) ships TF1 checkpoints whose variables are unscoped ``tf.layers`` names. Only its checkpoint
+files are read, with ``tf.train.load_checkpoint``; each variable goes to a Keras weight through
+an explicit map, and anything unmatched on either side is an error that lists it. Inputs are
+``[batch, 187, 96]`` log-mel patches (musicnn's own 16 kHz, 512/256, 96-band, log10(1 +
+10000·x) representation); outputs are logits over the 50 MTAT tags.
+
+**Shipped students.** A folder ``<models dir>/<name>/`` holding ``card.json`` (the model card,
+:data:`CARD_KEYS` at least; written by ``--mode=ship``, :mod:`tftag.ship`) and the Keras weights
+file it names. The folders of :data:`WEIGHTS_DIR` (inside the package) and of every directory in
+``$TFTAG_MODELS_DIR`` (``os.pathsep``-separated) are registered at import; :func:`add_models_dir`
+(``--models_dir``) adds another. A card that cannot be read or misses a key is a ValueError
+naming its file. Names follow :func:`student_name`: ``tftag_<model>_<n_mels>x<hop_factor>``
+(``_sr<sr>`` appended off 16 kHz, ``_w<width>`` when asked to tell two widths apart), e.g.
+``tftag_vgg_32x4``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import json
 import os
 import tempfile
 
@@ -40,21 +53,78 @@ def _dense(ckpt: str, layer: str) -> list[tuple[str, str, str]]:
     return [(f"{ckpt}/kernel", layer, "kernel"), (f"{ckpt}/bias", layer, "bias")]
 
 
+WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights")
+MODELS_DIR_ENV = "TFTAG_MODELS_DIR"
+CARD_JSON = "card.json"
+# The keys every shipped model's card.json has (the contract other tools read; issue 24).
+CARD_KEYS = ("name", "resolution", "model", "width", "gmacs_per_window", "window_seconds",
+             "teacher", "training_packages", "heldout_packages", "top5_overlap",
+             "rank_correlation")
+# What the loader needs beside them (written by --mode=ship).
+LOADER_KEYS = ("tags", "model_config", "duration", "weights")
+
+
 @dataclasses.dataclass(frozen=True)
 class PretrainedModel:
-    """One port of a musicnn checkpoint.
+    """One pretrained tagger: a musicnn port, or a shipped tftag student.
 
     Attributes:
-      name: registry name, the checkpoint folder in the wheel (``MTT_musicnn``).
-      model_config: the tftag model its weights fit (input: :data:`PATCH_SECONDS` patches of
-        :data:`MEL_CONFIG`).
-      variables: (checkpoint variable, Keras layer, weight), in Keras weight order within each
-        layer.
+      name: registry name (``MTT_musicnn``: the checkpoint folder in the wheel; a student: its
+        folder and card name).
+      model_config: the tftag model its weights fit.
+      variables: ports: (checkpoint variable, Keras layer, weight), in Keras weight order within
+        each layer; empty for a student.
+      mel_config: its input resolution (ports: :data:`MEL_CONFIG`).
+      tags: its output tags, in order.
+      directory: a student's folder (card.json + weights); None for a port.
     """
 
     name: str
     model_config: ModelConfig
-    variables: tuple[tuple[str, str, str], ...]
+    variables: tuple[tuple[str, str, str], ...] = ()
+    mel_config: MelConfig = MEL_CONFIG
+    tags: tuple[str, ...] = tuple(MTT_TAGS)
+    directory: str | None = None
+
+    @property
+    def is_port(self) -> bool:
+        """A musicnn checkpoint port (not a shipped student)."""
+        return self.directory is None
+
+    @property
+    def window_frames(self) -> int:
+        """Frames of one model input: its patch, or the whole clip of ``mel_config``."""
+        return self.model_config.n_frames(self.mel_config)
+
+    @property
+    def window_seconds(self) -> float:
+        """Seconds of audio one model input covers."""
+        return self.window_frames * self.mel_config.hop_length / self.mel_config.sr
+
+    @property
+    def card(self) -> dict:
+        """The model card: a student's card.json; for a port, what the registry knows."""
+        if self.directory:
+            return read_card(os.path.join(self.directory, CARD_JSON))
+        return {"name": self.name, "resolution": self.mel_config.name,
+                "model": self.model_config.name, "width": self.model_config.width,
+                "preset": self.model_config.preset, "window_seconds": self.window_seconds,
+                "tags": list(self.tags), "teacher": None,
+                "source": "the musicnn package's MTT checkpoint (pip install --no-deps "
+                          "musicnn==0.1.0), ported to Keras"}
+
+    @property
+    def weights_path(self) -> str | None:
+        """A student's Keras weights file; None for a port."""
+        return os.path.join(self.directory, self.card["weights"]) if self.directory else None
+
+    def load(self):
+        """The Keras model (logits out) with its weights, in inference mode."""
+        if self.is_port:
+            return load_musicnn(self.name)
+        model = build(self.model_config, self.mel_config, len(self.tags))
+        model.load_weights(self.weights_path)
+        return model
 
 
 REGISTRY: Registry[PretrainedModel] = Registry("pretrained model", lambda: None)
@@ -84,9 +154,101 @@ for _port in (
 ):
     REGISTRY.register(_port.name)(_port)
 
-# The registry's variable maps by name, as load_musicnn reads them (a test breaks one here).
+# The ports' variable maps by name, as load_musicnn reads them (a test breaks one here).
 VARIABLE_MAPS = {n: list(get(n).variables) for n in names()}
 PATCH_FRAMES = get("MTT_musicnn").model_config.patch_frames(MEL_CONFIG)  # 187, both ports
+
+
+def ports() -> list[str]:
+    """The names of the musicnn ports (the teachers), sorted."""
+    return [n for n in names() if get(n).is_port]
+
+
+def students() -> list[str]:
+    """The names of the shipped students, sorted."""
+    return [n for n in names() if not get(n).is_port]
+
+
+def student_name(model_config: ModelConfig, mel_config: MelConfig, with_width: bool = False) -> str:
+    """The naming rule of shipped students: ``tftag_<model>_<n_mels>x<hop_factor>``, plus
+    ``_sr<sr>`` off 16 kHz, ``_<compression>`` off log and ``_w<width>`` if ``with_width``
+    (e.g. ``tftag_vgg_32x4``, ``tftag_musicnn_96x1_w0.25``)."""
+    c = mel_config
+    name = f"tftag_{model_config.name}_{c.n_mels}x{c.hop_factor}"
+    if c.sr != 16000:
+        name += f"_sr{c.sr}"
+    if c.compression != "log":
+        name += f"_{c.compression}"
+    return name + (f"_w{model_config.width:g}" if with_width else "")
+
+
+def read_card(path: str) -> dict:
+    """A shipped model's card.json, checked: a ValueError naming the file when it is not JSON,
+    or misses a key of :data:`CARD_KEYS` / :data:`LOADER_KEYS`."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            card = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: not a readable model card ({type(e).__name__}: {e})") from None
+    if not isinstance(card, dict):
+        raise ValueError(f"{path}: a model card is a JSON object, got {type(card).__name__}")
+    missing = [k for k in CARD_KEYS + LOADER_KEYS if k not in card]
+    if missing:
+        raise ValueError(f"{path}: the model card misses {', '.join(missing)}")
+    return card
+
+
+def from_card(directory: str, name: str | None = None) -> PretrainedModel:
+    """The :class:`PretrainedModel` of a shipped model's folder (its card.json); a ValueError
+    naming the card when it is malformed or its ``name`` is not ``name`` (default: the folder's
+    name)."""
+    path = os.path.join(directory, CARD_JSON)
+    card = read_card(path)
+    expected = name or os.path.basename(os.path.normpath(directory))
+    if card["name"] != expected:
+        raise ValueError(f"{path}: name {card['name']!r} is not its folder's name {expected!r}")
+    try:
+        mel_config = MelConfig.from_name(card["resolution"], float(card["duration"]))
+        model_config = ModelConfig(**card["model_config"])
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path}: bad resolution or model_config: {e}") from None
+    if not os.path.isfile(os.path.join(directory, card["weights"])):
+        raise ValueError(f"{path}: its weights file {card['weights']!r} is missing")
+    return PretrainedModel(card["name"], model_config, (), mel_config, tuple(card["tags"]),
+                           os.path.abspath(directory))
+
+
+def add_models_dir(models_dir: str) -> list[str]:
+    """Registers every shipped model folder (``<models_dir>/<name>/card.json``); returns their
+    names. Folders without a card.json (and hidden ones: a ship in progress) are ignored; a
+    name taken by another model is an error."""
+    if not os.path.isdir(models_dir):
+        raise FileNotFoundError(f"models dir {models_dir!r}: no such directory")
+    added = []
+    for entry in sorted(os.listdir(models_dir)):
+        folder = os.path.join(models_dir, entry)
+        if entry.startswith(".") or not os.path.isfile(os.path.join(folder, CARD_JSON)):
+            continue
+        model = from_card(folder)
+        try:
+            REGISTRY.register(model.name)(model)  # the same folder again: allowed
+        except ValueError:
+            old = REGISTRY.get(model.name)
+            raise ValueError(f"pretrained model {model.name!r} is registered twice: by "
+                             f"{old.directory or 'the musicnn port'} and by {folder}") from None
+        added.append(model.name)
+    return added
+
+
+def _discover() -> None:
+    """Registers the package's shipped models and those of ``$TFTAG_MODELS_DIR``."""
+    dirs = [WEIGHTS_DIR] + [d for d in os.environ.get(MODELS_DIR_ENV, "").split(os.pathsep) if d]
+    for d in dirs:
+        if os.path.isdir(d):
+            add_models_dir(d)
+
+
+_discover()
 # Optimizer state and counters in the checkpoints, not part of the model.
 _IGNORED_SUFFIXES = ("/Adam", "/Adam_1")
 _IGNORED = {"beta1_power", "beta2_power", "global_step"}
