@@ -178,12 +178,14 @@ def hyperband_oracle(keys: Sequence[str], max_epochs: int, factor: int, iteratio
 @dataclasses.dataclass(frozen=True)
 class TrialSpec:
     """What a trial of one candidate trains: where the data is, at which resolution, which model
-    and with which settings (``epochs`` is replaced by the trial's ``tuner/epochs``)."""
+    and with which settings (``epochs`` is replaced by the trial's ``tuner/epochs``), and on
+    which cross-validation fold (None: the dataset's train and valid splits)."""
 
     dataset_dir: str
     mel_config: Any  # tftag.features.MelConfig
     model_config: Any  # tftag.models.ModelConfig
     train_config: train.TrainConfig
+    fold: Any = None  # tftag.folds.FoldParts | None
 
 
 def copy_run_dir(source: str, target: str) -> None:
@@ -249,7 +251,8 @@ class TrialRunner(kt.Tuner):
                                 "time": time.strftime("%Y-%m-%dT%H:%M:%S")}) + "\n")
         epochs = int(values.get("tuner/epochs", spec.train_config.epochs))
         cfg = dataclasses.replace(spec.train_config, epochs=epochs)
-        outcome = train.train(spec.dataset_dir, spec.mel_config, spec.model_config, cfg, run_dir)
+        outcome = train.train(spec.dataset_dir, spec.mel_config, spec.model_config, cfg, run_dir,
+                              fold=spec.fold)
         result = {"trial_id": trial.trial_id, "candidate": key, "parent": parent,
                   "epochs": epochs, "initial_epoch": int(values.get("tuner/initial_epoch", 0)),
                   OBJECTIVE: outcome["best_valid_roc_auc"], "best_epoch": outcome["best_epoch"],
