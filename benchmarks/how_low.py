@@ -177,7 +177,7 @@ def grid_from_results(results_dir: str, fold: int, search_dir: str) -> tuple[lis
             missing.append(item.key)
             continue
         result = runfiles.read_json(path)
-        expected = {"loss": exp.train.loss, "max_epochs": exp.train.epochs,
+        expected = {"loss": c.train_config.loss, "max_epochs": c.train_config.epochs,
                     "n_train_clips": len(parts["train"]), "n_valid_clips": len(parts["valid"])}
         other = {k: (result.get(k), v) for k, v in expected.items() if result.get(k) != v}
         if other:

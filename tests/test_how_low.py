@@ -327,3 +327,26 @@ def test_the_benchmark_reads_its_grid_from_a_studys_runs_of_one_fold(tiny_datase
     with pytest.raises(ValueError, match=r"fold 0 of the search \(1 test clips\) is not the "
                                          r"study's \(2\)"):
         bench.grid_from_results(str(study), 0, search_dir)
+
+
+def test_the_real_music_config_searches_the_studys_fold_with_its_recipe():
+    from absl.testing import flagsaver
+
+    from tftag import cli, folds, main, sweep
+
+    def load(name: str):
+        with flagsaver.flagsaver():
+            main.FLAGS(["tftag", f"--flagfile={os.path.join(ROOT, 'configs', name)}"])
+            return main.build_experiment(), cli.how_low_search()
+
+    exp, search = load("how_low_real_music.flags")
+    study, _ = load("real_music_study.flags")
+    assert exp.folds == folds.FoldConfig(3, fold=0, seed=study.folds.seed)
+    assert exp.train == study.train and exp.data.dataset_dir == study.data.dataset_dir
+    planned = [(i.model_config, i.mel_config.name, i.train_config)
+               for i in sweep.plan_items(exp.sweep_plan(), 1)]
+    of_study = [(i.model_config, i.mel_config.name, i.train_config)
+                for i in sweep.plan_items(study.sweep_plan(), 1)]
+    assert len(planned) == 10 and all(p in of_study for p in planned)
+    assert {(m.name, m.width) for m, _, _ in planned} == {("vgg", 0.125), ("musicnn", 0.25)}
+    assert search == how_low.SearchConfig()
