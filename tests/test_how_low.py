@@ -350,3 +350,40 @@ def test_the_real_music_config_searches_the_studys_fold_with_its_recipe():
     assert len(planned) == 10 and all(p in of_study for p in planned)
     assert {(m.name, m.width) for m, _, _ in planned} == {("vgg", 0.125), ("musicnn", 0.25)}
     assert search == how_low.SearchConfig()
+
+
+def test_a_promotion_on_the_cached_traced_model_ends_as_a_fresh_resume(tiny_dataset, tmp_path):
+    """tftag.train.StepCache: what a search's promoted trial runs on, and the same numbers."""
+    import dataclasses
+
+    import numpy as np
+
+    from tftag import data, search, train
+
+    mel, model = MelConfig(16000, 16, 2, "log", 3.0), ModelConfig("vgg", width=0.0625)
+    cfg = TrainConfig(batch_size=8, epochs=1, patience=0, seed=3)
+    steps = train.StepCache()
+    parent = train.train(tiny_dataset, mel, model, cfg, str(tmp_path / "parent"), steps=steps)
+    key = (model, mel, data.load_dataset_info(tiny_dataset).n_tags, cfg.learning_rate,
+           id(train.STRATEGIES[cfg.strategy]()))
+    entry = steps.get(key)
+    traces = entry[2].experimental_get_tracing_count()  # 2: the last batch is a partial one
+    assert len(steps) == 1 and traces >= 1
+    for name in ("cached", "fresh"):
+        search.copy_run_dir(str(tmp_path / "parent"), str(tmp_path / name))
+    more = dataclasses.replace(cfg, epochs=3)
+    cached = train.train(tiny_dataset, mel, model, more, str(tmp_path / "cached"), steps=steps)
+    assert steps.get(key) is entry and entry[2].experimental_get_tracing_count() == traces
+    fresh = train.train(tiny_dataset, mel, model, more, str(tmp_path / "fresh"))
+    assert len(cached["history"]) == len(fresh["history"]) == 3
+    for a, b in zip(cached["history"], fresh["history"]):
+        assert (a["loss"], a["valid_roc_auc"], a["valid_loss"]) == (
+            b["loss"], b["valid_roc_auc"], b["valid_loss"])
+    weights = [train.load_best(str(tmp_path / n), tiny_dataset, mel, model).get_weights()
+               for n in ("cached", "fresh")]
+    assert all(np.array_equal(a, b) for a, b in zip(*weights))
+    # A run without a checkpoint builds its own model (the cached one has trained): same
+    # numbers as the parent, a new entry.
+    again = train.train(tiny_dataset, mel, model, cfg, str(tmp_path / "scratch"), steps=steps)
+    assert steps.get(key) is not entry
+    assert again["history"][0]["loss"] == parent["history"][0]["loss"]
