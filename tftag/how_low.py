@@ -53,6 +53,7 @@ from absl import logging
 
 from tftag import pareto, runfiles
 from tftag.features import MelConfig
+from tftag.folds import FoldParts
 from tftag.models import ModelConfig
 from tftag.registry import Registry
 
@@ -480,7 +481,8 @@ def _retrain_dir(run_dir: str, cand: Candidate) -> str:
     return os.path.join(run_dir, "retrain", cand.mel_dtype)
 
 
-def _retrain_run_dir(run_dir: str, cand: Candidate, seed: int, fold=None) -> str:
+def _retrain_run_dir(run_dir: str, cand: Candidate, seed: int,
+                     fold: FoldParts | None = None) -> str:
     """Where one retrained run of ``cand`` trains: its sweep run directory
     (:func:`tftag.sweep.item_run_dir`), or on a fold its cross-validation run directory
     ``<run_dir>/retrain/<codec>/runs/<fold item key>`` (:mod:`tftag.crossval`)."""
@@ -494,7 +496,7 @@ def _retrain_run_dir(run_dir: str, cand: Candidate, seed: int, fold=None) -> str
 
 
 def retrain(cand: Candidate, dataset_dir: str, repeats: int, seed: int, run_dir: str,
-            trial_dir: str | None, fold=None) -> list[dict]:
+            trial_dir: str | None, fold: FoldParts | None = None) -> list[dict]:
     """Trains ``cand`` to convergence ``repeats`` times (seeds seed, seed + 1, ...) under
     ``<run_dir>/retrain/<codec>/`` (finished runs are skipped) and scores each on the test
     split (:func:`tftag.sweep.run_sweep`), or with ``fold`` (:class:`tftag.folds.FoldParts`)
@@ -562,7 +564,7 @@ def chosen_flagfile(experiment, cand: Candidate, dataset_dir: str, row: dict) ->
 
 
 def _export(experiment, cand: Candidate, runs: Sequence[dict], dataset_dir: str,
-            fold=None) -> str | None:
+            fold: FoldParts | None = None) -> str | None:
     """Exports the chosen candidate's run with the best validation ROC-AUC (once: a rerun finds
     ``export.json``)."""
     from tftag import export
@@ -584,7 +586,7 @@ def _export(experiment, cand: Candidate, runs: Sequence[dict], dataset_dir: str,
     return exported
 
 
-def search_fold(experiment, dataset_dir: str):
+def search_fold(experiment, dataset_dir: str) -> FoldParts | None:
     """The fold searched (``--folds=K --fold=k``): :class:`tftag.folds.FoldParts`, the same
     parts as the cross-validated sweep's fold k (:func:`tftag.crossval.dataset_folds`). None
     without ``--folds``."""
@@ -650,7 +652,8 @@ def _trial_rows(trials: Sequence[dict], by_key: Mapping[str, Candidate],
 
 def _retrain_answer(experiment, rows: Sequence[dict], best: int, chosen: int,
                     by_key: Mapping[str, Candidate], dirs: Mapping[str, str],
-                    trial_dir: Callable[[str], str], fold=None) -> tuple[dict, dict, float | None]:
+                    trial_dir: Callable[[str], str], fold: FoldParts | None = None
+                    ) -> tuple[dict, dict, float | None]:
     """The chosen and the best candidate retrained (``experiment.repeats`` seeds each; once if
     they are the same): ({name: runs}, {name: summary}, p of the t-test or None)."""
     from tftag import stats
