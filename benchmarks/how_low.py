@@ -273,9 +273,9 @@ def _comparable(from_study: bool) -> dict:
     """What the summary's compute ratios compare, and under which conditions."""
     if not from_study:
         return {"gmac_ratio": True, "compute_ratio": True,
-                "note": "grid and searches trained by this benchmark, one after the other on "
-                        f"this machine ({os.cpu_count()} cores, one TensorFlow process at a "
-                        "time; load averages in timings)"}
+                "note": "grid and searches trained by this benchmark with the same code, one "
+                        f"after the other on this machine ({os.cpu_count()} cores); other jobs "
+                        "on it are not controlled: load averages in timings"}
     return {"gmac_ratio": True, "compute_ratio": False,
             "note": "the grid is the study's committed runs (--grid_results): its seconds were "
                     "recorded by the study's processes under their own load (3 folds trained at "
