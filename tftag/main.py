@@ -13,7 +13,8 @@ Modes (what each does lives in the library module named after it):
   tune      keras-tuner search of width, learning rate and dropout — tftag.tune;
   how_low   cost-aware keras-tuner search over resolution × model × width × storage codec: the
             accuracy/cost Pareto front and the cheapest configuration within --max_drop ROC-AUC
-            points of the best, retrained, tested and exported — tftag.how_low;
+            points of the best, retrained, tested and exported (with --folds/--fold: on one
+            fold of the cross-validated sweep, trained and validated as its runs) — tftag.how_low;
   export    --weights as a SavedModel (TF Serving) + frozen graph (Essentia), and TFLite files
             (--tflite) — tftag.export, tftag.tflite;
   tag       tag whole tracks of --audio with --pretrained=MTT_musicnn, an export (--model_dir)
