@@ -19,7 +19,8 @@ Steps (each resumes; rerun the same command after an interruption):
    runs of fold k (:func:`grid_from_results`; the recipe searches that fold with the study's
    recipe: ``--folds``/``--fold``, so both validate on the same clips): grid points = their
    best-epoch validation ROC-AUC and cost, grid compute = their recorded seconds and
-   clip-GMACs. A run the study has not finished is named and the benchmark stops.
+   clip-GMACs. Runs the study has not finished are named and the benchmark stops, before the
+   search (:func:`missing_study_runs`, from the recipe's plan) and again when reading them.
 4. Report into ``--out_dir/<name>/`` and ``--out_dir/summary.json`` (per corpus):
    - ``hypervolume_ratio``: hypervolume of the search's front (its own validation ROC-AUC at the
      fidelity each candidate reached) / the grid's front, in (cost, ROC-AUC) space with the
@@ -192,6 +193,34 @@ def grid_from_results(results_dir: str, fold: int, search_dir: str) -> tuple[lis
     return results, runfiles.read_json(os.path.join(search_dir, how_low.COSTS_JSON))
 
 
+# Prints the study-run keys the search of a flagfile needs (tftag.main's flags, in a child).
+_PLANNED = """
+import dataclasses, json, sys
+from tftag import cli, crossval, main, sweep
+main.FLAGS(["tftag", *sys.argv[2:]])
+exp, search = main.build_experiment("how_low"), cli.how_low_search()
+print(json.dumps([crossval.FoldItem(sweep.SweepItem(dataclasses.replace(m, width=w), c,
+                                                    exp.train.seed), int(sys.argv[1])).key
+                  for m, mels, _ in exp.sweep_plan() for w in search.widths or (m.width,)
+                  for c in mels]))
+"""
+
+
+def missing_study_runs(results_dir: str, fold: int, flag_args: list[str]) -> list[str]:
+    """The runs of fold ``fold`` that the search of ``flag_args`` (its flagfile and flags) will
+    compare with and ``results_dir`` does not hold finished yet — checked before the search
+    runs, from its plan (every model × resolution × width)."""
+    proc = subprocess.run([sys.executable, "-c", _PLANNED, str(fold), *flag_args], cwd=ROOT,
+                          capture_output=True, text=True)
+    if proc.returncode:
+        raise RuntimeError(f"reading the search's flags failed: {proc.stderr.strip()[-500:]}")
+    keys = json.loads(proc.stdout.strip().splitlines()[-1])
+    from tftag import crossval
+
+    return [k for k in keys
+            if not os.path.exists(os.path.join(results_dir, k, crossval.RESULT_JSON))]
+
+
 def _hv(points: list[tuple[float, float]], reference: tuple[float, float]) -> float:
     from tftag import pareto
 
@@ -298,6 +327,14 @@ def main(argv: list[str]) -> None:
     if FLAGS.grid_results and not FLAGS.dataset_dir:
         raise app.UsageError("--grid_results compares with a study's runs: give --dataset_dir "
                              "(the study's dataset)")
+    if FLAGS.grid_results:  # before the search: its grid must be there
+        missing = missing_study_runs(FLAGS.grid_results, FLAGS.grid_fold,
+                                     [f"--flagfile={FLAGS.recipe}", *extra])
+        if missing:
+            raise app.UsageError(f"--grid_results={FLAGS.grid_results}: fold "
+                                 f"{FLAGS.grid_fold} has no finished run of {len(missing)} "
+                                 f"candidates of the search: {', '.join(missing)} (the study "
+                                 "has not finished them: rerun when their result.json lands)")
     for oracle in FLAGS.oracles:
         run_dir = os.path.join(work, f"search-{oracle}")
         timings[f"search_{oracle}_seconds"] = round(_main_module(

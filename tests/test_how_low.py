@@ -306,6 +306,10 @@ def test_the_benchmark_reads_its_grid_from_a_studys_runs_of_one_fold(tiny_datase
         return result
 
     write_run(keys[0], valid_roc_auc=0.81)
+    recipe = tmp_path / "recipe.flags"  # the search's flags: what it will need, before it runs
+    recipe.write_text("--mode=how_low\n--resolutions=" + ",".join(m.name for m in mels)
+                      + "\n--duration=3\n--width=0.125\n--folds=3\n--fold=0\n")
+    assert bench.missing_study_runs(str(study), 0, [f"--flagfile={recipe}"]) == [keys[1]]
     with pytest.raises(ValueError, match=rf"1 of the search's 2 candidates have no finished run "
                                          rf"in {study}: {keys[1]} \(the study has not finished"):
         bench.grid_from_results(str(study), 0, search_dir)
