@@ -292,8 +292,63 @@ def test_crossval_sweep_writes_contract_files_and_resumes(learnable, tmp_path):
 
 def test_bad_fold_flags_are_short_errors(tmp_path):
     for args, message in ((("--folds=1",), "--folds must be >= 2, got 1"),
-                          (("--folds=3", "--fold=3"), "--fold must be in 0..2 (--folds=3), got 3")):
+                          (("--folds=3", "--fold=3"), "--fold must be in 0..2 (--folds=3), got 3"),
+                          (("--mode=how_low", "--folds=3"), "--mode=how_low runs on one fold: add "
+                                                            "--fold=k (0 .. 2) to --folds=3"),
+                          (("--mode=profile", "--fold=1"), "--folds/--fold: only --mode=sweep "
+                                                           "or --mode=how_low use folds, not "
+                                                           "--mode=profile")):
         proc = run_module("tftag.main", "--mode=sweep", f"--run_dir={tmp_path}", *args,
                           check=False)
         assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
-        assert "Traceback" not in proc.stderr and len(proc.stderr.splitlines()) <= 3
+        # (the mode checks run after Keras is imported: TensorFlow's start-up lines come first)
+        assert "Traceback" not in proc.stderr and message in proc.stderr.splitlines()[-2]
+
+
+# ----------------------------------------------------------------------------- how_low on a fold
+
+
+def test_how_low_on_a_fold_trains_validates_and_tests_as_the_sweep_on_that_fold(learnable,
+                                                                                 tmp_path):
+    from absl.testing import flagsaver
+
+    from tftag import how_low, main, search
+
+    sweep_exp = dataclasses.replace(_experiment(learnable, tmp_path), mel_configs=(MEL8,),
+                                    folds=folds.FoldConfig(3, fold=1))
+    crossval.run(sweep_exp)
+    key = f"vgg-w0.05-{MEL8.name}-fold1-seed0"
+    swept = json.loads((tmp_path / "results" / key / "result.json").read_text())
+    # One candidate, 2 epochs, factor 2: a 1-epoch trial, then promoted to 2 (resumed).
+    search_exp = dataclasses.replace(sweep_exp, run_dir=str(tmp_path / "search"))
+    summary = how_low.run(search_exp, how_low.SearchConfig(hyperband_factor=2))
+    run_dir = tmp_path / "search"
+    # The same clip ids in each part as the sweep's run on fold 1.
+    assert json.loads((run_dir / "fold.json").read_text()) == json.loads(
+        (tmp_path / "run" / "runs" / key / "fold.json").read_text())
+    assert json.loads((run_dir / "how_low.json").read_text())["fold"] == {
+        "fold": 1, "folds": 3, "seed": 0, "train_clips": swept["n_train_clips"],
+        "valid_clips": swept["n_valid_clips"], "test_clips": swept["n_test_clips"]}
+    # The top trial's validation curve is the sweep's, epoch by epoch (same data, same recipe).
+    (row,) = how_low.read_front_csv(str(run_dir / "front.csv"))
+    assert (row["epochs"], row["trials"], row["epochs_done"]) == (2, 2, 2)
+    history = json.loads((run_dir / search.TRIALS / row["trial_id"] / "history.json").read_text())
+    assert [(h["valid_loss"], h["valid_roc_auc"]) for h in history] == [
+        (c["valid_loss"], c["valid_roc_auc"]) for c in swept["curve"]]
+    assert row["val_roc_auc"] == swept["valid_roc_auc"]
+    # The answer, retrained from its trial (already at the cap), is tested on the fold's test
+    # clips: the sweep's record.
+    retrained = json.loads((run_dir / "retrain" / "float32" / "results" / key / "result.json"
+                            ).read_text())
+    for name in ("test_roc_auc", "test_pr_auc", "valid_roc_auc", "n_test_clips", "epochs_done"):
+        assert retrained[name] == swept[name], name
+    assert summary["chosen_test_roc_auc"] == swept["test_roc_auc"]
+    assert summary["search_compute"]["clip_gmacs"] == round(
+        2 * swept["n_train_clips"] * swept["gmacs"], 3)
+    # chosen.flags: a cross-validated sweep of the answer on the same fold.
+    with flagsaver.flagsaver():
+        main.FLAGS(["tftag", f"--flagfile={run_dir / 'chosen.flags'}"])
+        exp = main.build_experiment()
+        assert main.FLAGS.mode == "sweep"
+    assert exp.folds == folds.FoldConfig(3, fold=1) and exp.mel_configs == (MEL8,)
+    assert exp.train.monitor == "valid_loss" and exp.train.patience_unit == "passes"

@@ -267,3 +267,127 @@ def test_a_chief_and_two_tuner_workers_search_then_a_rerun_resumes(tiny_dataset,
     assert (run_dir / "front.csv").read_bytes() == front
     assert json.loads((run_dir / "summary.json").read_text())["export_path"] == \
         summary["export_path"]
+
+
+def test_the_benchmark_reads_its_grid_from_a_studys_runs_of_one_fold(tiny_dataset, tmp_path):
+    """benchmarks/how_low.py --grid_results: a fake study of two candidates on fold 0."""
+    import dataclasses
+
+    from benchmarks import how_low as bench
+    from tftag import crossval, data, experiment, folds, runfiles
+
+    mels = (MelConfig(16000, 16, 2, "log", 3.0), MelConfig(16000, 16, 4, "log", 3.0))
+    train = TrainConfig(batch_size=8, epochs=6, patience=3, loss="bce", monitor="valid_loss",
+                        patience_unit="passes")
+    search_dir = str(tmp_path / "search")
+    exp = experiment.Experiment(mels, ModelConfig("vgg", width=0.125), train,
+                                experiment.DataConfig(dataset_dir=tiny_dataset),
+                                run_dir=search_dir, folds=folds.FoldConfig(3, fold=0))
+    exp.save(search_dir)
+    info = data.load_dataset_info(tiny_dataset)
+    cands = how_low.candidates(exp, info, how_low.SearchConfig())
+    parts = {"fold": 0, "folds": 3, "train": ["c", "d", "e"], "valid": ["f"], "test": ["a", "b"]}
+    runfiles.write_json_atomic(os.path.join(search_dir, how_low.FOLD_JSON), parts)
+    runfiles.write_json_atomic(os.path.join(search_dir, how_low.SEARCH_JSON), {
+        "candidates": [c.key for c in cands], "dataset_dir": tiny_dataset,
+        "search": dataclasses.asdict(how_low.SearchConfig()), "fold": {"fold": 0, "folds": 3}})
+    costs = {c.key: {"gmacs": 0.01 * (i + 1), "storage_bytes": 100} for i, c in enumerate(cands)}
+    runfiles.write_json_atomic(os.path.join(search_dir, how_low.COSTS_JSON), costs)
+    study = tmp_path / "study"
+    runfiles.write_json_atomic(str(study / crossval.FOLDS_JSON), {"clips": {
+        c: {"group": c, "fold": 0 if c in "ab" else 1 + (c > "d")} for c in "abcdef"}})
+    keys = [f"vgg-w0.125-{m.name}-fold0-seed0" for m in mels]
+
+    def write_run(key: str, **changes) -> dict:
+        result = {"valid_roc_auc": 0.8, "test_roc_auc": 0.75, "train_seconds": 30.0,
+                  "epochs_done": 5, "gmacs": 0.01, "loss": "bce", "max_epochs": 6,
+                  "n_train_clips": 3, "n_valid_clips": 1, "fold": 0, **changes}
+        runfiles.write_json_atomic(str(study / key / crossval.RESULT_JSON), result)
+        return result
+
+    write_run(keys[0], valid_roc_auc=0.81)
+    recipe = tmp_path / "recipe.flags"  # the search's flags: what it will need, before it runs
+    recipe.write_text("--mode=how_low\n--resolutions=" + ",".join(m.name for m in mels)
+                      + "\n--duration=3\n--width=0.125\n--folds=3\n--fold=0\n")
+    assert bench.missing_study_runs(str(study), 0, [f"--flagfile={recipe}"]) == [keys[1]]
+    with pytest.raises(ValueError, match=rf"1 of the search's 2 candidates have no finished run "
+                                         rf"in {study}: {keys[1]} \(the study has not finished"):
+        bench.grid_from_results(str(study), 0, search_dir)
+    write_run(keys[1], valid_roc_auc=0.78, train_seconds=12.5, max_epochs=60)
+    with pytest.raises(ValueError, match=rf"{keys[1]} was trained otherwise than the search "
+                                         r"\(study, search\): \{'max_epochs': \(60, 6\)\}"):
+        bench.grid_from_results(str(study), 0, search_dir)
+    write_run(keys[1], valid_roc_auc=0.78, train_seconds=12.5)
+    rows, got_costs = bench.grid_from_results(str(study), 0, search_dir)
+    assert [(r["candidate"], r["valid_roc_auc"], r["train_seconds"]) for r in rows] == [
+        (cands[0].key, 0.81, 30.0), (cands[1].key, 0.78, 12.5)]
+    assert got_costs == costs
+    assert how_low.search_compute(rows, 3) == {"train_seconds": 42.5,
+                                               "clip_gmacs": round(2 * 5 * 3 * 0.01, 3)}
+    with pytest.raises(ValueError, match="ran on fold 0, not on fold 1"):
+        bench.grid_from_results(str(study), 1, search_dir)
+    parts["test"] = ["a"]  # another split than the study's
+    runfiles.write_json_atomic(os.path.join(search_dir, how_low.FOLD_JSON), parts)
+    with pytest.raises(ValueError, match=r"fold 0 of the search \(1 test clips\) is not the "
+                                         r"study's \(2\)"):
+        bench.grid_from_results(str(study), 0, search_dir)
+
+
+def test_the_real_music_config_searches_the_studys_fold_with_its_recipe():
+    from absl.testing import flagsaver
+
+    from tftag import cli, folds, main, sweep
+
+    def load(name: str):
+        with flagsaver.flagsaver():
+            main.FLAGS(["tftag", f"--flagfile={os.path.join(ROOT, 'configs', name)}"])
+            return main.build_experiment(), cli.how_low_search()
+
+    exp, search = load("how_low_real_music.flags")
+    study, _ = load("real_music_study.flags")
+    assert exp.folds == folds.FoldConfig(3, fold=0, seed=study.folds.seed)
+    assert exp.train == study.train and exp.data.dataset_dir == study.data.dataset_dir
+    planned = [(i.model_config, i.mel_config.name, i.train_config)
+               for i in sweep.plan_items(exp.sweep_plan(), 1)]
+    of_study = [(i.model_config, i.mel_config.name, i.train_config)
+                for i in sweep.plan_items(study.sweep_plan(), 1)]
+    assert len(planned) == 10 and all(p in of_study for p in planned)
+    assert {(m.name, m.width) for m, _, _ in planned} == {("vgg", 0.125), ("musicnn", 0.25)}
+    assert search == how_low.SearchConfig()
+
+
+def test_a_promotion_on_the_cached_traced_model_ends_as_a_fresh_resume(tiny_dataset, tmp_path):
+    """tftag.train.StepCache: what a search's promoted trial runs on, and the same numbers."""
+    import dataclasses
+
+    import numpy as np
+
+    from tftag import data, search, train
+
+    mel, model = MelConfig(16000, 16, 2, "log", 3.0), ModelConfig("vgg", width=0.0625)
+    cfg = TrainConfig(batch_size=8, epochs=1, patience=0, seed=3)
+    steps = train.StepCache()
+    parent = train.train(tiny_dataset, mel, model, cfg, str(tmp_path / "parent"), steps=steps)
+    key = (model, mel, data.load_dataset_info(tiny_dataset).n_tags, cfg.learning_rate,
+           id(train.STRATEGIES[cfg.strategy]()))
+    entry = steps.get(key)
+    traces = entry[2].experimental_get_tracing_count()  # 2: the last batch is a partial one
+    assert len(steps) == 1 and traces >= 1
+    for name in ("cached", "fresh"):
+        search.copy_run_dir(str(tmp_path / "parent"), str(tmp_path / name))
+    more = dataclasses.replace(cfg, epochs=3)
+    cached = train.train(tiny_dataset, mel, model, more, str(tmp_path / "cached"), steps=steps)
+    assert steps.get(key) is entry and entry[2].experimental_get_tracing_count() == traces
+    fresh = train.train(tiny_dataset, mel, model, more, str(tmp_path / "fresh"))
+    assert len(cached["history"]) == len(fresh["history"]) == 3
+    for a, b in zip(cached["history"], fresh["history"]):
+        assert (a["loss"], a["valid_roc_auc"], a["valid_loss"]) == (
+            b["loss"], b["valid_roc_auc"], b["valid_loss"])
+    weights = [train.load_best(str(tmp_path / n), tiny_dataset, mel, model).get_weights()
+               for n in ("cached", "fresh")]
+    assert all(np.array_equal(a, b) for a, b in zip(*weights))
+    # A run without a checkpoint builds its own model (the cached one has trained): same
+    # numbers as the parent, a new entry.
+    again = train.train(tiny_dataset, mel, model, cfg, str(tmp_path / "scratch"), steps=steps)
+    assert steps.get(key) is not entry
+    assert again["history"][0]["loss"] == parent["history"][0]["loss"]

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 from absl import logging
@@ -163,8 +163,6 @@ def run(experiment) -> dict:
     Returns:
       A summary: runs planned, finished before, run now, the results directory.
     """
-    import keras
-
     from tftag import extract
 
     dataset_dir = extract.ensure_dataset(experiment)
@@ -179,11 +177,37 @@ def run(experiment) -> dict:
         "folds": experiment.folds.folds, "seed": experiment.folds.seed,
         "valid_fraction": experiment.folds.valid_fraction,
         "clips": {c: {"group": groups[c], "fold": fold_of[c]} for c in sorted(groups)}})
-    for n, fold_item in enumerate(pending, start=1):
-        logging.info("cross-validation [%d/%d] %s", n, len(pending), fold_item.key)
-        result, arrays = run_item(fold_item, parts[fold_item.fold], dataset_dir,
-                                  experiment.train, experiment.path("runs", fold_item.key))
-        write_result(os.path.join(out, fold_item.key), result, arrays)
-        keras.backend.clear_session()
+    run_items(items, parts, dataset_dir, experiment.train, experiment.path("runs"), out)
     return {"runs": len(items), "done_before": len(items) - len(pending), "ran": len(pending),
             "results_dir": out, "dataset_dir": dataset_dir}
+
+
+def run_items(items: Sequence[FoldItem], parts: Mapping[int, folds.FoldParts], dataset_dir: str,
+              train_config: train.TrainConfig, runs_dir: str, out: str) -> list[dict]:
+    """Trains, tests and records every item whose ``<out>/<key>/result.json`` is absent (in
+    ``<runs_dir>/<key>``, resuming an interrupted one); returns every item's result, in order.
+
+    Args:
+      items: the runs.
+      parts: {fold: its parts} (:func:`dataset_folds`), at least the items' folds.
+      dataset_dir: the dataset.
+      train_config: the settings of items without their own.
+      runs_dir: where each run trains.
+      out: the results directory.
+    """
+    import keras
+
+    results = []
+    pending = sum(not os.path.exists(os.path.join(out, i.key, RESULT_JSON)) for i in items)
+    done = 0
+    for fold_item in items:
+        path = os.path.join(out, fold_item.key, RESULT_JSON)
+        if not os.path.exists(path):
+            done += 1
+            logging.info("cross-validation [%d/%d] %s", done, pending, fold_item.key)
+            result, arrays = run_item(fold_item, parts[fold_item.fold], dataset_dir,
+                                      train_config, os.path.join(runs_dir, fold_item.key))
+            write_result(os.path.dirname(path), result, arrays)
+            keras.backend.clear_session()
+        results.append(runfiles.read_json(path))
+    return results

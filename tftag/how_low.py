@@ -27,6 +27,12 @@ mode answers it for a user's dataset at a fraction of that cost:
    one, both scored on the test split, the drop tested (independent t-test,
    :func:`tftag.stats.independent_t`); the chosen model is exported (SavedModel, ``--tflite``).
 
+**A fold** (``--folds=K --fold=k``): the search trains and validates every trial on fold k's
+training and validation parts (:func:`search_fold`), exactly as the cross-validated sweep's run
+of the same configuration on that fold (:mod:`tftag.crossval`: early stopping on the validation
+loss, patience in passes), and the answer is retrained and tested on the fold's test part; the
+fold's clip ids are in ``fold.json``.
+
 Run directory: ``front.csv`` (one row per evaluated candidate: :data:`FRONT_FIELDS`),
 ``front.md``, ``front.png`` (ROC-AUC vs cost, front drawn), ``chosen.flags`` (``--mode=train``
 of the chosen configuration: ``python -m tftag.main --flagfile=<run_dir>/chosen.flags``),
@@ -47,6 +53,7 @@ from absl import logging
 
 from tftag import pareto, runfiles
 from tftag.features import MelConfig
+from tftag.folds import FoldParts
 from tftag.models import ModelConfig
 from tftag.registry import Registry
 
@@ -57,6 +64,7 @@ FRONT_FIELDS = ("candidate", "resolution", "sr", "n_mels", "hop_factor", "compre
 SEARCH_JSON = "how_low.json"
 COSTS_JSON = "costs.json"
 EXPORT_JSON = "export.json"
+FOLD_JSON = "fold.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -473,24 +481,44 @@ def _retrain_dir(run_dir: str, cand: Candidate) -> str:
     return os.path.join(run_dir, "retrain", cand.mel_dtype)
 
 
-def retrain(cand: Candidate, dataset_dir: str, repeats: int, seed: int, run_dir: str,
-            trial_dir: str | None) -> list[dict]:
-    """Trains ``cand`` to convergence ``repeats`` times (seeds seed, seed + 1, ...) in
-    ``<run_dir>/retrain/<codec>/runs/<key>`` (:func:`tftag.sweep.run_sweep`: finished runs are
-    skipped) and scores each on the test split. The first seed starts from a copy of the
-    candidate's top trial (``trial_dir``, same seed and settings: its training continues where
-    the trial stopped, as an uninterrupted run would)."""
+def _retrain_run_dir(run_dir: str, cand: Candidate, seed: int,
+                     fold: FoldParts | None = None) -> str:
+    """Where one retrained run of ``cand`` trains: its sweep run directory
+    (:func:`tftag.sweep.item_run_dir`), or on a fold its cross-validation run directory
+    ``<run_dir>/retrain/<codec>/runs/<fold item key>`` (:mod:`tftag.crossval`)."""
+    from tftag import crossval, sweep
 
-    from tftag import search, sweep
+    item = sweep.SweepItem(cand.model_config, cand.mel_config, seed, cand.train_config)
+    sweep_dir = _retrain_dir(run_dir, cand)
+    if fold is None:
+        return sweep.item_run_dir(sweep_dir, item)
+    return os.path.join(sweep_dir, "runs", crossval.FoldItem(item, fold.fold).key)
+
+
+def retrain(cand: Candidate, dataset_dir: str, repeats: int, seed: int, run_dir: str,
+            trial_dir: str | None, fold: FoldParts | None = None) -> list[dict]:
+    """Trains ``cand`` to convergence ``repeats`` times (seeds seed, seed + 1, ...) under
+    ``<run_dir>/retrain/<codec>/`` (finished runs are skipped) and scores each on the test
+    split (:func:`tftag.sweep.run_sweep`), or with ``fold`` (:class:`tftag.folds.FoldParts`)
+    on the fold's test clips as the cross-validated sweep does (:func:`tftag.crossval.run_items`,
+    records in ``results/``). The first seed starts from a copy of the candidate's top trial
+    (``trial_dir``, same seed and settings: its training continues where the trial stopped, as
+    an uninterrupted run would)."""
+
+    from tftag import crossval, search, sweep
 
     items = [sweep.SweepItem(cand.model_config, cand.mel_config, seed + r, cand.train_config)
              for r in range(repeats)]
     sweep_dir = _retrain_dir(run_dir, cand)
-    first = sweep.item_run_dir(sweep_dir, items[0])
+    first = _retrain_run_dir(run_dir, cand, seed, fold)
     if trial_dir and os.path.isdir(trial_dir) and not os.path.exists(first):
         os.makedirs(os.path.dirname(first), exist_ok=True)
         search.copy_run_dir(trial_dir, first)
-    return sweep.run_sweep(items, dataset_dir, cand.train_config, sweep_dir)
+    if fold is None:
+        return sweep.run_sweep(items, dataset_dir, cand.train_config, sweep_dir)
+    return crossval.run_items([crossval.FoldItem(i, fold.fold) for i in items],
+                              {fold.fold: fold}, dataset_dir, cand.train_config,
+                              os.path.join(sweep_dir, "runs"), os.path.join(sweep_dir, "results"))
 
 
 def retrain_summary(results: Sequence[dict]) -> dict:
@@ -507,15 +535,19 @@ def retrain_summary(results: Sequence[dict]) -> dict:
 
 def chosen_flagfile(experiment, cand: Candidate, dataset_dir: str, row: dict) -> str:
     """``chosen.flags``: ``--mode=train`` of the chosen candidate (run dir
-    ``<run_dir>/chosen``), with the search's training settings."""
+    ``<run_dir>/chosen``), with the search's training settings; on a fold (``--folds``), a
+    cross-validated ``--mode=sweep`` of it on that fold instead (results in
+    ``<run_dir>/chosen/results``)."""
     m, c, t = cand.model_config, cand.mel_config, cand.train_config
+    folds = experiment.folds
     optional = {"dropout": m.dropout, "steps_per_epoch": t.steps_per_epoch,
                 "valid_patches": t.valid_patches}
     lines = [
         f"# how_low {experiment.run_dir}: the cheapest Pareto-front point within the allowed drop "
         f"of the best (validation ROC-AUC {100 * row['val_roc_auc']:.2f} %, cost "
         f"{row['cost']:.4g})",
-        "--mode=train", f"--run_dir={experiment.path('chosen')}", f"--dataset_dir={dataset_dir}",
+        "--mode=train" if folds is None else "--mode=sweep",
+        f"--run_dir={experiment.path('chosen')}", f"--dataset_dir={dataset_dir}",
         f"--mel_dtype={cand.mel_dtype}", f"--model={m.name}", f"--preset={m.preset}",
         f"--width={m.width:g}", f"--resolutions={c.name}", f"--duration={c.duration:g}",
         f"--patch_seconds={m.patch_seconds or 0:g}", f"--seed={t.seed}",
@@ -523,15 +555,19 @@ def chosen_flagfile(experiment, cand: Candidate, dataset_dir: str, row: dict) ->
         f"--learning_rate={t.learning_rate:g}", f"--patience={t.patience}",
         f"--loss={t.loss}", f"--export_dir={experiment.export.export_dir}",
     ] + [f"--{k}={v:g}" for k, v in optional.items() if v is not None]
+    if folds is not None:
+        lines += [f"--folds={folds.folds}", f"--fold={folds.fold}", f"--fold_seed={folds.seed}",
+                  "--repeats=1"]
     if experiment.export.tflite:
         lines.append(f"--tflite={','.join(experiment.export.tflite)}")
     return "\n".join(lines) + "\n"
 
 
-def _export(experiment, cand: Candidate, runs: Sequence[dict], dataset_dir: str) -> str | None:
+def _export(experiment, cand: Candidate, runs: Sequence[dict], dataset_dir: str,
+            fold: FoldParts | None = None) -> str | None:
     """Exports the chosen candidate's run with the best validation ROC-AUC (once: a rerun finds
     ``export.json``)."""
-    from tftag import export, sweep
+    from tftag import export
 
     if not experiment.export.enabled:
         return None
@@ -540,8 +576,7 @@ def _export(experiment, cand: Candidate, runs: Sequence[dict], dataset_dir: str)
     if done.get("candidate") == cand.key and os.path.isdir(done.get("export_path", "")):
         return done["export_path"]
     run = max(runs, key=lambda r: (r["valid_roc_auc"], -r["seed"]))
-    item = sweep.SweepItem(cand.model_config, cand.mel_config, run["seed"], cand.train_config)
-    weights = os.path.join(sweep.item_run_dir(_retrain_dir(experiment.run_dir, cand), item),
+    weights = os.path.join(_retrain_run_dir(experiment.run_dir, cand, run["seed"], fold),
                            "best.weights.h5")
     exported = export.export_weights(experiment, cand.mel_config, cand.model_config, weights,
                                      dataset_dir, {"test_roc_auc": run["test_roc_auc"],
@@ -549,6 +584,21 @@ def _export(experiment, cand: Candidate, runs: Sequence[dict], dataset_dir: str)
     runfiles.write_json_atomic(path, {"candidate": cand.key, "seed": run["seed"],
                                       "export_path": exported})
     return exported
+
+
+def search_fold(experiment, dataset_dir: str) -> FoldParts | None:
+    """The fold searched (``--folds=K --fold=k``): :class:`tftag.folds.FoldParts`, the same
+    parts as the cross-validated sweep's fold k (:func:`tftag.crossval.dataset_folds`). None
+    without ``--folds``."""
+    from tftag import crossval
+
+    if experiment.folds is None:
+        return None
+    if experiment.folds.fold is None:
+        raise ValueError(f"--mode=how_low searches one fold: add --fold=k (0 .. "
+                         f"{experiment.folds.folds - 1}) to --folds={experiment.folds.folds}")
+    _, parts = crossval.dataset_folds(dataset_dir, experiment)
+    return parts[experiment.folds.fold]
 
 
 def search_compute(rows: Sequence[dict], train_clips: int) -> dict:
@@ -564,7 +614,8 @@ def _check_same_search(path: str, record: dict) -> None:
     if not os.path.exists(path):
         return
     old = runfiles.read_json(path)
-    for key in ("candidates", "oracle", "hyperband_factor", "hyperband_iterations", "max_epochs"):
+    for key in ("candidates", "oracle", "hyperband_factor", "hyperband_iterations", "max_epochs",
+                "fold"):
         if old.get(key) != record[key]:
             raise ValueError(f"--run_dir: {os.path.dirname(path)} holds a how_low search with "
                              f"other {key} than these flags: rerun it with its own flags "
@@ -601,7 +652,8 @@ def _trial_rows(trials: Sequence[dict], by_key: Mapping[str, Candidate],
 
 def _retrain_answer(experiment, rows: Sequence[dict], best: int, chosen: int,
                     by_key: Mapping[str, Candidate], dirs: Mapping[str, str],
-                    trial_dir: Callable[[str], str]) -> tuple[dict, dict, float | None]:
+                    trial_dir: Callable[[str], str], fold: FoldParts | None = None
+                    ) -> tuple[dict, dict, float | None]:
     """The chosen and the best candidate retrained (``experiment.repeats`` seeds each; once if
     they are the same): ({name: runs}, {name: summary}, p of the t-test or None)."""
     from tftag import stats
@@ -614,7 +666,7 @@ def _retrain_answer(experiment, rows: Sequence[dict], best: int, chosen: int,
         cand = by_key[row["candidate"]]
         runs[name] = retrain(cand, dirs[cand.mel_dtype], experiment.repeats,
                              experiment.train.seed, experiment.run_dir,
-                             trial_dir(row["trial_id"]))
+                             trial_dir(row["trial_id"]), fold)
     summaries = {name: retrain_summary(r) for name, r in runs.items()}
     p_value = None if best == chosen else stats.independent_t(
         summaries["chosen"]["test_roc_auc"], summaries["best"]["test_roc_auc"])
@@ -646,8 +698,9 @@ def run(experiment, search: SearchConfig) -> dict:
     cands = candidates(experiment, info, search)
     dirs = dataset_dirs(dataset_dir, info, sorted({c.mel_dtype for c in cands}),
                         experiment.run_dir)
+    fold = search_fold(experiment, dataset_dir)
     specs = {c.key: kt_search.TrialSpec(dirs[c.mel_dtype], c.mel_config, c.model_config,
-                                        c.train_config) for c in cands}
+                                        c.train_config, fold) for c in cands}
     keys = [c.key for c in cands]
     if role == "worker":
         tuner = kt_search.search(kt_search.worker_oracle(keys), specs, experiment.run_dir)
@@ -657,9 +710,13 @@ def run(experiment, search: SearchConfig) -> dict:
               "hyperband_factor": search.hyperband_factor,
               "hyperband_iterations": search.hyperband_iterations, "max_epochs": max_epochs,
               "search": dataclasses.asdict(search), "dataset_dir": dataset_dir,
-              "dataset_dirs": dirs}
+              "dataset_dirs": dirs, "fold": None if fold is None else {
+                  "fold": fold.fold, "folds": fold.folds, "seed": experiment.folds.seed,
+                  **{f"{p}_clips": len(fold.part(p)) for p in ("train", "valid", "test")}}}
     _check_same_search(experiment.path(SEARCH_JSON), record)
     runfiles.write_json_atomic(experiment.path(SEARCH_JSON), record)
+    if fold is not None:  # the clip ids of its parts, as each cross-validated run records them
+        runfiles.write_json_atomic(experiment.path(FOLD_JSON), fold.describe())
     infos = {codec: data.load_dataset_info(d) for codec, d in dirs.items()}
     costs = measure_costs(cands, infos, search, experiment.path(COSTS_JSON))
     column = COSTS.get(search.cost).column
@@ -676,9 +733,10 @@ def run(experiment, search: SearchConfig) -> dict:
     best, chosen = answer(rows, search.max_drop)
     by_key = {c.key: c for c in cands}
     runs, retrained, p_value = _retrain_answer(experiment, rows, best, chosen, by_key, dirs,
-                                               tuner.trial_dir)
+                                               tuner.trial_dir, fold)
     chosen_cand = by_key[rows[chosen]["candidate"]]
-    export_path = _export(experiment, chosen_cand, runs["chosen"], dirs[chosen_cand.mel_dtype])
+    export_path = _export(experiment, chosen_cand, runs["chosen"], dirs[chosen_cand.mel_dtype],
+                          fold)
     write_front_csv(rows, experiment.path("front.csv"))
     table = markdown(rows, search.cost, best, chosen, search.max_drop,
                      {"chosen": retrained["chosen"]} if best == chosen else retrained, p_value)
@@ -689,7 +747,9 @@ def run(experiment, search: SearchConfig) -> dict:
         experiment, chosen_cand, dirs[chosen_cand.mel_dtype], rows[chosen]))
     tensorboard_hparams(_trial_rows(trials, by_key, costs, column),
                         experiment.path("tb", "how_low"))
-    compute = search_compute(rows, infos[chosen_cand.mel_dtype].splits.get("train", 0))
+    train_clips = (len(fold.train) if fold is not None
+                   else infos[chosen_cand.mel_dtype].splits.get("train", 0))
+    compute = search_compute(rows, train_clips)
     outcome = {"chosen": dict(rows[chosen], retrained=retrained["chosen"]),
                "best": dict(rows[best], retrained=retrained["best"]),
                "p_value": p_value, "drop_points": round(

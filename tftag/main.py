@@ -19,7 +19,8 @@ Modes (what each does lives in the library module named after it):
   tune      keras-tuner search of width, learning rate and dropout — tftag.tune;
   how_low   cost-aware keras-tuner search over resolution × model × width × storage codec: the
             accuracy/cost Pareto front and the cheapest configuration within --max_drop ROC-AUC
-            points of the best, retrained, tested and exported — tftag.how_low;
+            points of the best, retrained, tested and exported (with --folds/--fold: on one
+            fold of the cross-validated sweep, trained and validated as its runs) — tftag.how_low;
   export    --weights as a SavedModel (TF Serving) + frozen graph (Essentia), and TFLite files
             (--tflite) — tftag.export, tftag.tflite;
   tag       tag whole tracks of --audio with --pretrained=NAME (MTT_musicnn, a shipped
@@ -75,6 +76,8 @@ class Mode:
       check: checks the mode's own flags before anything runs (raises a usage error).
       writes_record: whether this process writes the run's record (flags.txt, configs.json,
         summary.json); None = :func:`tftag.distributed.is_chief`.
+      folds: what it does with ``--folds/--fold`` (:mod:`tftag.folds`): ``"any"`` (every fold,
+        or ``--fold`` alone), ``"one"`` (``--fold`` is required), None (an error).
     """
 
     run: Callable[[Any], dict]
@@ -86,6 +89,7 @@ class Mode:
     trains: bool = False
     check: Callable[[], object] | None = None
     writes_record: Callable[[], bool] | None = None
+    folds: str | None = None
 
 
 def _lib(name: str):
@@ -133,13 +137,14 @@ MODES: dict[str, Mode] = {
         tflite=",".join(FLAGS.tflite) or None), needs_run_dir=True, one_resolution=True),
     # --folds: the cross-validated sweep (tftag.crossval) instead of the dataset's splits.
     "sweep": Mode(lambda exp: _lib("crossval" if exp.folds else "sweep").run(exp),
-                  needs_run_dir=True, trains=True),
+                  needs_run_dir=True, trains=True, folds="any"),
     "tune": Mode(lambda exp: _lib("tune").run(exp, FLAGS.max_trials), needs_run_dir=True,
                  one_resolution=True, trains=True),
     # keras-tuner workers (KERASTUNER_TUNER_ID without "chief") run trials and write no record.
+    # --folds=K --fold=k: the search trains and validates on fold k as the sweep does.
     "how_low": Mode(lambda exp: _lib("how_low").run(exp, cli.how_low_search()),
                     needs_run_dir=True, trains=True, check=cli.how_low_search,
-                    writes_record=lambda: _lib("search").role() != "worker"),
+                    writes_record=lambda: _lib("search").role() != "worker", folds="one"),
     "extract": Mode(lambda exp: _lib("extract").extract(exp), needs_run_dir=True),
     "transcode": Mode(lambda exp: _lib("transcode").transcode_dataset(
         exp.data.dataset_dir, exp.path("dataset"), exp.data.mel_dtype), needs_run_dir=True),
@@ -183,12 +188,14 @@ flags.DEFINE_multi_string(
     "clips), epochs, steps_per_epoch, test_patches (patches scored per test clip; default all), "
     "valid_patches (per validation clip; default --valid_patches); both take all. "
     "E.g. musicnn:patch_seconds=3,resolutions=sr16000-mel96-hop1-log+sr16000-mel48-hop1-log")
-flags.DEFINE_integer("folds", None, "sweep: cross-validate by track group with K folds (the "
-                     "same for every resolution; tftag.folds) instead of the dataset's splits; "
+flags.DEFINE_integer("folds", None, "sweep, how_low: cross-validate by track group with K folds "
+                     "(the same for every resolution; tftag.folds) instead of the dataset's "
+                     "splits (how_low: one --fold, trained and validated as the sweep's); "
                      "early stopping then follows the validation loss, --patience counts passes "
                      "over a fold's training data (>= 3) and --epochs is the cap. Default: the "
                      "splits (5 folds when only --fold is given).")
-flags.DEFINE_integer("fold", None, "sweep with --folds: run only this fold (0 .. K-1).")
+flags.DEFINE_integer("fold", None, "sweep with --folds: run only this fold (0 .. K-1); how_low: "
+                     "the fold searched (required with --folds).")
 flags.DEFINE_integer("fold_seed", 0, "sweep with --folds: seed of the fold and validation "
                      "groups (the same for every resolution and repeat); train with "
                      "--heldout_packages: seed of the validation groups.")
@@ -295,9 +302,12 @@ def check_experiment(name: str, mode: Mode, exp: experiment.Experiment) -> None:
     """The table's checks of ``--mode=name`` on its Experiment, before anything runs."""
     if mode.one_resolution and not (mode.pretrained_resolution and FLAGS.pretrained):
         exp.one_resolution(f"--mode={name}")  # a ValueError: a usage error (exit 2)
-    if exp.folds is not None and name != "sweep":
-        raise app.UsageError(f"--folds/--fold cross-validate a sweep: use --mode=sweep, not "
-                             f"--mode={name}")
+    if exp.folds is not None and mode.folds is None:
+        takers = " or ".join(f"--mode={n}" for n, m in MODES.items() if m.folds)
+        raise app.UsageError(f"--folds/--fold: only {takers} use folds, not --mode={name}")
+    if exp.folds is not None and mode.folds == "one" and exp.folds.fold is None:
+        raise app.UsageError(f"--mode={name} runs on one fold: add --fold=k "
+                             f"(0 .. {exp.folds.folds - 1}) to --folds={exp.folds.folds}")
     if exp.heldout is not None and name != "train":
         raise app.UsageError(f"--heldout_packages trains a final student: use --mode=train, not "
                              f"--mode={name}")

@@ -178,12 +178,14 @@ def hyperband_oracle(keys: Sequence[str], max_epochs: int, factor: int, iteratio
 @dataclasses.dataclass(frozen=True)
 class TrialSpec:
     """What a trial of one candidate trains: where the data is, at which resolution, which model
-    and with which settings (``epochs`` is replaced by the trial's ``tuner/epochs``)."""
+    and with which settings (``epochs`` is replaced by the trial's ``tuner/epochs``), and on
+    which cross-validation fold (None: the dataset's train and valid splits)."""
 
     dataset_dir: str
     mel_config: Any  # tftag.features.MelConfig
     model_config: Any  # tftag.models.ModelConfig
     train_config: train.TrainConfig
+    fold: Any = None  # tftag.folds.FoldParts | None
 
 
 def copy_run_dir(source: str, target: str) -> None:
@@ -200,7 +202,9 @@ def copy_run_dir(source: str, target: str) -> None:
 class TrialRunner(kt.Tuner):
     """A keras-tuner ``Tuner`` whose ``run_trial`` trains a candidate with :func:`tftag.train.train`
     in ``<run_dir>/trials/<trial_id>/`` (a tftag run directory: checkpoints, best weights,
-    history, TensorBoard) and reports its best validation ROC-AUC.
+    history, TensorBoard) and reports its best validation ROC-AUC. It keeps every model it
+    built with its traced step (:class:`tftag.train.StepCache`), so a promotion it runs resumes
+    its parent's checkpoint on them instead of building and tracing the model again.
 
     Args:
       oracle: a keras-tuner oracle over :func:`space` of ``specs``' keys.
@@ -211,6 +215,7 @@ class TrialRunner(kt.Tuner):
     def __init__(self, oracle: kt.Oracle, specs: Mapping[str, TrialSpec], run_dir: str):
         self.specs = dict(specs)
         self.run_dir = run_dir
+        self.steps = train.StepCache()  # a promotion continues on its parent's traced model
         self._asked = self._begun = self._begun_at_last_ask = 0
         super().__init__(oracle=oracle, directory=run_dir, project_name=PROJECT, overwrite=False)
         oracle_json = os.path.join(run_dir, PROJECT, "oracle.json")
@@ -249,7 +254,8 @@ class TrialRunner(kt.Tuner):
                                 "time": time.strftime("%Y-%m-%dT%H:%M:%S")}) + "\n")
         epochs = int(values.get("tuner/epochs", spec.train_config.epochs))
         cfg = dataclasses.replace(spec.train_config, epochs=epochs)
-        outcome = train.train(spec.dataset_dir, spec.mel_config, spec.model_config, cfg, run_dir)
+        outcome = train.train(spec.dataset_dir, spec.mel_config, spec.model_config, cfg, run_dir,
+                              fold=spec.fold, steps=self.steps)
         result = {"trial_id": trial.trial_id, "candidate": key, "parent": parent,
                   "epochs": epochs, "initial_epoch": int(values.get("tuner/initial_epoch", 0)),
                   OBJECTIVE: outcome["best_valid_roc_auc"], "best_epoch": outcome["best_epoch"],

@@ -138,12 +138,43 @@ def train_step_fn(model, optimizer, strategy: tf.distribute.Strategy):
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
         return loss
 
-    @tf.function
+    # No AutoGraph: the step has no Python control flow on tensors (Keras 3 runs its own steps
+    # unconverted too), and converting the model's and the optimizer's code again for every new
+    # model cost seconds per training call — the graph, and so every number, is the same.
+    @tf.function(autograph=False)
     def distributed_step(x, y):
         losses = strategy.run(step, args=(x, y))
         return strategy.reduce(tf.distribute.ReduceOp.SUM, losses, axis=None)
 
     return distributed_step
+
+
+class StepCache:
+    """Built models, each with its optimizer and traced training step, kept across
+    :func:`train` calls of one process (a search's trials: a promoted trial continues its
+    parent's training from the parent's checkpoint).
+
+    Building a model and tracing its step costs seconds, more than a small model's epoch. A
+    call that resumes from a checkpoint restores every variable of the model and the optimizer
+    (weights, BatchNorm statistics, dropout seed states, Adam's moments and step count; the
+    restore asserts that each matched), so it may run on the entry of an earlier call with the
+    same (model, resolution, tags, learning rate, strategy): the same numbers as a fresh build.
+    A call without a checkpoint always builds its own.
+    """
+
+    def __init__(self):
+        self._entries: dict = {}
+
+    def get(self, key):
+        """The (model, optimizer, step) of ``key``, or None."""
+        return self._entries.get(key)
+
+    def put(self, key, entry) -> None:
+        """Keeps ``entry`` for ``key`` (the latest one wins)."""
+        self._entries[key] = entry
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
 
 def train(
@@ -155,6 +186,7 @@ def train(
     strategy: tf.distribute.Strategy | None = None,
     stop_after_epochs: int | None = None,
     fold: folds.FoldParts | None = None,
+    steps: "StepCache | None" = None,
 ) -> dict:
     """Trains (or resumes training) one model at one resolution.
 
@@ -169,6 +201,9 @@ def train(
       stop_after_epochs: end this call after so many epochs (simulates an interruption).
       fold: a cross-validation fold: train on its training part and validate on its validation
         part (clip ids over all splits) instead of the train and valid splits.
+      steps: built models with their optimizer and traced step, kept by the caller across
+        calls (:class:`StepCache`): a call that resumes from a checkpoint reuses the entry of
+        the same model, resolution and settings instead of building and tracing them again.
 
     Returns:
       {"best_weights", "best_epoch", "best_valid_roc_auc", "best_valid_pr_auc",
@@ -200,12 +235,22 @@ def train(
     if chief:
         os.makedirs(run_dir, exist_ok=True)
         data.write_json_atomic(os.path.join(run_dir, "determinism.json"), settings)
-    with strategy.scope():
-        model = build(model_config, mel_config, info.n_tags)
-        optimizer = keras.optimizers.Adam(cfg.learning_rate)
-        optimizer.build(model.trainable_variables)
-    if replicas > 1:  # batch statistics of the global batch, as in one process
-        distributed.synchronize_batch_norm(model)
+    checkpoints = os.path.join(run_dir, "checkpoints")
+    key = (model_config, mel_config, info.n_tags, cfg.learning_rate, id(strategy))
+    reused = steps.get(key) if steps is not None and tf.train.latest_checkpoint(checkpoints) \
+        else None  # only a restore sets every variable (asserted below): a fresh run builds
+    if reused is not None:
+        model, optimizer, distributed_step = reused
+    else:
+        with strategy.scope():
+            model = build(model_config, mel_config, info.n_tags)
+            optimizer = keras.optimizers.Adam(cfg.learning_rate)
+            optimizer.build(model.trainable_variables)
+        if replicas > 1:  # batch statistics of the global batch, as in one process
+            distributed.synchronize_batch_norm(model)
+        distributed_step = train_step_fn(model, optimizer, strategy)
+        if steps is not None:
+            steps.put(key, (model, optimizer, distributed_step))
     from_chief = distributed.chief_broadcast(strategy)
     lower_is_better = cfg.monitor == "valid_loss"  # "best" holds the score: -loss or ROC-AUC
     state = {
@@ -214,8 +259,7 @@ def train(
         "best_epoch": tf.Variable(-1, dtype=tf.int64), "bad_epochs": tf.Variable(0, dtype=tf.int64),
     }
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, **state)
-    manager = tf.train.CheckpointManager(checkpoint, os.path.join(run_dir, "checkpoints"),
-                                         max_to_keep=1)
+    manager = tf.train.CheckpointManager(checkpoint, checkpoints, max_to_keep=1)
     if manager.latest_checkpoint:
         checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
         logging.info("resumed %s at epoch %d", manager.latest_checkpoint, int(state["epoch"]))
@@ -236,8 +280,6 @@ def train(
         valid_writer = tf.summary.create_file_writer(os.path.join(run_dir, "tb", "valid"))
     else:
         train_writer = valid_writer = tf.summary.create_noop_writer()
-
-    distributed_step = train_step_fn(model, optimizer, strategy)
 
     patches_per_clip = (patches.n_windows(mel_config.n_frames, patch_frames) if patch_frames
                         else 1)
