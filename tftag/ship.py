@@ -75,18 +75,6 @@ def heldout_audio(meta: dict, packages: tuple[str, ...]) -> list[str]:
     return sorted(p for p in paths if os.path.isfile(p))
 
 
-def _mels(dataset_dir: str, mel_config, clips, limit: int | None = None) -> np.ndarray:
-    """Mels [n, T, F] of the clips with these ids (dataset order; at most ``limit``)."""
-    out, count = [], 0
-    for batch in data.make_dataset(dataset_dir, mel_config, None, 16, as_dict=True, clips=clips):
-        out.append(batch["mel"].numpy())
-        count += len(out[-1])
-        if limit and count >= limit:
-            break
-    mels = np.concatenate(out) if out else np.zeros((0, *mel_config.shape), np.float32)
-    return mels[:limit] if limit else mels
-
-
 def measure_speed(entry: pretrained.PretrainedModel, files: list[str]) -> dict:
     """Seconds per minute of audio tagging ``files`` end to end with ``entry`` (model loaded and
     one warm-up file first, both excluded)."""
@@ -165,8 +153,8 @@ def ship(run_dir: str, models_dir: str | None = None, name: str | None = None, *
             spec = _export_spec(mel, mc, info.tags, name)
             summary = tflite.export_tflite(
                 model, spec, scratch, TFLITE_PRECISIONS,
-                _mels(dataset_dir, mel, parts.train, REPRESENTATIVE_CLIPS),
-                _mels(dataset_dir, mel, parts.test, tflite.CHECK_CLIPS))
+                tflite.dataset_mels(dataset_dir, mel, None, REPRESENTATIVE_CLIPS, parts.train),
+                tflite.dataset_mels(dataset_dir, mel, None, tflite.CHECK_CLIPS, parts.test))
         outcome = _training_outcome(run_dir)
         card = {
             "name": name, "resolution": mel.name, "model": mc.name, "width": mc.width,
@@ -195,7 +183,8 @@ def ship(run_dir: str, models_dir: str | None = None, name: str | None = None, *
         }
         runfiles.write_json_atomic(os.path.join(tmp, pretrained.CARD_JSON), card)
         entry = pretrained.from_card(tmp, name)  # the folder as the registry will read it
-        _check_same(entry.load(), model, _mels(dataset_dir, mel, parts.test, 4), patch_frames)
+        _check_same(entry.load(), model, tflite.dataset_mels(dataset_dir, mel, None, 4, parts.test),
+                    patch_frames)
         files = _audio_files(audio) if audio else heldout_audio(info.raw, exp.heldout.packages)
         if files:
             card.update(measure_speed(entry, files))

@@ -221,12 +221,15 @@ def export_tflite(model, spec, version_dir: str, precisions: Sequence[str],
     return summary
 
 
-def dataset_mels(dataset_dir: str, mel_config, split: str, n: int) -> np.ndarray:
-    """The first ``n`` clips [≤n, T, F] of a split of a dataset directory (dataset order)."""
+def dataset_mels(dataset_dir: str, mel_config, split: str | None, n: int,
+                 clips: Sequence[str] | None = None) -> np.ndarray:
+    """The first ``n`` clips [≤n, T, F] of a split of a dataset directory (dataset order), or
+    of the clips with these ids (``split=None, clips=ids``: a fold's or held-out part)."""
     from tftag import data
 
     mels, count = [], 0
-    for batch in data.make_dataset(dataset_dir, mel_config, split, batch_size=16, as_dict=True):
+    for batch in data.make_dataset(dataset_dir, mel_config, split, batch_size=16, as_dict=True,
+                                   clips=clips):
         mels.append(batch["mel"].numpy()[: n - count])
         count += len(mels[-1])
         if count >= n:
