@@ -173,6 +173,16 @@ def _label_axes(ax, xlabel: str, ylabel: str, title: str) -> None:
     ax.legend(fontsize=7)
 
 
+def _count(n: int, noun: str) -> str:
+    """``1 run``, ``2 runs``."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def _curve_label(result: dict, with_width: bool) -> str:
+    """A learning curve's legend entry: its resolution, and its width when a panel has several."""
+    return f"w{result['width']:g} {result['resolution']}" if with_width else result["resolution"]
+
+
 def plot_learning_curves(results: Sequence[dict], path: str) -> None:
     """Validation loss per epoch of every run, one panel per model, one colour per resolution."""
     plt = _pyplot()
@@ -180,18 +190,19 @@ def plot_learning_curves(results: Sequence[dict], path: str) -> None:
     fig, axes = plt.subplots(1, len(models), figsize=(6.5 * len(models), 4.5), squeeze=False)
     for ax, model in zip(axes[0], models):
         runs = [r for r in results if r["model"] == model]
-        resolutions = sorted({r["resolution"] for r in runs})
-        colours = {res: plt.cm.viridis(i / max(1, len(resolutions) - 1))
-                   for i, res in enumerate(resolutions)}
+        several_widths = len({r["width"] for r in runs}) > 1
+        series = sorted({_curve_label(r, several_widths) for r in runs})
+        colours = {s: plt.cm.viridis(i / max(1, len(series) - 1)) for i, s in enumerate(series)}
         for r in runs:
             curve = r["curve"]
             ax.plot([p["epoch"] for p in curve], [p["valid_loss"] for p in curve],
-                    color=colours[r["resolution"]], alpha=0.6, lw=1,
+                    color=colours[_curve_label(r, several_widths)], alpha=0.6, lw=1,
                     ls="--" if r["stop_reason"] == "cap" else "-")
-        for res, colour in colours.items():
-            ax.plot([], [], color=colour, label=res)
+        for label, colour in colours.items():
+            ax.plot([], [], color=colour, label=label)
         _label_axes(ax, "epoch", "validation loss",
-                    f"{model}: validation loss per epoch ({len(runs)} runs; dashed = cap)")
+                    f"{model}: validation loss per epoch ({_count(len(runs), 'run')}; "
+                    "dashed = cap)")
     fig.tight_layout()
     runfiles.save_figure_atomic(fig, path, dpi=90)
 
@@ -249,7 +260,7 @@ def build(runs_dir: str, out_dir: str, name: str, opts: Options = Options()) -> 
     mde_text = "–" if mde is None else f"{mde:.2f}"
     md = [
         f"# Study `{name}` (cross-validated, trained to convergence)", "",
-        f"- {len(results)} runs, {len(sets)} run sets, folds: {report['folds']}; "
+        f"- {_count(len(results), 'run')}, {_count(len(sets), 'run set')}, folds: {report['folds']}; "
         f"runs stopped at the epoch cap: {report['stopped_at_cap']} (the others on a plateau).",
         f"- labels: the teacher's top-{opts.top_k} tags per clip; metrics macro over the tags "
         "present among the pooled clips; each set's K test folds pooled (every clip once).",
