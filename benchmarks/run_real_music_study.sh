@@ -7,6 +7,9 @@
 # 2 cores), NICE (default 0), PYTHON (default .venv/bin/python), STUDY_FLAGS (more flags, e.g.
 # the order of the models: a session that may end before a long MUSICNN run finishes can run
 # the short VGG-CNN runs first; the runs and their results are the same in any order).
+# Unfinished runs carried from another machine (benchmarks/carry_runs.py --action=save, committed
+# under benchmarks/results/real_music/unfinished/) are restored first and continue where they
+# stopped.
 #   bash benchmarks/run_real_music_study.sh        # all folds
 #   bash benchmarks/run_real_music_study.sh 1 2    # some folds
 #   STUDY_FLAGS=--models=vgg,musicnn bash benchmarks/run_real_music_study.sh 0 1
@@ -16,6 +19,7 @@ python=${PYTHON:-.venv/bin/python}
 folds=("$@")
 [ ${#folds[@]} -eq 0 ] && folds=(0 1 2)
 mkdir -p runs/real_music_study/logs
+"$python" -m benchmarks.carry_runs --action=restore
 for k in "${folds[@]}"; do
   log=runs/real_music_study/logs/fold$k.log
   TF_NUM_INTRAOP_THREADS=${THREADS:-1} TF_NUM_INTEROP_THREADS=1 setsid nohup nice -n "${NICE:-0}" \

@@ -1,0 +1,58 @@
+"""benchmarks/carry_runs.py: unfinished runs packed into the repository and restored elsewhere."""
+
+import json
+import os
+
+from benchmarks import carry_runs
+
+
+def _run(study, fold, key, epochs, weights=b"w" * 100):
+    run_dir = os.path.join(study, fold, "runs", key)
+    os.makedirs(os.path.join(run_dir, "checkpoints"))
+    with open(os.path.join(run_dir, "checkpoints", "ckpt-1.data"), "wb") as f:
+        f.write(weights)
+    with open(os.path.join(run_dir, "history.json"), "w") as f:
+        json.dump([{"epoch": e, "val_loss": 1.0 / (e + 1)} for e in range(epochs)], f)
+    return run_dir
+
+
+def test_save_packs_unfinished_and_restore_brings_them_back(tmp_path):
+    study, results, carry = (str(tmp_path / d) for d in ("study", "results", "carry"))
+    _run(study, "fold0", "musicnn-a-fold0-seed0", 3, b"first")
+    _run(study, "fold1", "vgg-b-fold1-seed0", 2)
+    _run(study, "fold1", "vgg-never-trained-fold1-seed0", 0)  # no epoch yet: nothing to carry
+    os.makedirs(os.path.join(results, "vgg-b-fold1-seed0"))
+    open(os.path.join(results, "vgg-b-fold1-seed0", "result.json"), "w").close()  # finished
+
+    out = carry_runs.save(study, results, carry)
+    assert list(out["saved"]) == ["fold0/musicnn-a-fold0-seed0"]
+    assert out["saved"]["fold0/musicnn-a-fold0-seed0"]["epochs"] == 3
+    assert os.listdir(carry) == ["fold0"]
+
+    other = str(tmp_path / "new_machine")
+    out = carry_runs.restore(other, results, carry)
+    assert out["restored"] == {"fold0/musicnn-a-fold0-seed0": 3}
+    restored = os.path.join(other, "fold0", "runs", "musicnn-a-fold0-seed0")
+    with open(os.path.join(restored, "checkpoints", "ckpt-1.data"), "rb") as f:
+        assert f.read() == b"first"
+    assert carry_runs.epochs_trained(restored) == 3
+
+    # a second restore, or one onto a run that trained further, leaves the directory alone
+    out = carry_runs.restore(other, results, carry)
+    assert out["restored"] == {} and "3 epochs" in out["skipped"]["fold0/musicnn-a-fold0-seed0"]
+
+
+def test_save_prunes_the_pack_of_a_run_that_finished(tmp_path):
+    study, results, carry = (str(tmp_path / d) for d in ("study", "results", "carry"))
+    _run(study, "fold2", "musicnn-c-fold2-seed0", 1)
+    carry_runs.save(study, results, carry)
+    pack = os.path.join(carry, "fold2", "musicnn-c-fold2-seed0.tar.gz")
+    assert os.path.exists(pack)
+    assert "finished" not in carry_runs.restore(str(tmp_path / "x"), results, carry)["skipped"]
+    os.makedirs(os.path.join(results, "musicnn-c-fold2-seed0"))
+    open(os.path.join(results, "musicnn-c-fold2-seed0", "result.json"), "w").close()
+    assert "finished" in carry_runs.restore(str(tmp_path / "y"), results, carry)["skipped"][
+        "fold2/musicnn-c-fold2-seed0"]
+    out = carry_runs.save(study, results, carry)
+    assert out == {"saved": {}, "pruned_finished": ["fold2/musicnn-c-fold2-seed0"]}
+    assert not os.path.exists(pack)
