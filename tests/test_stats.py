@@ -35,6 +35,36 @@ def test_weighted_macro_auc_equals_evaluate_and_repeated_clips():
                                              for t in tags]))
 
 
+def test_resamples_keep_the_estimates_tags_and_rare_tags_do_not_bias_the_interval():
+    # 4 common informative tags and 8 tags with one badly ranked positive each (AP ~ 0.003): a
+    # resample that drops a rare tag's positive (37 % of them) must not drop the tag from the
+    # macro average, or the resamples' PR-AUC would sit far above the estimate
+    rng = np.random.default_rng(3)
+    n = 800
+    y = np.zeros((n, 12), np.int64)
+    y[:, :4] = rng.random((n, 4)) < 0.3
+    s = y + rng.normal(size=y.shape)
+    for t in range(4, 12):
+        y[t, t] = 1
+        s[:, t] = rng.normal(size=n)
+        s[t, t] = -5.0  # ranked last
+    w = stats.bootstrap_weights(n, 400, seed=0)
+    roc, pr = stats.weighted_macro_auc(y, s, w)
+    # a row where clip 4 (tag 4's only positive) has weight 0 counts tag 4 at its own AP
+    row = int(np.flatnonzero(w[:, 4] == 0)[0])
+    single = w[row:row + 1]
+    kept = [t for t in range(12) if t != 4]
+    _, pr_kept = stats.weighted_macro_auc(y[:, kept], s[:, kept], single)
+    _, pr_point = stats.weighted_macro_auc(y, s)
+    ap4 = average_precision_score(y[:, 4], s[:, 4])
+    assert stats.weighted_macro_auc(y, s, single)[1][0] == pytest.approx(
+        (11 * pr_kept[0] + ap4) / 12)
+    roc_ci, pr_ci = stats.bootstrap_ci(y, s, w)
+    assert pr_ci.ci95[0] < pr_point[0] < pr_ci.ci95[1]
+    assert abs(np.mean(pr) - pr_point[0]) < 0.5 * np.std(pr)
+    assert roc_ci.ci95[0] < roc_ci.estimate < roc_ci.ci95[1]
+
+
 def test_midranks():
     np.testing.assert_allclose(stats.midranks([3.0, 1.0, 3.0, 2.0, 3.0]), [4, 1, 4, 2, 4])
 

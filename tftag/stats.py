@@ -85,30 +85,9 @@ def evaluable_tags(y_true: np.ndarray) -> np.ndarray:
     return tags
 
 
-def weighted_macro_auc(y_true: np.ndarray, y_score: np.ndarray,
-                       weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Macro ROC-AUC and PR-AUC under each row of clip weights.
-
-    Per tag, clips are sorted by score once; tied scores form one threshold. ROC-AUC is the
-    weighted Mann-Whitney statistic (ties count one half); PR-AUC is scikit-learn's average
-    precision, Σ over thresholds of the recall step times the precision there. Integer weights
-    equal repeating clips, so weights = bootstrap counts give the resamples' metrics.
-
-    Args:
-      y_true: [clips, tags] 0/1.
-      y_score: [clips, tags] scores.
-      weights: [resamples, clips] non-negative; default one row of ones (the plain metrics).
-
-    Returns:
-      (roc_auc [resamples], pr_auc [resamples]): means over the tags with both classes in the
-      unweighted data and both classes of positive weight in the row (NaN if none has).
-    """
-    y = _check(y_true, y_score)
-    s = np.asarray(y_score, dtype=np.float64)
-    w = np.ones((1, y.shape[0])) if weights is None else np.asarray(weights, dtype=np.float64)
-    if w.ndim != 2 or w.shape[1] != y.shape[0]:
-        raise ValueError(f"weights must be [resamples, {y.shape[0]}], got {w.shape}")
-    tags = evaluable_tags(y)
+def _per_tag(y: np.ndarray, s: np.ndarray, tags: np.ndarray,
+             w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """ROC-AUC and AP [rows, tags] of each tag under each weight row (NaN: a class of zero weight)."""
     roc = np.full((w.shape[0], tags.size), np.nan)
     pr = np.full((w.shape[0], tags.size), np.nan)
     for col, t in enumerate(tags):
@@ -128,10 +107,46 @@ def weighted_macro_auc(y_true: np.ndarray, y_score: np.ndarray,
             roc[:, col] = np.where(ok, wins / (total_p * total_q), np.nan)
             precision = np.where(cum_p + cum_q > 0, cum_p / (cum_p + cum_q), 0.0)
             pr[:, col] = np.where(ok, (p * precision).sum(axis=1) / total_p, np.nan)
-    with np.errstate(invalid="ignore"):
-        counted = np.isfinite(roc).sum(axis=1)
-        return (np.where(counted > 0, np.nansum(roc, axis=1) / np.maximum(counted, 1), np.nan),
-                np.where(counted > 0, np.nansum(pr, axis=1) / np.maximum(counted, 1), np.nan))
+    return roc, pr
+
+
+def weighted_macro_auc(y_true: np.ndarray, y_score: np.ndarray,
+                       weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Macro ROC-AUC and PR-AUC under each row of clip weights.
+
+    Per tag, clips are sorted by score once; tied scores form one threshold. ROC-AUC is the
+    weighted Mann-Whitney statistic (ties count one half); PR-AUC is scikit-learn's average
+    precision, Σ over thresholds of the recall step times the precision there. Integer weights
+    equal repeating clips, so weights = bootstrap counts give the resamples' metrics.
+
+    Every row averages the same tags, those with both classes in the unweighted data: a row in
+    which a tag has lost all its positives (or negatives) counts that tag at its unweighted
+    value. (Dropping it instead biases the resamples: a tag with one positive among 2,214 clips
+    loses it in 37 % of resamples, and such tags have the lowest average precision — on the
+    real-music study that lifted the resamples' PR-AUC 2-4 points above the estimate and put the
+    estimate outside its own percentile interval.)
+
+    Args:
+      y_true: [clips, tags] 0/1.
+      y_score: [clips, tags] scores.
+      weights: [resamples, clips] non-negative; default one row of ones (the plain metrics).
+
+    Returns:
+      (roc_auc [resamples], pr_auc [resamples]): means over the tags with both classes in the
+      unweighted data.
+    """
+    y = _check(y_true, y_score)
+    s = np.asarray(y_score, dtype=np.float64)
+    w = np.ones((1, y.shape[0])) if weights is None else np.asarray(weights, dtype=np.float64)
+    if w.ndim != 2 or w.shape[1] != y.shape[0]:
+        raise ValueError(f"weights must be [resamples, {y.shape[0]}], got {w.shape}")
+    tags = evaluable_tags(y)
+    roc, pr = _per_tag(y, s, tags, w)
+    if weights is not None and not (np.isfinite(roc).all() and np.isfinite(pr).all()):
+        point_roc, point_pr = _per_tag(y, s, tags, np.ones((1, y.shape[0])))
+        roc = np.where(np.isfinite(roc), roc, point_roc)
+        pr = np.where(np.isfinite(pr), pr, point_pr)
+    return roc.mean(axis=1), pr.mean(axis=1)
 
 
 def bootstrap_weights(n_clips: int, n_resamples: int, seed: int,
