@@ -97,7 +97,8 @@ CV_SETS = (("vgg", 96, 1, 0.05, 0.064), ("vgg", 48, 1, 0.05, 0.032), ("vgg", 96,
            ("musicnn", 128, 1, 0.1, 2.8), ("musicnn", 96, 1, 0.1, 1.8))
 
 
-def _write_cv_runs(runs_dir, stop_reason="plateau"):
+def _write_cv_runs(runs_dir, stop_reason="plateau", second_seed=False):
+    """CV_SETS at seed 0 (and, with ``second_seed``, VGG 96×1 once more at seed 1)."""
     import numpy as np
 
     rng = np.random.default_rng(0)
@@ -105,11 +106,12 @@ def _write_cv_runs(runs_dir, stop_reason="plateau"):
     teacher = rng.dirichlet(np.full(N_TAGS, 0.3), size=N_CLIPS)  # [clips, tags]
     fold_of = np.arange(N_CLIPS) % FOLDS
     tags = np.array([f"tag{i}" for i in range(N_TAGS)])
-    for k, (model, n_mels, hop, noise, gmacs) in enumerate(CV_SETS):
+    sets = [(*s, 0) for s in CV_SETS] + ([(*CV_SETS[0], 1)] if second_seed else [])
+    for k, (model, n_mels, hop, noise, gmacs, seed) in enumerate(sets):
         res = f"sr16000-mel{n_mels}-hop{hop}-log"
         probs = np.clip(teacher + noise * rng.normal(size=teacher.shape), 0, 1)
         for fold in range(FOLDS):
-            d = runs_dir / f"{model}-w0.125-{res}-fold{fold}-seed0"
+            d = runs_dir / f"{model}-w0.125-{res}-fold{fold}-seed{seed}"
             d.mkdir(parents=True)
             sel = fold_of == fold
             np.savez(d / "test_predictions.npz", clip_id=ids[sel],
@@ -117,7 +119,7 @@ def _write_cv_runs(runs_dir, stop_reason="plateau"):
                      tags=tags)
             (d / "result.json").write_text(json.dumps({
                 "model": model, "width": 0.125, "resolution": res, "fold": fold, "folds": FOLDS,
-                "seed": 0, "test_roc_auc": 0.9 - noise / 2 + 0.01 * fold,
+                "seed": seed, "test_roc_auc": 0.9 - noise / 2 + 0.01 * fold,
                 "test_pr_auc": 0.5 - noise / 4, "top5_overlap": 0.6, "prob_correlation": 0.7,
                 "best_epoch": 5, "epochs_done": 8,
                 "stop_reason": "cap" if (k, fold) == (0, 2) else stop_reason,
@@ -180,6 +182,35 @@ def test_cv_report_files(tmp_path):
     run_module("benchmarks.study_report", f"--runs_dir={runs}", "--name=cv2",
                f"--out_root={out}", "--n_resamples=300")
     assert json.loads((out / "cv2" / "report.json").read_text())["claims"] == report["claims"]
+
+
+def test_cv_report_second_seed_gives_the_designs_mde(tmp_path):
+    from benchmarks import cv_report
+
+    runs = tmp_path / "runs"
+    _write_cv_runs(runs, second_seed=True)
+    summary = cv_report.build(str(runs), str(tmp_path / "out"), "cv",
+                              cv_report.Options(n_resamples=200))
+    assert summary["sets"] == 6
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    base, again = "vgg-w0.125-sr16000-mel96-hop1-log", "vgg-w0.125-sr16000-mel96-hop1-log-seed1"
+    assert {base, again} <= set(report["pooled"]) and report["pooled"][again]["seed"] == 1
+    assert report["pooled"][base]["roc_auc"] != report["pooled"][again]["roc_auc"]
+    (null,) = report["seed_to_seed"]
+    assert (null["from"], null["to"]) == (base, again)
+    assert (null["from_shape"], null["to_shape"]) == ("96×1 seed 0", "96×1 seed 1")
+    # same noise level, another draw: a small Δ the paired test does not call significant
+    assert abs(null["delta_points"]) < 1.5 and null["p_bootstrap"] > 0.01
+    assert report["mde_points"] == pytest.approx(null["mde_points"])
+    assert report["mde_points"] == pytest.approx(2.8016 * null["se_points"], rel=1e-3)
+    assert report["mde_claims_points"] == pytest.approx(max(c["mde_points"] for c in report["claims"]))
+    assert "two seeds of the same configuration" in report["mde_rule"]
+    # the second seed has no claim partner and no "lowest" entry of its own
+    assert {c["seed"] for c in report["claims"]} == {0}
+    assert set(report["lowest_without_loss"]) == {"vgg-w0.125-seed0", "musicnn-w0.125-seed0"}
+    md = (tmp_path / "out" / "results.md").read_text()
+    assert "## Repeatability" in md and "| vgg (w0.125) | 96×1 seed 0 → 96×1 seed 1 |" in md
+    assert "| sr16000-mel96-hop1-log seed 1 |" in md
 
 
 def test_cv_report_errors(tmp_path):

@@ -121,6 +121,11 @@ class RunSet:
         return set_name(self.model, self.width, self.resolution)
 
     @property
+    def key(self) -> str:
+        """The set's name, with ``-seed<s>`` for seeds other than 0 (the report's keys)."""
+        return self.name if self.seed == 0 else f"{self.name}-seed{self.seed}"
+
+    @property
     def folds(self) -> int:
         return int(self.runs[0]["folds"])
 
@@ -188,7 +193,7 @@ def summarize_set(s: RunSet, top_k: int = teacher.DEFAULT_TOP_K, n_resamples: in
     fold_roc = _mean_sd([r["test_roc_auc"] for r in s.runs])
     fold_pr = _mean_sd([r["test_pr_auc"] for r in s.runs])
     return {
-        "set": s.name, "model": s.model, "width": s.width, "resolution": s.resolution,
+        "set": s.key, "model": s.model, "width": s.width, "resolution": s.resolution,
         "seed": s.seed, "folds": s.folds, "folds_done": len(s.runs), "n_clips": len(s.clip_ids),
         "roc_auc": roc.estimate, "ci95": list(roc.ci95), "roc_auc_se": roc.se,
         "pr_auc": pr.estimate, "pr_ci95": list(pr.ci95),
@@ -229,7 +234,7 @@ def compare(a: RunSet, b: RunSet, top_k: int = teacher.DEFAULT_TOP_K, n_resample
     fb = {r["fold"]: r["test_roc_auc"] for r in b.runs}
     folds = sorted(set(fa) & set(fb))
     return {
-        "from": a.name, "to": b.name, "n_clips": len(common), "folds_paired": len(folds),
+        "from": a.key, "to": b.key, "n_clips": len(common), "folds_paired": len(folds),
         "roc_from": 100 * roc_a, "roc_to": 100 * (roc_a + boot.difference),
         "delta_points": 100 * boot.difference, "ci95_points": [100 * x for x in boot.ci95],
         "se_points": 100 * boot.se, "p_bootstrap": boot.p_value,
