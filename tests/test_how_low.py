@@ -356,6 +356,32 @@ def test_the_real_music_config_searches_the_studys_fold_with_its_recipe():
     assert search == how_low.SearchConfig()
 
 
+def test_chosen_flags_on_a_fold_keep_a_patch_models_test_patches(tmp_path):
+    import dataclasses
+
+    from absl.testing import flagsaver
+
+    from tftag import main, sweep
+
+    with flagsaver.flagsaver():
+        main.FLAGS(["tftag", f"--flagfile={os.path.join(ROOT, 'configs', 'how_low_real_music.flags')}",
+                    f"--run_dir={tmp_path / 'search'}"])
+        exp = main.build_experiment()
+    (musicnn,) = [i for i in sweep.plan_items(exp.sweep_plan(), 1) if i.model_config.name == "musicnn"]
+    train_config = dataclasses.replace(musicnn.train_config, test_patches=3)
+    cand = how_low.Candidate(musicnn.mel_config, musicnn.model_config, "float32", train_config)
+    path = tmp_path / "chosen.flags"
+    path.write_text(how_low.chosen_flagfile(exp, cand, "runs/ds", {"val_roc_auc": 0.8, "cost": 1.0}))
+    with flagsaver.flagsaver():
+        main.FLAGS(["tftag", f"--flagfile={path}"])
+        chosen = main.build_experiment()
+        assert main.FLAGS.mode == "sweep"
+    (item,) = sweep.plan_items(chosen.sweep_plan(), 1)
+    assert item.model_config == musicnn.model_config and item.mel_config == musicnn.mel_config
+    assert item.train_config.test_patches == 3 and chosen.folds == exp.folds
+    assert item.train_config.valid_patches == musicnn.train_config.valid_patches
+
+
 def test_a_promotion_on_the_cached_traced_model_ends_as_a_fresh_resume(tiny_dataset, tmp_path):
     """tftag.train.StepCache: what a search's promoted trial runs on, and the same numbers."""
     import dataclasses

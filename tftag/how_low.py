@@ -558,6 +558,8 @@ def chosen_flagfile(experiment, cand: Candidate, dataset_dir: str, row: dict) ->
     if folds is not None:
         lines += [f"--folds={folds.folds}", f"--fold={folds.fold}", f"--fold_seed={folds.seed}",
                   "--repeats=1"]
+        if t.test_patches is not None:  # the sweep's own setting; no top-level flag has it
+            lines.append(f"--sweep_model={m.name}:test_patches={t.test_patches}")
     if experiment.export.tflite:
         lines.append(f"--tflite={','.join(experiment.export.tflite)}")
     return "\n".join(lines) + "\n"
