@@ -22,7 +22,7 @@ mkdir -p runs/real_music_study/logs
 "$python" -m benchmarks.carry_runs --action=restore
 for k in "${folds[@]}"; do
   log=runs/real_music_study/logs/fold$k.log
-  TF_NUM_INTRAOP_THREADS=${THREADS:-1} TF_NUM_INTEROP_THREADS=1 setsid nohup nice -n "${NICE:-0}" \
+  TFTAG_NUM_THREADS=${THREADS:-1} TF_NUM_INTRAOP_THREADS=${THREADS:-1} TF_NUM_INTEROP_THREADS=1 setsid nohup nice -n "${NICE:-0}" \
     "$python" -m tftag.main --flagfile=configs/real_music_study.flags --fold="$k" \
     --run_dir="runs/real_music_study/fold$k" ${STUDY_FLAGS:-} >>"$log" 2>&1 &
   echo "fold $k: pid $!, log $log"

@@ -15,7 +15,7 @@ mkdir -p runs/students
     n_mels=${shape%x*} hop=${shape#*x}
     run=runs/students/vgg-$shape
     [ -e "tftag/models/weights/tftag_vgg_$shape/card.json" ] && continue
-    TF_NUM_INTRAOP_THREADS=${THREADS:-1} TF_NUM_INTEROP_THREADS=1 nice -n "${NICE:-0}" \
+    TFTAG_NUM_THREADS=${THREADS:-1} TF_NUM_INTRAOP_THREADS=${THREADS:-1} TF_NUM_INTEROP_THREADS=1 nice -n "${NICE:-0}" \
       "$python" -m tftag.main --flagfile=configs/real_music_students.flags \
       --resolutions="sr16000-mel$n_mels-hop$hop-log" --run_dir="$run" >>"$run.log" 2>&1
     nice -n "${NICE:-0}" "$python" -m tftag.main --mode=ship --run_dir="$run" >>"$run.log" 2>&1

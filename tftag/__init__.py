@@ -4,4 +4,16 @@ Library modules take dataclasses (`tftag.features.MelConfig`, ...); flags live o
 points (`tftag/main.py`, `pipelines/*.py`).
 """
 
+import os as _os
+
 __version__ = "0.1.0"
+
+# TensorFlow's oneDNN kernels, on unless the user chose (``TF_ENABLE_ONEDNN_OPTS=0`` turns them
+# off). TensorFlow enables them by default only on CPUs with AVX-512 or AMX and reads the switch
+# once, at its import, so it is set here, before any tftag module imports TensorFlow (a process
+# that imported TensorFlow first keeps TensorFlow's choice). Measured on a 2-core AVX2 machine
+# (AMD EPYC), one training step of 16 whole clips: VGG-CNN 96x1 width 1/8 7.1 -> 20.3 examples/s
+# on one thread, 12.1 -> 37.4 on two; MUSICNN 96x1 width 1/4 (3-s patches) 20.8 -> 25.1 on one.
+# Numbers differ from the Eigen kernels' in the last bits; runs stay repeatable (the setting is
+# recorded in every run's determinism.json: tftag.determinism).
+_os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")

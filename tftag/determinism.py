@@ -25,9 +25,11 @@ Call order (the entry point's duty):
   every run of a sweep) only reseeds. Called too late, it cannot fix the pools: it logs a
   warning and reports ``"threads_fixed": False``.
 * Nothing has to be set before ``import tensorflow`` for repeatability on one machine. The one
-  switch TensorFlow reads at import is ``TF_ENABLE_ONEDNN_OPTS`` (oneDNN kernels; by default on
-  for CPUs with AVX-512/AMX, off otherwise): different values give different (each repeatable)
-  numbers, so it is recorded, not changed. To change it, export it before starting Python.
+  switch TensorFlow reads at import is ``TF_ENABLE_ONEDNN_OPTS`` (oneDNN kernels; TensorFlow's
+  default is on for CPUs with AVX-512/AMX, off otherwise; importing ``tftag`` turns it on unless
+  the variable is set — 3x faster VGG-CNN training on AVX2: :mod:`tftag`): different values give
+  different (each repeatable) numbers, so it is recorded here. To change it, export it before
+  starting Python.
 
 Speed: with the pools fixed at the machine's CPU count, an unconstrained run uses the threads
 TensorFlow would pick anyway (same numbers as an unpinned run on the whole machine), and op
@@ -37,6 +39,9 @@ took about 9 CPU-seconds with and without it (medians 9.1 and 9.0 s, within the 
 The ordered ``tf.data`` pipeline costs about 0.01 s more per batch of 16, hidden by
 prefetching. A run confined to fewer CPUs than the pools have threads is oversubscribed rather
 than given fewer threads; on one CPU, 2 threads against 1 cost no measurable CPU time.
+Several processes on few cores are another matter: each gets :func:`default_threads` threads per
+pool, ``TF_NUM_INTRAOP_THREADS`` is ignored (with a warning), and oversubscribed Eigen pools spin.
+Give each of N processes ``TFTAG_NUM_THREADS`` = cores / N.
 """
 
 from __future__ import annotations
@@ -105,6 +110,13 @@ def _fix_threads(threads: int) -> tuple[int, int, bool]:
             current = get_threads() or _tf_default_threads(env)
             actual.append(current)
             fixed = fixed and current == threads
+    ignored = {env: os.environ[env] for _, _, env in setters
+               if os.environ.get(env, "").strip() not in ("", str(threads))}
+    if ignored:  # a user who set them expects them to hold: several processes on few cores
+        logging.warning(
+            "determinism: %s ignored: repeatable runs fix both pools to %d threads; set $%s "
+            "to change that (e.g. %s=1 for one process per core)",
+            ", ".join(f"{k}={v}" for k, v in ignored.items()), threads, THREADS_ENV, THREADS_ENV)
     if not fixed:
         logging.warning(
             "determinism: TensorFlow's thread pools were created before configure() (intra-op "
