@@ -116,6 +116,30 @@ def test_configure_fixes_the_thread_pools():
     assert "thread pools were created before configure()" in proc.stderr
 
 
+def test_importing_tftag_turns_onednn_on_unless_chosen_and_tf_pool_variables_are_named():
+    script = (
+        "import json, os\n"
+        "import tftag\n"
+        "from tftag import determinism\n"
+        "s = determinism.configure(0, True, threads=1)\n"
+        "print(json.dumps([os.environ['TF_ENABLE_ONEDNN_OPTS'], s['onednn']]))\n"
+    )
+    out = {}
+    for choice in (None, "0"):
+        env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+        env.update(TF_CPP_MIN_LOG_LEVEL="2", TF_NUM_INTRAOP_THREADS="4")
+        if choice is not None:
+            env["TF_ENABLE_ONEDNN_OPTS"] = choice
+        proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
+                              text=True, timeout=120, env=env)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        out[choice] = json.loads(proc.stdout.strip().splitlines()[-1])
+        # the pools are fixed to 1 thread: the variable a user set does not hold, and is named
+        assert "TF_NUM_INTRAOP_THREADS=4 ignored" in proc.stderr and "TFTAG_NUM_THREADS" in proc.stderr
+    assert out[None] == ["1", True]  # on by default, whatever the CPU
+    assert out["0"] == ["0", False]  # the user's choice holds
+
+
 def test_patch_offsets_are_keyed_by_seed_and_index(tiny_dataset):
     config = MelConfig(16000, 16, 2, "log", 3.0)
 
