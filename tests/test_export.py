@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tftag import data, evaluate, export, features, serving
+import tftag
+from tftag import _essentia, data, evaluate, export, features, serving
 from tftag.datasets import synthetic
 from tftag.features import MelConfig
 from tftag.models import ModelConfig, build
@@ -193,7 +194,10 @@ def test_essentia_tensorflow_predict_runs_the_frozen_graph(exported, rendered, t
     (tmp_path / "run.py").write_text(ESSENTIA_SCRIPT)
     pb = os.path.join(path, "essentia", "vgg-sr16000-mel48-hop2-log.pb")
     proc = subprocess.run([sys.executable, str(tmp_path / "run.py"), pb, str(tmp_path / "mel.npy"),
-                           str(tmp_path / "out.npy")], capture_output=True, text=True, timeout=300)
+                           str(tmp_path / "out.npy")], capture_output=True, text=True, timeout=300,
+                          env=_essentia.child_env())  # without tftag's oneDNN default
+    assert _essentia.child_env()["TF_ENABLE_ONEDNN_OPTS"] == ("0" if tftag.ONEDNN_DEFAULTED else
+                                                             os.environ["TF_ENABLE_ONEDNN_OPTS"])
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "tensorflow loaded: False" in proc.stdout  # Essentia's own TensorFlow only
     got = np.load(tmp_path / "out.npy").reshape(len(rendered), len(TAGS))

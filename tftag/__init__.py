@@ -16,4 +16,8 @@ __version__ = "0.1.0"
 # on one thread, 12.1 -> 37.4 on two; MUSICNN 96x1 width 1/4 (3-s patches) 20.8 -> 25.1 on one.
 # Numbers differ from the Eigen kernels' in the last bits; runs stay repeatable (the setting is
 # recorded in every run's determinism.json: tftag.determinism).
+# Essentia's bundled TensorFlow 2.5 must not inherit this default: with oneDNN on, its
+# TensorflowPredict dies of SIGFPE on the same machine; processes that run Essentia get
+# tftag._essentia.child_env().
+ONEDNN_DEFAULTED = "TF_ENABLE_ONEDNN_OPTS" not in _os.environ
 _os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")

@@ -31,6 +31,19 @@ from typing import Any
 _HEADER = struct.Struct("<Q")
 
 
+
+def child_env() -> dict[str, str]:
+    """The environment for a process that runs Essentia: this one's, without the oneDNN default
+    that importing :mod:`tftag` set (``TF_ENABLE_ONEDNN_OPTS=0``, TensorFlow 2.5's own default:
+    with it on, Essentia's TensorFlow 2.5 ``TensorflowPredict`` dies of SIGFPE on an AVX2 AMD
+    EPYC). A value the user exported is kept."""
+    import tftag
+
+    env = dict(os.environ)
+    if tftag.ONEDNN_DEFAULTED:
+        env["TF_ENABLE_ONEDNN_OPTS"] = "0"
+    return env
+
 class AudioDecodeError(ValueError):
     """An audio file could not be decoded into samples (the message names the file and why)."""
 
@@ -101,7 +114,7 @@ class EssentiaWorker:
         self._lock = threading.Lock()
 
     def _start(self) -> subprocess.Popen:
-        env = dict(os.environ)
+        env = child_env()
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
