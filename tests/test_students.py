@@ -199,6 +199,12 @@ def test_card_has_the_contract_keys_with_plausible_values(shipped):
     assert card["seconds_per_minute"] > 0
 
 
+def _package_students() -> list[str]:
+    """The students shipped inside the package (tftag/models/weights/<name>/card.json)."""
+    return sorted(d for d in os.listdir(pretrained.WEIGHTS_DIR)
+                  if os.path.exists(os.path.join(pretrained.WEIGHTS_DIR, d, "card.json")))
+
+
 def test_ship_refuses_to_overwrite_and_names_the_fix(shipped):
     from tftag import ship
 
@@ -215,8 +221,9 @@ def test_registry_discovers_shipped_models_and_rejects_bad_cards(shipped, tmp_pa
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                          env=dict(os.environ, TFTAG_MODELS_DIR=shipped["models_dir"]),
                          check=True).stdout
-    assert out.split("\n")[0] == (f"['MTT_musicnn', 'MTT_vgg', 'tftag_vgg_16x2'] "
-                                  f"['tftag_vgg_16x2'] {MEL.name} {MEL.n_frames}")
+    students = sorted(_package_students() + ["tftag_vgg_16x2"])  # the package's own + the fixture's
+    assert out.split("\n")[0] == (f"{sorted(['MTT_musicnn', 'MTT_vgg'] + students)} "
+                                  f"{students} {MEL.name} {MEL.n_frames}")
     bad = tmp_path / "tftag_bad"
     bad.mkdir()
     (bad / "card.json").write_text('{"name": "tftag_bad", "resolution": "sr16000-mel16"}')
@@ -242,8 +249,10 @@ def test_describe_prints_the_card(registered, capsys):
     assert json.loads(capsys.readouterr().out) == card
     table = modelcards.markdown_table()
     rows = table.splitlines()
-    assert rows[0].startswith("| --pretrained | model | resolution |") and len(rows) == 5
-    assert rows[4].startswith(f"| `tftag_vgg_16x2` | vgg | {MEL.name} | {card['window_seconds']:.2f} |")
+    names = sorted(["MTT_musicnn", "MTT_vgg", "tftag_vgg_16x2"] + _package_students())
+    assert rows[0].startswith("| --pretrained | model | resolution |") and len(rows) == 2 + len(names)
+    row = rows[2 + names.index("tftag_vgg_16x2")]
+    assert row.startswith(f"| `tftag_vgg_16x2` | vgg | {MEL.name} | {card['window_seconds']:.2f} |")
     assert rows[2].startswith("| `MTT_musicnn` | musicnn | sr16000-mel96-hop1-log | 2.99 |")
     assert rows[2].count("—") >= 5  # a port has no held-out figures
 
@@ -332,7 +341,8 @@ def test_tagging_benchmark_runs_students_side_by_side(shipped, tmp_path):
     for seed in range(2):
         write_clip(str(tmp_path / f"t{seed}.wav"), 4.0, 16000, seed=seed)
     proc = run_module("benchmarks.tagging", f"--audio={tmp_path}", "--in_process",
-                      f"--models_dir={shipped['models_dir']}", "--model_only_windows=8")
+                      f"--models_dir={shipped['models_dir']}", "--model_only_windows=8",
+                      "--students=tftag_vgg_16x2")  # not the package's own students too
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["students"] == ["tftag_vgg_16x2"]
     folder = result["folder"]
