@@ -82,6 +82,9 @@ def save(study_dir: str, results_dir: str, carry_dir: str) -> dict:
     """Packs every unfinished run; deletes the packs of finished (or vanished-and-finished) runs."""
     saved, pruned = {}, []
     for name, run_dir in unfinished_runs(study_dir, results_dir).items():
+        pack = os.path.join(carry_dir, name + SUFFIX)
+        if os.path.exists(pack) and _pack_epochs(pack) == epochs_trained(run_dir):
+            continue  # nothing new: keep the committed pack (no new blob in the history)
         buf = io.BytesIO()
         with tarfile.open(fileobj=buf, mode="w:gz") as tar:
             for entry in sorted(os.listdir(run_dir)):

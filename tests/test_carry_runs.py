@@ -28,6 +28,7 @@ def test_save_packs_unfinished_and_restore_brings_them_back(tmp_path):
     assert list(out["saved"]) == ["fold0/musicnn-a-fold0-seed0"]
     assert out["saved"]["fold0/musicnn-a-fold0-seed0"]["epochs"] == 3
     assert os.listdir(carry) == ["fold0"]
+    assert carry_runs.save(study, results, carry)["saved"] == {}  # no new epoch: pack kept
 
     other = str(tmp_path / "new_machine")
     out = carry_runs.restore(other, results, carry)
