@@ -106,11 +106,14 @@ def _tagger(name: str, path: str, tmp: str):
 
 def _model_only(tagger, path: str, n: int) -> dict:
     """Windows (examples) per second of the model alone on ``n`` precomputed mel windows of
-    the file at ``path`` (repeated if it has fewer)."""
+    the file at ``path`` (at most 8 distinct ones from its start, repeated: decoding the whole
+    of a 60-min file here would add gigabytes to the worker's peak RSS)."""
     from tftag import features, patches
 
     spec = tagger.spec
-    mel = features.melspectrogram(features.load_audio(path, spec.mel_config.sr), spec.mel_config)
+    seconds = min(n, 8) * spec.window_seconds + 1.0
+    mel = features.melspectrogram(features.load_audio(path, spec.mel_config.sr, duration=seconds),
+                                  spec.mel_config)
     windows = patches.windows(mel[None], spec.window_frames)[0]  # [w, frames, n_mels]
     windows = np.resize(windows, (n, *windows.shape[1:])).astype(np.float32)
     tagger.score(windows[:8])  # warm-up

@@ -241,6 +241,43 @@ def test_stop_reasons_plateau_and_cap(noise, learnable, tmp_path):
     assert "valid_loss" in old["history"][0]
 
 
+def test_lr_reductions_lower_the_rate_at_each_plateau_and_resume(noise, tmp_path):
+    parts = folds.fold_parts(_groups(), folds.FoldConfig(3), 0)
+    mc = ModelConfig("vgg", width=0.05)
+    cfg = TrainConfig(batch_size=8, epochs=40, patience=2, seed=0, learning_rate=3e-2,
+                      loss="distill", monitor="valid_loss", patience_unit="passes",
+                      lr_reductions=2, lr_factor=0.1)
+    out = train.train(noise, MEL16, mc, cfg, str(tmp_path / "run"), fold=parts)
+    rates = [h["learning_rate"] for h in out["history"]]
+    assert out["stop_reason"] == "plateau" and out["lr_reductions"] == 2
+    # Three stages, 3e-2 then 3e-3 then 3e-4, in order; each stage after the first starts
+    # when the one before it went `patience` epochs without a better validation loss.
+    stages = sorted(set(rates), reverse=True)
+    assert stages == pytest.approx([3e-2, 3e-3, 3e-4])
+    assert rates == sorted(rates, reverse=True)
+    assert rates[-1] == pytest.approx(3e-4)
+    losses = [h["valid_loss"] for h in out["history"]]
+    assert out["best_valid_loss"] == min(losses)
+    # A run stopped at its first plateau without reductions (an older recipe's run) resumes with
+    # the reductions: it goes on from the plateau at the lower rate.
+    first = train.train(noise, MEL16, mc, dataclasses.replace(cfg, lr_reductions=0),
+                        str(tmp_path / "resumed"), fold=parts)
+    assert first["stop_reason"] == "plateau" and first["lr_reductions"] == 0
+    more = train.train(noise, MEL16, mc, cfg, str(tmp_path / "resumed"), fold=parts)
+    assert more["lr_reductions"] == 2 and more["epochs_done"] > first["epochs_done"]
+    assert more["history"][:first["epochs_done"]] == first["history"]
+    assert more["history"][first["epochs_done"]]["learning_rate"] == pytest.approx(3e-3)
+    # Interrupted in a later stage, the rate is restored from the checkpoint: same history.
+    part = train.train(noise, MEL16, mc, cfg, str(tmp_path / "cut"), fold=parts,
+                       stop_after_epochs=first["epochs_done"] + 1)
+    assert part["history"][-1]["learning_rate"] == pytest.approx(3e-3)
+    whole = train.train(noise, MEL16, mc, cfg, str(tmp_path / "cut"), fold=parts)
+    assert [h["learning_rate"] for h in whole["history"]] == rates
+    assert [h["valid_loss"] for h in whole["history"]] == pytest.approx(losses, abs=1e-6)
+    with pytest.raises(ValueError, match="lr_factor must be in"):
+        TrainConfig(lr_factor=1.0)
+
+
 # ----------------------------------------------------------------------------- the sweep
 
 
@@ -263,7 +300,9 @@ def test_crossval_sweep_writes_contract_files_and_resumes(learnable, tmp_path):
         assert -1.0 <= result["prob_correlation"] <= 1.0
         assert result["stop_reason"] == "cap" and result["epochs_done"] == 2
         assert [c["epoch"] for c in result["curve"]] == [0, 1]
-        assert set(result["curve"][0]) == {"epoch", "train_loss", "valid_loss", "valid_roc_auc"}
+        assert set(result["curve"][0]) == {"epoch", "train_loss", "valid_loss", "valid_roc_auc",
+                                           "learning_rate"}
+        assert result["lr_reductions"] == 0
         assert result["gmacs"] > 0 and result["storage_bytes"] == 4 * MEL8.n_frames * 8
         npz = np.load(d / "test_predictions.npz")
         assert set(npz.files) == set(crossval.NPZ_KEYS)

@@ -74,9 +74,12 @@ def dataset_folds(dataset_dir: str, experiment) -> tuple[dict[str, str], dict[in
 
 
 def curve(history: Sequence[dict]) -> list[dict]:
-    """The learning curve of a training history: epoch, train loss, validation loss and ROC-AUC."""
+    """The learning curve of a training history: epoch, train loss, validation loss and ROC-AUC
+    (and the learning rate, in histories that record it)."""
     return [{"epoch": h["epoch"], "train_loss": h["loss"], "valid_loss": h.get("valid_loss"),
-             "valid_roc_auc": h["valid_roc_auc"]} for h in history]
+             "valid_roc_auc": h["valid_roc_auc"],
+             **({"learning_rate": h["learning_rate"]} if "learning_rate" in h else {})}
+            for h in history]
 
 
 def run_item(fold_item: FoldItem, parts: folds.FoldParts, dataset_dir: str,
@@ -116,6 +119,7 @@ def run_item(fold_item: FoldItem, parts: folds.FoldParts, dataset_dir: str,
         "top5_overlap": metrics.top5_overlap, "prob_correlation": metrics.prob_correlation,
         "best_epoch": outcome["best_epoch"], "epochs_done": outcome["epochs_done"],
         "stop_reason": outcome["stop_reason"], "patience_epochs": outcome["patience_epochs"],
+        "lr_reductions": outcome["lr_reductions"],
         "max_epochs": cfg.epochs, "train_seconds": outcome["train_seconds"],
         **sweep.costs(item, info),
         "n_test_clips": len(p.clip_ids), "n_train_clips": len(parts.train),

@@ -62,6 +62,10 @@ class TrainConfig:
         clip; None = every patch (the default and the paper's protocol).
       monitor: what early stopping and the best weights follow (:data:`MONITORS`).
       patience_unit: what ``patience`` counts (:data:`PATIENCE_UNITS`).
+      lr_reductions: when the patience runs out, multiply the learning rate by ``lr_factor``
+        and go on (the patience starts again) this many times before stopping; 0 = stop at
+        the first plateau. The best weights are kept across the stages.
+      lr_factor: the learning rate's factor at each reduction (0 < factor < 1).
     """
 
     batch_size: int = 32
@@ -79,6 +83,8 @@ class TrainConfig:
     test_patches: int | None = None
     monitor: str = "valid_roc_auc"
     patience_unit: str = "epochs"
+    lr_reductions: int = 0
+    lr_factor: float = 0.2
 
     def __post_init__(self):
         for name in ("valid_patches", "test_patches"):
@@ -91,6 +97,10 @@ class TrainConfig:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
         if self.patience < 0:
             raise ValueError(f"patience must be >= 0, got {self.patience}")
+        if self.lr_reductions < 0:
+            raise ValueError(f"lr_reductions must be >= 0, got {self.lr_reductions}")
+        if not 0 < self.lr_factor < 1:
+            raise ValueError(f"lr_factor must be in (0, 1), got {self.lr_factor}")
         if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
             raise ValueError(f"steps_per_epoch must be >= 1 or None, got {self.steps_per_epoch}")
         if self.loss not in LOSSES:

@@ -222,6 +222,11 @@ flags.DEFINE_integer("epochs", 20, "Maximum training epochs.", lower_bound=1)
 flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate (paper: 1e-3).")
 flags.DEFINE_integer("patience", 5, "Early stopping: epochs without a better validation ROC-AUC "
                      "(0 = off).", lower_bound=0)
+flags.DEFINE_integer("lr_reductions", 0, "When the patience runs out: multiply the learning rate "
+                     "by --lr_factor and go on (the patience starts again) this many times "
+                     "before stopping; 0 = stop at the first plateau.", lower_bound=0)
+flags.DEFINE_float("lr_factor", 0.2, "The learning rate's factor at each of --lr_reductions "
+                   "(0 < factor < 1).")
 flags.DEFINE_float("patch_seconds", 0.0, "Model input: patches of this many seconds (clip score "
                    "= mean over non-overlapping patches); 0 = whole clips.", lower_bound=0.0)
 flags.DEFINE_integer("steps_per_epoch", 0, "Training steps per epoch; 0 = one pass over the "
@@ -274,10 +279,11 @@ def build_experiment(mode: str | None = None) -> experiment.Experiment:
     # patience in passes.
     stopping = ({"monitor": "valid_loss", "patience_unit": "passes"}
                 if fold_config or heldout else {})
-    train = cli.config("--batch_size/--epochs/--learning_rate/--patience", lambda: (
+    train = cli.config("--batch_size/--epochs/--learning_rate/--patience/--lr_factor", lambda: (
         experiment.TrainConfig(
             batch_size=FLAGS.batch_size, epochs=FLAGS.epochs, learning_rate=FLAGS.learning_rate,
-            patience=FLAGS.patience, seed=FLAGS.seed,
+            patience=FLAGS.patience, lr_reductions=FLAGS.lr_reductions,
+            lr_factor=FLAGS.lr_factor, seed=FLAGS.seed,
             steps_per_epoch=FLAGS.steps_per_epoch or None,
             deterministic=FLAGS.deterministic, strategy=FLAGS.strategy, loss=FLAGS.loss,
             valid_patches=FLAGS.valid_patches or None, **stopping)))

@@ -15,7 +15,9 @@ best weights are those of the lowest validation loss (the training loss on clip 
 and ``patience_unit="passes"`` counts the patience in passes over the training data (a patch
 model's pass, and epoch, is as many random patches per clip as the clip has windows); the
 outcome's ``stop_reason`` says why training ended: ``plateau`` (patience ran out) or ``cap``
-(``epochs`` reached).
+(``epochs`` reached). With ``lr_reductions`` a plateau first lowers the learning rate
+(× ``lr_factor``) and training goes on, the patience counted again, until the reductions are used
+up; the stages' learning rates are in the history.
 
 Run directory: ``checkpoints/`` (last state), ``best.weights.h5``, ``history.json``,
 ``tb/train`` and ``tb/valid`` (TensorBoard).
@@ -257,13 +259,22 @@ def train(
         "epoch": tf.Variable(0, dtype=tf.int64),
         "best": tf.Variable(-np.inf if lower_is_better else -1.0, dtype=tf.float64),
         "best_epoch": tf.Variable(-1, dtype=tf.int64), "bad_epochs": tf.Variable(0, dtype=tf.int64),
+        # The learning rate of the current stage and the reductions so far (cfg.lr_reductions);
+        # a checkpoint from before they existed restores without them (the first stage).
+        "learning_rate": tf.Variable(cfg.learning_rate, dtype=tf.float64),
+        "lr_reductions": tf.Variable(0, dtype=tf.int64),
     }
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, **state)
     manager = tf.train.CheckpointManager(checkpoint, checkpoints, max_to_keep=1)
     if manager.latest_checkpoint:
-        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        saved = {name.split("/")[0] for name, _ in tf.train.list_variables(manager.latest_checkpoint)}
+        restoring = checkpoint if "learning_rate" in saved else tf.train.Checkpoint(
+            model=model, optimizer=optimizer,
+            **{k: v for k, v in state.items() if k not in ("learning_rate", "lr_reductions")})
+        restoring.restore(manager.latest_checkpoint).assert_existing_objects_matched()
         logging.info("resumed %s at epoch %d", manager.latest_checkpoint, int(state["epoch"]))
     distributed.check_restored_epoch(strategy, int(state["epoch"]), manager.directory)
+    optimizer.learning_rate = float(state["learning_rate"])
     history_path = os.path.join(run_dir, "history.json")
     history = []
     if os.path.exists(history_path):
@@ -290,8 +301,18 @@ def train(
     while int(state["epoch"]) < cfg.epochs:
         epoch = int(state["epoch"])
         if patience and int(state["bad_epochs"]) >= patience:
-            stopped_early = True
-            break
+            if int(state["lr_reductions"]) >= cfg.lr_reductions:
+                stopped_early = True
+                break
+            # A plateau with reductions left: a lower learning rate, the patience starts again.
+            state["learning_rate"].assign(float(state["learning_rate"]) * cfg.lr_factor)
+            state["lr_reductions"].assign_add(1)
+            state["bad_epochs"].assign(0)
+            optimizer.learning_rate = float(state["learning_rate"])
+            logging.info("%s %s epoch %d: no better validation for %d epochs: learning rate "
+                         "%.3g (reduction %d of %d)", model_config.name, mel_config.name, epoch,
+                         patience, float(state["learning_rate"]), int(state["lr_reductions"]),
+                         cfg.lr_reductions)
         if stop_after_epochs is not None and epochs_this_call >= stop_after_epochs:
             break
         ds = data.make_dataset(
@@ -330,12 +351,13 @@ def train(
             state["bad_epochs"].assign_add(1)
         record = {"epoch": epoch, "loss": float(np.mean(losses)), "steps": len(losses),
                   "valid_roc_auc": roc_auc, "valid_pr_auc": pr_auc, "valid_loss": valid_loss,
+                  "learning_rate": float(state["learning_rate"]),
                   "epoch_seconds": round(train_seconds, 3),
                   "valid_seconds": round(valid_seconds, 3), "best": improved}
         history.append(record)
         with train_writer.as_default():
             tf.summary.scalar("loss", record["loss"], step=epoch)
-            tf.summary.scalar("learning_rate", cfg.learning_rate, step=epoch)
+            tf.summary.scalar("learning_rate", record["learning_rate"], step=epoch)
             tf.summary.scalar("examples_per_second",
                               len(losses) * cfg.batch_size / max(train_seconds, 1e-9), step=epoch)
         with valid_writer.as_default():
@@ -369,6 +391,7 @@ def train(
         "stop_reason": ("plateau" if plateau else
                         "cap" if int(state["epoch"]) >= cfg.epochs else None),
         "patience_epochs": patience,
+        "lr_reductions": int(state["lr_reductions"]),
         # Training + validation time of every epoch, across resumed calls.
         "train_seconds": round(sum(h["epoch_seconds"] + h.get("valid_seconds", 0.0)
                                    for h in history), 2),
