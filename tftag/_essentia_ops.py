@@ -13,7 +13,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-from tftag import _essentia as _guard  # noqa: E402
+from tftag import _essentia_guard as _guard  # noqa: E402
 
 if not _guard.in_process_safe():
     raise ImportError(
@@ -25,7 +25,7 @@ if not _guard.in_process_safe():
 import essentia  # noqa: E402
 import essentia.standard as es  # noqa: E402
 
-from tftag._essentia import AudioDecodeError  # noqa: E402
+from tftag._essentia_guard import AudioDecodeError  # noqa: E402
 
 essentia.log.infoActive = False
 
@@ -144,7 +144,7 @@ def essentia_mel_reference(audio: np.ndarray, sr: int, n_mels: int, hop_length: 
 
 
 def _serve() -> None:
-    from tftag._essentia import receive_message, send_message
+    from tftag._essentia_guard import receive_message, send_message
 
     out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # anything printed by Essentia goes to stderr, not into the protocol.
