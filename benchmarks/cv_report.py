@@ -4,14 +4,15 @@ Called by ``benchmarks/study_report.py --runs_dir=...`` (the entry point); :func
 ``<runs_dir>/*/result.json`` and ``test_predictions.npz`` (:mod:`tftag.study`) and writes into
 ``out_dir``:
 
-- ``runs.csv``: one row per run, the contract's columns (:data:`tftag.study.RUNS_COLUMNS`);
+- ``runs.csv``: one row per run, the contract's columns (:data:`tftag.study.RUNS_COLUMNS`) and more;
 - ``report.json``: ``folds``, ``mde_points`` (the design's: from the seed-to-seed null
   comparison when a configuration ran with two seeds, else the claims' largest),
   ``mde_claims_points``, ``seed_to_seed``, ``claims``, ``pooled`` (keyed by set name
   ``<model>-w<width>-<resolution>``, ``-seed<s>`` appended for seeds other than 0, plus ``model``, ``resolution`` and the rest of the
   summary), ``vs_baseline``, ``lowest_without_loss`` and the statistical settings;
 - ``results.md``: the tables and the cheapest resolution without a significant loss;
-- ``learning_curves.png`` (validation loss per epoch of every run, one panel per model) and
+- ``learning_curves.png`` (validation loss per epoch of every run, one panel per model, a
+  marker where the learning rate was lowered) and
   ``roc_vs_gmacs.png`` (pooled ROC-AUC with 95 % CIs against GMAC, log x).
 """
 
@@ -221,11 +222,16 @@ def plot_learning_curves(results: Sequence[dict], path: str) -> None:
             ax.plot([p["epoch"] for p in curve], [p["valid_loss"] for p in curve],
                     color=colours[_curve_label(r, several_widths)], alpha=0.6, lw=1,
                     ls="--" if r["stop_reason"] == "cap" else "-")
+            # The epochs that ran at a lower learning rate than the one before (--lr_reductions).
+            drops = [p for prev, p in zip(curve, curve[1:])
+                     if p.get("learning_rate", 0) < prev.get("learning_rate", 0)]
+            ax.plot([p["epoch"] for p in drops], [p["valid_loss"] for p in drops], "v",
+                    color=colours[_curve_label(r, several_widths)], ms=4, alpha=0.8)
         for label, colour in colours.items():
             ax.plot([], [], color=colour, label=label)
         _label_axes(ax, "epoch", "validation loss",
                     f"{model}: validation loss per epoch ({_count(len(runs), 'run')}; "
-                    "dashed = cap)")
+                    "dashed = cap, ▼ = learning rate lowered)")
     fig.tight_layout()
     runfiles.save_figure_atomic(fig, path, dpi=90)
 
@@ -275,7 +281,7 @@ def build(runs_dir: str, out_dir: str, name: str, opts: Options = Options()) -> 
     folds = sorted({int(r["folds"]) for r in results})
     os.makedirs(out_dir, exist_ok=True)
     runfiles.write_csv_atomic(os.path.join(out_dir, "runs.csv"), study.runs_rows(results),
-                              study.RUNS_COLUMNS)
+                              study.CSV_COLUMNS)
     report = {
         "folds": folds[0] if len(folds) == 1 else folds, "runs": len(results),
         "stopped_at_cap": sum(r["stop_reason"] == "cap" for r in results),

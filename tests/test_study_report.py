@@ -146,7 +146,8 @@ def test_cv_report_files(tmp_path):
     assert tuple(reader.fieldnames) == (
         "model", "width", "resolution", "fold", "seed", "test_roc_auc", "test_pr_auc",
         "top5_overlap", "prob_correlation", "best_epoch", "epochs_done", "stop_reason",
-        "train_seconds", "gmacs", "storage_bytes")
+        "train_seconds", "gmacs", "storage_bytes", "lr_reductions")
+    assert {r["lr_reductions"] for r in rows} == {"0"}  # results from before the column: 0
     assert len(rows) == 15 and sum(r["stop_reason"] == "cap" for r in rows) == 1
     report = json.loads((d / "report.json").read_text())
     assert {"folds", "mde_points", "claims", "pooled"} <= set(report)
