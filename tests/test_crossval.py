@@ -278,6 +278,42 @@ def test_lr_reductions_lower_the_rate_at_each_plateau_and_resume(noise, tmp_path
         TrainConfig(lr_factor=1.0)
 
 
+def test_a_checkpoint_from_before_lr_reductions_resumes(noise, tmp_path):
+    """Runs carried from older machines hold checkpoints without the learning-rate state: they
+    resume (in their first stage) instead of failing the restore's object match."""
+    import keras
+    import tensorflow as tf
+
+    from tftag.models import build
+
+    parts = folds.fold_parts(_groups(), folds.FoldConfig(3), 0)
+    mc = ModelConfig("vgg", width=0.05)
+    cfg = TrainConfig(batch_size=8, epochs=40, patience=2, seed=0, learning_rate=3e-2,
+                      loss="distill", monitor="valid_loss", patience_unit="passes",
+                      lr_reductions=1, lr_factor=0.1)
+    run = tmp_path / "old"
+    first = train.train(noise, MEL16, mc, cfg, str(run), fold=parts, stop_after_epochs=2)
+    # Rewrite its checkpoint as the code before --lr_reductions wrote it.
+    model = build(mc, MEL16, len(TAGS))
+    optimizer = keras.optimizers.Adam(3e-2)
+    optimizer.build(model.trainable_variables)
+    state = {"epoch": tf.Variable(0, dtype=tf.int64), "best": tf.Variable(0.0, dtype=tf.float64),
+             "best_epoch": tf.Variable(0, dtype=tf.int64),
+             "bad_epochs": tf.Variable(0, dtype=tf.int64)}
+    old = tf.train.Checkpoint(model=model, optimizer=optimizer, **state)
+    checkpoints = str(run / "checkpoints")
+    old.restore(tf.train.latest_checkpoint(checkpoints)).expect_partial()
+    for name in os.listdir(checkpoints):
+        os.remove(os.path.join(checkpoints, name))
+    tf.train.CheckpointManager(old, checkpoints, max_to_keep=1).save()
+    saved = {n.split("/")[0] for n, _ in tf.train.list_variables(tf.train.latest_checkpoint(checkpoints))}
+    assert "learning_rate" not in saved and "epoch" in saved
+    resumed = train.train(noise, MEL16, mc, cfg, str(run), fold=parts)
+    assert resumed["history"][:2] == first["history"]
+    assert resumed["history"][2]["learning_rate"] == pytest.approx(3e-2)  # the first stage
+    assert resumed["stop_reason"] == "plateau" and resumed["lr_reductions"] == 1
+
+
 # ----------------------------------------------------------------------------- the sweep
 
 
