@@ -267,6 +267,11 @@ def test_lr_reductions_lower_the_rate_at_each_plateau_and_resume(noise, tmp_path
     assert more["lr_reductions"] == 2 and more["epochs_done"] > first["epochs_done"]
     assert more["history"][:first["epochs_done"]] == first["history"]
     assert more["history"][first["epochs_done"]]["learning_rate"] == pytest.approx(3e-3)
+    # A cap that falls on a plateau with reductions left ended the run: "cap", not "plateau".
+    capped = train.train(noise, MEL16, mc, dataclasses.replace(cfg, epochs=first["epochs_done"]),
+                         str(tmp_path / "capped"), fold=parts)
+    assert capped["epochs_done"] == first["epochs_done"] and capped["lr_reductions"] == 0
+    assert capped["stop_reason"] == "cap"
     # Interrupted in a later stage, the rate is restored from the checkpoint: same history.
     part = train.train(noise, MEL16, mc, cfg, str(tmp_path / "cut"), fold=parts,
                        stop_after_epochs=first["epochs_done"] + 1)

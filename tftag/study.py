@@ -35,10 +35,10 @@ from tftag import evaluate, stats, teacher
 RUNS_COLUMNS = ("model", "width", "resolution", "fold", "seed", "test_roc_auc", "test_pr_auc",
                 "top5_overlap", "prob_correlation", "best_epoch", "epochs_done", "stop_reason",
                 "train_seconds", "gmacs", "storage_bytes")
-# More runs.csv columns after the contract's: learning-rate reductions the run went through
-# (0 for runs from before --lr_reductions).
-EXTRA_COLUMNS = ("lr_reductions",)
-CSV_COLUMNS = RUNS_COLUMNS + EXTRA_COLUMNS
+# More runs.csv columns after the contract's, with the value of a result.json written before
+# the column existed: learning-rate reductions the run went through (--lr_reductions).
+EXTRA_COLUMNS = {"lr_reductions": 0}
+CSV_COLUMNS = RUNS_COLUMNS + tuple(EXTRA_COLUMNS)
 RESULT_KEYS = RUNS_COLUMNS + ("folds", "n_test_clips", "curve")
 STOP_REASONS = ("plateau", "cap")
 PREDICTIONS = "test_predictions.npz"
@@ -99,8 +99,8 @@ def load_runs(runs_dir: str) -> list[dict]:
 def runs_rows(results: Sequence[dict]) -> list[dict]:
     """One ``runs.csv`` row per run (:data:`CSV_COLUMNS`), sorted by model, width, resolution,
     seed, fold."""
-    rows = [{**{k: r[k] for k in RUNS_COLUMNS}, "lr_reductions": r.get("lr_reductions", 0)}
-            for r in results]
+    rows = [{**{k: r[k] for k in RUNS_COLUMNS},
+             **{k: r.get(k, default) for k, default in EXTRA_COLUMNS.items()}} for r in results]
     return sorted(rows, key=lambda r: (r["model"], r["width"], r["resolution"], r["seed"], r["fold"]))
 
 

@@ -50,6 +50,11 @@ from tftag.features import MelConfig
 from tftag.models import ModelConfig, build, training
 
 
+# The learning-rate stage's entries of the checkpointed training state (--lr_reductions);
+# checkpoints written before they existed hold neither.
+LR_STATE = ("learning_rate", "lr_reductions")
+
+
 def default_strategy() -> tf.distribute.Strategy:
     """MirroredStrategy over several GPUs, else the default strategy of the visible device."""
     gpus = tf.config.list_logical_devices("GPU")
@@ -268,9 +273,9 @@ def train(
     manager = tf.train.CheckpointManager(checkpoint, checkpoints, max_to_keep=1)
     if manager.latest_checkpoint:
         saved = {name.split("/")[0] for name, _ in tf.train.list_variables(manager.latest_checkpoint)}
-        restoring = checkpoint if "learning_rate" in saved else tf.train.Checkpoint(
+        restoring = checkpoint if set(LR_STATE) <= saved else tf.train.Checkpoint(
             model=model, optimizer=optimizer,
-            **{k: v for k, v in state.items() if k not in ("learning_rate", "lr_reductions")})
+            **{k: v for k, v in state.items() if k not in LR_STATE})
         restoring.restore(manager.latest_checkpoint).assert_existing_objects_matched()
         logging.info("resumed %s at epoch %d", manager.latest_checkpoint, int(state["epoch"]))
     distributed.check_restored_epoch(strategy, int(state["epoch"]), manager.directory)
@@ -378,7 +383,9 @@ def train(
     train_writer.close()
     valid_writer.close()
     best = next((h for h in history if h["epoch"] == int(state["best_epoch"])), {})
-    plateau = bool(patience) and int(state["bad_epochs"]) >= patience
+    # A plateau ends the run only once the reductions are used up (with some left, the cap did).
+    plateau = (bool(patience) and int(state["bad_epochs"]) >= patience
+               and int(state["lr_reductions"]) >= cfg.lr_reductions)
     return {
         "best_weights": best_path,
         "best_epoch": int(state["best_epoch"]),
