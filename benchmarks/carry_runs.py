@@ -24,6 +24,7 @@ import json
 import os
 import shutil
 import tarfile
+import time
 
 from absl import app, flags
 
@@ -33,6 +34,7 @@ FLAGS = flags.FLAGS
 RESULT_JSON = "result.json"
 HISTORY_JSON = "history.json"
 SUFFIX = ".tar.gz"
+PACK_ATTEMPTS = 5  # a run that is training may rotate its checkpoint files while it is packed
 
 
 def define_flags() -> None:
@@ -78,24 +80,53 @@ def _pack_epochs(path: str) -> int:
         return len(json.load(io.TextIOWrapper(member, encoding="utf-8")))
 
 
+def pack_run(run_dir: str, attempts: int = PACK_ATTEMPTS,
+             pause_seconds: float = 2.0) -> tuple[bytes, int] | None:
+    """A consistent ``(tar.gz bytes, epochs)`` of a run directory, or None.
+
+    A run still training may finish an epoch (new history, checkpoint rotated: a file listed
+    a moment ago is gone) while it is packed; such a pack is thrown away and taken again, up to
+    ``attempts`` times. Consistent means: no file vanished and the epoch count was the same
+    before and after.
+    """
+    for attempt in range(attempts):
+        if attempt:
+            time.sleep(pause_seconds)
+        before = epochs_trained(run_dir)
+        buf = io.BytesIO()
+        try:
+            with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+                for entry in sorted(os.listdir(run_dir)):
+                    tar.add(os.path.join(run_dir, entry), arcname=entry)
+        except FileNotFoundError:
+            continue
+        if epochs_trained(run_dir) == before:
+            return buf.getvalue(), before
+    return None
+
+
 def save(study_dir: str, results_dir: str, carry_dir: str) -> dict:
     """Packs every unfinished run; deletes the packs of finished (or vanished-and-finished) runs."""
-    saved, pruned = {}, []
+    saved, pruned, skipped = {}, [], {}
     for name, run_dir in unfinished_runs(study_dir, results_dir).items():
         pack = os.path.join(carry_dir, name + SUFFIX)
         if os.path.exists(pack) and _pack_epochs(pack) == epochs_trained(run_dir):
             continue  # nothing new: keep the committed pack (no new blob in the history)
-        buf = io.BytesIO()
-        with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-            for entry in sorted(os.listdir(run_dir)):
-                tar.add(os.path.join(run_dir, entry), arcname=entry)
-        runfiles.write_bytes_atomic(os.path.join(carry_dir, name + SUFFIX), buf.getvalue())
-        saved[name] = {"epochs": epochs_trained(run_dir), "bytes": buf.tell()}
+        packed = pack_run(run_dir)
+        if packed is None:
+            skipped[name] = f"changed while packed {PACK_ATTEMPTS} times (training): try again"
+            continue
+        data, epochs = packed
+        runfiles.write_bytes_atomic(os.path.join(carry_dir, name + SUFFIX), data)
+        saved[name] = {"epochs": epochs, "bytes": len(data)}
     for name, path in _packs(carry_dir).items():
         if os.path.exists(os.path.join(results_dir, os.path.basename(name), RESULT_JSON)):
             os.remove(path)
             pruned.append(name)
-    return {"saved": saved, "pruned_finished": pruned}
+    out = {"saved": saved, "pruned_finished": pruned}
+    if skipped:
+        out["skipped"] = skipped
+    return out
 
 
 def restore(study_dir: str, results_dir: str, carry_dir: str) -> dict:

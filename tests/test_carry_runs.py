@@ -57,3 +57,39 @@ def test_save_prunes_the_pack_of_a_run_that_finished(tmp_path):
     out = carry_runs.save(study, results, carry)
     assert out == {"saved": {}, "pruned_finished": ["fold2/musicnn-c-fold2-seed0"]}
     assert not os.path.exists(pack)
+
+
+def test_pack_retries_when_a_checkpoint_rotates_while_it_is_packed(tmp_path, monkeypatch):
+    run_dir = _run(str(tmp_path / "study"), "fold0", "vgg-d-fold0-seed0", 2, b"old")
+    real_add, calls = carry_runs.tarfile.TarFile.add, []
+
+    def rotating_add(self, name, *args, **kwargs):
+        calls.append(name)
+        if len(calls) == 1:  # the run finishes an epoch: new checkpoint, old one deleted
+            os.rename(os.path.join(run_dir, "checkpoints", "ckpt-1.data"),
+                      os.path.join(run_dir, "checkpoints", "ckpt-2.data"))
+            _run_history(run_dir, 3)
+        return real_add(self, name, *args, **kwargs)
+
+    monkeypatch.setattr(carry_runs.tarfile.TarFile, "add", rotating_add)
+    data, epochs = carry_runs.pack_run(run_dir, pause_seconds=0)
+    assert epochs == 3 and len(calls) > 2  # the first, inconsistent pack was taken again
+    import io
+    import tarfile
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+        assert "checkpoints/ckpt-2.data" in tar.getnames()
+        assert "checkpoints/ckpt-1.data" not in tar.getnames()
+
+
+def test_save_skips_a_run_that_never_holds_still(tmp_path, monkeypatch):
+    study, results, carry = (str(tmp_path / d) for d in ("study", "results", "carry"))
+    _run(study, "fold0", "vgg-e-fold0-seed0", 2)
+    monkeypatch.setattr(carry_runs, "pack_run", lambda run_dir: None)
+    out = carry_runs.save(study, results, carry)
+    assert out["saved"] == {} and "try again" in out["skipped"]["fold0/vgg-e-fold0-seed0"]
+    assert not os.path.exists(carry)
+
+
+def _run_history(run_dir, epochs):
+    with open(os.path.join(run_dir, "history.json"), "w") as f:
+        json.dump([{"epoch": e} for e in range(epochs)], f)
