@@ -93,3 +93,15 @@ def test_save_skips_a_run_that_never_holds_still(tmp_path, monkeypatch):
 def _run_history(run_dir, epochs):
     with open(os.path.join(run_dir, "history.json"), "w") as f:
         json.dump([{"epoch": e} for e in range(epochs)], f)
+
+
+def test_save_never_replaces_a_pack_with_an_older_run(tmp_path):
+    study, results, carry = (str(tmp_path / d) for d in ("study", "results", "carry"))
+    _run(study, "fold0", "vgg-f-fold0-seed0", 5, b"new")
+    carry_runs.save(study, results, carry)
+    stale = str(tmp_path / "stale_copy")  # the same run restored into another study dir, behind
+    _run(stale, "fold0", "vgg-f-fold0-seed0", 3, b"old")
+    out = carry_runs.save(stale, results, carry)
+    assert out["saved"] == {} and "kept the pack" in out["skipped"]["fold0/vgg-f-fold0-seed0"]
+    assert carry_runs.restore(str(tmp_path / "next"), results, carry)["restored"] == {
+        "fold0/vgg-f-fold0-seed0": 5}
