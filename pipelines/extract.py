@@ -101,15 +101,16 @@ def main(argv):
         tags=extract.plan_tags(catalog, FLAGS.labels), mel_dtype=FLAGS.mel_dtype,
         clips_per_shard=FLAGS.clips_per_shard, min_duration=FLAGS.min_duration,
         silence_threshold=FLAGS.silence_threshold, labels=FLAGS.labels,
-        teacher_top_k=FLAGS.teacher_top_k,
+        teacher_top_k=FLAGS.teacher_top_k, teacher_memo=FLAGS.teacher_memo,
     )
     try:
         state = extraction.prepare_output(plan, catalog, FLAGS.overwrite, FLAGS.retry_failed)
-    except FileExistsError as e:
+    except (FileExistsError, ValueError) as e:
         raise app.UsageError(str(e)) from None
     if state == "complete":
+        memo = extraction.remember_complete(plan)
         print(f"{FLAGS.output_dir}: already complete for these flags and input; nothing to do "
-              "(--overwrite to redo)")
+              "(--overwrite to redo)" + (f"; teacher memo: {memo}" if memo else ""))
         return 0
     dask = pipeline.LOCAL_RUNNERS.get(FLAGS.runner) == "DaskRunner"
     if FLAGS.dask_address and not dask:

@@ -132,6 +132,10 @@ def define_label_flags() -> None:
                         "teacher:MTT_musicnn / teacher:MTT_vgg (top-k hard and soft labels from a "
                         "pretrained model; see tftag.teacher).")
     flags.DEFINE_integer("teacher_top_k", 3, "Teacher labels: hard labels per clip.", lower_bound=1)
+    flags.DEFINE_string("teacher_memo", None, "Teacher labels: a memo file (.npz) of the "
+                        "teacher's probabilities by clip content, read before the teacher runs "
+                        "and added to after (a re-extraction of the same music skips the "
+                        "teacher; on a complete float32 dataset it is read off the stored mels).")
 
 
 def define_export_flags() -> None:

@@ -135,6 +135,8 @@ class DataConfig:
       packages: ``debian`` catalogue: the Debian packages (empty = its quick subset).
       cache_dir: ``debian`` catalogue: downloads and unpacked packages (None = ~/.cache/tftag).
       min_tag_count: ``csv`` catalogue: keep tags with at least this many training clips.
+      teacher_memo: teacher labels: memo file of the teacher's probabilities by clip content
+        (:func:`tftag.teacher.read_memo`); None runs the teacher on every clip.
     """
 
     catalog: str = "synthetic"
@@ -151,6 +153,7 @@ class DataConfig:
     packages: tuple[str, ...] = ()
     cache_dir: str | None = None
     min_tag_count: int = 1
+    teacher_memo: str | None = None
 
     def __post_init__(self):
         from tftag import datasets, teacher

@@ -118,11 +118,15 @@ def extract(experiment) -> dict:
     dataset_dir = experiment.path("dataset")
     plan = extraction.ExtractionPlan(dataset_dir, tuple(experiment.mel_configs),
                                      plan_tags(catalog, d.labels), d.mel_dtype, d.clips_per_shard,
-                                     labels=d.labels, teacher_top_k=d.teacher_top_k)
+                                     labels=d.labels, teacher_top_k=d.teacher_top_k,
+                                     teacher_memo=d.teacher_memo)
     state = extraction.prepare_output(plan, catalog, overwrite=False, retry_failed=False)
     if state == "complete":
         logging.info("%s is complete already", dataset_dir)
         summary = summary_of(data.load_dataset_info(dataset_dir).raw)
+        memo = extraction.remember_complete(plan)
+        if memo:
+            summary["teacher_memo"] = memo
     else:
         summary = pipeline.run(plan, catalog,
                                pipeline.pipeline_options("DirectRunner", d.direct_num_workers))

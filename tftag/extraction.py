@@ -67,6 +67,9 @@ class ExtractionPlan:
       labels: "catalog" (the catalogue's tags) or "teacher:<name>" (:mod:`tftag.teacher`: hard
         and soft labels from a pretrained model; ``tags`` must then be the teacher's).
       teacher_top_k: teacher labels: tags per clip in the hard labels.
+      teacher_memo: teacher labels: a memo file (.npz, :func:`tftag.teacher.read_memo`) read
+        before the teacher runs and added to after; it changes no stored byte, so it is not
+        part of the plan's identity.
     """
 
     output_dir: str
@@ -78,6 +81,7 @@ class ExtractionPlan:
     silence_threshold: float = 1e-5
     labels: str = "catalog"
     teacher_top_k: int = 3
+    teacher_memo: str | None = None
 
     def __post_init__(self):
         if not self.configs:
@@ -89,6 +93,9 @@ class ExtractionPlan:
             raise ValueError(f"clips_per_shard must be >= 1, got {self.clips_per_shard}")
         if len({c.duration for c in self.configs}) != 1:
             raise ValueError("all mel configs of one dataset need the same duration")
+        if self.teacher_memo and not self.teacher:
+            raise ValueError(f"teacher_memo={self.teacher_memo} remembers teacher labels: it "
+                             f"needs labels=teacher:<name>, got labels={self.labels}")
 
     @property
     def duration(self) -> float:
@@ -134,6 +141,11 @@ class ExtractionPlan:
     def clip_key(self, clip_id: str) -> str:
         """File-name-safe key of a clip id."""
         return hashlib.sha1(clip_id.encode("utf-8")).hexdigest()
+
+    @property
+    def memo_staging_dir(self) -> str:
+        """Teacher labels computed by this extraction, until the memo file takes them."""
+        return os.path.join(self.staging_dir, "teacher_memo")
 
     def staged_path(self, clip_id: str) -> str:
         return os.path.join(self.staging_dir, "clips", self.clip_key(clip_id) + ".tfrecord")
@@ -241,7 +253,10 @@ def prepare_output(plan: ExtractionPlan, catalog: Catalog, overwrite: bool, retr
 
     Raises:
       FileExistsError: the directory holds a different dataset or run (use --overwrite).
+      ValueError: ``plan.teacher_memo`` is not a memo of this teacher and crop duration.
     """
+    if plan.teacher_memo:
+        teacher_lib.read_memo(plan.teacher_memo, plan.teacher, plan.duration)
     identity = dict(plan.describe(), catalog=catalog.fingerprint())
     dataset_json = os.path.join(plan.output_dir, data.DATASET_JSON)
     plan_json = os.path.join(plan.staging_dir, PLAN_JSON)
@@ -281,6 +296,21 @@ def prepare_output(plan: ExtractionPlan, catalog: Catalog, overwrite: bool, retr
             os.remove(path)
     data.write_json_atomic(plan_json, identity)
     return "todo"
+
+
+def remember_complete(plan: ExtractionPlan) -> dict | None:
+    """A complete dataset's teacher labels added to ``plan.teacher_memo`` (None: no memo asked).
+
+    Read off the stored mels (:func:`tftag.teacher.memo_from_dataset`); a dataset that cannot
+    give the memo keys (no lossless 16 kHz 8-band base) is logged and left alone.
+    """
+    if not plan.teacher_memo:
+        return None
+    try:
+        return teacher_lib.memo_from_dataset(plan.output_dir, plan.teacher_memo)
+    except ValueError as e:
+        logging.warning("teacher memo not written: %s", e)
+        return None
 
 
 def _damaged_shards(output_dir: str) -> dict[str, str]:

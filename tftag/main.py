@@ -291,7 +291,7 @@ def build_experiment(mode: str | None = None) -> experiment.Experiment:
         FLAGS.catalog, FLAGS.input, FLAGS.dataset_dir, FLAGS.num_clips, FLAGS.clip_seconds,
         FLAGS.synth_sr, FLAGS.mel_dtype, FLAGS.clips_per_shard, FLAGS.direct_num_workers,
         FLAGS.labels, FLAGS.teacher_top_k, tuple(FLAGS.packages), FLAGS.cache_dir,
-        FLAGS.min_tag_count))
+        FLAGS.min_tag_count, FLAGS.teacher_memo))
     tflite = () if mode == "evaluate" else tuple(FLAGS.tflite)  # evaluate: --tflite is a file
     export = cli.config(f"--tflite={','.join(FLAGS.tflite)}", lambda: experiment.ExportConfig(
         FLAGS.export, FLAGS.export_dir, FLAGS.export_version or None, FLAGS.export_per_resolution,

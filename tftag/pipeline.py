@@ -48,17 +48,29 @@ MAX_DASK_PARTITIONS = 1024
 _RESOURCES: dict[tuple, tuple] = {}
 
 
-def _worker_resources(decode_timeout: float, teacher: str | None, top_k: int) -> tuple:
-    """This thread's (EssentiaWorker, Teacher or None) for these settings, made once."""
-    key = (threading.get_ident(), decode_timeout, teacher, top_k)
+def _worker_resources(decode_timeout: float, plan: extraction.ExtractionPlan) -> tuple:
+    """This thread's (EssentiaWorker, teacher or None) for these settings, made once.
+
+    With ``plan.teacher_memo`` the teacher is a :class:`tftag.teacher.MemoTeacher` that reads
+    the memo file and loads the model only at its first miss.
+    """
+    key = (threading.get_ident(), decode_timeout, plan.teacher, plan.teacher_top_k,
+           plan.teacher_memo, plan.output_dir)
     if key not in _RESOURCES:
         worker = _essentia.EssentiaWorker(timeout=decode_timeout)
         atexit.register(worker.close)
         model = None
-        if teacher:
+        if plan.teacher and plan.teacher_memo:
+            from tftag import teacher as teacher_lib
+
+            model = teacher_lib.MemoTeacher(
+                plan.teacher, plan.teacher_top_k,
+                known=teacher_lib.read_memo(plan.teacher_memo, plan.teacher, plan.duration),
+                stage_dir=plan.memo_staging_dir)
+        elif plan.teacher:
             from tftag.teacher import Teacher
 
-            model = Teacher(teacher, top_k)
+            model = Teacher(plan.teacher, plan.teacher_top_k)
         _RESOURCES[key] = (worker, model)
     return _RESOURCES[key]
 
@@ -79,11 +91,11 @@ class ExtractClipFn(beam.DoFn):
         self.decoded = Metrics.counter(NAMESPACE, "decoded")
         self.failed = Metrics.counter(NAMESPACE, "failed")
         self.padded = Metrics.counter(NAMESPACE, "padded")
+        self.memo_hits = Metrics.counter(NAMESPACE, "teacher_memo_hits")
 
     def setup(self):
         extraction.check_visible(self.plan)
-        self._worker, self._teacher = _worker_resources(self.decode_timeout, self.plan.teacher,
-                                                        self.plan.teacher_top_k)
+        self._worker, self._teacher = _worker_resources(self.decode_timeout, self.plan)
         self._count = 0
         self._start = time.monotonic()
 
@@ -93,6 +105,7 @@ class ExtractClipFn(beam.DoFn):
     def process(self, element):
         clip, label_indices = element
         self.seen.inc()
+        hits = getattr(self._teacher, "hits", 0)
         try:
             records, padded = extraction.extract_clip(clip, label_indices, self.plan, self._decode,
                                                       self._teacher)
@@ -104,6 +117,7 @@ class ExtractClipFn(beam.DoFn):
             logging.warning("skipped %s: %s: %s", clip.path, record["error"], record["reason"])
         else:
             self.decoded.inc()
+            self.memo_hits.inc(getattr(self._teacher, "hits", 0) - hits)
             if padded:
                 self.padded.inc()
             yield clip
@@ -297,6 +311,14 @@ def run(
         }
     except NotImplementedError:  # DaskRunner: "collecting metrics will come later"
         metrics = None
+    memo = None
+    if plan.teacher and plan.teacher_memo:  # before finalize: it clears the staging area
+        from tftag import teacher as teacher_lib
+
+        memo = teacher_lib.merge_staged(plan.teacher_memo, plan.teacher, plan.duration,
+                                        plan.memo_staging_dir)
+        logging.info("teacher memo %s: %d entries, %d added by this extraction",
+                     plan.teacher_memo, memo["entries"], memo["added"])
     source = {"catalog": catalog.name, **catalog.info}
     recorded_runner = {"name": LOCAL_RUNNERS.get(runner, runner), **(runner_info or {})}
     meta = extraction.finalize(plan, catalog, source, keep_staging=keep_staging,
@@ -308,4 +330,6 @@ def run(
         "splits": meta["splits"], "bases": len(plan.bases), "views": len(plan.configs),
         "seconds": round(elapsed, 2), "runner": recorded_runner, "beam_counters": metrics,
     }
+    if memo is not None:
+        meta_summary["teacher_memo"] = memo
     return meta_summary

@@ -99,3 +99,170 @@ class Teacher:
 
         soft = self.probabilities(features.melspectrogram(audio_16k, self.mel_config(duration)))
         return hard_labels(soft, self.top_k), soft
+
+
+# Label memo ---------------------------------------------------------------------------------
+# The teacher is most of an extraction's time (~60 % of the real-music study's 45 minutes on 2
+# cores). Its labels are a pure function of a clip's 16 kHz crop, so they are remembered by
+# content: ``--teacher_memo=FILE`` (.npz) maps a key of the crop to the teacher's probabilities;
+# a re-extraction of the same music (another machine, more resolutions, another codec) reads
+# them instead of running the teacher, and a clip whose audio changed misses and is labelled
+# anew. The key is the SHA-1 of the crop's 8-band hop-1 power mel (float32, the one mel
+# implementation: deterministic, single-threaded BLAS), so a memo can also be read off a
+# float32 dataset that stores that base (:func:`memo_from_dataset`) without decoding anything.
+MEMO_KEY_N_MELS = 8
+MEMO_FORMAT = 1
+
+
+def memo_key(audio_16k: np.ndarray) -> str:
+    """The content key of a clip's 16 kHz crop (SHA-1 of its 8-band power mel)."""
+    from tftag import features
+
+    mel = features.base_mels(audio_16k, SR, (MEMO_KEY_N_MELS,))[MEMO_KEY_N_MELS]
+    return memo_key_of_mel(mel)
+
+
+def memo_key_of_mel(mel_8: np.ndarray) -> str:
+    """The content key from the crop's stored 8-band hop-1 power mel [frames, 8] (float32)."""
+    mel = np.ascontiguousarray(mel_8, dtype=np.float32)
+    if mel.ndim != 2 or mel.shape[1] != MEMO_KEY_N_MELS:
+        raise ValueError(f"a memo key needs a [frames, {MEMO_KEY_N_MELS}] mel, got {mel.shape}")
+    import hashlib
+
+    return hashlib.sha1(mel.tobytes()).hexdigest()
+
+
+def _memo_identity(name: str, duration: float) -> dict:
+    return {"format": MEMO_FORMAT, "teacher": name, "duration": float(duration), "sr": SR,
+            "key_n_mels": MEMO_KEY_N_MELS}
+
+
+def read_memo(path: str, name: str, duration: float) -> dict[str, np.ndarray]:
+    """{key: float32 [50] probabilities} of a memo file; {} if there is none.
+
+    Raises:
+      ValueError: the file is not a memo, or one of another teacher or crop duration (named).
+    """
+    import json
+    import os
+
+    if not os.path.exists(path):
+        return {}
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            identity = json.loads(str(npz["identity"]))
+            keys, soft = [str(k) for k in npz["keys"]], np.asarray(npz["soft"], np.float32)
+    except (OSError, KeyError, ValueError) as e:
+        raise ValueError(f"--teacher_memo={path}: not a teacher memo ({e})") from None
+    want = _memo_identity(name, duration)
+    wrong = {k: (identity.get(k), v) for k, v in want.items() if identity.get(k) != v}
+    if wrong:
+        detail = ", ".join(f"{k} {got!r} (this extraction: {v!r})" for k, (got, v) in wrong.items())
+        raise ValueError(f"--teacher_memo={path}: made for another extraction: {detail}")
+    if soft.shape != (len(keys), len(tags())):
+        raise ValueError(f"--teacher_memo={path}: soft labels of shape {soft.shape}, "
+                         f"expected ({len(keys)}, {len(tags())})")
+    return dict(zip(keys, soft))
+
+
+def write_memo(path: str, name: str, duration: float, entries: dict[str, np.ndarray]) -> None:
+    """Writes a memo file atomically (keys sorted, so the same entries give the same bytes)."""
+    import io
+    import json
+
+    from tftag import runfiles
+
+    keys = sorted(entries)
+    soft = (np.stack([np.asarray(entries[k], np.float32) for k in keys]) if keys
+            else np.zeros((0, len(tags())), np.float32))
+    buf = io.BytesIO()
+    np.savez_compressed(buf, identity=np.array(json.dumps(_memo_identity(name, duration))),
+                        keys=np.array(keys, dtype="U40"), soft=soft)
+    runfiles.write_bytes_atomic(path, buf.getvalue())
+
+
+@dataclasses.dataclass
+class MemoTeacher:
+    """A teacher that looks each crop up in a memo first (the interface of :class:`Teacher`).
+
+    The model is loaded only at the first miss; each miss is remembered in ``computed`` and,
+    with ``stage_dir``, staged as ``<key>.npy`` there (so a resumed extraction keeps it until
+    :func:`merge_staged` writes the memo file).
+    """
+
+    name: str
+    top_k: int = DEFAULT_TOP_K
+    known: dict = dataclasses.field(default_factory=dict)
+    stage_dir: str | None = None
+    teacher: Teacher | None = None
+    computed: dict = dataclasses.field(default_factory=dict)
+    hits: int = 0
+
+    def label(self, audio_16k: np.ndarray, duration: float) -> tuple[np.ndarray, np.ndarray]:
+        """(hard labels int64 [50], soft labels float32 [50]) of a clip's 16 kHz crop."""
+        key = memo_key(audio_16k)
+        soft = self.known.get(key)
+        if soft is None:
+            soft = self.computed.get(key)
+        if soft is not None:
+            self.hits += 1
+            return hard_labels(soft, self.top_k), np.asarray(soft, np.float32)
+        if self.teacher is None:
+            self.teacher = Teacher(self.name, self.top_k)
+        labels, soft = self.teacher.label(audio_16k, duration)
+        self.computed[key] = soft
+        if self.stage_dir:
+            import io
+            import os
+
+            from tftag import runfiles
+
+            buf = io.BytesIO()
+            np.save(buf, soft)
+            runfiles.write_bytes_atomic(os.path.join(self.stage_dir, key + ".npy"), buf.getvalue())
+        return labels, soft
+
+
+def merge_staged(path: str, name: str, duration: float, stage_dir: str) -> dict:
+    """Adds the staged entries of an extraction to the memo file; returns counts."""
+    import glob
+    import os
+
+    entries = read_memo(path, name, duration)
+    before = len(entries)
+    for staged in sorted(glob.glob(os.path.join(stage_dir, "*.npy"))):
+        entries[os.path.basename(staged)[:-len(".npy")]] = np.load(staged, allow_pickle=False)
+    if len(entries) != before or not os.path.exists(path):
+        write_memo(path, name, duration, entries)
+    return {"entries": len(entries), "added": len(entries) - before}
+
+
+def memo_from_dataset(dataset_dir: str, path: str) -> dict:
+    """Writes (or adds to) a memo from an extracted teacher-labelled dataset, decoding nothing.
+
+    The dataset must store the 16 kHz 8-band base losslessly (``--mel_dtype=float32``): its mels
+    are exactly the crops' memo keys.
+
+    Raises:
+      ValueError: not a teacher-labelled dataset, or no lossless 16 kHz 8-band base (named).
+    """
+    from tftag import data
+    from tftag.features import MelConfig
+
+    info = data.load_dataset_info(dataset_dir)
+    name = parse_labels(str(info.raw.get("labels", CATALOG)))
+    if name is None:
+        raise ValueError(f"{dataset_dir}: not labelled by a teacher (labels "
+                         f"{info.raw.get('labels', CATALOG)!r}): nothing to remember")
+    duration = info.duration
+    base = MelConfig(SR, MEMO_KEY_N_MELS, 1, "power", duration)
+    if info.codec.name != "float32" or base.base_name not in info.base_names:
+        raise ValueError(f"{dataset_dir}: a memo is read off a float32 dataset with the "
+                         f"{base.base_name} base (this one: mel_dtype {info.codec.name}, bases "
+                         f"{', '.join(info.base_names)})")
+    entries = read_memo(path, name, duration)
+    before = len(entries)
+    for example in data.read_examples(dataset_dir, base):
+        entries[memo_key_of_mel(example["mel"])] = example["soft_labels"]
+    write_memo(path, name, duration, entries)
+    return {"entries": len(entries), "added": len(entries) - before}
