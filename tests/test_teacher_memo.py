@@ -86,6 +86,11 @@ def test_memo_file_is_canonical_and_refuses_another_extraction(tmp_path):
     (tmp_path / "junk.npz").write_text("not a memo")
     with pytest.raises(ValueError, match=r"--teacher_memo=.*junk\.npz: not a teacher memo"):
         teacher.read_memo(str(tmp_path / "junk.npz"), "MTT_musicnn", DURATION)
+    from tftag.experiment import DataConfig
+
+    with pytest.raises(ValueError, match="needs labels=teacher:<name>, got labels=catalog"):
+        DataConfig(teacher_memo=p1)  # refused before any clip is rendered or downloaded
+    assert DataConfig(labels="teacher:MTT_musicnn", teacher_memo=p1).teacher_memo == p1
     with pytest.raises(ValueError, match="needs labels=teacher:<name>, got labels=catalog"):
         extraction.ExtractionPlan(str(tmp_path / "d"), (MelConfig(16000, 8, 1, "log", DURATION),),
                                   tuple(teacher.tags()), teacher_memo=p1)

@@ -160,7 +160,9 @@ class DataConfig:
 
         datasets.REGISTRY.check(self.catalog, "catalog")
         codecs.REGISTRY.check(self.mel_dtype, "mel_dtype")
-        teacher.parse_labels(self.labels)
+        if teacher.parse_labels(self.labels) is None and self.teacher_memo:
+            raise ValueError(f"teacher_memo={self.teacher_memo} remembers teacher labels: it "
+                             f"needs labels=teacher:<name>, got labels={self.labels}")
         if not 1 <= self.teacher_top_k <= len(teacher.tags()):
             raise ValueError(f"teacher_top_k must be in [1, 50], got {self.teacher_top_k}")
         for name in ("num_clips", "clips_per_shard", "min_tag_count"):
