@@ -111,11 +111,12 @@ def save(study_dir: str, results_dir: str, carry_dir: str) -> dict:
     for name, run_dir in unfinished_runs(study_dir, results_dir).items():
         pack = os.path.join(carry_dir, name + SUFFIX)
         packed_epochs = _pack_epochs(pack) if os.path.exists(pack) else 0
-        if packed_epochs == epochs_trained(run_dir):
+        have = epochs_trained(run_dir)
+        if packed_epochs == have:
             continue  # nothing new: keep the committed pack (no new blob in the history)
-        if packed_epochs > epochs_trained(run_dir):  # e.g. a stale copy restored elsewhere
-            skipped[name] = (f"the pack has {packed_epochs} epochs, {run_dir} only "
-                             f"{epochs_trained(run_dir)}: kept the pack")
+        if packed_epochs > have:  # e.g. a stale copy restored elsewhere
+            skipped[name] = (f"the pack has {packed_epochs} epochs, {run_dir} only {have}: "
+                             "kept the pack")
             continue
         packed = pack_run(run_dir)
         if packed is None:

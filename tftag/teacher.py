@@ -185,8 +185,8 @@ def write_memo(path: str, name: str, duration: float, entries: dict[str, np.ndar
 class MemoTeacher:
     """A teacher that looks each crop up in a memo first (the interface of :class:`Teacher`).
 
-    The model is loaded only at the first miss; each miss is remembered in ``computed`` and,
-    with ``stage_dir``, staged as ``<key>.npy`` there (so a resumed extraction keeps it until
+    The model is loaded only at the first miss; each miss is added to ``known`` and, with
+    ``stage_dir``, staged as ``<key>.npy`` there (so a resumed extraction keeps it until
     :func:`merge_staged` writes the memo file).
     """
 
@@ -195,22 +195,19 @@ class MemoTeacher:
     known: dict = dataclasses.field(default_factory=dict)
     stage_dir: str | None = None
     teacher: Teacher | None = None
-    computed: dict = dataclasses.field(default_factory=dict)
     hits: int = 0
 
     def label(self, audio_16k: np.ndarray, duration: float) -> tuple[np.ndarray, np.ndarray]:
         """(hard labels int64 [50], soft labels float32 [50]) of a clip's 16 kHz crop."""
         key = memo_key(audio_16k)
         soft = self.known.get(key)
-        if soft is None:
-            soft = self.computed.get(key)
         if soft is not None:
             self.hits += 1
             return hard_labels(soft, self.top_k), np.asarray(soft, np.float32)
         if self.teacher is None:
             self.teacher = Teacher(self.name, self.top_k)
         labels, soft = self.teacher.label(audio_16k, duration)
-        self.computed[key] = soft
+        self.known[key] = soft
         if self.stage_dir:
             import io
             import os
@@ -223,18 +220,27 @@ class MemoTeacher:
         return labels, soft
 
 
+def _add_to_memo(path: str, name: str, duration: float, new) -> dict:
+    """Adds ``(key, probabilities)`` pairs to the memo file (written if it changed or is
+    missing); returns {"entries", "added"}."""
+    import os
+
+    entries = read_memo(path, name, duration)
+    before = len(entries)
+    entries.update(new)
+    if len(entries) != before or not os.path.exists(path):
+        write_memo(path, name, duration, entries)
+    return {"entries": len(entries), "added": len(entries) - before}
+
+
 def merge_staged(path: str, name: str, duration: float, stage_dir: str) -> dict:
     """Adds the staged entries of an extraction to the memo file; returns counts."""
     import glob
     import os
 
-    entries = read_memo(path, name, duration)
-    before = len(entries)
-    for staged in sorted(glob.glob(os.path.join(stage_dir, "*.npy"))):
-        entries[os.path.basename(staged)[:-len(".npy")]] = np.load(staged, allow_pickle=False)
-    if len(entries) != before or not os.path.exists(path):
-        write_memo(path, name, duration, entries)
-    return {"entries": len(entries), "added": len(entries) - before}
+    staged = sorted(glob.glob(os.path.join(stage_dir, "*.npy")))
+    return _add_to_memo(path, name, duration, (
+        (os.path.basename(f)[:-len(".npy")], np.load(f, allow_pickle=False)) for f in staged))
 
 
 def memo_from_dataset(dataset_dir: str, path: str) -> dict:
@@ -260,9 +266,6 @@ def memo_from_dataset(dataset_dir: str, path: str) -> dict:
         raise ValueError(f"{dataset_dir}: a memo is read off a float32 dataset with the "
                          f"{base.base_name} base (this one: mel_dtype {info.codec.name}, bases "
                          f"{', '.join(info.base_names)})")
-    entries = read_memo(path, name, duration)
-    before = len(entries)
-    for example in data.read_examples(dataset_dir, base):
-        entries[memo_key_of_mel(example["mel"])] = example["soft_labels"]
-    write_memo(path, name, duration, entries)
-    return {"entries": len(entries), "added": len(entries) - before}
+    examples = data.read_examples(dataset_dir, base)
+    return _add_to_memo(path, name, duration,
+                        ((memo_key_of_mel(e["mel"]), e["soft_labels"]) for e in examples))
