@@ -9,7 +9,9 @@ Called by ``benchmarks/study_report.py --runs_dir=...`` (the entry point); :func
   comparison when a configuration ran with two seeds, else the claims' largest),
   ``mde_claims_points``, ``seed_to_seed``, ``claims``, ``pooled`` (keyed by set name
   ``<model>-w<width>-<resolution>``, ``-seed<s>`` appended for seeds other than 0, plus ``model``, ``resolution`` and the rest of the
-  summary), ``vs_baseline``, ``lowest_without_loss`` and the statistical settings;
+  summary), ``vs_baseline``, ``lowest_without_loss`` (sets that finished every fold only),
+  ``students`` (issue 24's rule: the resolutions to ship, :func:`student_choices`) and the
+  statistical settings;
 - ``results.md``: the tables and the cheapest resolution without a significant loss;
 - ``learning_curves.png`` (validation loss per epoch of every run, one panel per model, a
   marker where the learning rate was lowered) and
@@ -54,9 +56,13 @@ class Options:
                 "unit": self.unit}
 
 
-def _shape(s: study.RunSet) -> tuple[int, int]:
-    m = MelConfig.from_name(s.resolution)
+def _res_shape(resolution: str) -> tuple[int, int]:
+    m = MelConfig.from_name(resolution)
     return m.n_mels, m.hop_factor
+
+
+def _shape(s: study.RunSet) -> tuple[int, int]:
+    return _res_shape(s.resolution)
 
 
 def _label(s: study.RunSet) -> str:
@@ -122,12 +128,21 @@ def repeatability(sets: Sequence[study.RunSet], opts: Options) -> list[dict]:
     return out
 
 
+def _complete(row: dict) -> bool:
+    """Whether a pooled set has finished every fold (a partial set is compared on fewer clips:
+    its wider interval must not make it the answer)."""
+    return row["folds_done"] == row["folds"]
+
+
 def lowest_without_loss(pooled: dict[str, dict], comparisons: Sequence[dict],
                         alpha: float) -> dict[str, dict]:
     """Per model, width and seed: the cheapest set (GMAC) not significantly worse than the
-    baseline by the primary paired test (higher, or p ≥ alpha), the baseline included."""
+    baseline by the primary paired test (higher, or p ≥ alpha), the baseline included; only
+    sets that finished every fold count."""
     best: dict[str, dict] = {}
     for c in comparisons:
+        if not (_complete(pooled[c["from"]]) and _complete(pooled[c["to"]])):
+            continue
         key = f"{c['model']}-w{c['width']:g}-seed{c['seed']}"
         for name, ok in ((c["from"], True), (c["to"], c["delta_points"] >= 0 or c["p_bootstrap"] >= alpha)):
             row = pooled[name]
@@ -138,6 +153,51 @@ def lowest_without_loss(pooled: dict[str, dict], comparisons: Sequence[dict],
                              "p_bootstrap": None if name == c["from"] else c["p_bootstrap"],
                              "mde_points": c["mde_points"]}
     return best
+
+
+# Issue 24's final students, chosen from the curve: the reference, the cheapest without a
+# significant loss, one at ~1/10 of that one's GMAC, the cheapest still agreeing with the teacher.
+STUDENT_MIN_TOP5 = 0.5
+STUDENT_GMAC_FRACTION = 0.1
+
+
+def student_choices(pooled: dict[str, dict], lowest: dict[str, dict], model: str = "vgg",
+                    min_top5: float = STUDENT_MIN_TOP5,
+                    fraction: float = STUDENT_GMAC_FRACTION) -> dict | None:
+    """The resolutions to ship as pretrained students (issue 24), by rule, from the complete
+    seed-0 sets of ``model`` (the width of its baseline): ``reference`` (the baseline),
+    ``no_loss`` (:func:`lowest_without_loss`), ``tenth`` (the GMAC closest to ``fraction`` of
+    ``no_loss``'s, on a log scale), ``top5`` (the cheapest with a pooled top-5 overlap with the
+    teacher ≥ ``min_top5``); ``resolutions`` lists them once each, cheapest last. None until
+    the baseline has finished every fold."""
+    import math
+
+    base = next((r for r in pooled.values() if r["model"] == model and r["seed"] == 0
+                 and _complete(r) and _res_shape(r["resolution"]) == BASELINES[model]), None)
+    if base is None:
+        return None
+    rows = [r for r in pooled.values() if r["model"] == model and r["seed"] == 0
+            and r["width"] == base["width"] and _complete(r)]
+    no_loss = pooled[lowest[f"{model}-w{base['width']:g}-seed0"]["set"]]
+    target = fraction * no_loss["gmacs"]
+    tenth = min(rows, key=lambda r: (abs(math.log(r["gmacs"] / target)), r["gmacs"]))
+    agreeing = [r for r in rows if r["top5_overlap"] >= min_top5]
+    top5 = min(agreeing, key=lambda r: r["gmacs"]) if agreeing else None
+    picks = {"reference": base, "no_loss": no_loss, "tenth": tenth, "top5": top5}
+    order = sorted({r["set"]: r for r in picks.values() if r is not None}.values(),
+                   key=lambda r: -r["gmacs"])
+    return {
+        **{k: (None if r is None else r["resolution"]) for k, r in picks.items()},
+        "resolutions": [r["resolution"] for r in order],
+        "gmacs": {r["resolution"]: r["gmacs"] for r in order},
+        "top5_overlap": {r["resolution"]: r["top5_overlap"] for r in order},
+        "complete_sets": len(rows),
+        "rule": (f"{model} width {base['width']:g}, seed 0, sets that finished every fold: the "
+                 f"reference {BASELINES[model][0]}x{BASELINES[model][1]}; the cheapest without a "
+                 f"significant loss (paired bootstrap); the one whose GMAC is closest to "
+                 f"{fraction:g} x that one's (log scale); the cheapest with a pooled top-5 "
+                 f"overlap with the teacher >= {min_top5:g}"),
+    }
 
 
 def _fmt_p(p: float | None) -> str:
@@ -294,6 +354,7 @@ def build(runs_dir: str, out_dir: str, name: str, opts: Options = Options()) -> 
         "labels": f"teacher top-{opts.top_k} per clip", "alpha": opts.alpha,
         "claims": tested, "pooled": pooled, "vs_baseline": against,
         "lowest_without_loss": lowest,
+        "students": student_choices(pooled, lowest),
     }
     runfiles.write_json_atomic(os.path.join(out_dir, "report.json"), report)
     mde_text = "–" if mde is None else f"{mde:.2f}"
@@ -329,6 +390,24 @@ def build(runs_dir: str, out_dir: str, name: str, opts: Options = Options()) -> 
                   f"points [{r['ci95_points'][0]:+.2f}, {r['ci95_points'][1]:+.2f}] vs "
                   f"`{r['baseline']}` (p = {_fmt_p(r['p_bootstrap'])}); this comparison detects "
                   f"{r['mde_points']:.2f} points with {100 * opts.power:.0f} % power.")
+    partial = [r for r in rows if not _complete(r)]
+    if partial:
+        md.append("- not yet counted (folds still to run): " + ", ".join(
+            f"`{r['set']}` ({r['folds_done']}/{r['folds']})" for r in partial) + ".")
+    students = report["students"]
+    md += ["", "## Resolutions to ship as pretrained students (issue 24's rule)", ""]
+    if students is None:
+        md.append("(the baseline has not finished every fold yet)")
+    else:
+        md.append(f"Rule: {students['rule']}.")
+        md.append("")
+        for k in ("reference", "no_loss", "tenth", "top5"):
+            res = students[k]
+            md.append(f"- {k}: " + ("none" if res is None else
+                                    f"`{res}` ({students['gmacs'][res]:.4f} GMAC, top-5 "
+                                    f"{students['top5_overlap'][res]:.3f})"))
+        md.append(f"- from {students['complete_sets']} complete sets; to ship: "
+                  + ", ".join(f"`{r}`" for r in students["resolutions"]))
     runfiles.write_text_atomic(os.path.join(out_dir, "results.md"), "\n".join(md))
     plot_learning_curves(results, os.path.join(out_dir, "learning_curves.png"))
     plot_roc_vs_gmacs(rows, os.path.join(out_dir, "roc_vs_gmacs.png"))
@@ -337,4 +416,6 @@ def build(runs_dir: str, out_dir: str, name: str, opts: Options = Options()) -> 
             "seed_to_seed_points": [round(c["delta_points"], 3) for c in repeats], "claims": [{k: c[k] for k in ("model", "from_shape", "to_shape",
                                                              "delta_points", "p_bootstrap")}
                                           for c in tested],
-            "lowest_without_loss": {k: v["set"] for k, v in lowest.items()}, "out": out_dir}
+            "lowest_without_loss": {k: v["set"] for k, v in lowest.items()},
+            "students": None if report["students"] is None else report["students"]["resolutions"],
+            "out": out_dir}

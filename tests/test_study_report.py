@@ -226,3 +226,50 @@ def test_cv_report_errors(tmp_path):
     empty = run_module("benchmarks.study_report", f"--runs_dir={tmp_path / 'none'}", "--name=x",
                        f"--out_root={tmp_path}", check=False)
     assert empty.returncode != 0 and "no */result.json" in empty.stderr
+
+
+def test_cv_report_students_and_partial_sets(tmp_path):
+    """Issue 24's rule picks the students from complete sets only; a set with folds still to run
+    is named as pending and can be neither the cheapest without loss nor a student."""
+    import shutil
+
+    from benchmarks import cv_report
+
+    runs = tmp_path / "runs"
+    _write_cv_runs(runs)
+    cv_report.build(str(runs), str(tmp_path / "full"), "cv", cv_report.Options(n_resamples=200))
+    full = json.loads((tmp_path / "full" / "report.json").read_text())
+    students = full["students"]
+    top5 = {k: v["top5_overlap"] for k, v in full["pooled"].items()}
+    low, high = top5["vgg-w0.125-sr16000-mel96-hop10-log"], top5["vgg-w0.125-sr16000-mel48-hop1-log"]
+    assert 0.5 <= low < high  # 8 tags: even the noisy 96x10 keeps half of the teacher's top 5
+    assert students["reference"] == "sr16000-mel96-hop1-log"
+    assert students["no_loss"] == "sr16000-mel48-hop1-log"
+    # 1/10 of 48x1's 0.032 GMAC = 0.0032: 96x10 (0.0064) is nearer than 48x1 on a log scale
+    assert students["tenth"] == "sr16000-mel96-hop10-log"
+    assert students["top5"] == "sr16000-mel96-hop10-log"  # the cheapest with top-5 >= 0.5
+    assert students["resolutions"] == ["sr16000-mel96-hop1-log", "sr16000-mel48-hop1-log",
+                                       "sr16000-mel96-hop10-log"]
+    assert students["complete_sets"] == 3
+    assert students["top5_overlap"]["sr16000-mel96-hop10-log"] == pytest.approx(low)
+    # a stricter agreement bar than 96x10 meets: 48x1 is the cheapest that keeps it
+    strict = cv_report.student_choices(full["pooled"], full["lowest_without_loss"],
+                                       min_top5=(low + high) / 2)
+    assert strict["top5"] == "sr16000-mel48-hop1-log" and strict["tenth"] == "sr16000-mel96-hop10-log"
+    assert cv_report.student_choices(full["pooled"], full["lowest_without_loss"],
+                                     min_top5=1.01)["top5"] is None
+    # 48x1 without its last fold: compared on fewer clips, not counted until it finishes
+    shutil.rmtree(runs / "vgg-w0.125-sr16000-mel48-hop1-log-fold2-seed0")
+    cv_report.build(str(runs), str(tmp_path / "part"), "cv", cv_report.Options(n_resamples=200))
+    part = json.loads((tmp_path / "part" / "report.json").read_text())
+    assert part["pooled"]["vgg-w0.125-sr16000-mel48-hop1-log"]["folds_done"] == 2
+    assert part["lowest_without_loss"]["vgg-w0.125-seed0"]["set"] == "vgg-w0.125-sr16000-mel96-hop1-log"
+    assert part["students"]["no_loss"] == "sr16000-mel96-hop1-log"
+    assert "sr16000-mel48-hop1-log" not in part["students"]["resolutions"]
+    md = (tmp_path / "part" / "results.md").read_text()
+    assert "not yet counted (folds still to run): `vgg-w0.125-sr16000-mel48-hop1-log` (2/3)" in md
+    # no complete baseline: no students yet
+    shutil.rmtree(runs / "vgg-w0.125-sr16000-mel96-hop1-log-fold0-seed0")
+    cv_report.build(str(runs), str(tmp_path / "none"), "cv", cv_report.Options(n_resamples=200))
+    assert json.loads((tmp_path / "none" / "report.json").read_text())["students"] is None
+    assert "(the baseline has not finished every fold yet)" in (tmp_path / "none" / "results.md").read_text()
