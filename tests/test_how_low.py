@@ -354,6 +354,13 @@ def test_the_real_music_config_searches_the_studys_fold_with_its_recipe():
     assert len(planned) == 10 and all(p in of_study for p in planned)
     assert {(m.name, m.width) for m, _, _ in planned} == {("vgg", 0.125), ("musicnn", 0.25)}
     assert search == how_low.SearchConfig()
+    # the VGG-CNN-only variant: the same fold, recipe and search over the study's 9 VGG-CNN runs
+    vgg, vgg_search = load("how_low_real_music_vgg.flags")
+    assert vgg.folds == exp.folds and vgg.train == exp.train and vgg_search == search
+    only_vgg = [(i.model_config, i.mel_config.name, i.train_config)
+                for i in sweep.plan_items(vgg.sweep_plan(), 1)]
+    assert only_vgg == [p for p in planned if p[0].name == "vgg"] and len(only_vgg) == 9
+    assert vgg.run_dir != exp.run_dir
 
 
 def test_chosen_flags_on_a_fold_keep_a_patch_models_test_patches(tmp_path):
