@@ -21,6 +21,7 @@ Called by ``benchmarks/study_report.py --runs_dir=...`` (the entry point); :func
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from typing import Sequence
 
@@ -170,15 +171,14 @@ def student_choices(pooled: dict[str, dict], lowest: dict[str, dict], model: str
     ``no_loss``'s, on a log scale), ``top5`` (the cheapest with a pooled top-5 overlap with the
     teacher ≥ ``min_top5``); ``resolutions`` lists them once each, cheapest last. None until
     the baseline has finished every fold."""
-    import math
-
     base = next((r for r in pooled.values() if r["model"] == model and r["seed"] == 0
                  and _complete(r) and _res_shape(r["resolution"]) == BASELINES[model]), None)
     if base is None:
         return None
     rows = [r for r in pooled.values() if r["model"] == model and r["seed"] == 0
             and r["width"] == base["width"] and _complete(r)]
-    no_loss = pooled[lowest[f"{model}-w{base['width']:g}-seed0"]["set"]]
+    # no complete set beside the baseline yet: nothing compared, the baseline is the answer
+    no_loss = pooled[lowest.get(f"{model}-w{base['width']:g}-seed0", base)["set"]]
     target = fraction * no_loss["gmacs"]
     tenth = min(rows, key=lambda r: (abs(math.log(r["gmacs"] / target)), r["gmacs"]))
     agreeing = [r for r in rows if r["top5_overlap"] >= min_top5]

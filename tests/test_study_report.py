@@ -258,6 +258,11 @@ def test_cv_report_students_and_partial_sets(tmp_path):
     assert strict["top5"] == "sr16000-mel48-hop1-log" and strict["tenth"] == "sr16000-mel96-hop10-log"
     assert cv_report.student_choices(full["pooled"], full["lowest_without_loss"],
                                      min_top5=1.01)["top5"] is None
+    # only the baseline has finished: nothing compared yet, it is every pick
+    base_key = "vgg-w0.125-sr16000-mel96-hop1-log"
+    alone = cv_report.student_choices({base_key: full["pooled"][base_key]}, {})
+    assert alone["no_loss"] == alone["tenth"] == alone["reference"] == "sr16000-mel96-hop1-log"
+    assert alone["resolutions"] == ["sr16000-mel96-hop1-log"] and alone["complete_sets"] == 1
     # 48x1 without its last fold: compared on fewer clips, not counted until it finishes
     shutil.rmtree(runs / "vgg-w0.125-sr16000-mel48-hop1-log-fold2-seed0")
     cv_report.build(str(runs), str(tmp_path / "part"), "cv", cv_report.Options(n_resamples=200))
