@@ -360,3 +360,22 @@ def test_tagging_benchmark_runs_students_side_by_side(shipped, tmp_path):
     for row in only.values():
         assert row["windows"] == 8 and row["examples_per_s"] > 0
     assert result["musicnn_package"].startswith("not run")
+
+
+def test_student_exports_benchmark_checks_every_precision(shipped, dataset, tmp_path):
+    """benchmarks/student_exports.py: the student exported, reloaded and its three TFLite
+    files evaluated against the Keras model, one JSON file and line."""
+    out = tmp_path / "exports.json"
+    proc = run_module("benchmarks.student_exports", f"--dataset_dir={dataset}",
+                      f"--models_dir={shipped['models_dir']}", "--students=tftag_vgg_16x2",
+                      "--representative_clips=4", f"--out={out}")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert json.load(open(out)) == result
+    row = result["students"]["tftag_vgg_16x2"]
+    assert row["essentia_graph"] == "essentia/tftag_vgg_16x2.pb"
+    assert set(row["tflite"]) == {"float16", "dynamic", "int8"}
+    assert row["tflite"]["int8"]["integer_only"] is True
+    for precision in row["tflite"].values():
+        assert precision["bytes"] > 0 and 0 <= precision["max_abs_diff"] < 0.5
+    bad = run_module("benchmarks.student_exports", f"--dataset_dir={tmp_path}/none", check=False)
+    assert bad.returncode != 0 and "--dataset_dir=" in bad.stderr and "no such dataset" in bad.stderr
