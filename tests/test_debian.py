@@ -98,6 +98,39 @@ def test_rules():
     assert debian.split_of("g1", seed=0) == debian.split_of("g1", seed=0)
 
 
+def test_free_text_copyright_licences():
+    # Pre-DEP-5 copyright files (4 of the 17 study packages, e.g. wesnoth-1.16-music,
+    # fillets-ng-data) name their licences in prose; their first line is "This package was
+    # debianized by ...", which the model cards showed as the licence before.
+    wesnoth_like = """This package was originally debianized by Someone <a@b.c>
+    License:
+            it under the terms of the GNU General Public License version 2
+            or at your option any later version.
+            modify it under the terms of the GNU Library General Public
+            License as published by the Free Software Foundation; either
+            version 2 of the License, or (at your option) any later version.
+            * Dual licensed under the MIT (MIT-LICENSE.txt)"""
+    assert debian.free_text_licences(wesnoth_like) == ["GPL-2+", "LGPL-2+", "Expat"]
+    assert debian.free_text_licences(
+        "The music is under the Creative Commons Attribution-ShareAlike 3.0 licence; the\n"
+        "sounds are CC-BY 4.0 and in the public domain; GNU General Public License,\n"
+        "version 3.") == ["CC-BY-SA-3.0", "CC-BY-4.0", "public-domain", "GPL-3"]
+    assert debian.free_text_licences("Copyright 2001 Somebody. All rights reserved.") == []
+
+
+def test_licence_of_an_unpacked_package(tmp_path):
+    doc = tmp_path / "usr" / "share" / "doc"
+    for pkg, text in {"dep5": "Files: *\nLicense: GPL-2+\n\nFiles: m/*\nLicense: CC0-1.0\n",
+                      "prose": "This package was debianized by X.\nGNU General Public License",
+                      "none": "This package was debianized by X.\nAsk the author."}.items():
+        (doc / pkg).mkdir(parents=True)
+        (doc / pkg / "copyright").write_text(text)
+    assert debian._licence(str(tmp_path), "dep5") == "GPL-2+, CC0-1.0"
+    assert debian._licence(str(tmp_path), "prose") == "GPL"
+    assert debian._licence(str(tmp_path), "none") == "see /usr/share/doc/none/copyright"
+    assert debian._licence(str(tmp_path), "absent") == "unknown (no copyright file)"
+
+
 def test_loop_period():
     rng = np.random.default_rng(0)
     loop = rng.standard_normal(20 * 50)  # a 50-s loop at 20 values per second

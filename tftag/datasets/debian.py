@@ -210,8 +210,57 @@ def _envelope(path: str, rate: int = 20) -> tuple[np.ndarray, float]:
     return (env - env.mean()) / (env.std() + 1e-9), sr / hop
 
 
+# Free-text (pre-DEP-5) ``copyright`` files: licence names found by phrase, in this order.
+# Each row: (SPDX-style name, pattern); a GNU licence's version and "or later" are read after it.
+FREE_TEXT_LICENCES = (
+    ("LGPL", r"GNU (?:Lesser|Library) General Public Licen[cs]e"),
+    ("GPL", r"GNU General Public Licen[cs]e"),
+    ("CC-BY-SA", r"Creative\s+Commons\s+Attribution[- ]Share\s*Alike|CC[- ]BY[- ]SA"),
+    ("CC-BY", r"Creative\s+Commons\s+Attribution(?![- ]Share)|CC[- ]BY(?![- ]SA)"),
+    ("CC0", r"\bCC0\b|Creative Commons Zero"),
+    ("Artistic", r"Artistic Licen[cs]e"),
+    ("public-domain", r"public domain"),
+    ("Expat", r"\bMIT\b|\bExpat\b"),
+)
+
+
+def free_text_licences(text: str) -> list[str]:
+    """Licence names (``GPL-2+``, ``CC-BY-SA-3.0``, ...) a free-text copyright file names, in order.
+
+    A GNU licence takes the first "version N" within 200 characters after its name, and ``+``
+    when "any later version" follows within 300; a Creative Commons licence its "N.N" number.
+    """
+    flat = " ".join(text.split())
+    found: list[tuple[int, str]] = []
+    for name, pattern in FREE_TEXT_LICENCES:
+        for m in re.finditer(pattern, flat, flags=re.IGNORECASE):
+            tail = flat[m.end():m.end() + 300]
+            full = name
+            if name in ("GPL", "LGPL"):
+                v = re.search(r"version (\d(?:\.\d)?)", tail[:200], flags=re.IGNORECASE)
+                if v:
+                    full += "-" + v.group(1)
+                    if re.search(r"any later version", tail, flags=re.IGNORECASE):
+                        full += "+"
+            elif name.startswith("CC-BY"):
+                v = re.match(r"[^.;]{0,40}?(\d\.\d)", tail)
+                if v:
+                    full += "-" + v.group(1)
+            found.append((m.start(), full))
+    names: list[str] = []
+    for _, full in sorted(found):  # in the order the file names them
+        if full not in names:
+            names.append(full)
+    # "GPL" alone says nothing more than a versioned "GPL-2+" found beside it
+    return [n for n in names if not any(o != n and o.startswith(n + "-") for o in names)]
+
+
 def _licence(root: str, package: str) -> str:
-    """Licence names of the package's DEP-5 ``copyright`` file (or its first line)."""
+    """Licence names of the package's ``copyright`` file.
+
+    DEP-5 files: their ``License:`` fields; free-text files: :func:`free_text_licences`; neither:
+    ``see /usr/share/doc/<package>/copyright``.
+    """
     path = os.path.join(root, "usr", "share", "doc", package, "copyright")
     if not os.path.exists(path):
         return "unknown (no copyright file)"
@@ -223,7 +272,9 @@ def _licence(root: str, package: str) -> str:
             name = line[len("License:"):].strip()
             if name and name not in names:
                 names.append(name)
-    return ", ".join(names) if names else text.strip().splitlines()[0][:120]
+    if not names:
+        names = free_text_licences(text)
+    return ", ".join(names) if names else f"see /usr/share/doc/{package}/copyright"
 
 
 def _track_record(package: str, root: str, rel: str) -> dict:
