@@ -6,7 +6,7 @@
 # Environment: THREADS (TF intra-op threads, default 1), NICE (default 0), PYTHON, OVERWRITE=1
 # (train on and re-ship a model that is shipped already, e.g. after the recipe changed: its run
 # continues from its checkpoint, --mode=ship --overwrite replaces the package's folder).
-#   bash benchmarks/run_students.sh 8x10 32x4 48x2 96x1
+#   bash benchmarks/run_students.sh 96x1 48x2 32x4 8x4 8x10
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-.venv/bin/python}
