@@ -116,6 +116,11 @@ def test_free_text_copyright_licences():
         "sounds are CC-BY 4.0 and in the public domain; GNU General Public License,\n"
         "version 3.") == ["CC-BY-SA-3.0", "CC-BY-4.0", "public-domain", "GPL-3"]
     assert debian.free_text_licences("Copyright 2001 Somebody. All rights reserved.") == []
+    # singularity-music quotes the CC BY-SA legal code, which names itself only this way
+    assert debian.free_text_licences(
+        "CREATIVE COMMONS PUBLIC LICENSE (\"CCPL\")... \"License Elements\" means the\n"
+        "following high-level license attributes as selected by Licensor and indicated in the\n"
+        "title of this License: Attribution, ShareAlike.") == ["CC-BY-SA"]
 
 
 def test_licence_of_an_unpacked_package(tmp_path):

@@ -215,7 +215,8 @@ def _envelope(path: str, rate: int = 20) -> tuple[np.ndarray, float]:
 FREE_TEXT_LICENCES = (
     ("LGPL", r"GNU (?:Lesser|Library) General Public Licen[cs]e"),
     ("GPL", r"GNU General Public Licen[cs]e"),
-    ("CC-BY-SA", r"Creative\s+Commons\s+Attribution[- ]Share\s*Alike|CC[- ]BY[- ]SA"),
+    ("CC-BY-SA", r"Creative\s+Commons\s+Attribution[- ]Share\s*Alike|CC[- ]BY[- ]SA"
+                 r"|License Elements[^:]{0,160}: Attribution, ShareAlike"),  # the legal code
     ("CC-BY", r"Creative\s+Commons\s+Attribution(?![- ]Share)|CC[- ]BY(?![- ]SA)"),
     ("CC0", r"\bCC0\b|Creative Commons Zero"),
     ("Artistic", r"Artistic Licen[cs]e"),
