@@ -18,7 +18,6 @@ import datetime
 import json
 import os
 import shutil
-import sys
 import tempfile
 
 from absl import app, flags
@@ -62,7 +61,6 @@ def export_student(name: str, export_root: str, dataset_dir: str) -> dict:
 
 def main(argv):
     del argv
-    sys.path.insert(0, ROOT)
     from tftag import runfiles
     from tftag.models import pretrained
 

@@ -115,6 +115,10 @@ def test_free_text_copyright_licences():
         "The music is under the Creative Commons Attribution-ShareAlike 3.0 licence; the\n"
         "sounds are CC-BY 4.0 and in the public domain; GNU General Public License,\n"
         "version 3.") == ["CC-BY-SA-3.0", "CC-BY-4.0", "public-domain", "GPL-3"]
+    assert debian.free_text_licences(
+        "Music: Creative Commons Attribution; art: CC-BY-SA 3.0; code: GNU General Public "
+        "License, and parts GNU General Public License version 2.") == [
+            "CC-BY", "CC-BY-SA-3.0", "GPL-2"]
     assert debian.free_text_licences("Copyright 2001 Somebody. All rights reserved.") == []
     # singularity-music quotes the CC BY-SA legal code, which names itself only this way
     assert debian.free_text_licences(

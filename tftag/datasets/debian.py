@@ -248,12 +248,11 @@ def free_text_licences(text: str) -> list[str]:
                 if v:
                     full += "-" + v.group(1)
             found.append((m.start(), full))
-    names: list[str] = []
-    for _, full in sorted(found):  # in the order the file names them
-        if full not in names:
-            names.append(full)
-    # "GPL" alone says nothing more than a versioned "GPL-2+" found beside it
-    return [n for n in names if not any(o != n and o.startswith(n + "-") for o in names)]
+    names = list(dict.fromkeys(full for _, full in sorted(found)))  # in the file's order
+    # "GPL" alone says nothing more than a versioned "GPL-2+" beside it (but "CC-BY" is not
+    # said by "CC-BY-SA-3.0": only a version number counts)
+    return [n for n in names
+            if not any(re.fullmatch(re.escape(n) + r"-\d.*", o) for o in names)]
 
 
 def _licence(root: str, package: str) -> str:
