@@ -72,8 +72,8 @@ def test_pack_retries_when_a_checkpoint_rotates_while_it_is_packed(tmp_path, mon
         return real_add(self, name, *args, **kwargs)
 
     monkeypatch.setattr(carry_runs.tarfile.TarFile, "add", rotating_add)
-    data, epochs = carry_runs.pack_run(run_dir, pause_seconds=0)
-    assert epochs == 3 and len(calls) > 2  # the first, inconsistent pack was taken again
+    data, (epochs, steps) = carry_runs.pack_run(run_dir, pause_seconds=0)
+    assert (epochs, steps) == (3, 0) and len(calls) > 2  # the first, inconsistent pack was taken again
     import io
     import tarfile
     with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
@@ -105,3 +105,30 @@ def test_save_never_replaces_a_pack_with_an_older_run(tmp_path):
     assert out["saved"] == {} and "kept the pack" in out["skipped"]["fold0/vgg-f-fold0-seed0"]
     assert carry_runs.restore(str(tmp_path / "next"), results, carry)["restored"] == {
         "fold0/vgg-f-fold0-seed0": 5}
+
+
+def test_a_mid_epoch_checkpoint_is_carried_and_restored(tmp_path):
+    """A run inside its first epoch (progress.json: steps of the epoch in progress) is packed,
+    re-packed when it has more steps, and restored over a directory that is behind it."""
+    study, results, carry = (str(tmp_path / d) for d in ("study", "results", "carry"))
+    run_dir = _run(study, "fold1", "musicnn-m-fold1-seed0", 0, b"step200")
+    assert carry_runs.progress(run_dir) == (0, 0) and carry_runs.unfinished_runs(study, results) == {}
+    with open(os.path.join(run_dir, "progress.json"), "w") as f:
+        json.dump({"epoch": 0, "step": 200}, f)
+    out = carry_runs.save(study, results, carry)
+    assert out["saved"]["fold1/musicnn-m-fold1-seed0"]["steps"] == 200
+    assert carry_runs.save(study, results, carry)["saved"] == {}  # nothing new
+    with open(os.path.join(run_dir, "progress.json"), "w") as f:
+        json.dump({"epoch": 0, "step": 400}, f)
+    assert carry_runs.save(study, results, carry)["saved"]["fold1/musicnn-m-fold1-seed0"][
+        "steps"] == 400
+    behind = _run(str(tmp_path / "next"), "fold1", "musicnn-m-fold1-seed0", 0, b"older")
+    with open(os.path.join(behind, "progress.json"), "w") as f:
+        json.dump({"epoch": 0, "step": 200}, f)
+    out = carry_runs.restore(str(tmp_path / "next"), results, carry)
+    assert out["restored"] == {"fold1/musicnn-m-fold1-seed0": [0, 400]}
+    assert carry_runs.progress(behind) == (0, 400)
+    # a finished epoch makes an older epoch's progress.json stale: it counts no steps
+    with open(os.path.join(behind, "history.json"), "w") as f:
+        json.dump([{"epoch": 0}], f)
+    assert carry_runs.progress(behind) == (1, 0)

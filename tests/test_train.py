@@ -13,7 +13,7 @@ import warnings
 import numpy as np
 import pytest
 
-from tftag import data, evaluate, train
+from tftag import data, evaluate, runfiles, train
 from tftag.features import MelConfig
 from tftag.models import ModelConfig
 
@@ -91,6 +91,65 @@ def _summaries(logdir) -> dict:
             for value in event.summary.value:
                 out.setdefault(value.tag, []).append((event.step, tf.make_ndarray(value.tensor)))
     return out
+
+
+def test_resume_inside_an_epoch_ends_as_an_uninterrupted_run(tiny_dataset, tmp_path):
+    """Mid-epoch checkpoints every 2 steps: a run stopped after 3 steps of its first epoch
+    (the 3rd is lost) resumes at step 2, skips the batches it had done, and ends with the same
+    weights and history as a run never stopped; checkpointing does not change the results."""
+    mc = ModelConfig("vgg", width=0.05)
+    cfg = train.TrainConfig(batch_size=4, epochs=2, steps_per_epoch=4, patience=0, seed=5)
+    straight = train.train(tiny_dataset, MEL, mc, cfg, str(tmp_path / "straight"),
+                           checkpoint_steps=2)
+    plain = train.train(tiny_dataset, MEL, mc, cfg, str(tmp_path / "plain"), checkpoint_steps=0)
+    cut = str(tmp_path / "cut")
+    first = train.train(tiny_dataset, MEL, mc, cfg, cut, checkpoint_steps=2, stop_after_steps=3)
+    assert first["epochs_done"] == 0 and first["stop_reason"] is None
+    assert runfiles.training_progress(cut) == (0, 2)
+    resumed = train.train(tiny_dataset, MEL, mc, cfg, cut, checkpoint_steps=2)
+    assert runfiles.training_progress(cut) == (2, 0)
+    assert [h["steps"] for h in resumed["history"]] == [4, 4]
+    assert [h["loss"] for h in resumed["history"]] == [h["loss"] for h in straight["history"]]
+    assert [h["loss"] for h in plain["history"]] == pytest.approx(
+        [h["loss"] for h in straight["history"]], rel=1e-12)
+    for other in ("cut", "plain"):
+        a = train.load_best(str(tmp_path / "straight"), tiny_dataset, MEL, mc)
+        b = train.load_best(str(tmp_path / other), tiny_dataset, MEL, mc)
+        for wa, wb in zip(_weights(a), _weights(b)):
+            np.testing.assert_array_equal(wa, wb)
+
+
+def test_resume_from_a_checkpoint_older_than_its_state(tiny_dataset, tmp_path):
+    """A checkpoint written before the learning-rate stage and the mid-epoch state existed
+    (model, optimizer, epoch, best, best_epoch, bad_epochs; e.g. a study run carried from an
+    older tftag) resumes, and ends as a run never stopped."""
+    import keras
+    import tensorflow as tf
+
+    from tftag.models import build
+
+    mc = ModelConfig("vgg", width=0.05)
+    cfg = train.TrainConfig(batch_size=4, epochs=2, steps_per_epoch=2, patience=0, seed=7)
+    straight = train.train(tiny_dataset, MEL, mc, cfg, str(tmp_path / "straight"))
+    run = str(tmp_path / "old")
+    train.train(tiny_dataset, MEL, mc, cfg, run, stop_after_epochs=1)
+    ckpts = os.path.join(run, "checkpoints")
+    model = build(mc, MEL, data.load_dataset_info(tiny_dataset).n_tags)
+    optimizer = keras.optimizers.Adam(cfg.learning_rate)
+    optimizer.build(model.trainable_variables)
+    old = {"epoch": tf.Variable(0, dtype=tf.int64), "best": tf.Variable(0.0, dtype=tf.float64),
+           "best_epoch": tf.Variable(0, dtype=tf.int64),
+           "bad_epochs": tf.Variable(0, dtype=tf.int64)}
+    ckpt = tf.train.Checkpoint(model=model, optimizer=optimizer, **old)
+    ckpt.restore(tf.train.latest_checkpoint(ckpts)).expect_partial()
+    for f in os.listdir(ckpts):
+        os.remove(os.path.join(ckpts, f))
+    tf.train.CheckpointManager(ckpt, ckpts, max_to_keep=1).save()
+    saved = {n.split("/")[0] for n, _ in tf.train.list_variables(tf.train.latest_checkpoint(ckpts))}
+    assert not saved & set(train.LR_STATE + train.EPOCH_STATE) and int(old["epoch"]) == 1
+    resumed = train.train(tiny_dataset, MEL, mc, cfg, run)
+    assert resumed["epochs_done"] == 2
+    assert [h["loss"] for h in resumed["history"]] == [h["loss"] for h in straight["history"]]
 
 
 def test_train_evaluate_resume_round_trip(tiny_dataset, tmp_path):

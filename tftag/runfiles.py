@@ -111,6 +111,27 @@ def require_weights(path: str) -> str:
     return path
 
 
+HISTORY_JSON = "history.json"  # a run directory's epochs (tftag.train), one entry per epoch
+PROGRESS_JSON = "progress.json"  # {"epoch", "step"}: steps done of the epoch in progress
+
+
+def training_progress(run_dir: str) -> tuple[int, int]:
+    """``(epochs, steps)`` a run directory's checkpoint holds: finished epochs (its history) and
+    the steps of the next epoch saved by a mid-epoch checkpoint (0 if none); comparable as a
+    tuple. ``(0, 0)`` for a run directory without either file."""
+    epochs = 0
+    path = os.path.join(run_dir, HISTORY_JSON)
+    if os.path.exists(path):
+        epochs = len(read_json(path))
+    steps = 0
+    path = os.path.join(run_dir, PROGRESS_JSON)
+    if os.path.exists(path):
+        progress = read_json(path)
+        if progress.get("epoch") == epochs:
+            steps = int(progress.get("step", 0))
+    return epochs, steps
+
+
 def read_json(path: str) -> Any:
     """Reads a JSON file."""
     with open(path, encoding="utf-8") as f:

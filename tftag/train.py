@@ -20,7 +20,12 @@ outcome's ``stop_reason`` says why training ended: ``plateau`` (patience ran out
 up; the stages' learning rates are in the history.
 
 Run directory: ``checkpoints/`` (last state), ``best.weights.h5``, ``history.json``,
-``tb/train`` and ``tb/valid`` (TensorBoard).
+``progress.json`` (the steps of the epoch in progress at its last checkpoint), ``tb/train`` and
+``tb/valid`` (TensorBoard). Long epochs are checkpointed every ``checkpoint_steps`` steps too,
+so an interrupted run loses at most that many steps: it resumes inside the epoch, skipping the
+batches it had trained on (the epoch's data order is the same), and ends as an uninterrupted run
+does. Progress inside an epoch (step, running loss, examples/s) is logged every
+:data:`PROGRESS_SECONDS`.
 
 ``batch_size`` is the global batch: split evenly across the replicas in sync (an error if it
 does not divide), the loss of a step averaged over the examples of the whole global batch, and
@@ -44,7 +49,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from tftag import data, determinism, distributed, evaluate, folds, patches
+from tftag import data, determinism, distributed, evaluate, folds, patches, runfiles
 from tftag.experiment import TrainConfig  # noqa: F401  (defined beside the Experiment)
 from tftag.features import MelConfig
 from tftag.models import ModelConfig, build, training
@@ -53,6 +58,11 @@ from tftag.models import ModelConfig, build, training
 # The learning-rate stage's entries of the checkpointed training state (--lr_reductions);
 # checkpoints written before they existed hold neither.
 LR_STATE = ("learning_rate", "lr_reductions")
+# The epoch in progress at a mid-epoch checkpoint: steps done, their summed loss and seconds;
+# checkpoints written before mid-epoch checkpoints existed hold none (they are at a boundary).
+EPOCH_STATE = ("epoch_step", "epoch_loss_sum", "epoch_seconds")
+CHECKPOINT_STEPS = 200  # a mid-epoch checkpoint every so many steps (MUSICNN pass: ~750)
+PROGRESS_SECONDS = 60.0  # a progress line inside an epoch at most this often
 
 
 def default_strategy() -> tf.distribute.Strategy:
@@ -184,6 +194,18 @@ class StepCache:
         return len(self._entries)
 
 
+def _save_state(chief: bool, manager: tf.train.CheckpointManager,
+                checkpoint: tf.train.Checkpoint, run_dir: str, epoch: int, step: int) -> None:
+    """A mid-epoch checkpoint and, on the chief, ``progress.json`` (epoch, steps done)."""
+    if chief:
+        manager.save()
+        data.write_json_atomic(os.path.join(run_dir, runfiles.PROGRESS_JSON),
+                               {"epoch": epoch, "step": step})
+    else:  # saving may take part in collectives: save too, outside the run directory
+        with distributed.scratch_dir() as scratch:
+            checkpoint.save(os.path.join(scratch, "ckpt"))
+
+
 def train(
     dataset_dir: str,
     mel_config: MelConfig,
@@ -194,6 +216,8 @@ def train(
     stop_after_epochs: int | None = None,
     fold: folds.FoldParts | None = None,
     steps: "StepCache | None" = None,
+    checkpoint_steps: int = CHECKPOINT_STEPS,
+    stop_after_steps: int | None = None,
 ) -> dict:
     """Trains (or resumes training) one model at one resolution.
 
@@ -211,6 +235,10 @@ def train(
       steps: built models with their optimizer and traced step, kept by the caller across
         calls (:class:`StepCache`): a call that resumes from a checkpoint reuses the entry of
         the same model, resolution and settings instead of building and tracing them again.
+      checkpoint_steps: a checkpoint every so many steps inside an epoch too (0: only at the
+        end of an epoch); the results do not depend on it.
+      stop_after_steps: end this call after so many training steps (simulates an interruption
+        inside an epoch: what came after the last checkpoint is lost).
 
     Returns:
       {"best_weights", "best_epoch", "best_valid_roc_auc", "best_valid_pr_auc",
@@ -268,16 +296,21 @@ def train(
         # a checkpoint from before they existed restores without them (the first stage).
         "learning_rate": tf.Variable(cfg.learning_rate, dtype=tf.float64),
         "lr_reductions": tf.Variable(0, dtype=tf.int64),
+        "epoch_step": tf.Variable(0, dtype=tf.int64),
+        "epoch_loss_sum": tf.Variable(0.0, dtype=tf.float64),
+        "epoch_seconds": tf.Variable(0.0, dtype=tf.float64),
     }
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, **state)
     manager = tf.train.CheckpointManager(checkpoint, checkpoints, max_to_keep=1)
     if manager.latest_checkpoint:
         saved = {name.split("/")[0] for name, _ in tf.train.list_variables(manager.latest_checkpoint)}
-        restoring = checkpoint if set(LR_STATE) <= saved else tf.train.Checkpoint(
+        optional = LR_STATE + EPOCH_STATE  # entries an older checkpoint may lack
+        restoring = tf.train.Checkpoint(
             model=model, optimizer=optimizer,
-            **{k: v for k, v in state.items() if k not in LR_STATE})
+            **{k: v for k, v in state.items() if k not in optional or k in saved})
         restoring.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        logging.info("resumed %s at epoch %d", manager.latest_checkpoint, int(state["epoch"]))
+        logging.info("resumed %s at epoch %d, step %d", manager.latest_checkpoint,
+                     int(state["epoch"]), int(state["epoch_step"]))
     distributed.check_restored_epoch(strategy, int(state["epoch"]), manager.directory)
     optimizer.learning_rate = float(state["learning_rate"])
     history_path = os.path.join(run_dir, "history.json")
@@ -301,7 +334,7 @@ def train(
                         else 1)
     steps_per_epoch = epoch_steps(cfg, sizes["train"], patches_per_clip)
     patience = patience_epochs(cfg, sizes["train"], patches_per_clip)
-    epochs_this_call = 0
+    epochs_this_call = steps_this_call = 0
     stopped_early = False
     while int(state["epoch"]) < cfg.epochs:
         epoch = int(state["epoch"])
@@ -328,11 +361,40 @@ def train(
         )
         if steps_per_epoch is not None:
             ds = ds.take(steps_per_epoch)
+        done = int(state["epoch_step"])  # resumed inside this epoch: its first batches are done
+        if done:
+            ds = ds.skip(done)
         ds = distributed.shard_by_data(ds)  # each worker: its slice of every global batch
-        t0 = time.monotonic()
+        losses, interrupted = [], False
+        t0 = last_log = time.monotonic()
         with data.naming_corrupt_shards(dataset_dir, mel_config, source["train"][0]):
-            losses = [float(distributed_step(x, y)) for x, y in strategy.experimental_distribute_dataset(ds)]
-        train_seconds = time.monotonic() - t0
+            for x, y in strategy.experimental_distribute_dataset(ds):
+                losses.append(float(distributed_step(x, y)))
+                step = done + len(losses)
+                if checkpoint_steps and step % checkpoint_steps == 0:
+                    state["epoch_step"].assign(step)
+                    state["epoch_loss_sum"].assign(float(state["epoch_loss_sum"]) + sum(losses))
+                    state["epoch_seconds"].assign(
+                        float(state["epoch_seconds"]) + time.monotonic() - t0)
+                    _save_state(chief, manager, checkpoint, run_dir, epoch, step)
+                    done, losses, t0 = step, [], time.monotonic()
+                now = time.monotonic()
+                if now - last_log >= PROGRESS_SECONDS:
+                    last_log = now
+                    logging.info("%s %s epoch %d: step %d%s, loss %.4f, %.1f examples/s",
+                                 model_config.name, mel_config.name, epoch, step,
+                                 f"/{steps_per_epoch}" if steps_per_epoch else "",
+                                 (float(state["epoch_loss_sum"]) + sum(losses)) / step,
+                                 len(losses) * cfg.batch_size / max(now - t0, 1e-9))
+                steps_this_call += 1
+                if stop_after_steps is not None and steps_this_call >= stop_after_steps:
+                    interrupted = True
+                    break
+        if interrupted:
+            break
+        n_steps = done + len(losses)
+        loss_sum = float(state["epoch_loss_sum"]) + sum(losses)
+        train_seconds = float(state["epoch_seconds"]) + time.monotonic() - t0
         t1 = time.monotonic()
         scores = [0.0, 0.0, 0.0]  # the chief scores validation; every worker takes its decision
         if chief:
@@ -354,7 +416,8 @@ def train(
             state["bad_epochs"].assign(0)
         else:
             state["bad_epochs"].assign_add(1)
-        record = {"epoch": epoch, "loss": float(np.mean(losses)), "steps": len(losses),
+        record = {"epoch": epoch, "loss": loss_sum / n_steps if n_steps else float("nan"),
+                  "steps": n_steps,
                   "valid_roc_auc": roc_auc, "valid_pr_auc": pr_auc, "valid_loss": valid_loss,
                   "learning_rate": float(state["learning_rate"]),
                   "epoch_seconds": round(train_seconds, 3),
@@ -364,12 +427,14 @@ def train(
             tf.summary.scalar("loss", record["loss"], step=epoch)
             tf.summary.scalar("learning_rate", record["learning_rate"], step=epoch)
             tf.summary.scalar("examples_per_second",
-                              len(losses) * cfg.batch_size / max(train_seconds, 1e-9), step=epoch)
+                              n_steps * cfg.batch_size / max(train_seconds, 1e-9), step=epoch)
         with valid_writer.as_default():
             tf.summary.scalar("roc_auc", roc_auc, step=epoch)
             tf.summary.scalar("pr_auc", pr_auc, step=epoch)
             tf.summary.scalar("loss", valid_loss, step=epoch)
         state["epoch"].assign(epoch + 1)
+        for name in EPOCH_STATE:
+            state[name].assign(0)
         if chief:
             manager.save()
             data.write_json_atomic(history_path, history)
