@@ -144,12 +144,21 @@ def test_resume_from_a_checkpoint_older_than_its_state(tiny_dataset, tmp_path):
     ckpt.restore(tf.train.latest_checkpoint(ckpts)).expect_partial()
     for f in os.listdir(ckpts):
         os.remove(os.path.join(ckpts, f))
-    tf.train.CheckpointManager(ckpt, ckpts, max_to_keep=1).save()
+    restored = tf.train.CheckpointManager(ckpt, ckpts, max_to_keep=1).save()
     saved = {n.split("/")[0] for n, _ in tf.train.list_variables(tf.train.latest_checkpoint(ckpts))}
     assert not saved & set(train.LR_STATE + train.EPOCH_STATE) and int(old["epoch"]) == 1
     resumed = train.train(tiny_dataset, MEL, mc, cfg, run)
     assert resumed["epochs_done"] == 2
     assert [h["loss"] for h in resumed["history"]] == [h["loss"] for h in straight["history"]]
+    # The resumed run numbers its checkpoint after the restored one (not over it).
+    number = int(restored.rsplit("-", 1)[1])
+    assert tf.train.latest_checkpoint(ckpts) == restored.rsplit("-", 1)[0] + f"-{number + 1}"
+
+
+def _latest_checkpoint(run_dir) -> str:
+    import tensorflow as tf
+
+    return tf.train.latest_checkpoint(os.path.join(str(run_dir), "checkpoints"))
 
 
 def test_train_evaluate_resume_round_trip(tiny_dataset, tmp_path):
@@ -163,6 +172,8 @@ def test_train_evaluate_resume_round_trip(tiny_dataset, tmp_path):
     assert first["epochs_done"] == 1
     resumed = train.train(tiny_dataset, MEL, mc, cfg, str(tmp_path / "resumed"))
     assert resumed["epochs_done"] == 2
+    # One checkpoint per epoch, numbered on across the interruption.
+    assert os.path.basename(_latest_checkpoint(tmp_path / "resumed")) == "ckpt-2"
     # Training time counts every epoch (training + validation), across the interruption.
     assert resumed["train_seconds"] == pytest.approx(
         sum(h["epoch_seconds"] + h["valid_seconds"] for h in resumed["history"]), abs=0.01)
