@@ -81,7 +81,8 @@ def data_config() -> experiment.DataConfig:
         name, FLAGS.input, mel_dtype=FLAGS.mel_dtype, clips_per_shard=FLAGS.clips_per_shard,
         direct_num_workers=FLAGS.direct_num_workers, labels=FLAGS.labels,
         teacher_top_k=FLAGS.teacher_top_k, packages=tuple(FLAGS.packages),
-        cache_dir=FLAGS.cache_dir, min_tag_count=FLAGS.min_tag_count),
+        cache_dir=FLAGS.cache_dir, min_tag_count=FLAGS.min_tag_count,
+        train_clip_hop=FLAGS.train_clip_hop),
         also_known={"catalog": ("auto",)})
 
 

@@ -122,6 +122,22 @@ def test_every_clip_tested_once_groups_never_split(k):
     folds.check_partition(parts, groups)
 
 
+def test_training_crops_join_training_parts_only():
+    """Crops of a group join the training part of the folds that train on it, and no other part;
+    the folds themselves are those of the clips alone."""
+    groups = _groups()
+    crops = {f"{c}@15s": g for c, g in groups.items()}  # a crop beside every clip
+    config = folds.FoldConfig(folds=3, seed=7)
+    for f in range(3):
+        plain = folds.fold_parts(groups, config, f)
+        parts = folds.add_crops(plain, groups, crops)
+        assert (parts.valid, parts.test) == (plain.valid, plain.test)
+        training = {groups[c] for c in plain.train}
+        assert set(parts.train) == set(plain.train) | {c for c, g in crops.items() if g in training}
+        assert list(parts.train) == sorted(parts.train) and len(parts.train) == 2 * len(plain.train)
+    assert folds.add_crops(plain, groups, {}) is plain
+
+
 def test_folds_are_seeded():
     groups = _groups()
     a = [folds.fold_parts(groups, folds.FoldConfig(3, seed=0), f) for f in range(3)]

@@ -111,7 +111,7 @@ def flagfile_text() -> str:
 
 def define_catalog_flags() -> None:
     """The catalogue flags both extraction entry points take (beside their own ``--catalog``):
-    --input, --seed, --min_tag_count, --packages, --cache_dir
+    --input, --seed, --min_tag_count, --packages, --cache_dir, --train_clip_hop
     (:func:`tftag.extract.resolve_catalog` reads them from a ``DataConfig``)."""
     flags.DEFINE_string("input", None, "Catalogue input: a folder of audio files (searched "
                         "recursively, unlabelled), a CSV with path,split,tags, a rendered "
@@ -124,6 +124,10 @@ def define_catalog_flags() -> None:
                       "subset; tftag.datasets.debian.ALL_PACKAGES lists the 17 of the study).")
     flags.DEFINE_string("cache_dir", None, "--catalog=debian: downloads and unpacked packages "
                         "(default ~/.cache/tftag/debian).")
+    flags.DEFINE_float("train_clip_hop", None, "--catalog=debian: also cut 30-s training crops "
+                       "every this many seconds between the non-overlapping clips (e.g. 15); "
+                       "cross-validation trains on a fold's crops, never validates or tests on "
+                       "them. Default: none.")
 
 
 def define_label_flags() -> None:

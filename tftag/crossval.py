@@ -61,16 +61,18 @@ def plan(experiment) -> list[FoldItem]:
 
 
 def dataset_folds(dataset_dir: str, experiment) -> tuple[dict[str, str], dict[int, folds.FoldParts]]:
-    """({clip_id: group}, {fold: its parts}) of the dataset, for every fold of the experiment."""
+    """({clip_id: group}, {fold: its parts}) of the dataset, for every fold of the experiment.
+
+    The folds are cut from the dataset's clips; training crops (``--train_clip_hop``) join the
+    training part of the folds that train on their group, and are in no other part."""
     from tftag import data
 
     config = experiment.mel_configs[0]  # every base holds the same clips
-    meta = runfiles.read_json(os.path.join(dataset_dir, data.DATASET_JSON))
-    groups = folds.clip_groups(data.clip_ids(dataset_dir, config), meta)
+    groups, crops = data.dataset_groups(dataset_dir, config)
     parts = {k: folds.fold_parts(groups, experiment.folds, k)
              for k in range(experiment.folds.folds)}
     folds.check_partition(list(parts.values()), groups)
-    return groups, parts
+    return groups, {k: folds.add_crops(p, groups, crops) for k, p in parts.items()}
 
 
 def curve(history: Sequence[dict]) -> list[dict]:

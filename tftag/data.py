@@ -267,6 +267,23 @@ def clip_ids(dataset_dir: str, config: MelConfig, split: str | None = None) -> l
         return sorted(c.decode("utf-8") for c in ds.as_numpy_iterator())
 
 
+def dataset_groups(dataset_dir: str, config: MelConfig) -> tuple[dict[str, str], dict[str, str]]:
+    """({clip_id: track group} of the dataset's clips, {crop id: group} of its training crops).
+
+    Training crops (the :data:`tftag.datasets.CROPS` split, ``--train_clip_hop``) are kept apart:
+    folds are cut from the clips alone (so a dataset with crops has the same folds as one
+    without), and crops only ever join a training part (:func:`tftag.folds.add_crops`).
+    """
+    from tftag import folds
+    from tftag.datasets import CROPS
+
+    info = load_dataset_info(dataset_dir)
+    groups = folds.clip_groups(clip_ids(dataset_dir, config), info.raw)
+    crops = set(clip_ids(dataset_dir, config, CROPS)) if info.splits.get(CROPS) else set()
+    return ({c: g for c, g in groups.items() if c not in crops},
+            {c: g for c, g in groups.items() if c in crops})
+
+
 def make_dataset(
     dataset_dir: str,
     config: MelConfig,

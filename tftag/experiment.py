@@ -137,6 +137,9 @@ class DataConfig:
       min_tag_count: ``csv`` catalogue: keep tags with at least this many training clips.
       teacher_memo: teacher labels: memo file of the teacher's probabilities by clip content
         (:func:`tftag.teacher.read_memo`); None runs the teacher on every clip.
+      train_clip_hop: ``debian`` catalogue: also cut training crops every this many seconds
+        (:func:`tftag.datasets.debian.crop_offsets`; cross-validation trains on them, never
+        tests on them); None = none.
     """
 
     catalog: str = "synthetic"
@@ -154,6 +157,7 @@ class DataConfig:
     cache_dir: str | None = None
     min_tag_count: int = 1
     teacher_memo: str | None = None
+    train_clip_hop: float | None = None
 
     def __post_init__(self):
         from tftag import datasets, teacher
@@ -168,6 +172,15 @@ class DataConfig:
         for name in ("num_clips", "clips_per_shard", "min_tag_count"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.train_clip_hop is not None:
+            from tftag.datasets import debian
+
+            if self.catalog != "debian":
+                raise ValueError(f"--train_clip_hop cuts training crops of the debian catalogue's "
+                                 f"tracks; got --catalog={self.catalog}")
+            if not 0 < self.train_clip_hop < debian.CLIP_SECONDS:
+                raise ValueError(f"--train_clip_hop must be in (0, {debian.CLIP_SECONDS:g}) "
+                                 f"seconds, got {self.train_clip_hop:g}")
         if self.catalog not in ("synthetic", "debian") and not self.input and not self.dataset_dir:
             raise ValueError(f"--input is required with --catalog={self.catalog} (or give an "
                              "extracted --dataset_dir)")

@@ -55,6 +55,8 @@ def resolve_catalog(data_config, seed: int, corpus_dir: str | None = None) -> Ca
     options = dict(seed=seed, cache_dir=d.cache_dir, min_tag_count=d.min_tag_count)
     if d.packages:
         options["packages"] = tuple(d.packages)
+    if d.train_clip_hop:
+        options["train_clip_hop"] = d.train_clip_hop
     try:
         return datasets.load(d.catalog, d.input, **options)
     except (ValueError, NotADirectoryError) as e:  # the catalogue's own complaint about its input

@@ -237,6 +237,22 @@ def clip_groups(clip_ids: Iterable[str], meta: Mapping) -> dict[str, str]:
     return out
 
 
+def add_crops(parts: FoldParts, groups: Mapping[str, str], crops: Mapping[str, str]) -> FoldParts:
+    """``parts`` with the training crops (:data:`tftag.datasets.CROPS`) of its training groups
+    added to its training part; crops of validation and test groups stay out.
+
+    Args:
+      parts: a fold's (or a held-out split's) parts of the dataset's clips.
+      groups: {clip_id: group} of those clips.
+      crops: {crop id: group} of the dataset's training crops.
+    """
+    if not crops:
+        return parts
+    training = {groups[c] for c in parts.train}
+    extra = [c for c, g in crops.items() if g in training]
+    return dataclasses.replace(parts, train=tuple(sorted(parts.train + tuple(extra))))
+
+
 def check_partition(parts: Sequence[FoldParts], groups: Mapping[str, str]) -> None:
     """Raises ValueError unless every clip is tested exactly once and no group is split across
     folds or between a fold's parts (a guard for the fold rules above)."""

@@ -77,7 +77,9 @@ class Mode:
       writes_record: whether this process writes the run's record (flags.txt, configs.json,
         summary.json); None = :func:`tftag.distributed.is_chief`.
       folds: what it does with ``--folds/--fold`` (:mod:`tftag.folds`): ``"any"`` (every fold,
-        or ``--fold`` alone), ``"one"`` (``--fold`` is required), None (an error).
+        or ``--fold`` alone), ``"one"`` (``--fold`` is required), ``"ignored"`` (extract: folds
+        are a view of the dataset it makes, so a study's flagfile extracts as it is), None (an
+        error).
     """
 
     run: Callable[[Any], dict]
@@ -145,7 +147,8 @@ MODES: dict[str, Mode] = {
     "how_low": Mode(lambda exp: _lib("how_low").run(exp, cli.how_low_search()),
                     needs_run_dir=True, trains=True, check=cli.how_low_search,
                     writes_record=lambda: _lib("search").role() != "worker", folds="one"),
-    "extract": Mode(lambda exp: _lib("extract").extract(exp), needs_run_dir=True),
+    "extract": Mode(lambda exp: _lib("extract").extract(exp), needs_run_dir=True,
+                    folds="ignored"),
     "transcode": Mode(lambda exp: _lib("transcode").transcode_dataset(
         exp.data.dataset_dir, exp.path("dataset"), exp.data.mel_dtype), needs_run_dir=True),
     "profile": Mode(_profile),
@@ -291,7 +294,7 @@ def build_experiment(mode: str | None = None) -> experiment.Experiment:
         FLAGS.catalog, FLAGS.input, FLAGS.dataset_dir, FLAGS.num_clips, FLAGS.clip_seconds,
         FLAGS.synth_sr, FLAGS.mel_dtype, FLAGS.clips_per_shard, FLAGS.direct_num_workers,
         FLAGS.labels, FLAGS.teacher_top_k, tuple(FLAGS.packages), FLAGS.cache_dir,
-        FLAGS.min_tag_count, FLAGS.teacher_memo))
+        FLAGS.min_tag_count, FLAGS.teacher_memo, FLAGS.train_clip_hop))
     tflite = () if mode == "evaluate" else tuple(FLAGS.tflite)  # evaluate: --tflite is a file
     export = cli.config(f"--tflite={','.join(FLAGS.tflite)}", lambda: experiment.ExportConfig(
         FLAGS.export, FLAGS.export_dir, FLAGS.export_version or None, FLAGS.export_per_resolution,
@@ -309,7 +312,7 @@ def check_experiment(name: str, mode: Mode, exp: experiment.Experiment) -> None:
     if mode.one_resolution and not (mode.pretrained_resolution and FLAGS.pretrained):
         exp.one_resolution(f"--mode={name}")  # a ValueError: a usage error (exit 2)
     if exp.folds is not None and mode.folds is None:
-        takers = " or ".join(f"--mode={n}" for n, m in MODES.items() if m.folds)
+        takers = " or ".join(f"--mode={n}" for n, m in MODES.items() if m.folds in ("any", "one"))
         raise app.UsageError(f"--folds/--fold: only {takers} use folds, not --mode={name}")
     if exp.folds is not None and mode.folds == "one" and exp.folds.fold is None:
         raise app.UsageError(f"--mode={name} runs on one fold: add --fold=k "

@@ -524,9 +524,8 @@ def heldout_split(dataset_dir: str, mel_config: MelConfig,
                   heldout: folds.HeldoutConfig) -> folds.FoldParts:
     """The held-out-package split of a dataset (:func:`tftag.folds.heldout_parts`) from its
     clip ids and track groups."""
-    meta = data.load_dataset_info(dataset_dir).raw
-    groups = folds.clip_groups(data.clip_ids(dataset_dir, mel_config), meta)
-    return folds.heldout_parts(groups, heldout)
+    groups, crops = data.dataset_groups(dataset_dir, mel_config)
+    return folds.add_crops(folds.heldout_parts(groups, heldout), groups, crops)
 
 
 def run_train(experiment) -> dict:

@@ -15,6 +15,10 @@ from tftag.registry import Registry
 
 SPLITS = ("train", "valid", "test")
 UNSPLIT = "all"
+# Extra training crops (``--train_clip_hop``): clips cut between a track's non-overlapping ones,
+# stored under their own split so split readers never see them; cross-validation folds add a
+# fold's crops to its training part only (:mod:`tftag.folds`).
+CROPS = "crops"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,7 +14,12 @@ into ``DIR/unpacked/<package>`` (Ogg files inside ``.pk3`` zip archives are take
   :func:`loop_period` finds the repetition period from the loudness envelope.
 
 Clips are the non-overlapping 30-s segments of each kept track (``Clip.offset``,
-``Clip.duration``), so a 4-minute track gives 8 clips. **Splits are by track group**: the group
+``Clip.duration``), so a 4-minute track gives 8 clips. With ``train_clip_hop`` (seconds,
+``--train_clip_hop``) a track also gives **training crops**: 30-s segments starting every
+``train_clip_hop`` seconds that are not already clips (at 15 s: 15-45, 45-75, ...), in the
+:data:`~tftag.datasets.CROPS` split, ids ``<package>/<path>@<offset>s``; cross-validation adds
+a fold's crops to its training part only, never to validation or test (:mod:`tftag.folds`).
+**Splits are by track group**: the group
 is the package plus the file name without version suffixes (``_fast``, ``_old``, ``-remix``, ...,
 see :func:`group_name`), so near-duplicate versions stay on one side; a group goes to train /
 valid / test by the first bytes of sha1(seed:group) (80 / 10 / 10 %).
@@ -41,7 +46,7 @@ from typing import Sequence
 import numpy as np
 from absl import logging
 
-from tftag.datasets import SPLITS, Catalog, Clip, register
+from tftag.datasets import CROPS, SPLITS, Catalog, Clip, register
 
 # bookworm main: 17 packages, 391 tracks, ~1,290 min (~2,400 clips of 30 s), ~2.9 GB.
 ALL_PACKAGES = (
@@ -165,6 +170,21 @@ def split_of(group: str, seed: int = 0) -> str:
         if bucket < edge:
             return split
     return SPLITS[-1]
+
+
+def crop_offsets(usable_seconds: float, hop_seconds: float) -> list[float]:
+    """Offsets (s) of a track's training crops: every ``hop_seconds`` from ``hop_seconds`` on,
+    the whole :data:`CLIP_SECONDS` inside ``usable_seconds``, skipping the clips' own offsets
+    (multiples of :data:`CLIP_SECONDS`)."""
+    if not hop_seconds > 0:
+        raise ValueError(f"--train_clip_hop must be > 0 seconds, got {hop_seconds}")
+    out = []
+    j = 1
+    while (offset := round(j * hop_seconds, 6)) + CLIP_SECONDS <= usable_seconds + 1e-6:
+        if abs(offset / CLIP_SECONDS - round(offset / CLIP_SECONDS)) > 1e-6:
+            out.append(offset)
+        j += 1
+    return out
 
 
 def loop_period(envelope: np.ndarray, rate: float, min_seconds: float = 30.0,
@@ -329,7 +349,8 @@ def scan_package(package: str, root: str, index: dict) -> tuple[list[dict], list
 
 @register("debian")
 def load_debian(input_path: str | None = None, *, packages: Sequence[str] = QUICK_PACKAGES,
-                cache_dir: str | None = None, seed: int = 0, **_unused) -> Catalog:
+                cache_dir: str | None = None, seed: int = 0,
+                train_clip_hop: float | None = None, **_unused) -> Catalog:
     """Fetches, unpacks and scans the packages; returns their 30-s clips, split by track group.
 
     Args:
@@ -338,6 +359,7 @@ def load_debian(input_path: str | None = None, *, packages: Sequence[str] = QUIC
       cache_dir: where downloads, unpacked trees and the scan index live (default
         :func:`default_cache_dir`).
       seed: the split seed.
+      train_clip_hop: seconds between training crops (None: no crops; :func:`crop_offsets`).
     """
     cache_dir = cache_dir or input_path or default_cache_dir()
     os.makedirs(cache_dir, exist_ok=True)
@@ -382,9 +404,14 @@ def load_debian(input_path: str | None = None, *, packages: Sequence[str] = QUIC
         for k in range(n):
             clips.append(Clip(f"{t['package']}/{t['path']}#{k:03d}", t["abs_path"], split, (),
                               offset=k * CLIP_SECONDS, duration=CLIP_SECONDS, group=group))
+        crops = crop_offsets(usable, train_clip_hop) if train_clip_hop else []
+        for offset in crops:
+            clips.append(Clip(f"{t['package']}/{t['path']}@{offset:g}s", t["abs_path"], CROPS,
+                              (), offset=offset, duration=CLIP_SECONDS, group=group))
         track_info.append({
             "package": t["package"], "path": t["path"], "seconds": t["seconds"],
             "loop_seconds": t["loop_seconds"], "clips": n, "split": split, "group": group,
+            **({"crops": len(crops)} if train_clip_hop else {}),
             "licence": package_info[t["package"]]["licence"], "artist": t["artist"],
             "title": t["title"]})
     if not clips:
@@ -394,6 +421,7 @@ def load_debian(input_path: str | None = None, *, packages: Sequence[str] = QUIC
         name="debian", clips=tuple(clips), tags=(), skipped=tuple(skipped),
         info={"cache_dir": os.path.abspath(cache_dir), "packages": package_info,
               "tracks": track_info, "clip_seconds": CLIP_SECONDS, "split_seed": seed,
+              **({"train_clip_hop": train_clip_hop} if train_clip_hop else {}),
               "split_rule": "sha1(seed:group) % 100: < 80 train, < 90 valid, else test"},
     )
 
