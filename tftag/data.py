@@ -278,10 +278,12 @@ def dataset_groups(dataset_dir: str, config: MelConfig) -> tuple[dict[str, str],
     from tftag.datasets import CROPS
 
     info = load_dataset_info(dataset_dir)
-    groups = folds.clip_groups(clip_ids(dataset_dir, config), info.raw)
-    crops = set(clip_ids(dataset_dir, config, CROPS)) if info.splits.get(CROPS) else set()
-    return ({c: g for c, g in groups.items() if c not in crops},
-            {c: g for c, g in groups.items() if c in crops})
+    if not info.splits.get(CROPS):
+        return folds.clip_groups(clip_ids(dataset_dir, config), info.raw), {}
+    ids = {split: clip_ids(dataset_dir, config, split) for split in info.splits}  # one read each
+    crops = ids.pop(CROPS)
+    clips = sorted(c for split_ids in ids.values() for c in split_ids)
+    return folds.clip_groups(clips, info.raw), folds.clip_groups(crops, info.raw)
 
 
 def make_dataset(

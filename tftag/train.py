@@ -304,17 +304,14 @@ def train(
     manager = tf.train.CheckpointManager(checkpoint, checkpoints, max_to_keep=1)
     if manager.latest_checkpoint:
         saved = {name.split("/")[0] for name, _ in tf.train.list_variables(manager.latest_checkpoint)}
-        missing = [k for k in LR_STATE + EPOCH_STATE if k not in saved]  # older checkpoints
-        if not missing:
-            checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        else:
-            restoring = tf.train.Checkpoint(
-                model=model, optimizer=optimizer,
-                **{k: v for k, v in state.items() if k not in missing})
-            restoring.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-            # The subset has its own save counter: carry it over so the next save is numbered
-            # after the restored one instead of overwriting it (ckpt-N+1, not ckpt-1).
-            checkpoint.save_counter.assign(restoring.save_counter)
+        # An older checkpoint lacks some state entries (LR_STATE, EPOCH_STATE): restore the
+        # entries it holds; the missing ones keep their first-stage values.
+        restoring = tf.train.Checkpoint(
+            model=model, optimizer=optimizer, **{k: v for k, v in state.items() if k in saved})
+        restoring.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        # The subset has its own save counter: carry it over so the next save is numbered
+        # after the restored one instead of overwriting it (ckpt-N+1, not ckpt-1).
+        checkpoint.save_counter.assign(restoring.save_counter)
         logging.info("resumed %s at epoch %d, step %d", manager.latest_checkpoint,
                      int(state["epoch"]), int(state["epoch_step"]))
     distributed.check_restored_epoch(strategy, int(state["epoch"]), manager.directory)
