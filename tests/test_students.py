@@ -379,3 +379,53 @@ def test_student_exports_benchmark_checks_every_precision(shipped, dataset, tmp_
         assert precision["bytes"] > 0 and 0 <= precision["max_abs_diff"] < 0.5
     bad = run_module("benchmarks.student_exports", f"--dataset_dir={tmp_path}/none", check=False)
     assert bad.returncode != 0 and "--dataset_dir=" in bad.stderr and "no such dataset" in bad.stderr
+
+
+# ----------------------------------------------------------------------------- a MUSICNN student
+
+
+@pytest.fixture(scope="module")
+def shipped_musicnn(dataset, tmp_path_factory):
+    """A MUSICNN final student (paper preset, 1-s patches of the 3-s clips, pkgc held out)."""
+    from tftag import ship, train
+
+    run_dir = tmp_path_factory.mktemp("musicnn_run")
+    exp = _experiment(dataset, run_dir)
+    exp = Experiment(exp.mel_configs, ModelConfig("musicnn", width=0.1, patch_seconds=1.0),
+                     exp.train, exp.data, exp.export, exp.run_dir, heldout=exp.heldout)
+    exp.save()
+    summary = train.run_train(exp)
+    models_dir = tmp_path_factory.mktemp("musicnn_models")
+    out = ship.ship(str(run_dir), str(models_dir))
+    return {"run_dir": str(run_dir), "models_dir": str(models_dir), "train": summary, **out}
+
+
+def test_musicnn_student_ships_and_tags_by_patches(shipped_musicnn, tmp_path):
+    """The card's window is the patch; held-out figures score every patch of a clip; tagging
+    a file averages its patches, the same from the command and in process."""
+    patch = ModelConfig("musicnn", patch_seconds=1.0).patch_frames(MEL)
+    assert patch == 31  # floor(1 s * 16000 / 512)
+    folder = shipped_musicnn["shipped"]
+    assert os.path.basename(folder) == "tftag_musicnn_16x2"
+    card = json.load(open(os.path.join(folder, "card.json")))
+    assert (card["model"], card["width"], card["resolution"]) == ("musicnn", 0.1, MEL.name)
+    assert card["model_config"]["patch_seconds"] == 1.0
+    assert card["window_seconds"] == pytest.approx(patch * 512 / 16000)
+    assert card["heldout_clips"] == 6 and 0.0 <= card["roc_auc"] <= 1.0
+    results = json.load(open(os.path.join(shipped_musicnn["run_dir"], "results.json")))
+    assert results["test"]["n_clips"] == 6
+    wav = write_clip(str(tmp_path / "song.wav"), 7.0, 16000, seed=4)
+    out = tmp_path / "tags.json"
+    proc = run_module("tftag.main", "--mode=tag", "--pretrained=tftag_musicnn_16x2",
+                      f"--models_dir={shipped_musicnn['models_dir']}", f"--audio={wav}",
+                      f"--output={out}")
+    assert "tagged 1/1 files with tftag_musicnn_16x2" in proc.stdout
+    track = json.loads(out.read_text())["files"][wav]
+    frames = MelConfig(16000, 16, 2, "log", 7.0).n_frames
+    assert track["windows"] == frames // patch  # non-overlapping 1-s windows of a 7-s file
+    from tftag import tag
+
+    entry = pretrained.from_card(folder)
+    (again,) = list(tag.tag_tracks(tag.Tagger.of_model(entry), [wav]))
+    np.testing.assert_allclose(again.probabilities,
+                               [track["probabilities"][t] for t in TAGS], atol=1e-5)
