@@ -22,7 +22,12 @@ mkdir -p runs/real_music_study/logs
 "$python" -m benchmarks.carry_runs --action=restore
 for k in "${folds[@]}"; do
   log=runs/real_music_study/logs/fold$k.log
-  TFTAG_NUM_THREADS=${THREADS:-1} TF_NUM_INTRAOP_THREADS=${THREADS:-1} TF_NUM_INTEROP_THREADS=1 setsid nohup nice -n "${NICE:-0}" \
+  # setsid gives the process its own session and, under the kernel's autogroup scheduling
+  # (/proc/sys/kernel/sched_autogroup_enabled), its own scheduling group: CPU time is shared
+  # between groups first, so `nice` alone only ranks a process inside its group and NICE would
+  # change nothing beside other sessions. The group's nice (/proc/self/autogroup) is set too.
+  TFTAG_NUM_THREADS=${THREADS:-1} TF_NUM_INTRAOP_THREADS=${THREADS:-1} TF_NUM_INTEROP_THREADS=1 setsid nohup \
+    bash -c 'echo "$0" >/proc/self/autogroup 2>/dev/null; exec nice -n "$0" "$@"' "${NICE:-0}" \
     "$python" -m tftag.main --flagfile=configs/real_music_study.flags --fold="$k" \
     --run_dir="runs/real_music_study/fold$k" ${STUDY_FLAGS:-} >>"$log" 2>&1 &
   echo "fold $k: pid $!, log $log"
