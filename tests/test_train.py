@@ -119,6 +119,81 @@ def test_resume_inside_an_epoch_ends_as_an_uninterrupted_run(tiny_dataset, tmp_p
             np.testing.assert_array_equal(wa, wb)
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_checkpoints_the_step_and_the_run_resumes_there(tiny_dataset, tmp_path,
+                                                                 monkeypatch, signum):
+    """SIGTERM or a first Ctrl-C in the 3rd step (checkpoints every 2 steps otherwise): the run
+    saves step 3, stops with Stopped (exit code 128 + the signal), puts the signal handlers
+    back, and its resume ends as a run never stopped."""
+    from tftag.errors import Stopped
+
+    mc = ModelConfig("vgg", width=0.05)
+    cfg = train.TrainConfig(batch_size=4, epochs=2, steps_per_epoch=4, patience=0, seed=5)
+    straight = train.train(tiny_dataset, MEL, mc, cfg, str(tmp_path / "straight"),
+                           checkpoint_steps=2)
+    real_step_fn = train.train_step_fn
+
+    def signalling_step_fn(*args):  # the signal arrives while the 3rd step runs
+        step, calls = real_step_fn(*args), []
+
+        def run(x, y):
+            calls.append(1)
+            if len(calls) == 3:
+                os.kill(os.getpid(), signum)
+            return step(x, y)
+        return run
+
+    monkeypatch.setattr(train, "train_step_fn", signalling_step_fn)
+    before = {s: signal.getsignal(s) for s in train.STOP_SIGNALS}
+    cut = str(tmp_path / "cut")
+    with pytest.raises(Stopped) as stopped:
+        train.train(tiny_dataset, MEL, mc, cfg, cut, checkpoint_steps=2)
+    name = signal.Signals(signum).name
+    assert str(stopped.value) == (f"{cut}: training stopped by {name} at epoch 0, step 3 "
+                                  "(checkpointed); rerun the same command to resume there")
+    assert stopped.value.exit_code == 128 + signum  # 143 / 130, as the shell reports them
+    assert {s: signal.getsignal(s) for s in train.STOP_SIGNALS} == before
+    assert runfiles.training_progress(cut) == (0, 3)  # the step it was at: nothing lost
+    monkeypatch.setattr(train, "train_step_fn", real_step_fn)
+    resumed = train.train(tiny_dataset, MEL, mc, cfg, cut, checkpoint_steps=2)
+    assert [h["loss"] for h in resumed["history"]] == [h["loss"] for h in straight["history"]]
+    a = train.load_best(str(tmp_path / "straight"), tiny_dataset, MEL, mc)
+    b = train.load_best(cut, tiny_dataset, MEL, mc)
+    for wa, wb in zip(_weights(a), _weights(b)):
+        np.testing.assert_array_equal(wa, wb)
+
+
+def test_sigterm_stops_the_command_with_its_exit_code_and_how_to_resume(tiny_dataset, tmp_path):
+    """`--mode=train` sent SIGTERM after its first epoch: exit code 143, one "stopped:" line
+    naming the run, the epoch and step it saved, no traceback; the rerun finishes the run."""
+    run_dir = tmp_path / "run"
+    args = ["tftag.main", "--mode=train", f"--dataset_dir={tiny_dataset}", f"--run_dir={run_dir}",
+            "--resolutions=sr16000-mel16-hop2-log", "--duration=3", "--model=vgg",
+            "--width=0.05", "--batch_size=4", "--steps_per_epoch=2", "--epochs=400",
+            "--patience=0", "--export=false"]
+    proc = subprocess.Popen([sys.executable, "-m", *args], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    deadline, history = time.monotonic() + 300, None
+    while proc.poll() is None and time.monotonic() < deadline and not (
+            history := next(iter(run_dir.glob("**/history.json")), None)):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 143, stderr[-1500:]
+    assert "Traceback" not in stderr
+    (line,) = [x for x in stderr.splitlines() if x.startswith("stopped: ")]
+    assert "training stopped by SIGTERM at " in line and "rerun the same command" in line
+    train_dir = str(history.parent)
+    assert line.startswith(f"stopped: {train_dir}: ")
+    epoch, step = runfiles.training_progress(train_dir)
+    assert 1 <= epoch < 400
+    assert line.endswith(f"at epoch {epoch}, step {step} (checkpointed); rerun the same command "
+                         "to resume there") or (step == 0 and f"at the start of epoch {epoch}" in line)
+    rerun = run_module(*args, f"--epochs={epoch + 1}")  # the same run, one epoch more
+    assert f"resumed {train_dir}/checkpoints/" in rerun.stderr
+    assert runfiles.training_progress(train_dir) == (epoch + 1, 0)
+
+
 def test_resume_from_a_checkpoint_older_than_its_state(tiny_dataset, tmp_path):
     """A checkpoint written before the learning-rate stage and the mid-epoch state existed
     (model, optimizer, epoch, best, best_epoch, bad_epochs; e.g. a study run carried from an

@@ -14,7 +14,7 @@ from typing import Callable, Mapping, Sequence, TypeVar
 from absl import app, flags
 
 from tftag import codecs, features
-from tftag.errors import DataError
+from tftag.errors import DataError, Stopped
 from tftag.registry import UnknownNameError
 
 T = TypeVar("T")
@@ -50,7 +50,8 @@ USAGE_ERRORS = (app.UsageError, ValueError, FileNotFoundError, FileExistsError,
 
 
 def run(main: Callable[[list[str]], object], pass_through: bool = False) -> None:
-    """``absl.app.run(main)`` with short errors: usage errors exit 2, data errors exit 1.
+    """``absl.app.run(main)`` with short errors: usage errors exit 2, data errors exit 1, a
+    training stopped on a signal (:class:`tftag.errors.Stopped`) 128 + the signal's number.
 
     Args:
       main: the entry point's main(argv).
@@ -63,6 +64,9 @@ def run(main: Callable[[list[str]], object], pass_through: bool = False) -> None
             _fail(f"unexpected arguments: {' '.join(argv[1:])} (flags are --name=value)", 2)
         try:
             return main(argv)
+        except Stopped as e:  # checkpointed: not an error, no help hint
+            print(f"stopped: {e}", file=sys.stderr)
+            sys.exit(e.exit_code)
         except DataError as e:
             if FLAGS.show_traceback:
                 raise

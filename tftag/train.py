@@ -24,8 +24,9 @@ Run directory: ``checkpoints/`` (last state), ``best.weights.h5``, ``history.jso
 ``tb/valid`` (TensorBoard). Long epochs are checkpointed every ``checkpoint_steps`` steps too,
 so an interrupted run loses at most that many steps: it resumes inside the epoch, skipping the
 batches it had trained on (the epoch's data order is the same), and ends as an uninterrupted run
-does. Progress inside an epoch (step, running loss, examples/s) is logged every
-:data:`PROGRESS_SECONDS`.
+does. SIGTERM or a first Ctrl-C (:func:`stop_requests`) checkpoints the step training is at
+and stops it (:class:`tftag.errors.Stopped`): nothing is lost, a rerun resumes there. Progress
+inside an epoch (step, running loss, examples/s) is logged every :data:`PROGRESS_SECONDS`.
 
 ``batch_size`` is the global batch: split evenly across the replicas in sync (an error if it
 does not divide), the loss of a step averaged over the examples of the whole global batch, and
@@ -38,11 +39,15 @@ broadcast to the others) and, in :func:`run_train`, scores the test split and ex
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import os
+import signal
+import threading
 import time
+from typing import Iterator
 
 import keras
 import numpy as np
@@ -50,6 +55,7 @@ import tensorflow as tf
 from absl import logging
 
 from tftag import data, determinism, distributed, evaluate, folds, patches, runfiles
+from tftag.errors import Stopped
 from tftag.experiment import TrainConfig  # noqa: F401  (defined beside the Experiment)
 from tftag.features import MelConfig
 from tftag.models import ModelConfig, build, training
@@ -206,6 +212,45 @@ def _save_state(chief: bool, manager: tf.train.CheckpointManager,
             checkpoint.save(os.path.join(scratch, "ckpt"))
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+@contextlib.contextmanager
+def stop_requests(enabled: bool = True) -> Iterator[dict]:
+    """SIGTERM and a first Ctrl-C (SIGINT) become a request that the training loop reads between
+    steps: ``{"signal": number or None}``. A second Ctrl-C interrupts at once, as usual.
+
+    Only in the main thread (where Python runs signal handlers) and when ``enabled`` (not in a
+    multi-worker job: a worker that stopped alone would leave the others waiting in their
+    collectives); otherwise the signals keep their actions and the request stays None.
+    The previous handlers are back when the block ends.
+    """
+    request: dict = {"signal": None}
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield request
+        return
+    previous = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+
+    def handler(signum, frame):  # noqa: ARG001  (no logging here: it takes locks)
+        request["signal"] = signum
+        signal.signal(signal.SIGINT, previous[signal.SIGINT])  # the next Ctrl-C: at once
+
+    for s in STOP_SIGNALS:
+        signal.signal(s, handler)
+    try:
+        yield request
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def _stopped(request: dict, run_dir: str, epoch: int, step: int) -> Stopped:
+    name = signal.Signals(request["signal"]).name
+    where = f"epoch {epoch}, step {step}" if step else f"the start of epoch {epoch}"
+    return Stopped(f"{run_dir}: training stopped by {name} at {where} (checkpointed); rerun the "
+                   f"same command to resume there", request["signal"])
+
+
 def train(
     dataset_dir: str,
     mel_config: MelConfig,
@@ -339,117 +384,126 @@ def train(
     patience = patience_epochs(cfg, sizes["train"], patches_per_clip)
     epochs_this_call = steps_this_call = 0
     stopped_early = False
-    while int(state["epoch"]) < cfg.epochs:
-        epoch = int(state["epoch"])
-        if patience and int(state["bad_epochs"]) >= patience:
-            if int(state["lr_reductions"]) >= cfg.lr_reductions:
-                stopped_early = True
-                break
-            # A plateau with reductions left: a lower learning rate, the patience starts again.
-            state["learning_rate"].assign(float(state["learning_rate"]) * cfg.lr_factor)
-            state["lr_reductions"].assign_add(1)
-            state["bad_epochs"].assign(0)
-            optimizer.learning_rate = float(state["learning_rate"])
-            logging.info("%s %s epoch %d: no better validation for %d epochs: learning rate "
-                         "%.3g (reduction %d of %d)", model_config.name, mel_config.name, epoch,
-                         patience, float(state["learning_rate"]), int(state["lr_reductions"]),
-                         cfg.lr_reductions)
-        if stop_after_epochs is not None and epochs_this_call >= stop_after_epochs:
-            break
-        ds = data.make_dataset(
-            dataset_dir, mel_config, source["train"][0], cfg.batch_size, patch_frames,
-            shuffle_buffer=cfg.shuffle_buffer, seed=cfg.seed * 100003 + epoch,
-            repeat=steps_per_epoch is not None, targets=TARGETS[cfg.loss],
-            clips=source["train"][1],
-        )
-        if steps_per_epoch is not None:
-            ds = ds.take(steps_per_epoch)
-        done = int(state["epoch_step"])  # resumed inside this epoch: its first batches are done
-        if done:
-            ds = ds.skip(done)
-        ds = distributed.shard_by_data(ds)  # each worker: its slice of every global batch
-        losses, interrupted = [], False
-        t0 = last_log = time.monotonic()
-        with data.naming_corrupt_shards(dataset_dir, mel_config, source["train"][0]):
-            for x, y in strategy.experimental_distribute_dataset(ds):
-                losses.append(float(distributed_step(x, y)))
-                step = done + len(losses)
-                if checkpoint_steps and step % checkpoint_steps == 0:
-                    state["epoch_step"].assign(step)
-                    state["epoch_loss_sum"].assign(float(state["epoch_loss_sum"]) + sum(losses))
-                    state["epoch_seconds"].assign(
-                        float(state["epoch_seconds"]) + time.monotonic() - t0)
-                    _save_state(chief, manager, checkpoint, run_dir, epoch, step)
-                    done, losses, t0 = step, [], time.monotonic()
-                now = time.monotonic()
-                if now - last_log >= PROGRESS_SECONDS:
-                    last_log = now
-                    logging.info("%s %s epoch %d: step %d%s, loss %.4f, %.1f examples/s",
-                                 model_config.name, mel_config.name, epoch, step,
-                                 f"/{steps_per_epoch}" if steps_per_epoch else "",
-                                 (float(state["epoch_loss_sum"]) + sum(losses)) / step,
-                                 len(losses) * cfg.batch_size / max(now - t0, 1e-9))
-                steps_this_call += 1
-                if stop_after_steps is not None and steps_this_call >= stop_after_steps:
-                    interrupted = True
+    # SIGTERM / a first Ctrl-C: checkpoint the step training is at, then stop (Stopped); the
+    # summaries of finished epochs are flushed either way.
+    with contextlib.ExitStack() as closing:
+        closing.callback(valid_writer.close)
+        closing.callback(train_writer.close)
+        stop = closing.enter_context(stop_requests(not distributed.is_multi_worker(strategy)))
+        while int(state["epoch"]) < cfg.epochs:
+            epoch = int(state["epoch"])
+            if stop["signal"] is not None:  # came in validation: the epoch's end is saved
+                raise _stopped(stop, run_dir, epoch, int(state["epoch_step"]))
+            if patience and int(state["bad_epochs"]) >= patience:
+                if int(state["lr_reductions"]) >= cfg.lr_reductions:
+                    stopped_early = True
                     break
-        if interrupted:
-            break
-        n_steps = done + len(losses)
-        loss_sum = float(state["epoch_loss_sum"]) + sum(losses)
-        train_seconds = float(state["epoch_seconds"]) + time.monotonic() - t0
-        t1 = time.monotonic()
-        scores = [0.0, 0.0, 0.0]  # the chief scores validation; every worker takes its decision
-        if chief:
-            split, clips = source["valid"]
-            p = evaluate.predict_clips(model, dataset_dir, mel_config, split, patch_frames,
-                                       cfg.eval_batch_size, cfg.valid_patches, clips)
-            metrics = evaluate.scores(p, info.tags)
-            targets = p.soft_labels if TARGETS[cfg.loss] == "soft_labels" else p.labels
-            scores = [metrics.roc_auc, metrics.pr_auc, evaluate.clip_bce(targets, p.probabilities)]
-        roc_auc, pr_auc, valid_loss = from_chief(scores)
-        valid_seconds = time.monotonic() - t1
-        score = -valid_loss if lower_is_better else roc_auc
-        improved = score > float(state["best"])
-        if improved:
+                # A plateau with reductions left: a lower learning rate, the patience starts again.
+                state["learning_rate"].assign(float(state["learning_rate"]) * cfg.lr_factor)
+                state["lr_reductions"].assign_add(1)
+                state["bad_epochs"].assign(0)
+                optimizer.learning_rate = float(state["learning_rate"])
+                logging.info("%s %s epoch %d: no better validation for %d epochs: learning rate "
+                             "%.3g (reduction %d of %d)", model_config.name, mel_config.name, epoch,
+                             patience, float(state["learning_rate"]), int(state["lr_reductions"]),
+                             cfg.lr_reductions)
+            if stop_after_epochs is not None and epochs_this_call >= stop_after_epochs:
+                break
+            ds = data.make_dataset(
+                dataset_dir, mel_config, source["train"][0], cfg.batch_size, patch_frames,
+                shuffle_buffer=cfg.shuffle_buffer, seed=cfg.seed * 100003 + epoch,
+                repeat=steps_per_epoch is not None, targets=TARGETS[cfg.loss],
+                clips=source["train"][1],
+            )
+            if steps_per_epoch is not None:
+                ds = ds.take(steps_per_epoch)
+            done = int(state["epoch_step"])  # resumed inside this epoch: its first batches are done
+            if done:
+                ds = ds.skip(done)
+            ds = distributed.shard_by_data(ds)  # each worker: its slice of every global batch
+            losses, interrupted = [], False
+            t0 = last_log = time.monotonic()
+            with data.naming_corrupt_shards(dataset_dir, mel_config, source["train"][0]):
+                for x, y in strategy.experimental_distribute_dataset(ds):
+                    losses.append(float(distributed_step(x, y)))
+                    step = done + len(losses)
+                    stopping = stop["signal"] is not None
+                    if stopping or (checkpoint_steps and step % checkpoint_steps == 0):
+                        state["epoch_step"].assign(step)
+                        state["epoch_loss_sum"].assign(float(state["epoch_loss_sum"]) + sum(losses))
+                        state["epoch_seconds"].assign(
+                            float(state["epoch_seconds"]) + time.monotonic() - t0)
+                        _save_state(chief, manager, checkpoint, run_dir, epoch, step)
+                        if stopping:
+                            raise _stopped(stop, run_dir, epoch, step)
+                        done, losses, t0 = step, [], time.monotonic()
+                    now = time.monotonic()
+                    if now - last_log >= PROGRESS_SECONDS:
+                        last_log = now
+                        logging.info("%s %s epoch %d: step %d%s, loss %.4f, %.1f examples/s",
+                                     model_config.name, mel_config.name, epoch, step,
+                                     f"/{steps_per_epoch}" if steps_per_epoch else "",
+                                     (float(state["epoch_loss_sum"]) + sum(losses)) / step,
+                                     len(losses) * cfg.batch_size / max(now - t0, 1e-9))
+                    steps_this_call += 1
+                    if stop_after_steps is not None and steps_this_call >= stop_after_steps:
+                        interrupted = True
+                        break
+            if interrupted:
+                break
+            n_steps = done + len(losses)
+            loss_sum = float(state["epoch_loss_sum"]) + sum(losses)
+            train_seconds = float(state["epoch_seconds"]) + time.monotonic() - t0
+            t1 = time.monotonic()
+            scores = [0.0, 0.0, 0.0]  # the chief scores validation; every worker takes its decision
             if chief:
-                _save_weights_atomic(model, best_path)
-            state["best"].assign(score)
-            state["best_epoch"].assign(epoch)
-            state["bad_epochs"].assign(0)
-        else:
-            state["bad_epochs"].assign_add(1)
-        record = {"epoch": epoch, "loss": loss_sum / n_steps if n_steps else float("nan"),
-                  "steps": n_steps,
-                  "valid_roc_auc": roc_auc, "valid_pr_auc": pr_auc, "valid_loss": valid_loss,
-                  "learning_rate": float(state["learning_rate"]),
-                  "epoch_seconds": round(train_seconds, 3),
-                  "valid_seconds": round(valid_seconds, 3), "best": improved}
-        history.append(record)
-        with train_writer.as_default():
-            tf.summary.scalar("loss", record["loss"], step=epoch)
-            tf.summary.scalar("learning_rate", record["learning_rate"], step=epoch)
-            tf.summary.scalar("examples_per_second",
-                              n_steps * cfg.batch_size / max(train_seconds, 1e-9), step=epoch)
-        with valid_writer.as_default():
-            tf.summary.scalar("roc_auc", roc_auc, step=epoch)
-            tf.summary.scalar("pr_auc", pr_auc, step=epoch)
-            tf.summary.scalar("loss", valid_loss, step=epoch)
-        state["epoch"].assign(epoch + 1)
-        for name in EPOCH_STATE:
-            state[name].assign(0)
-        if chief:
-            manager.save()
-            data.write_json_atomic(history_path, history)
-        else:  # saving may take part in collectives: save too, outside the run directory
-            with distributed.scratch_dir() as scratch:
-                checkpoint.save(os.path.join(scratch, "ckpt"))
-        epochs_this_call += 1
-        logging.info("%s %s epoch %d: loss %.4f, valid loss %.4f, ROC-AUC %.4f, PR-AUC %.4f%s",
-                     model_config.name, mel_config.name, epoch, record["loss"], valid_loss,
-                     roc_auc, pr_auc, " (best)" if improved else "")
-    train_writer.close()
-    valid_writer.close()
+                split, clips = source["valid"]
+                p = evaluate.predict_clips(model, dataset_dir, mel_config, split, patch_frames,
+                                           cfg.eval_batch_size, cfg.valid_patches, clips)
+                metrics = evaluate.scores(p, info.tags)
+                targets = p.soft_labels if TARGETS[cfg.loss] == "soft_labels" else p.labels
+                scores = [metrics.roc_auc, metrics.pr_auc, evaluate.clip_bce(targets, p.probabilities)]
+            roc_auc, pr_auc, valid_loss = from_chief(scores)
+            valid_seconds = time.monotonic() - t1
+            score = -valid_loss if lower_is_better else roc_auc
+            improved = score > float(state["best"])
+            if improved:
+                if chief:
+                    _save_weights_atomic(model, best_path)
+                state["best"].assign(score)
+                state["best_epoch"].assign(epoch)
+                state["bad_epochs"].assign(0)
+            else:
+                state["bad_epochs"].assign_add(1)
+            record = {"epoch": epoch, "loss": loss_sum / n_steps if n_steps else float("nan"),
+                      "steps": n_steps,
+                      "valid_roc_auc": roc_auc, "valid_pr_auc": pr_auc, "valid_loss": valid_loss,
+                      "learning_rate": float(state["learning_rate"]),
+                      "epoch_seconds": round(train_seconds, 3),
+                      "valid_seconds": round(valid_seconds, 3), "best": improved}
+            history.append(record)
+            with train_writer.as_default():
+                tf.summary.scalar("loss", record["loss"], step=epoch)
+                tf.summary.scalar("learning_rate", record["learning_rate"], step=epoch)
+                tf.summary.scalar("examples_per_second",
+                                  n_steps * cfg.batch_size / max(train_seconds, 1e-9), step=epoch)
+            with valid_writer.as_default():
+                tf.summary.scalar("roc_auc", roc_auc, step=epoch)
+                tf.summary.scalar("pr_auc", pr_auc, step=epoch)
+                tf.summary.scalar("loss", valid_loss, step=epoch)
+            state["epoch"].assign(epoch + 1)
+            for name in EPOCH_STATE:
+                state[name].assign(0)
+            if chief:
+                manager.save()
+                data.write_json_atomic(history_path, history)
+            else:  # saving may take part in collectives: save too, outside the run directory
+                with distributed.scratch_dir() as scratch:
+                    checkpoint.save(os.path.join(scratch, "ckpt"))
+            epochs_this_call += 1
+            logging.info("%s %s epoch %d: loss %.4f, valid loss %.4f, ROC-AUC %.4f, PR-AUC %.4f%s",
+                         model_config.name, mel_config.name, epoch, record["loss"], valid_loss,
+                         roc_auc, pr_auc, " (best)" if improved else "")
     best = next((h for h in history if h["epoch"] == int(state["best_epoch"])), {})
     # A plateau ends the run only once the reductions are used up (with some left, the cap did).
     plateau = (bool(patience) and int(state["bad_epochs"]) >= patience
