@@ -77,9 +77,10 @@ def dataset(tmp_path_factory):
     return write_dataset(tmp_path_factory.mktemp("students"), tmp_path_factory.mktemp("cache"))
 
 
-def _experiment(dataset_dir, run_dir, packages=("pkgc",)) -> Experiment:
+def _experiment(dataset_dir, run_dir, packages=("pkgc",),
+                model: ModelConfig = ModelConfig("vgg", width=0.05)) -> Experiment:
     return Experiment(
-        (MEL,), ModelConfig("vgg", width=0.05),
+        (MEL,), model,
         TrainConfig(batch_size=4, epochs=2, steps_per_epoch=2, patience=3, loss="distill",
                     monitor="valid_loss", patience_unit="passes"),
         DataConfig("csv", dataset_dir=dataset_dir, labels="teacher:MTT_musicnn"),
@@ -390,9 +391,8 @@ def shipped_musicnn(dataset, tmp_path_factory):
     from tftag import ship, train
 
     run_dir = tmp_path_factory.mktemp("musicnn_run")
-    exp = _experiment(dataset, run_dir)
-    exp = Experiment(exp.mel_configs, ModelConfig("musicnn", width=0.1, patch_seconds=1.0),
-                     exp.train, exp.data, exp.export, exp.run_dir, heldout=exp.heldout)
+    exp = _experiment(dataset, run_dir,
+                      model=ModelConfig("musicnn", width=0.1, patch_seconds=1.0))
     exp.save()
     summary = train.run_train(exp)
     models_dir = tmp_path_factory.mktemp("musicnn_models")

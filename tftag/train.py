@@ -203,11 +203,19 @@ class StepCache:
 def _save_state(chief: bool, manager: tf.train.CheckpointManager,
                 checkpoint: tf.train.Checkpoint, run_dir: str, epoch: int, step: int) -> None:
     """A mid-epoch checkpoint and, on the chief, ``progress.json`` (epoch, steps done)."""
+    _save_checkpoint(chief, manager, checkpoint)
     if chief:
-        manager.save()
         data.write_json_atomic(os.path.join(run_dir, runfiles.PROGRESS_JSON),
                                {"epoch": epoch, "step": step})
-    else:  # saving may take part in collectives: save too, outside the run directory
+
+
+def _save_checkpoint(chief: bool, manager: tf.train.CheckpointManager,
+                     checkpoint: tf.train.Checkpoint) -> None:
+    """The chief saves into the run directory; another worker saves too (saving may take part
+    in collectives), outside it."""
+    if chief:
+        manager.save()
+    else:
         with distributed.scratch_dir() as scratch:
             checkpoint.save(os.path.join(scratch, "ckpt"))
 
@@ -494,12 +502,9 @@ def train(
             state["epoch"].assign(epoch + 1)
             for name in EPOCH_STATE:
                 state[name].assign(0)
+            _save_checkpoint(chief, manager, checkpoint)
             if chief:
-                manager.save()
                 data.write_json_atomic(history_path, history)
-            else:  # saving may take part in collectives: save too, outside the run directory
-                with distributed.scratch_dir() as scratch:
-                    checkpoint.save(os.path.join(scratch, "ckpt"))
             epochs_this_call += 1
             logging.info("%s %s epoch %d: loss %.4f, valid loss %.4f, ROC-AUC %.4f, PR-AUC %.4f%s",
                          model_config.name, mel_config.name, epoch, record["loss"], valid_loss,
