@@ -10,8 +10,9 @@ Called by ``benchmarks/study_report.py --runs_dir=...`` (the entry point); :func
   ``mde_claims_points``, ``seed_to_seed``, ``claims``, ``pooled`` (keyed by set name
   ``<model>-w<width>-<resolution>``, ``-seed<s>`` appended for seeds other than 0, plus ``model``, ``resolution`` and the rest of the
   summary), ``vs_baseline``, ``lowest_without_loss`` (sets that finished every fold only),
-  ``students`` (issue 24's rule: the resolutions to ship, :func:`student_choices`) and the
-  statistical settings;
+  ``students`` (issue 24's rule: the resolutions to ship, :func:`student_choices`),
+  ``against`` (per other study given: each configuration both ran, paired clip by clip,
+  :func:`against_study`) and the statistical settings;
 - ``results.md``: the tables and the cheapest resolution without a significant loss;
 - ``learning_curves.png`` (validation loss per epoch of every run, one panel per model, a
   marker where the learning rate was lowered) and
@@ -127,6 +128,31 @@ def repeatability(sets: Sequence[study.RunSet], opts: Options) -> list[dict]:
                         **study.compare(group[0], other, alpha=opts.alpha, power=opts.power,
                                         **opts.kwargs())})
     return out
+
+
+def against_study(sets: Sequence[study.RunSet], others: Sequence[study.RunSet], other: str,
+                  opts: Options) -> list[dict]:
+    """Each set against the same configuration (model, width, resolution, seed) in another
+    study ``other`` (e.g. one trained on more audio, or with another recipe), paired on their
+    common test clips: what the studies' difference did to that configuration, and at what
+    training cost (``train_seconds_*``, ``epochs_*``: the K runs' total and mean)."""
+    by_config = {(o.model, o.width, o.resolution, o.seed): o for o in others}
+    out = []
+    for s in sets:
+        o = by_config.get((s.model, s.width, s.resolution, s.seed))
+        if o is None:
+            continue
+        out.append({"model": s.model, "width": s.width, "seed": s.seed, "study": other,
+                    "from_shape": f"{_label(o)} `{other}`", "to_shape": f"{_label(s)} this",
+                    **study.compare(o, s, alpha=opts.alpha, power=opts.power, **opts.kwargs()),
+                    **{f"{k}_{end}": v for end, x in (("from", o), ("to", s))
+                       for k, v in _cost(x).items()}})
+    return out
+
+
+def _cost(s: study.RunSet) -> dict:
+    return {"train_seconds": float(sum(r["train_seconds"] for r in s.runs)),
+            "epochs": float(sum(r["epochs_done"] for r in s.runs) / len(s.runs))}
 
 
 def _complete(row: dict) -> bool:
@@ -318,10 +344,19 @@ def plot_roc_vs_gmacs(rows: Sequence[dict], path: str) -> None:
     runfiles.save_figure_atomic(fig, path, dpi=90)
 
 
-def build(runs_dir: str, out_dir: str, name: str, opts: Options = Options()) -> dict:
-    """Writes the study's report files into ``out_dir``; returns a one-line summary."""
+def build(runs_dir: str, out_dir: str, name: str, opts: Options = Options(),
+          compare: Sequence[tuple[str, str]] = ()) -> dict:
+    """Writes the study's report files into ``out_dir``; returns a one-line summary.
+
+    Args:
+      compare: (name, runs_dir) of other cross-validated studies: each configuration both ran
+        is compared paired clip by clip (:func:`against_study`; ``report.json`` "against").
+    """
     results = study.load_runs(runs_dir)
     sets = study.load_sets(results)
+    against_other = {other: against_study(sets, study.load_sets(study.load_runs(other_dir)),
+                                          other, opts)
+                     for other, other_dir in compare}
     rows = [study.summarize_set(s, **opts.kwargs()) for s in sets]
     pooled = {r["set"]: r for r in rows}
     tested = claims(sets, opts)
@@ -355,6 +390,7 @@ def build(runs_dir: str, out_dir: str, name: str, opts: Options = Options()) -> 
         "claims": tested, "pooled": pooled, "vs_baseline": against,
         "lowest_without_loss": lowest,
         "students": student_choices(pooled, lowest),
+        "against": against_other,
     }
     runfiles.write_json_atomic(os.path.join(out_dir, "report.json"), report)
     mde_text = "–" if mde is None else f"{mde:.2f}"
@@ -394,6 +430,15 @@ def build(runs_dir: str, out_dir: str, name: str, opts: Options = Options()) -> 
     if partial:
         md.append("- not yet counted (folds still to run): " + ", ".join(
             f"`{r['set']}` ({r['folds_done']}/{r['folds']})" for r in partial) + ".")
+    for other, rows_other in against_other.items():
+        md += ["", f"## Against `{other}`: the same configurations, paired clip by clip", "",
+               "Δ = this study − `" + other + "`; training: the K runs' total seconds and mean "
+               "passes, `" + other + "` → this.", "",
+               comparison_table([{**c, "training": f"{c['train_seconds_from']:,.0f} s, "
+                                  f"{c['epochs_from']:.1f} passes → {c['train_seconds_to']:,.0f} s, "
+                                  f"{c['epochs_to']:.1f} passes"} for c in rows_other],
+                                first="training")
+               if rows_other else "(no configuration ran in both studies)"]
     students = report["students"]
     md += ["", "## Resolutions to ship as pretrained students (issue 24's rule)", ""]
     if students is None:
@@ -418,4 +463,6 @@ def build(runs_dir: str, out_dir: str, name: str, opts: Options = Options()) -> 
                                           for c in tested],
             "lowest_without_loss": {k: v["set"] for k, v in lowest.items()},
             "students": None if report["students"] is None else report["students"]["resolutions"],
+            "against": {other: [{k: c[k] for k in ("to", "delta_points", "p_bootstrap")}
+                                for c in rows_other] for other, rows_other in against_other.items()},
             "out": out_dir}

@@ -57,7 +57,10 @@ def define_flags() -> None:
     flags.DEFINE_integer("teacher_top_k", 3, "--runs_dir: hard labels = the teacher's top-k tags "
                          "per clip (the value the dataset was extracted with).", lower_bound=1)
     flags.DEFINE_float("power", 0.8, "--runs_dir: power of the minimum detectable effect.")
-    flags.DEFINE_multi_string("compare", [], "NAME=RUN_DIR of another study to draw beside it.")
+    flags.DEFINE_multi_string("compare", [], "NAME=DIR of another study: with --run_dir, a "
+                              "fixed-budget sweep's run directory, drawn beside it; with "
+                              "--runs_dir, another cross-validated study's per-run files, each "
+                              "configuration both ran compared paired clip by clip.")
     flags.DEFINE_string("out_root", os.path.join("benchmarks", "results"), "Root of the results.")
     flags.DEFINE_float("alpha", 0.05, "Significance level of 'no significant loss'.")
     flags.DEFINE_float("max_drop", 1.0, "'No loss' also needs the mean ROC-AUC within this many "
@@ -233,11 +236,19 @@ def plot(rows: Sequence[dict], results: Sequence[dict], name: str,
     runfiles.save_figure_atomic(fig, path, dpi=90)
 
 
+def _named_dir(item: str) -> tuple[str, str]:
+    label, eq, path = item.partition("=")
+    if not (eq and label and path):
+        raise app.UsageError(f"--compare={item!r}: expected NAME=DIR")
+    return label, path
+
+
 def main(argv):
     del argv
     if (FLAGS.run_dir is None) == (FLAGS.runs_dir is None):
         raise app.UsageError("give exactly one of --run_dir (a fixed-budget sweep) or --runs_dir "
                              "(a cross-validated study's per-run files)")
+    others = [_named_dir(item) for item in FLAGS.compare]
     if FLAGS.runs_dir is not None:
         from benchmarks import cv_report
 
@@ -246,7 +257,7 @@ def main(argv):
             summary = cv_report.build(FLAGS.runs_dir, out, FLAGS.name, cv_report.Options(
                 n_resamples=FLAGS.n_resamples, seed=FLAGS.bootstrap_seed,
                 unit=FLAGS.resample_by, top_k=FLAGS.teacher_top_k, alpha=FLAGS.alpha,
-                power=FLAGS.power))
+                power=FLAGS.power), compare=others)
         except ValueError as e:
             raise app.UsageError(str(e)) from e
         print(json.dumps(summary))
@@ -254,12 +265,7 @@ def main(argv):
     from tftag import runfiles, sweep
 
     results = load_results(FLAGS.run_dir)
-    others = {}
-    for item in FLAGS.compare:
-        label, eq, path = item.partition("=")
-        if not eq:
-            raise app.UsageError(f"--compare={item!r}: expected NAME=RUN_DIR")
-        others[label] = load_results(path)
+    others = {label: load_results(path) for label, path in others}
     out = os.path.join(FLAGS.out_root, FLAGS.name)
     os.makedirs(out, exist_ok=True)
     rows = sweep.summarize(results)

@@ -97,8 +97,10 @@ CV_SETS = (("vgg", 96, 1, 0.05, 0.064), ("vgg", 48, 1, 0.05, 0.032), ("vgg", 96,
            ("musicnn", 128, 1, 0.1, 2.8), ("musicnn", 96, 1, 0.1, 1.8))
 
 
-def _write_cv_runs(runs_dir, stop_reason="plateau", second_seed=False):
-    """CV_SETS at seed 0 (and, with ``second_seed``, VGG 96×1 once more at seed 1)."""
+def _write_cv_runs(runs_dir, stop_reason="plateau", second_seed=False, cv_sets=CV_SETS,
+                   train_seconds=100.0):
+    """``cv_sets`` at seed 0 (and, with ``second_seed``, VGG 96×1 once more at seed 1); the same
+    clips and teacher in every call."""
     import numpy as np
 
     rng = np.random.default_rng(0)
@@ -106,7 +108,7 @@ def _write_cv_runs(runs_dir, stop_reason="plateau", second_seed=False):
     teacher = rng.dirichlet(np.full(N_TAGS, 0.3), size=N_CLIPS)  # [clips, tags]
     fold_of = np.arange(N_CLIPS) % FOLDS
     tags = np.array([f"tag{i}" for i in range(N_TAGS)])
-    sets = [(*s, 0) for s in CV_SETS] + ([(*CV_SETS[0], 1)] if second_seed else [])
+    sets = [(*s, 0) for s in cv_sets] + ([(*cv_sets[0], 1)] if second_seed else [])
     for k, (model, n_mels, hop, noise, gmacs, seed) in enumerate(sets):
         res = f"sr16000-mel{n_mels}-hop{hop}-log"
         probs = np.clip(teacher + noise * rng.normal(size=teacher.shape), 0, 1)
@@ -123,7 +125,7 @@ def _write_cv_runs(runs_dir, stop_reason="plateau", second_seed=False):
                 "test_pr_auc": 0.5 - noise / 4, "top5_overlap": 0.6, "prob_correlation": 0.7,
                 "best_epoch": 5, "epochs_done": 8,
                 "stop_reason": "cap" if (k, fold) == (0, 2) else stop_reason,
-                "train_seconds": 100.0, "gmacs": gmacs, "storage_bytes": 4 * n_mels * 1820 // hop,
+                "train_seconds": train_seconds, "gmacs": gmacs, "storage_bytes": 4 * n_mels * 1820 // hop,
                 "n_test_clips": int(sel.sum()),
                 "curve": [{"epoch": e, "train_loss": 0.5 / (e + 1), "valid_loss": 0.4 + 0.1 / (e + 1),
                            "valid_roc_auc": 0.8} for e in range(8)]}))
@@ -212,6 +214,37 @@ def test_cv_report_second_seed_gives_the_designs_mde(tmp_path):
     md = (tmp_path / "out" / "results.md").read_text()
     assert "## Repeatability" in md and "| vgg (w0.125) | 96×1 seed 0 → 96×1 seed 1 |" in md
     assert "| sr16000-mel96-hop1-log seed 1 |" in md
+
+
+def test_cv_report_against_another_study(tmp_path):
+    """--compare=NAME=RUNS_DIR: each configuration both studies ran, paired clip by clip (here a
+    study whose 96×1 student is closer to the teacher and trained twice as long)."""
+    runs, more = tmp_path / "runs", tmp_path / "more"
+    _write_cv_runs(runs)
+    _write_cv_runs(more, cv_sets=(("vgg", 96, 1, 0.01, 0.064), ("vgg", 32, 4, 0.05, 0.008)),
+                   train_seconds=200.0)
+    out = tmp_path / "results"
+    proc = run_module("benchmarks.study_report", f"--runs_dir={more}", "--name=more",
+                      f"--out_root={out}", "--n_resamples=300", f"--compare=base={runs}")
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    report = json.loads((out / "more" / "report.json").read_text())
+    (row,) = report["against"]["base"]  # 32×4 ran in one study only
+    base = report["pooled"]["vgg-w0.125-sr16000-mel96-hop1-log"]
+    assert (row["from"], row["to"], row["study"]) == ("vgg-w0.125-sr16000-mel96-hop1-log",) * 2 + ("base",)
+    assert row["n_clips"] == N_CLIPS and row["folds_paired"] == FOLDS
+    # noise 0.05 -> 0.01 around the teacher: a clear gain, and "to" is this study's own figure
+    assert row["delta_points"] > 0 and row["ci95_points"][0] > 0 and row["p_bootstrap"] < 0.05
+    assert row["roc_to"] == pytest.approx(100 * base["roc_auc"], abs=1e-6)
+    assert (row["train_seconds_from"], row["train_seconds_to"]) == (300.0, 600.0)
+    assert (row["epochs_from"], row["epochs_to"]) == (8.0, 8.0)
+    assert summary["against"]["base"][0]["delta_points"] == pytest.approx(row["delta_points"])
+    md = (out / "more" / "results.md").read_text()
+    assert "## Against `base`: the same configurations, paired clip by clip" in md
+    assert "| vgg (w0.125) | 96×1 `base` → 96×1 this |" in md
+    assert "| 300 s, 8.0 passes → 600 s, 8.0 passes |" in md
+    bad = run_module("benchmarks.study_report", f"--runs_dir={more}", "--name=x",
+                     f"--out_root={out}", "--compare=base", check=False)
+    assert bad.returncode != 0 and "--compare='base': expected NAME=DIR" in bad.stderr
 
 
 def test_cv_report_errors(tmp_path):
