@@ -442,7 +442,10 @@ def build(runs_dir: str, out_dir: str, name: str, opts: Options = Options(),
     students = report["students"]
     md += ["", "## Resolutions to ship as pretrained students (issue 24's rule)", ""]
     if students is None:
-        md.append("(the baseline has not finished every fold yet)")
+        md.append("(the baseline has not finished every fold yet)"
+                  if any(r["model"] == "vgg" and _res_shape(r["resolution"]) == BASELINES["vgg"]
+                         for r in rows)
+                  else "(this study has no VGG-CNN 96×1 baseline: the rule does not apply)")
     else:
         md.append(f"Rule: {students['rule']}.")
         md.append("")

@@ -242,6 +242,15 @@ def test_cv_report_against_another_study(tmp_path):
     assert "## Against `base`: the same configurations, paired clip by clip" in md
     assert "| vgg (w0.125) | 96×1 `base` → 96×1 this |" in md
     assert "| 300 s, 8.0 passes → 600 s, 8.0 passes |" in md
+    assert "the baseline has not finished" not in md and "(this study has no" not in md
+    # a study without the 96×1 baseline (one resolution, as the crops study): no students rule
+    only = tmp_path / "only"
+    _write_cv_runs(only, cv_sets=(("vgg", 32, 4, 0.05, 0.008),))
+    run_module("benchmarks.study_report", f"--runs_dir={only}", "--name=only",
+               f"--out_root={out}", "--n_resamples=100", f"--compare=base={runs}")
+    md = (out / "only" / "results.md").read_text()
+    assert "(this study has no VGG-CNN 96×1 baseline: the rule does not apply)" in md
+    assert "(no configuration ran in both studies)" in md
     bad = run_module("benchmarks.study_report", f"--runs_dir={more}", "--name=x",
                      f"--out_root={out}", "--compare=base", check=False)
     assert bad.returncode != 0 and "--compare='base': expected NAME=DIR" in bad.stderr
