@@ -145,14 +145,14 @@ def against_study(sets: Sequence[study.RunSet], others: Sequence[study.RunSet], 
         out.append({"model": s.model, "width": s.width, "seed": s.seed, "study": other,
                     "from_shape": f"{_label(o)} `{other}`", "to_shape": f"{_label(s)} this",
                     **study.compare(o, s, alpha=opts.alpha, power=opts.power, **opts.kwargs()),
-                    **{f"{k}_{end}": v for end, x in (("from", o), ("to", s))
-                       for k, v in _cost(x).items()}})
+                    "train_seconds_from": o.train_seconds, "train_seconds_to": s.train_seconds,
+                    "epochs_from": o.epochs_done_mean, "epochs_to": s.epochs_done_mean})
     return out
 
 
-def _cost(s: study.RunSet) -> dict:
-    return {"train_seconds": float(sum(r["train_seconds"] for r in s.runs)),
-            "epochs": float(sum(r["epochs_done"] for r in s.runs) / len(s.runs))}
+def _is_baseline(row: dict, model: str = "vgg") -> bool:
+    """Whether a pooled row is ``model`` at its baseline resolution (:data:`BASELINES`)."""
+    return row["model"] == model and _res_shape(row["resolution"]) == BASELINES[model]
 
 
 def _complete(row: dict) -> bool:
@@ -197,8 +197,8 @@ def student_choices(pooled: dict[str, dict], lowest: dict[str, dict], model: str
     ``no_loss``'s, on a log scale), ``top5`` (the cheapest with a pooled top-5 overlap with the
     teacher ≥ ``min_top5``); ``resolutions`` lists them once each, cheapest last. None until
     the baseline has finished every fold."""
-    base = next((r for r in pooled.values() if r["model"] == model and r["seed"] == 0
-                 and _complete(r) and _res_shape(r["resolution"]) == BASELINES[model]), None)
+    base = next((r for r in pooled.values() if r["seed"] == 0 and _complete(r)
+                 and _is_baseline(r, model)), None)
     if base is None:
         return None
     rows = [r for r in pooled.values() if r["model"] == model and r["seed"] == 0
@@ -443,8 +443,7 @@ def build(runs_dir: str, out_dir: str, name: str, opts: Options = Options(),
     md += ["", "## Resolutions to ship as pretrained students (issue 24's rule)", ""]
     if students is None:
         md.append("(the baseline has not finished every fold yet)"
-                  if any(r["model"] == "vgg" and _res_shape(r["resolution"]) == BASELINES["vgg"]
-                         for r in rows)
+                  if any(_is_baseline(r) for r in rows)
                   else "(this study has no VGG-CNN 96×1 baseline: the rule does not apply)")
     else:
         md.append(f"Rule: {students['rule']}.")

@@ -134,6 +134,16 @@ class RunSet:
     def folds(self) -> int:
         return int(self.runs[0]["folds"])
 
+    @property
+    def train_seconds(self) -> float:
+        """The runs' training time, summed over the folds."""
+        return float(sum(r["train_seconds"] for r in self.runs))
+
+    @property
+    def epochs_done_mean(self) -> float:
+        """Passes each run trained, averaged over the folds."""
+        return float(np.mean([r["epochs_done"] for r in self.runs]))
+
     def labels(self, top_k: int = teacher.DEFAULT_TOP_K) -> np.ndarray:
         """int64 [clips, tags]: the teacher's top-k tags per clip."""
         return np.stack([teacher.hard_labels(row, top_k) for row in self.teacher])
@@ -207,8 +217,7 @@ def summarize_set(s: RunSet, top_k: int = teacher.DEFAULT_TOP_K, n_resamples: in
         "top5_overlap": agree[f"top{min(5, len(s.tags))}_overlap"],
         "prob_correlation": agree["correlation"],
         "gmacs": float(s.runs[0]["gmacs"]), "kib_per_clip": s.runs[0]["storage_bytes"] / 1024,
-        "train_seconds": float(sum(r["train_seconds"] for r in s.runs)),
-        "epochs_done_mean": float(np.mean([r["epochs_done"] for r in s.runs])),
+        "train_seconds": s.train_seconds, "epochs_done_mean": s.epochs_done_mean,
         "stopped_at_cap": sum(r["stop_reason"] == "cap" for r in s.runs),
     }
 
