@@ -6,6 +6,13 @@ committed per-run files alone (:mod:`benchmarks.cv_report`)::
     .venv/bin/python -m benchmarks.study_report \
         --runs_dir=benchmarks/results/real_music/runs --name=real_music
 
+``--compare=NAME=RUNS_DIR`` adds another cross-validated study: each configuration both ran,
+paired clip by clip, with both training costs (e.g. the training crops against the study)::
+
+    .venv/bin/python -m benchmarks.study_report \
+        --runs_dir=benchmarks/results/real_music_crops/runs --name=real_music_crops \
+        --compare=study=benchmarks/results/real_music/runs
+
 A fixed-budget sweep (the old format, e.g. ``real_music_fixed_budget``), from its run directory::
 
     .venv/bin/python -m benchmarks.study_report --run_dir=runs/real_music --name=real_music \
