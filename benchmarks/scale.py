@@ -35,12 +35,9 @@ import datetime
 import gc
 import glob
 import importlib
-import importlib.metadata
 import json
 import os
-import platform
 import statistics
-import subprocess
 import tempfile
 import time
 from typing import Any, Callable, Iterable, Sequence
@@ -48,6 +45,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 from absl import app, flags, logging
 
+from benchmarks.common import machine_info
 from tftag import features
 from tftag.features import MelConfig
 
@@ -201,49 +199,6 @@ def process_cpu_seconds(pid: int | None = None) -> float:
     except (OSError, IndexError):
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
-
-
-def _version(dist: str) -> str | None:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-def machine_info() -> dict[str, Any]:
-    """CPU, memory, load and library versions of this machine."""
-    import soundfile
-    import tensorflow as tf
-
-    import tftag
-
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo", encoding="utf-8")
-                if line.startswith("model name")), platform.processor()) \
-        if os.path.exists("/proc/cpuinfo") else platform.processor()
-    mem = None
-    if os.path.exists("/proc/meminfo"):
-        for line in open("/proc/meminfo", encoding="utf-8"):
-            if line.startswith("MemTotal:"):
-                mem = round(int(line.split()[1]) * 1024 / 2**30, 1)
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
-                                text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = None
-    return {
-        "cpu_count": os.cpu_count(),
-        "cpus_allowed": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "cpu_model": cpu, "memory_gib": mem, "gpus": len(tf.config.list_physical_devices("GPU")),
-        "platform": platform.platform(), "python": platform.python_version(),
-        "versions": {"tftag": tftag.__version__, "tensorflow": tf.__version__,
-                     "keras": _version("keras"), "numpy": np.__version__,
-                     "essentia": _version("essentia-tensorflow") or _version("essentia"),
-                     "soundfile": soundfile.__version__,
-                     "libsndfile": soundfile.__libsndfile_version__},
-        "git_commit": commit,
-        "tf_threads": {"intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
-                       "inter_op": tf.config.threading.get_inter_op_parallelism_threads()},
-    }
 
 
 # ----------------------------------------------------------------------------- audio

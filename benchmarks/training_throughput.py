@@ -88,6 +88,11 @@ _STATE: dict = {}  # the worker's prepared configuration, between its commands
 def _prepare(job: dict) -> dict:
     """Builds the configuration with the tftag on sys.path (the worker's code base), runs the
     first (tracing) step and the warm-up steps; the model stays for :func:`_time`."""
+    # tftag first, as training imports it: importing tftag chooses TensorFlow's oneDNN kernels
+    # (TF_ENABLE_ONEDNN_OPTS, read once when TensorFlow loads; on without AVX-512 only if set).
+    # Keras first loaded TensorFlow with its own default: Eigen's kernels on an AVX2 machine.
+    import tftag  # noqa: F401  # isort: skip
+
     import keras
     import tensorflow as tf
 
@@ -279,8 +284,10 @@ def _label(row: dict) -> str:
     return f"{name} {mels}×{hop}", frac
 
 
-def write_tables(rows: list[dict], out_dir: str, wall_seconds: float) -> None:
-    """results.csv and results.md: one row per configuration, before and after side by side."""
+def write_tables(rows: list[dict], out_dir: str, wall_seconds: float,
+                 machine: dict | None = None) -> None:
+    """results.csv and results.md: one row per configuration, before and after side by side;
+    results.md names the ``machine`` (:func:`benchmarks.common.machine_info`) above the table."""
     import csv
 
     pairs: dict[tuple, dict] = {}
@@ -310,7 +317,13 @@ def write_tables(rows: list[dict], out_dir: str, wall_seconds: float) -> None:
         writer.writeheader()
         writer.writerows(table)
     lines = [f"# Training throughput, before/after issue 22 (one run, {wall_seconds / 60:.1f} min)",
-             "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+             ""]
+    if machine:
+        lines += [f"Machine: {machine['cpu_model']} (family {machine['cpu_family']}, model "
+                  f"{machine['cpu_model_number']}), {machine['cpu_count']} CPUs, instruction sets "
+                  f"{', '.join(machine['isa']) or 'unknown'}; TensorFlow "
+                  f"{machine['versions']['tensorflow']}.", ""]
+    lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(str(row.get(c, "")) for c in columns) + " |" for row in table]
     with open(os.path.join(out_dir, "results.md"), "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")
@@ -346,6 +359,12 @@ def main() -> None:
         rows = []
         os.makedirs(FLAGS.out_dir, exist_ok=True)
         jsonl = open(os.path.join(FLAGS.out_dir, "results.jsonl"), "w", encoding="utf-8")
+        # The figures depend on the CPU's instruction sets (oneDNN's kernels on AVX-512, Eigen's
+        # on AVX2 only: ~3x apart for MUSICNN, README): the first line names the machine.
+        from benchmarks.common import machine_info  # not at the top: workers run this file
+
+        machine = machine_info()
+        jsonl.write(json.dumps({"machine": machine}) + "\n")
         index = 0
         for model in FLAGS.models:
             for resolution in FLAGS.resolutions:
@@ -369,7 +388,7 @@ def main() -> None:
         for w in workers.values():
             w.close()
         wall = time.monotonic() - t0
-        write_tables(rows, FLAGS.out_dir, wall)
+        write_tables(rows, FLAGS.out_dir, wall, machine)
         print(json.dumps({"wall_seconds": round(wall, 1), "configurations": index}))
 
     app.run(run)

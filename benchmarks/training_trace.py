@@ -47,6 +47,11 @@ def summarise(trace_dir: str) -> dict[str, float]:
 
 def trace(job: dict) -> dict:
     """Runs in the side's process: traces the steps, returns the summary and the step time."""
+    # tftag first, as training imports it: importing tftag chooses TensorFlow's oneDNN kernels
+    # (TF_ENABLE_ONEDNN_OPTS, read once when TensorFlow loads; on without AVX-512 only if set).
+    # Keras first loaded TensorFlow with its own default: Eigen's kernels on an AVX2 machine.
+    import tftag  # noqa: F401  # isort: skip
+
     import keras
     import tensorflow as tf
 

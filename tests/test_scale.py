@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from benchmarks import scale
+from benchmarks import common, scale
 from conftest import run_module
 
 
@@ -18,6 +18,31 @@ def test_extraction_hours_scale_as_one_over_n_with_efficiency():
     for n in (2, 8, 128):
         assert scale.extraction_hours(1.2, 241_904, n, 0.9) == pytest.approx(one / (n * 0.9))
     assert scale.extraction_hours(1.2, 241_904, 8, 1.0) == pytest.approx(one / 8)
+
+
+# /proc/cpuinfo of the 2-core VM the study ran on in December 2026 (two processor blocks, trimmed).
+CPUINFO = """processor\t: 0
+vendor_id\t: AuthenticAMD
+cpu family\t: 23
+model\t\t: 1
+model name\t: AMD EPYC
+flags\t\t: fpu sse4_1 sse4_2 avx f16c fma avx2 bmi2
+
+processor\t: 1
+vendor_id\t: AuthenticAMD
+cpu family\t: 25
+model name\t: other
+flags\t\t: avx512f
+"""
+
+
+def test_cpu_identity_names_family_model_and_instruction_sets():
+    cpu = common.cpu_identity(CPUINFO)
+    assert cpu == {"cpu_model": "AMD EPYC", "cpu_family": "23", "cpu_model_number": "1",
+                   "isa": ["sse4_2", "avx", "avx2", "fma"]}  # the first block only: no avx512f
+    avx512 = common.cpu_identity("model name\t: Xeon\nflags\t: avx2 fma avx512f amx_tile\n")
+    assert avx512["isa"] == ["avx2", "fma", "avx512f", "amx_tile"]
+    assert common.cpu_identity("")["isa"] == []
 
 
 def test_train_spec_parse():
@@ -41,6 +66,7 @@ def test_quick_run_writes_consistent_outputs(tmp_path):
     result = json.loads((out / "scale.json").read_text())
     machine = result["machine"]
     assert machine["cpu_count"] >= 1 and len(machine["load_average_start"]) == 3
+    assert "cpu_family" in machine and isinstance(machine["isa"], list)
     assert machine["versions"]["tensorflow"] and machine["versions"]["essentia"]
 
     m, p = result["measured"], result["projection"]
