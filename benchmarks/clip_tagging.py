@@ -34,6 +34,7 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     del argv
+    import tftag  # noqa: F401  # first: it sets TensorFlow's oneDNN switch
     import tensorflow as tf
 
     from tftag import export, features

@@ -55,11 +55,11 @@ def cpu_identity(cpuinfo: str) -> dict[str, Any]:
 
 def machine_info() -> dict[str, Any]:
     """CPU (model, family, instruction sets), memory and library versions of this machine."""
+    import tftag  # first: it sets TensorFlow's oneDNN switch (tests/test_import_order.py)
+
     import numpy as np
     import soundfile
     import tensorflow as tf
-
-    import tftag
 
     cpuinfo = ""
     if os.path.exists("/proc/cpuinfo"):

@@ -41,6 +41,7 @@ def _make_dataset(tmp: str) -> str:
 
 def main(argv):
     del argv
+    import tftag  # noqa: F401  # first: it sets TensorFlow's oneDNN switch
     import keras
     import tensorflow as tf
 

@@ -59,6 +59,7 @@ def batch_for(gmacs: float) -> int:
 
 def _legacy_step(model, optimizer, strategy):
     """The training step of tftag.train before issue 22 (it had no train_step_fn)."""
+    import tftag  # noqa: F401  # first: it sets TensorFlow's oneDNN switch
     import tensorflow as tf
 
     from tftag import train
@@ -144,6 +145,7 @@ def _finish() -> dict:
     """Drops the prepared configuration; returns its timed windows."""
     import gc
 
+    import tftag  # noqa: F401  # first: it sets TensorFlow's oneDNN switch
     import keras
 
     windows = _STATE.pop("windows")

@@ -27,6 +27,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def summarise(trace_dir: str) -> dict[str, float]:
     """{op type: milliseconds} of the TensorFlow op events of a profiler trace."""
+    import tftag  # noqa: F401  # first: it sets TensorFlow's oneDNN switch
     from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
     path = sorted(glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True))[-1]

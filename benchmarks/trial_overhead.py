@@ -39,6 +39,7 @@ def worker(dataset_dir: str, out: str, candidates: list[str], duration: float) -
     import inspect
     import shutil
 
+    import tftag  # noqa: F401  # first: it sets TensorFlow's oneDNN switch
     import keras
 
     from tftag import train
