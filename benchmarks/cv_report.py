@@ -7,7 +7,9 @@ Called by ``benchmarks/study_report.py --runs_dir=...`` (the entry point); :func
 - ``runs.csv``: one row per run, the contract's columns (:data:`tftag.study.RUNS_COLUMNS`) and more;
 - ``report.json``: ``folds``, ``mde_points`` (the design's: from the seed-to-seed null
   comparison when a configuration ran with two seeds, else the claims' largest),
-  ``mde_claims_points``, ``seed_to_seed``, ``claims``, ``pooled`` (keyed by set name
+  ``mde_claims_points``, ``seed_to_seed``, ``claims``, ``between_models`` (the paper's
+  MUSICNN-vs-VGG-CNN claim at each resolution both ran, :func:`between_models`), ``front`` (the
+  accuracy/compute front across models, :func:`front`), ``pooled`` (keyed by set name
   ``<model>-w<width>-<resolution>``, ``-seed<s>`` appended for seeds other than 0, plus ``model``, ``resolution`` and the rest of the
   summary), ``vs_baseline``, ``lowest_without_loss`` (sets that finished every fold only),
   ``students`` (issue 24's rule: the resolutions to ship, :func:`student_choices`),
@@ -26,7 +28,7 @@ import math
 import os
 from typing import Sequence
 
-from tftag import runfiles, study
+from tftag import pareto, runfiles, study
 from tftag.features import MelConfig
 
 # The reference each resolution of a model is compared with for "no significant loss".
@@ -72,13 +74,16 @@ def _label(s: study.RunSet) -> str:
     return f"{n_mels}×{hop}"
 
 
-def _partner(sets: Sequence[study.RunSet], like: study.RunSet, shape: tuple[int, int]):
-    """The set of ``like``'s model, width, seed, sample rate and compression at ``shape``."""
+def _partner(sets: Sequence[study.RunSet], like: study.RunSet, shape: tuple[int, int],
+             model: str | None = None):
+    """The set of ``like``'s model and width (or of ``model``, at the width it ran), seed,
+    sample rate and compression at ``shape``."""
     m = MelConfig.from_name(like.resolution)
     for s in sets:
         o = MelConfig.from_name(s.resolution)
-        if (s.model, s.width, s.seed, o.sr, o.compression, (o.n_mels, o.hop_factor)) == \
-                (like.model, like.width, like.seed, m.sr, m.compression, shape):
+        arch = (s.model, s.width) == (like.model, like.width) if model is None else s.model == model
+        if arch and (s.seed, o.sr, o.compression, (o.n_mels, o.hop_factor)) == \
+                (like.seed, m.sr, m.compression, shape):
             return s
     return None
 
@@ -94,6 +99,23 @@ def claims(sets: Sequence[study.RunSet], opts: Options) -> list[dict]:
                 out.append({"model": model, "width": base.width, "seed": base.seed,
                             "from_shape": f"{a[0]}×{a[1]}", "to_shape": f"{b[0]}×{b[1]}",
                             "claim": claim, **c})
+    return out
+
+
+def between_models(sets: Sequence[study.RunSet], opts: Options) -> list[dict]:
+    """Each paper claim between the architectures (:data:`tftag.study.MODEL_CLAIMS`) whose two
+    models ran at its resolution (per seed): the second model against the first, paired clip by
+    clip, with both pooled PR-AUCs beside (the claim has a PR-AUC half)."""
+    out = []
+    for a_model, b_model, shape, claim in study.MODEL_CLAIMS:
+        for base in (s for s in sets if s.model == a_model and _shape(s) == shape):
+            other = _partner(sets, base, shape, model=b_model)
+            if other is None:
+                continue
+            c = study.compare(base, other, alpha=opts.alpha, power=opts.power, **opts.kwargs())
+            out.append({"model": f"{a_model} → {b_model}", "width": base.width, "seed": base.seed,
+                        "label": f"{a_model} (w{base.width:g}) → {b_model} (w{other.width:g})",
+                        "from_shape": _label(base), "to_shape": _label(other), "claim": claim, **c})
     return out
 
 
@@ -182,6 +204,16 @@ def lowest_without_loss(pooled: dict[str, dict], comparisons: Sequence[dict],
     return best
 
 
+def front(pooled: dict[str, dict]) -> list[dict]:
+    """The accuracy/compute front across models: the seed-0 sets that finished every fold and
+    that no other such set matches on pooled ROC-AUC at no more GMAC
+    (:func:`tftag.pareto.on_front`), cheapest first. Issue 24 ships MUSICNN "where it earned a
+    place": a MUSICNN set on this front."""
+    rows = [r for r in pooled.values() if r["seed"] == 0 and _complete(r)]
+    keep = pareto.on_front([(r["gmacs"], r["roc_auc"]) for r in rows])
+    return sorted((r for r, k in zip(rows, keep) if k), key=lambda r: r["gmacs"])
+
+
 # Issue 24's final students, chosen from the curve: the reference, the cheapest without a
 # significant loss, one at ~1/10 of that one's GMAC, the cheapest still agreeing with the teacher.
 STUDENT_MIN_TOP5 = 0.5
@@ -257,8 +289,9 @@ def comparison_table(rows: Sequence[dict], first: str = "claim") -> str:
              "bootstrap | p DeLong | p paired t (folds) | p independent t | MDE points | GMAC × | "
              + first + " |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for c in rows:
+        label = c.get("label") or f"{c['model']} (w{c['width']:g})"
         lines.append(
-            f"| {c['model']} (w{c['width']:g}) | {c['from_shape']} → {c['to_shape']} | {c['roc_from']:.2f} → "
+            f"| {label} | {c['from_shape']} → {c['to_shape']} | {c['roc_from']:.2f} → "
             f"{c['roc_to']:.2f} | {c['delta_points']:+.2f} [{c['ci95_points'][0]:+.2f}, "
             f"{c['ci95_points'][1]:+.2f}] | {_fmt_p(c['p_bootstrap'])} | {_fmt_p(c['p_delong'])} "
             f"| {_fmt_p(c['p_paired_t'])} | {_fmt_p(c['p_independent_t'])} | {c['mde_points']:.2f} "
@@ -360,6 +393,8 @@ def build(runs_dir: str, out_dir: str, name: str, opts: Options = Options(),
     rows = [study.summarize_set(s, **opts.kwargs()) for s in sets]
     pooled = {r["set"]: r for r in rows}
     tested = claims(sets, opts)
+    tested_models = between_models(sets, opts)
+    on_front = front(pooled)
     against = vs_baseline(sets, opts)
     repeats = repeatability(sets, opts)
     lowest = lowest_without_loss(pooled, against, opts.alpha)
@@ -387,7 +422,10 @@ def build(runs_dir: str, out_dir: str, name: str, opts: Options = Options(),
         "primary_test": "paired bootstrap of the pooled macro ROC-AUC difference "
                         f"({opts.n_resamples} resamples of {opts.unit}s, seed {opts.seed})",
         "labels": f"teacher top-{opts.top_k} per clip", "alpha": opts.alpha,
-        "claims": tested, "pooled": pooled, "vs_baseline": against,
+        "claims": tested, "between_models": tested_models,
+        "front": [{k: r[k] for k in ("set", "model", "width", "resolution", "gmacs", "roc_auc")}
+                  for r in on_front],
+        "pooled": pooled, "vs_baseline": against,
         "lowest_without_loss": lowest,
         "students": student_choices(pooled, lowest),
         "against": against_other,
@@ -410,6 +448,19 @@ def build(runs_dir: str, out_dir: str, name: str, opts: Options = Options(),
         "## Every resolution, folds pooled", "", pooled_table(rows), "",
         "## The paper's claims on this data", "", "Δ = to − from.", "",
         comparison_table(tested), "",
+        "## The paper's claim between the architectures", "",
+        *(["Δ = to − from, at the same resolution, each model at its study width; pooled "
+           "PR-AUC (the claim's other half): " + ", ".join(
+               f"{c['label']} {c['from_shape']}: {_pct(pooled[c['from']]['pr_auc'])} → "
+               f"{_pct(pooled[c['to']]['pr_auc'])} %" for c in tested_models) + ".", "",
+           comparison_table(tested_models)] if tested_models
+          else ["(no resolution ran with both models in this study)"]), "",
+        "## The accuracy/compute front across models", "",
+        "Sets that finished every fold (seed 0) that no other such set matches on pooled ROC-AUC "
+        "at no more GMAC, cheapest first; a MUSICNN set here is where MUSICNN earns a shipped "
+        "student (issue 24):", "",
+        *([f"- `{r['set']}`: {r['gmacs']:.4f} GMAC, ROC-AUC {_pct(r['roc_auc'])} %"
+           for r in on_front] or ["(no set has finished every fold)"]), "",
         "## Every resolution against its model's baseline", "",
         comparison_table(against, first="n_clips"), "",
         "## Repeatability: the same configuration, another seed (a null comparison)", "",
@@ -463,6 +514,9 @@ def build(runs_dir: str, out_dir: str, name: str, opts: Options = Options(),
             "seed_to_seed_points": [round(c["delta_points"], 3) for c in repeats], "claims": [{k: c[k] for k in ("model", "from_shape", "to_shape",
                                                              "delta_points", "p_bootstrap")}
                                           for c in tested],
+            "between_models": [{k: c[k] for k in ("label", "from_shape", "delta_points",
+                                                  "p_bootstrap")} for c in tested_models],
+            "front": [r["set"] for r in on_front],
             "lowest_without_loss": {k: v["set"] for k, v in lowest.items()},
             "students": None if report["students"] is None else report["students"]["resolutions"],
             "against": {other: [{k: c[k] for k in ("to", "delta_points", "p_bootstrap")}

@@ -320,3 +320,45 @@ def test_cv_report_students_and_partial_sets(tmp_path):
     cv_report.build(str(runs), str(tmp_path / "none"), "cv", cv_report.Options(n_resamples=200))
     assert json.loads((tmp_path / "none" / "report.json").read_text())["students"] is None
     assert "(the baseline has not finished every fold yet)" in (tmp_path / "none" / "results.md").read_text()
+
+
+def test_cv_report_between_models_and_front(tmp_path):
+    """The paper's MUSICNN-vs-VGG-CNN claim at each resolution both models ran (paired clip by
+    clip), and the accuracy/compute front across models that says where MUSICNN earns a student."""
+    from benchmarks import cv_report
+
+    runs = tmp_path / "runs"
+    _write_cv_runs(runs)  # MUSICNN 96×1: twice VGG-CNN 96×1's noise around the teacher, 28× its GMAC
+    cv_report.build(str(runs), str(tmp_path / "out"), "cv", cv_report.Options(n_resamples=200))
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    (row,) = report["between_models"]  # 48×1 ran with VGG-CNN only
+    assert (row["from"], row["to"]) == ("vgg-w0.125-sr16000-mel96-hop1-log",
+                                        "musicnn-w0.125-sr16000-mel96-hop1-log")
+    assert (row["from_shape"], row["to_shape"], row["n_clips"]) == ("96×1", "96×1", N_CLIPS)
+    assert row["delta_points"] < 0 and row["ci95_points"][1] < 0 and row["p_bootstrap"] < 0.05
+    assert row["gmac_ratio"] == pytest.approx(1.8 / 0.064)
+    assert row["claim"].startswith("MUSICNN beats VGG-CNN on ROC-AUC")
+    front = [r["set"] for r in report["front"]]
+    assert front[0] == "vgg-w0.125-sr16000-mel96-hop10-log" and "vgg-w0.125-sr16000-mel48-hop1-log" in front
+    assert not [s for s in front if s.startswith("musicnn")]  # dominated: worse and costlier
+    assert [r["gmacs"] for r in report["front"]] == sorted(r["gmacs"] for r in report["front"])
+    md = (tmp_path / "out" / "results.md").read_text()
+    assert "| vgg (w0.125) → musicnn (w0.125) | 96×1 → 96×1 |" in md
+    pr = {k: 100 * report["pooled"][k]["pr_auc"] for k in (row["from"], row["to"])}
+    assert (f"vgg (w0.125) → musicnn (w0.125) 96×1: {pr[row['from']]:.2f} → {pr[row['to']]:.2f} %"
+            in md)
+    # a MUSICNN closer to the teacher than VGG-CNN: it wins the claim and joins the front
+    better = tmp_path / "better"
+    _write_cv_runs(better, cv_sets=(("vgg", 96, 1, 0.1, 0.064), ("musicnn", 96, 1, 0.01, 1.8)))
+    cv_report.build(str(better), str(tmp_path / "b"), "b", cv_report.Options(n_resamples=200))
+    report = json.loads((tmp_path / "b" / "report.json").read_text())
+    (row,) = report["between_models"]
+    assert row["delta_points"] > 0 and row["ci95_points"][0] > 0 and row["p_bootstrap"] < 0.05
+    assert [r["set"] for r in report["front"]] == ["vgg-w0.125-sr16000-mel96-hop1-log",
+                                                   "musicnn-w0.125-sr16000-mel96-hop1-log"]
+    # one model only: nothing to compare between architectures
+    one = tmp_path / "one"
+    _write_cv_runs(one, cv_sets=(("vgg", 96, 1, 0.05, 0.064),))
+    cv_report.build(str(one), str(tmp_path / "o"), "o", cv_report.Options(n_resamples=100))
+    assert json.loads((tmp_path / "o" / "report.json").read_text())["between_models"] == []
+    assert "(no resolution ran with both models in this study)" in (tmp_path / "o" / "results.md").read_text()

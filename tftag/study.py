@@ -53,6 +53,14 @@ PAPER_CLAIMS = (
     ("musicnn", (128, 1), (96, 1), "MUSICNN 128 → 96 bands: comparable (MTAT 16 kHz 90.83 → 90.60)"),
     ("musicnn", (96, 1), (48, 1), "MUSICNN 96 → 48 bands: comparable (MTAT 16 kHz 90.60 → 90.50)"),
 )
+# The paper's claim between its two architectures (§1 on MTAT; Table V on MSD), as (from model,
+# to model, resolution, claim): each model at the width its study trained it.
+MODEL_CLAIMS = (
+    ("vgg", "musicnn", (96, 1), "MUSICNN beats VGG-CNN on ROC-AUC (MTAT; MSD 16 kHz 96×1: "
+     "86.71 → 87.21), trails it on PR-AUC on MSD (28.06 → 26.96)"),
+    ("vgg", "musicnn", (48, 1), "MUSICNN beats VGG-CNN on ROC-AUC (MSD 16 kHz 48×1: "
+     "86.73 → 87.10), trails it on PR-AUC on MSD (27.78 → 26.64)"),
+)
 
 
 def _track_group(clip_id: str) -> str:
