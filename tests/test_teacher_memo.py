@@ -34,15 +34,27 @@ class CountingTeacher:
         return teacher.hard_labels(soft, 3), soft
 
 
-def test_memo_key_is_the_crops_content():
-    a = tone_mix(DURATION, 16000, 0)
-    b = tone_mix(DURATION, 16000, 1)
-    assert teacher.memo_key(a) == teacher.memo_key(a.copy())
-    assert teacher.memo_key(a) != teacher.memo_key(b)
-    a2 = a.copy()
-    a2[1000] += 1e-3  # one sample changed: another clip
-    assert teacher.memo_key(a2) != teacher.memo_key(a)
-    assert len(teacher.memo_key(a)) == 40
+def test_memo_fingerprint_finds_the_same_crop_on_another_cpu_and_no_other():
+    a, b = tone_mix(DURATION, 16000, 0), tone_mix(DURATION, 16000, 1)
+    fa = teacher.memo_fingerprint(a)
+    assert fa.shape == (teacher.MEMO_BLOCKS * teacher.MEMO_KEY_N_MELS,) and fa.dtype == np.float32
+    memo = teacher.Memo([fa], [np.full(50, 0.5, np.float32)])
+    assert memo.get(teacher.memo_fingerprint(a.copy()))[0] == np.float32(0.5)
+    assert memo.get(teacher.memo_fingerprint(b)) is None  # other music
+    assert memo.get(teacher.memo_fingerprint(a * 10 ** (0.5 / 20))) is None  # +0.5 dB: another crop
+    # Another CPU's BLAS kernels change the mel's last bits (~1e-7 relative): an exact hash of
+    # them misses, the fingerprint still finds the crop.
+    from tftag import features
+
+    mel = features.base_mels(a, 16000, (8,))[8]
+    other_cpu = (mel * (1 + 1e-7 * np.random.default_rng(0).standard_normal(mel.shape))).astype(
+        np.float32)
+    assert other_cpu.tobytes() != mel.tobytes()
+    assert memo.get(teacher.memo_fingerprint_of_mel(other_cpu)) is not None
+    assert not memo.add(teacher.memo_fingerprint_of_mel(other_cpu), np.zeros(50, np.float32))
+    assert len(memo) == 1 and memo.add(teacher.memo_fingerprint(b), np.zeros(50)) and len(memo) == 2
+    with pytest.raises(ValueError, match=r"needs a \[frames >= 10, 8\] mel, got \(1820, 16\)"):
+        teacher.memo_fingerprint_of_mel(np.ones((1820, 16), np.float32))
 
 
 def test_memo_teacher_runs_the_model_only_on_a_miss(tmp_path):
@@ -69,14 +81,23 @@ def test_memo_teacher_runs_the_model_only_on_a_miss(tmp_path):
 
 
 def test_memo_file_is_canonical_and_refuses_another_extraction(tmp_path):
-    entries = {"b" * 40: np.full(50, 0.25, np.float32), "a" * 40: np.full(50, 0.5, np.float32)}
+    fps = [np.full(80, -20.0, np.float32), np.full(80, -30.0, np.float32)]
+    soft = [np.full(50, 0.25, np.float32), np.full(50, 0.5, np.float32)]
     p1, p2 = str(tmp_path / "one.npz"), str(tmp_path / "two.npz")
-    teacher.write_memo(p1, "MTT_musicnn", DURATION, entries)
-    teacher.write_memo(p2, "MTT_musicnn", DURATION, dict(reversed(list(entries.items()))))
+    teacher.write_memo(p1, "MTT_musicnn", DURATION, teacher.Memo(fps, soft))
+    teacher.write_memo(p2, "MTT_musicnn", DURATION, teacher.Memo(fps[::-1], soft[::-1]))
     assert open(p1, "rb").read() == open(p2, "rb").read()  # the same entries, the same bytes
     got = teacher.read_memo(p1, "MTT_musicnn", DURATION)
-    assert sorted(got) == ["a" * 40, "b" * 40] and got["a" * 40][0] == np.float32(0.5)
-    assert teacher.read_memo(str(tmp_path / "none.npz"), "MTT_musicnn", DURATION) == {}
+    assert len(got) == 2 and got.get(fps[1] + 0.005)[0] == np.float32(0.5)
+    assert len(teacher.read_memo(str(tmp_path / "none.npz"), "MTT_musicnn", DURATION)) == 0
+    # a memo of the first format (exact SHA-1 keys, useless on another CPU): not used, replaced
+    old = tmp_path / "old.npz"
+    np.savez(old, identity=np.array(json.dumps({"format": 1, "teacher": "MTT_musicnn"})),
+             keys=np.array(["a" * 40]), soft=np.zeros((1, 50), np.float32))
+    assert len(teacher.read_memo(str(old), "MTT_musicnn", DURATION)) == 0
+    assert teacher._add_to_memo(str(old), "MTT_musicnn", DURATION, [(fps[0], soft[0])]) == {
+        "entries": 1, "added": 1}
+    assert len(teacher.read_memo(str(old), "MTT_musicnn", DURATION)) == 1
 
     with pytest.raises(ValueError, match=r"one\.npz: made for another extraction: teacher "
                                          r"'MTT_musicnn' \(this extraction: 'MTT_vgg'\)"):
