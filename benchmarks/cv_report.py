@@ -105,7 +105,7 @@ def claims(sets: Sequence[study.RunSet], opts: Options) -> list[dict]:
 def between_models(sets: Sequence[study.RunSet], opts: Options) -> list[dict]:
     """Each paper claim between the architectures (:data:`tftag.study.MODEL_CLAIMS`) whose two
     models ran at its resolution (per seed): the second model against the first, paired clip by
-    clip, with both pooled PR-AUCs beside (the claim has a PR-AUC half)."""
+    clip, with both PR-AUCs on the same clips beside (the claim has a PR-AUC half)."""
     out = []
     for a_model, b_model, shape, claim in study.MODEL_CLAIMS:
         for base in (s for s in sets if s.model == a_model and _shape(s) == shape):
@@ -449,10 +449,10 @@ def build(runs_dir: str, out_dir: str, name: str, opts: Options = Options(),
         "## The paper's claims on this data", "", "Δ = to − from.", "",
         comparison_table(tested), "",
         "## The paper's claim between the architectures", "",
-        *(["Δ = to − from, at the same resolution, each model at its study width; pooled "
-           "PR-AUC (the claim's other half): " + ", ".join(
-               f"{c['label']} {c['from_shape']}: {_pct(pooled[c['from']]['pr_auc'])} → "
-               f"{_pct(pooled[c['to']]['pr_auc'])} %" for c in tested_models) + ".", "",
+        *(["Δ = to − from, at the same resolution, each model at its study width; PR-AUC "
+           "(the claim's other half) on the same clips: " + ", ".join(
+               f"{c['label']} {c['from_shape']}: {c['pr_from']:.2f} → {c['pr_to']:.2f} %"
+               for c in tested_models) + ".", "",
            comparison_table(tested_models)] if tested_models
           else ["(no resolution ran with both models in this study)"]), "",
         "## The accuracy/compute front across models", "",

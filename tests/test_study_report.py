@@ -344,9 +344,10 @@ def test_cv_report_between_models_and_front(tmp_path):
     assert [r["gmacs"] for r in report["front"]] == sorted(r["gmacs"] for r in report["front"])
     md = (tmp_path / "out" / "results.md").read_text()
     assert "| vgg (w0.125) → musicnn (w0.125) | 96×1 → 96×1 |" in md
-    pr = {k: 100 * report["pooled"][k]["pr_auc"] for k in (row["from"], row["to"])}
-    assert (f"vgg (w0.125) → musicnn (w0.125) 96×1: {pr[row['from']]:.2f} → {pr[row['to']]:.2f} %"
-            in md)
+    # both sets cover every clip: the pair's PR-AUCs are the pooled ones
+    assert row["pr_from"] == pytest.approx(100 * report["pooled"][row["from"]]["pr_auc"])
+    assert row["pr_to"] == pytest.approx(100 * report["pooled"][row["to"]]["pr_auc"])
+    assert f"vgg (w0.125) → musicnn (w0.125) 96×1: {row['pr_from']:.2f} → {row['pr_to']:.2f} %" in md
     # a MUSICNN closer to the teacher than VGG-CNN: it wins the claim and joins the front
     better = tmp_path / "better"
     _write_cv_runs(better, cv_sets=(("vgg", 96, 1, 0.1, 0.064), ("musicnn", 96, 1, 0.01, 1.8)))

@@ -232,7 +232,8 @@ def summarize_set(s: RunSet, top_k: int = teacher.DEFAULT_TOP_K, n_resamples: in
 
 def compare(a: RunSet, b: RunSet, top_k: int = teacher.DEFAULT_TOP_K, n_resamples: int = 1000,
             seed: int = 0, unit: str = "clip", alpha: float = 0.05, power: float = 0.8) -> dict:
-    """``b`` against ``a`` on their common clips (differences ``b - a`` in ROC-AUC points).
+    """``b`` against ``a`` on their common clips (differences ``b - a`` in ROC-AUC points; both
+    PR-AUCs on the same clips beside).
 
     Primary: the paired bootstrap of the pooled macro ROC-AUC difference (its SE gives the
     minimum detectable effect at ``alpha`` and ``power``); beside it DeLong's test of the same
@@ -251,13 +252,15 @@ def compare(a: RunSet, b: RunSet, top_k: int = teacher.DEFAULT_TOP_K, n_resample
     pa, pb = a.probs[ia], b.probs[ib]
     boot = stats.paired_bootstrap(labels, pa, pb, _weights(common, n_resamples, seed, unit))
     delong = stats.delong_macro(labels, pa, pb)
-    roc_a = float(stats.weighted_macro_auc(labels, pa)[0][0])
+    roc_a, pr_a = (float(m[0]) for m in stats.weighted_macro_auc(labels, pa))
+    pr_b = float(stats.weighted_macro_auc(labels, pb)[1][0])
     fa = {r["fold"]: r["test_roc_auc"] for r in a.runs}
     fb = {r["fold"]: r["test_roc_auc"] for r in b.runs}
     folds = sorted(set(fa) & set(fb))
     return {
         "from": a.key, "to": b.key, "n_clips": len(common), "folds_paired": len(folds),
         "roc_from": 100 * roc_a, "roc_to": 100 * (roc_a + boot.difference),
+        "pr_from": 100 * pr_a, "pr_to": 100 * pr_b,
         "delta_points": 100 * boot.difference, "ci95_points": [100 * x for x in boot.ci95],
         "se_points": 100 * boot.se, "p_bootstrap": boot.p_value,
         "p_delong": delong.p_value, "se_delong_points": 100 * delong.se,
