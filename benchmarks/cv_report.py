@@ -348,9 +348,12 @@ def plot_learning_curves(results: Sequence[dict], path: str) -> None:
                     color=colours[_curve_label(r, several_widths)], ms=4, alpha=0.8)
         for label, colour in colours.items():
             ax.plot([], [], color=colour, label=label)
-        _label_axes(ax, "epoch", "validation loss",
-                    f"{model}: validation loss per epoch ({_count(len(runs), 'run')}; "
-                    "dashed = cap, ▼ = learning rate lowered)")
+        ax.set_yscale("log")  # the first passes' losses are 3x the plateau the curves end on
+        for axis in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
+            axis(plt.FormatStrFormatter("%.3f"))
+        _label_axes(ax, "epoch", "validation loss (log)",
+                    f"{model}: validation loss per epoch ({_count(len(runs), 'run')})\n"
+                    "dashed = cap, ▼ = learning rate lowered")
     fig.tight_layout()
     runfiles.save_figure_atomic(fig, path, dpi=90)
 
