@@ -472,7 +472,7 @@ def build(runs_dir: str, out_dir: str, name: str, opts: Options = Options(),
          "bootstrap of single trained models does not include — a resolution effect smaller "
          "than it is not evidence." if repeats else
          "(no configuration ran with a second seed: the MDE above is the claims' largest)"), "",
-        comparison_table(repeats, first="n_clips") if repeats else "",
+        *([comparison_table(repeats, first="n_clips"), ""] if repeats else []),
         "## Cheapest resolution without a significant loss (paired test)", "",
     ]
     for key, r in sorted(lowest.items()):

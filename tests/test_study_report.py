@@ -214,6 +214,9 @@ def test_cv_report_second_seed_gives_the_designs_mde(tmp_path):
     md = (tmp_path / "out" / "results.md").read_text()
     assert "## Repeatability" in md and "| vgg (w0.125) | 96×1 seed 0 → 96×1 seed 1 |" in md
     assert "| sr16000-mel96-hop1-log seed 1 |" in md
+    # every section heading starts after a blank line (a table does not run into it)
+    assert all(md.split("\n")[i - 1] == "" for i, line in enumerate(md.split("\n"))
+               if line.startswith("## "))
 
 
 def test_cv_report_against_another_study(tmp_path):
