@@ -14,7 +14,8 @@ Called by ``benchmarks/study_report.py --runs_dir=...`` (the entry point); :func
   summary), ``vs_baseline``, ``lowest_without_loss`` (sets that finished every fold only),
   ``students`` (issue 24's rule: the resolutions to ship, :func:`student_choices`),
   ``against`` (per other study given: each configuration both ran, paired clip by clip,
-  :func:`against_study`) and the statistical settings;
+  :func:`against_study`), ``frequent_tags`` (the comparisons again over the tags with ≥ 50
+  positives, :func:`frequent_view`) and the statistical settings;
 - ``results.md``: the tables and the cheapest resolution without a significant loss;
 - ``learning_curves.png`` (validation loss per epoch of every run, one panel per model, a
   marker where the learning rate was lowered) and
@@ -46,6 +47,10 @@ class Options:
       top_k: hard labels = the teacher's top-k tags per clip.
       alpha: significance level (two-sided).
       power: power of the minimum detectable effect.
+      min_positives: the macro metrics average the tags with at least this many positives
+        among the clips compared (1: every tag present, the primary analysis).
+      frequent_min_positives: the sensitivity view's ``min_positives`` (:func:`frequent_view`;
+        1 or less: no such view).
     """
 
     n_resamples: int = 1000
@@ -54,10 +59,12 @@ class Options:
     top_k: int = 3
     alpha: float = 0.05
     power: float = 0.8
+    min_positives: int = 1
+    frequent_min_positives: int = study.FREQUENT_TAG_MIN_POSITIVES
 
     def kwargs(self) -> dict:
         return {"top_k": self.top_k, "n_resamples": self.n_resamples, "seed": self.seed,
-                "unit": self.unit}
+                "unit": self.unit, "min_positives": self.min_positives}
 
 
 def _res_shape(resolution: str) -> tuple[int, int]:
@@ -170,6 +177,55 @@ def against_study(sets: Sequence[study.RunSet], others: Sequence[study.RunSet], 
                     "train_seconds_from": o.train_seconds, "train_seconds_to": s.train_seconds,
                     "epochs_from": o.epochs_done_mean, "epochs_to": s.epochs_done_mean})
     return out
+
+
+def frequent_view(sets: Sequence[study.RunSet], opts: Options) -> dict | None:
+    """The comparisons again, averaging only the tags with ``opts.frequent_min_positives`` or
+    more positives among the clips compared (a sensitivity check of the primary analysis, whose
+    macro average weighs a tag with one positive like one with 500; MTAT's tags, the paper's,
+    are all frequent): ``mde_points`` (from the seed-to-seed null comparison, else the claims'
+    largest), ``seed_to_seed``, ``claims``, ``between_models``, ``vs_baseline``,
+    ``lowest_without_loss`` and ``pooled`` (ROC-AUC and PR-AUC with CIs, ``n_tags``). The
+    fold-level t-tests are not recomputed (the runs' own ROC-AUCs average every tag). None when
+    the view is off or a set has no such tag."""
+    n = opts.frequent_min_positives
+    if n <= 1 or not all((s.labels(opts.top_k).sum(axis=0) >= n).any() for s in sets):
+        return None
+    f = dataclasses.replace(opts, min_positives=n)
+    pooled = {r["set"]: r for r in (study.summarize_set(s, **f.kwargs()) for s in sets)}
+    against, repeats, tested = vs_baseline(sets, f), repeatability(sets, f), claims(sets, f)
+    mdes = [c["mde_points"] for c in repeats] or [c["mde_points"] for c in tested]
+    return {
+        "min_positives": n, "mde_points": max(mdes) if mdes else None,
+        "seed_to_seed": repeats, "claims": tested, "between_models": between_models(sets, f),
+        "vs_baseline": against, "lowest_without_loss": lowest_without_loss(pooled, against, opts.alpha),
+        "pooled": {k: {m: r[m] for m in ("n_tags", "roc_auc", "ci95", "pr_auc", "pr_ci95")}
+                   for k, r in pooled.items()},
+    }
+
+
+def _frequent_md(view: dict | None, opts: Options) -> list[str]:
+    """results.md's section of :func:`frequent_view`."""
+    title = f"## Frequent tags only (≥ {opts.frequent_min_positives} positives): a sensitivity check"
+    if view is None:
+        return [title, "", f"(off, or some set has no tag with {opts.frequent_min_positives} "
+                "positives among its clips)", ""]
+    mde = "–" if view["mde_points"] is None else f"{view['mde_points']:.2f}"
+    rows = view["between_models"] + view["vs_baseline"] + view["seed_to_seed"]
+    lines = [title, "",
+             f"The same paired comparisons, the macro average taken over the tags with at least "
+             f"{view['min_positives']} positives among the clips compared (`n_tags`, last column) "
+             "instead of every tag present: a tag with a handful of positives has a ROC-AUC that "
+             "is the rank of those few clips, yet counts as much as any other in the primary "
+             "average. MTAT's 50 tags (the paper's) are all frequent. Fold-level t-tests are "
+             f"not recomputed (–). **Minimum detectable effect in this view: {mde} points** "
+             "(the same rule as above).", "",
+             comparison_table(rows, first="n_tags"), ""]
+    for key, r in sorted(view["lowest_without_loss"].items()):
+        lines.append(f"- cheapest without a significant loss in this view, {key}: `{r['set']}` "
+                     f"— Δ {r['delta_points']:+.2f} points [{r['ci95_points'][0]:+.2f}, "
+                     f"{r['ci95_points'][1]:+.2f}] (p = {_fmt_p(r['p_bootstrap'])}).")
+    return lines + [""]
 
 
 def _is_baseline(row: dict, model: str = "vgg") -> bool:
@@ -401,6 +457,7 @@ def build(runs_dir: str, out_dir: str, name: str, opts: Options = Options(),
     against = vs_baseline(sets, opts)
     repeats = repeatability(sets, opts)
     lowest = lowest_without_loss(pooled, against, opts.alpha)
+    frequent = frequent_view(sets, opts)
     claim_mdes = [c["mde_points"] for c in tested] or [c["mde_points"] for c in against]
     claims_mde = max(claim_mdes) if claim_mdes else None
     if repeats:  # the design's MDE: a null comparison's (the same configuration retrained)
@@ -432,6 +489,7 @@ def build(runs_dir: str, out_dir: str, name: str, opts: Options = Options(),
         "lowest_without_loss": lowest,
         "students": student_choices(pooled, lowest),
         "against": against_other,
+        "frequent_tags": frequent,
     }
     runfiles.write_json_atomic(os.path.join(out_dir, "report.json"), report)
     mde_text = "–" if mde is None else f"{mde:.2f}"
@@ -484,6 +542,7 @@ def build(runs_dir: str, out_dir: str, name: str, opts: Options = Options(),
     if partial:
         md.append("- not yet counted (folds still to run): " + ", ".join(
             f"`{r['set']}` ({r['folds_done']}/{r['folds']})" for r in partial) + ".")
+    md += ["", *_frequent_md(frequent, opts)][:-1]
     for other, rows_other in against_other.items():
         md += ["", f"## Against `{other}`: the same configurations, paired clip by clip", "",
                "Δ = this study − `" + other + "`; training: the K runs' total seconds and mean "
@@ -520,6 +579,13 @@ def build(runs_dir: str, out_dir: str, name: str, opts: Options = Options(),
             "between_models": [{k: c[k] for k in ("label", "from_shape", "delta_points",
                                                   "p_bootstrap")} for c in tested_models],
             "front": [r["set"] for r in on_front],
+            "frequent_tags": None if frequent is None else {
+                "mde_points": frequent["mde_points"],
+                "claims": [{k: c[k] for k in ("model", "from_shape", "to_shape", "delta_points",
+                                              "p_bootstrap")} for c in frequent["claims"]],
+                "between_models": [{k: c[k] for k in ("label", "from_shape", "delta_points",
+                                                      "p_bootstrap")}
+                                   for c in frequent["between_models"]]},
             "lowest_without_loss": {k: v["set"] for k, v in lowest.items()},
             "students": None if report["students"] is None else report["students"]["resolutions"],
             "against": {other: [{k: c[k] for k in ("to", "delta_points", "p_bootstrap")}

@@ -64,6 +64,10 @@ def define_flags() -> None:
     flags.DEFINE_integer("teacher_top_k", 3, "--runs_dir: hard labels = the teacher's top-k tags "
                          "per clip (the value the dataset was extracted with).", lower_bound=1)
     flags.DEFINE_float("power", 0.8, "--runs_dir: power of the minimum detectable effect.")
+    flags.DEFINE_integer("frequent_min_positives", study.FREQUENT_TAG_MIN_POSITIVES,
+                         "--runs_dir: the sensitivity view averages the tags with at least this "
+                         "many positives among the clips compared (report.json "
+                         "'frequent_tags'); 1 turns it off.", lower_bound=1)
     flags.DEFINE_multi_string("compare", [], "NAME=DIR of another study: with --run_dir, a "
                               "fixed-budget sweep's run directory, drawn beside it; with "
                               "--runs_dir, another cross-validated study's per-run files, each "
@@ -264,7 +268,8 @@ def main(argv):
             summary = cv_report.build(FLAGS.runs_dir, out, FLAGS.name, cv_report.Options(
                 n_resamples=FLAGS.n_resamples, seed=FLAGS.bootstrap_seed,
                 unit=FLAGS.resample_by, top_k=FLAGS.teacher_top_k, alpha=FLAGS.alpha,
-                power=FLAGS.power), compare=others)
+                power=FLAGS.power, frequent_min_positives=FLAGS.frequent_min_positives),
+                compare=others)
         except ValueError as e:
             raise app.UsageError(str(e)) from e
         print(json.dumps(summary))

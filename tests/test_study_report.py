@@ -366,3 +366,94 @@ def test_cv_report_between_models_and_front(tmp_path):
     cv_report.build(str(one), str(tmp_path / "o"), "o", cv_report.Options(n_resamples=100))
     assert json.loads((tmp_path / "o" / "report.json").read_text())["between_models"] == []
     assert "(no resolution ran with both models in this study)" in (tmp_path / "o" / "results.md").read_text()
+
+
+def _write_set(runs_dir, model, n_mels, ids, teacher, probs, gmacs, folds=FOLDS):
+    """One set's per-fold files: clips dealt to the folds in turn."""
+    import numpy as np
+
+    res = f"sr16000-mel{n_mels}-hop1-log"
+    fold_of = np.arange(len(ids)) % folds
+    for fold in range(folds):
+        d = runs_dir / f"{model}-w0.125-{res}-fold{fold}-seed0"
+        d.mkdir(parents=True)
+        sel = fold_of == fold
+        np.savez(d / "test_predictions.npz", clip_id=ids[sel], probs=probs[sel],
+                 teacher=teacher[sel], tags=np.array([f"tag{i}" for i in range(teacher.shape[1])]))
+        (d / "result.json").write_text(json.dumps({
+            "model": model, "width": 0.125, "resolution": res, "fold": fold, "folds": folds,
+            "seed": 0, "test_roc_auc": 0.8 + 0.01 * fold + n_mels / 1000 + 0.003 * (fold == 1),
+            "test_pr_auc": 0.5, "top5_overlap": 0.6,
+            "prob_correlation": 0.7, "best_epoch": 5, "epochs_done": 8, "stop_reason": "plateau",
+            "train_seconds": 10.0, "gmacs": gmacs, "storage_bytes": 1000, "n_test_clips": int(sel.sum()),
+            "curve": [{"epoch": 0, "train_loss": 0.5, "valid_loss": 0.4, "valid_roc_auc": 0.8}]}))
+
+
+def test_cv_report_frequent_tags_view(tmp_path):
+    """The sensitivity view: the comparisons again over the tags with >= N positives. A student
+    that matches the baseline on the frequent tags and guesses on the rare ones is significantly
+    worse in the primary macro average (every tag counts alike) and not in this view; its Δ is
+    the hand-computed macro ROC-AUC difference over the frequent tags only."""
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
+
+    from benchmarks import cv_report
+    from tftag import stats, study, teacher as teacher_mod
+
+    rng = np.random.default_rng(1)
+    n_clips, frequent, rare = 600, 4, 6
+    # teacher: 4 frequent tags carry the mass; each rare tag tops 4-10 clips
+    soft = rng.uniform(0.0, 0.05, size=(n_clips, frequent + rare))
+    soft[:, :frequent] += rng.uniform(0.3, 1.0, size=(n_clips, frequent))
+    for t in range(frequent, frequent + rare):
+        soft[rng.choice(n_clips, size=4 + t - frequent, replace=False), t] = 2.0
+    soft /= soft.sum(axis=1, keepdims=True)
+    ids = np.array([f"pkg{c % 7}/track{c}.ogg#000" for c in range(n_clips)])
+    good = np.clip(soft + 0.02 * rng.normal(size=soft.shape), 0, 1)
+    worse = good.copy()
+    worse[:, frequent:] = rng.uniform(size=(n_clips, rare))  # noise on the rare tags only
+    runs = tmp_path / "runs"
+    _write_set(runs, "vgg", 96, ids, soft, good, 0.064)
+    _write_set(runs, "vgg", 48, ids, soft, worse, 0.032)
+    labels = np.stack([teacher_mod.hard_labels(row, 3) for row in soft])
+    counts = labels.sum(axis=0)
+    n = 50
+    assert (counts[:frequent] >= n).all() and (counts[frequent:] < n).all() and (counts > 0).all()
+
+    cv_report.build(str(runs), str(tmp_path / "out"), "f",
+                    cv_report.Options(n_resamples=300, frequent_min_positives=n))
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    (primary,) = report["claims"]  # 96×1 → 48×1
+    assert primary["delta_points"] < -5 and primary["p_bootstrap"] < 0.01
+    assert primary["n_tags"] == frequent + rare
+    view = report["frequent_tags"]
+    assert view["min_positives"] == n
+    (c,) = view["claims"]
+    assert c["n_tags"] == frequent and c["p_bootstrap"] > 0.05
+    order = np.argsort(ids)
+    by_hand = 100 * np.mean([roc_auc_score(labels[order, t], worse[order, t])
+                             - roc_auc_score(labels[order, t], good[order, t])
+                             for t in range(frequent)])
+    assert c["delta_points"] == pytest.approx(by_hand, abs=1e-6)
+    assert c["p_paired_t"] is None and c["p_independent_t"] is None  # runs' ROC-AUCs: every tag
+    assert view["lowest_without_loss"]["vgg-w0.125-seed0"]["set"] == "vgg-w0.125-sr16000-mel48-hop1-log"
+    assert report["lowest_without_loss"]["vgg-w0.125-seed0"]["set"] == "vgg-w0.125-sr16000-mel96-hop1-log"
+    assert view["pooled"]["vgg-w0.125-sr16000-mel96-hop1-log"]["n_tags"] == frequent
+    assert view["mde_points"] == pytest.approx(c["mde_points"])  # no second seed: the claims'
+    md = (tmp_path / "out" / "results.md").read_text()
+    assert f"## Frequent tags only (≥ {n} positives): a sensitivity check" in md
+    assert f"| vgg (w0.125) | 96×1 → 48×1 | {c['roc_from']:.2f} → {c['roc_to']:.2f} |" in md
+    assert f"| {frequent} |" in md
+    # a threshold no tag reaches: no view, said so
+    cv_report.build(str(runs), str(tmp_path / "none"), "f",
+                    cv_report.Options(n_resamples=100, frequent_min_positives=n_clips))
+    assert json.loads((tmp_path / "none" / "report.json").read_text())["frequent_tags"] is None
+    assert f"(off, or some set has no tag with {n_clips} positives" in \
+        (tmp_path / "none" / "results.md").read_text()
+    with pytest.raises(ValueError, match="and 600 or more positives among 600 clips"):
+        stats.evaluable_tags(labels, min_positives=n_clips)
+    # the pooled view of one set averages the frequent tags only
+    (base,) = [s for s in study.load_sets(study.load_runs(str(runs))) if s.resolution.startswith("sr16000-mel96")]
+    row = study.summarize_set(base, n_resamples=100, min_positives=n)
+    assert row["n_tags"] == frequent and row["roc_auc"] == pytest.approx(
+        np.mean([roc_auc_score(labels[order, t], good[order, t]) for t in range(frequent)]))

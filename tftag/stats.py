@@ -75,13 +75,16 @@ def _check(y_true: np.ndarray, *scores: np.ndarray) -> np.ndarray:
     return y.astype(bool)
 
 
-def evaluable_tags(y_true: np.ndarray) -> np.ndarray:
-    """Indices of the tags with both positive and negative clips (the macro average's tags)."""
+def evaluable_tags(y_true: np.ndarray, min_positives: int = 1) -> np.ndarray:
+    """Indices of the tags with both positive and negative clips (the macro average's tags), and
+    at least ``min_positives`` positives."""
     y = _check(y_true)
     positives = y.sum(axis=0)
-    tags = np.flatnonzero((positives > 0) & (positives < y.shape[0]))
+    tags = np.flatnonzero((positives >= max(1, min_positives)) & (positives < y.shape[0]))
     if tags.size == 0:
-        raise ValueError(f"no tag has both positive and negative clips among {y.shape[0]} clips")
+        more = f" and {min_positives} or more positives" if min_positives > 1 else ""
+        raise ValueError(f"no tag has both positive and negative clips{more} among "
+                         f"{y.shape[0]} clips")
     return tags
 
 
