@@ -112,7 +112,8 @@ def claims(sets: Sequence[study.RunSet], opts: Options) -> list[dict]:
 def between_models(sets: Sequence[study.RunSet], opts: Options) -> list[dict]:
     """Each paper claim between the architectures (:data:`tftag.study.MODEL_CLAIMS`) whose two
     models ran at its resolution (per seed): the second model against the first, paired clip by
-    clip, with both PR-AUCs on the same clips beside (the claim has a PR-AUC half)."""
+    clip, with both PR-AUCs on the same clips beside (the claim has a PR-AUC half) and the
+    per-tag ROC-AUCs (``per_tag``, :func:`tftag.study.per_tag`: where the difference comes from)."""
     out = []
     for a_model, b_model, shape, claim in study.MODEL_CLAIMS:
         for base in (s for s in sets if s.model == a_model and _shape(s) == shape):
@@ -122,7 +123,8 @@ def between_models(sets: Sequence[study.RunSet], opts: Options) -> list[dict]:
             c = study.compare(base, other, alpha=opts.alpha, power=opts.power, **opts.kwargs())
             out.append({"model": f"{a_model} → {b_model}", "width": base.width, "seed": base.seed,
                         "label": f"{a_model} (w{base.width:g}) → {b_model} (w{other.width:g})",
-                        "from_shape": _label(base), "to_shape": _label(other), "claim": claim, **c})
+                        "from_shape": _label(base), "to_shape": _label(other), "claim": claim, **c,
+                        "per_tag": study.per_tag(base, other, opts.top_k, opts.min_positives)})
     return out
 
 
@@ -226,6 +228,23 @@ def _frequent_md(view: dict | None, opts: Options) -> list[str]:
                      f"— Δ {r['delta_points']:+.2f} points [{r['ci95_points'][0]:+.2f}, "
                      f"{r['ci95_points'][1]:+.2f}] (p = {_fmt_p(r['p_bootstrap'])}).")
     return lines + [""]
+
+
+def _per_tag_md(rows: Sequence[dict], n: int = 5) -> list[str]:
+    """One line per pair: its ``n`` largest per-tag losses and gains (tag, positives, Δ)."""
+    def fmt(ts: Sequence[dict]) -> str:
+        return ", ".join(f"{t['tag']} ({t['positives']}) {t['roc_to'] - t['roc_from']:+.1f}"
+                         for t in ts) or "none"
+
+    out = []
+    for c in rows:
+        ts = c["per_tag"]
+        losses = [t for t in ts[:n] if t["roc_to"] < t["roc_from"]]
+        gains = [t for t in ts[::-1][:n] if t["roc_to"] > t["roc_from"]]
+        out.append(f"- {c['label']} {c['from_shape']}, per tag (positives) Δ points: largest "
+                   f"losses {fmt(losses)}; largest gains {fmt(gains)} (all {len(ts)} tags: "
+                   "`per_tag` in report.json).")
+    return out
 
 
 def _is_baseline(row: dict, model: str = "vgg") -> bool:
@@ -514,7 +533,7 @@ def build(runs_dir: str, out_dir: str, name: str, opts: Options = Options(),
            "(the claim's other half) on the same clips: " + ", ".join(
                f"{c['label']} {c['from_shape']}: {c['pr_from']:.2f} → {c['pr_to']:.2f} %"
                for c in tested_models) + ".", "",
-           comparison_table(tested_models)] if tested_models
+           comparison_table(tested_models), "", *_per_tag_md(tested_models)] if tested_models
           else ["(no resolution ran with both models in this study)"]), "",
         "## The accuracy/compute front across models", "",
         "Sets that finished every fold (seed 0) that no other such set matches on pooled ROC-AUC "

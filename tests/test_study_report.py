@@ -341,6 +341,13 @@ def test_cv_report_between_models_and_front(tmp_path):
     assert row["delta_points"] < 0 and row["ci95_points"][1] < 0 and row["p_bootstrap"] < 0.05
     assert row["gmac_ratio"] == pytest.approx(1.8 / 0.064)
     assert row["claim"].startswith("MUSICNN beats VGG-CNN on ROC-AUC")
+    # the per-tag terms: every tag present, largest loss first, their mean is the macro Δ
+    per_tag = row["per_tag"]
+    assert sorted(t["tag"] for t in per_tag) == [f"tag{i}" for i in range(N_TAGS)]
+    deltas = [t["roc_to"] - t["roc_from"] for t in per_tag]
+    assert deltas == sorted(deltas) and sum(t["positives"] for t in per_tag) == 3 * N_CLIPS
+    assert sum(deltas) / len(deltas) == pytest.approx(row["delta_points"], abs=1e-9)
+    assert sum(t["roc_from"] for t in per_tag) / N_TAGS == pytest.approx(row["roc_from"], abs=1e-9)
     front = [r["set"] for r in report["front"]]
     assert front[0] == "vgg-w0.125-sr16000-mel96-hop10-log" and "vgg-w0.125-sr16000-mel48-hop1-log" in front
     assert not [s for s in front if s.startswith("musicnn")]  # dominated: worse and costlier
@@ -351,6 +358,9 @@ def test_cv_report_between_models_and_front(tmp_path):
     assert row["pr_from"] == pytest.approx(100 * report["pooled"][row["from"]]["pr_auc"])
     assert row["pr_to"] == pytest.approx(100 * report["pooled"][row["to"]]["pr_auc"])
     assert f"vgg (w0.125) → musicnn (w0.125) 96×1: {row['pr_from']:.2f} → {row['pr_to']:.2f} %" in md
+    worst = per_tag[0]
+    assert (f"- vgg (w0.125) → musicnn (w0.125) 96×1, per tag (positives) Δ points: largest losses "
+            f"{worst['tag']} ({worst['positives']}) {deltas[0]:+.1f}, ") in md
     # a MUSICNN closer to the teacher than VGG-CNN: it wins the claim and joins the front
     better = tmp_path / "better"
     _write_cv_runs(better, cv_sets=(("vgg", 96, 1, 0.1, 0.064), ("musicnn", 96, 1, 0.01, 1.8)))

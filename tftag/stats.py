@@ -152,6 +152,16 @@ def weighted_macro_auc(y_true: np.ndarray, y_score: np.ndarray,
     return roc.mean(axis=1), pr.mean(axis=1)
 
 
+def per_tag_auc(y_true: np.ndarray, y_score: np.ndarray,
+                min_positives: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The macro average's terms: the evaluable tags' indices (:func:`evaluable_tags`), their
+    ROC-AUC and their PR-AUC, as :func:`weighted_macro_auc` computes them."""
+    y = _check(y_true, y_score)
+    tags = evaluable_tags(y, min_positives)
+    roc, pr = _per_tag(y, np.asarray(y_score, dtype=np.float64), tags, np.ones((1, y.shape[0])))
+    return tags, roc[0], pr[0]
+
+
 def bootstrap_weights(n_clips: int, n_resamples: int, seed: int,
                       groups: Sequence | None = None) -> np.ndarray:
     """Seeded bootstrap counts [n_resamples, n_clips].

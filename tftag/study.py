@@ -252,6 +252,33 @@ def summarize_set(s: RunSet, top_k: int = teacher.DEFAULT_TOP_K, n_resamples: in
     }
 
 
+def _paired(a: RunSet, b: RunSet, top_k: int, min_positives: int) -> tuple:
+    """(common clip ids, tag columns, labels, a's probabilities, b's) on the common clips and
+    the tags the macro metrics average."""
+    common = sorted(set(a.clip_ids) & set(b.clip_ids))
+    if len(common) < 2:
+        raise ValueError(f"{a.name} and {b.name} share {len(common)} test clips; nothing to pair")
+    ia = np.searchsorted(np.asarray(a.clip_ids), common)
+    ib = np.searchsorted(np.asarray(b.clip_ids), common)
+    labels = a.labels(top_k)[ia]
+    cols = _tag_columns(labels, min_positives)
+    return common, cols, labels[:, cols], a.probs[ia][:, cols], b.probs[ib][:, cols]
+
+
+def per_tag(a: RunSet, b: RunSet, top_k: int = teacher.DEFAULT_TOP_K,
+            min_positives: int = 1) -> list[dict]:
+    """The terms of :func:`compare`'s macro ROC-AUCs, tag by tag on the common clips: ``tag``,
+    ``positives``, ``roc_from`` and ``roc_to`` (percent), largest loss first."""
+    _, cols, labels, pa, pb = _paired(a, b, top_k, min_positives)
+    tags, roc_a, _ = stats.per_tag_auc(labels, pa)
+    roc_b = stats.per_tag_auc(labels, pb)[1]
+    positives = labels.sum(axis=0)
+    rows = [{"tag": a.tags[cols[t]], "positives": int(positives[t]),
+             "roc_from": 100 * float(ra), "roc_to": 100 * float(rb)}
+            for t, ra, rb in zip(tags, roc_a, roc_b)]
+    return sorted(rows, key=lambda r: r["roc_to"] - r["roc_from"])
+
+
 def compare(a: RunSet, b: RunSet, top_k: int = teacher.DEFAULT_TOP_K, n_resamples: int = 1000,
             seed: int = 0, unit: str = "clip", alpha: float = 0.05, power: float = 0.8,
             min_positives: int = 1) -> dict:
@@ -267,14 +294,7 @@ def compare(a: RunSet, b: RunSet, top_k: int = teacher.DEFAULT_TOP_K, n_resample
     Raises:
       ValueError: no common clip.
     """
-    common = sorted(set(a.clip_ids) & set(b.clip_ids))
-    if len(common) < 2:
-        raise ValueError(f"{a.name} and {b.name} share {len(common)} test clips; nothing to pair")
-    ia = np.searchsorted(np.asarray(a.clip_ids), common)
-    ib = np.searchsorted(np.asarray(b.clip_ids), common)
-    labels = a.labels(top_k)[ia]
-    cols = _tag_columns(labels, min_positives)
-    labels, pa, pb = labels[:, cols], a.probs[ia][:, cols], b.probs[ib][:, cols]
+    common, _, labels, pa, pb = _paired(a, b, top_k, min_positives)
     boot = stats.paired_bootstrap(labels, pa, pb, _weights(common, n_resamples, seed, unit))
     delong = stats.delong_macro(labels, pa, pb)
     roc_a, pr_a = (float(m[0]) for m in stats.weighted_macro_auc(labels, pa))
