@@ -12,7 +12,9 @@ rewrites where a CPU training step spends most of its time for nothing:
    to reduce it to the two scalars' gradients. Here the convolution of ``a·x + b`` (zero padded)
    is computed as ``conv(x, a·kernel) + b·conv(mask, kernel)``, where ``mask`` is the padded
    all-ones input of one example: the same numbers (up to rounding) and gradients, with no
-   backward pass onto the input.
+   backward pass onto the input. Where the convolution runs as GEMMs (2.), ``conv(mask, ·)``
+   does too: oneDNN's filter gradient of a one-image convolution with a tall kernel takes
+   longer than the whole batch's GEMMs (MUSICNN 128×1: 1.4 s of a 2.4-s step).
 2. **One-channel convolutions as GEMMs** (:mod:`tftag.models.gemm_conv`): MUSICNN's timbral
    filters (spanning 0.4–0.9 of the bands) as Toeplitz-over-frequency matrix products, split
    into groups of output bands when a filter spans less than ~0.6 of them; its temporal
@@ -188,17 +190,6 @@ def _gemm_conv(layer, x: tf.Tensor, kernel: tf.Tensor) -> _Bands | None:
     return None
 
 
-def _split_like(t: tf.Tensor, bands: _Bands) -> _Bands:
-    """A [1, T, F, c] tensor cut into ``bands``' groups and layout."""
-    if bands.bands_first:
-        t = tf.transpose(t, [0, 2, 1, 3])
-    axis = 1 if bands.bands_first else 2
-    if len(bands.parts) == 1:
-        return _Bands((t,), bands.bands_first)
-    sizes = [int(p.shape[axis]) for p in bands.parts]
-    return _Bands(tuple(tf.split(t, sizes, axis=axis)), bands.bands_first)
-
-
 @tf.custom_gradient
 def _sums(flat: tf.Tensor):
     """(Σ_n x[n, c], Σ_n x[n, c]²) of [N, c]; gradient g₁ + 2·g₂·x in two passes over x."""
@@ -267,16 +258,18 @@ def _folded_conv(layer, value: _Affine):
         return tf.nn.conv2d(t, kernel, strides=layer.strides,
                             padding=layer.padding.upper(), dilations=layer.dilation_rate)
 
-    offset = value.b * conv(value.mask, layer.kernel)  # [1, T', F', c]
-    if layer.use_bias:
-        offset = offset + layer.bias
+    bias = layer.bias if layer.use_bias else 0.0
     scaled = value.a * layer.kernel
     bands = _gemm_conv(layer, value.x, scaled)
     if bands is None:
+        offset = value.b * conv(value.mask, layer.kernel) + bias  # [1, T', F', c]
         return layer.activation(conv(value.x, scaled) + offset)
-    offsets = _split_like(offset, bands).parts
-    return _Bands(tuple(layer.activation(p + o) for p, o in zip(bands.parts, offsets)),
-                  bands.bands_first)
+    # The batch-1 offset as the same GEMMs: oneDNN's filter gradient of a one-image convolution
+    # with a tall kernel is pathologically slow (MUSICNN 128×1's 7×51 timbral kernel: 1.0 s a
+    # step, 60 % of it; as a GEMM it costs 1/batch of the main one).
+    offsets = _gemm_conv(layer, value.mask, layer.kernel)
+    return _Bands(tuple(layer.activation(p + (value.b * o + bias))
+                        for p, o in zip(bands.parts, offsets.parts)), bands.bands_first)
 
 
 def _foldable_conv(layer) -> bool:
