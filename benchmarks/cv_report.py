@@ -211,7 +211,7 @@ def _frequent_md(view: dict | None, opts: Options) -> list[str]:
     title = f"## Frequent tags only (≥ {opts.frequent_min_positives} positives): a sensitivity check"
     if view is None:
         return [title, "", f"(off, or some set has no tag with {opts.frequent_min_positives} "
-                "positives among its clips)", ""]
+                "positives among its clips)"]
     mde = "–" if view["mde_points"] is None else f"{view['mde_points']:.2f}"
     rows = view["between_models"] + view["vs_baseline"] + view["seed_to_seed"]
     lines = [title, "",
@@ -227,7 +227,7 @@ def _frequent_md(view: dict | None, opts: Options) -> list[str]:
         lines.append(f"- cheapest without a significant loss in this view, {key}: `{r['set']}` "
                      f"— Δ {r['delta_points']:+.2f} points [{r['ci95_points'][0]:+.2f}, "
                      f"{r['ci95_points'][1]:+.2f}] (p = {_fmt_p(r['p_bootstrap'])}).")
-    return lines + [""]
+    return lines
 
 
 def _per_tag_md(rows: Sequence[dict], n: int = 5) -> list[str]:
@@ -455,6 +455,11 @@ def plot_roc_vs_gmacs(rows: Sequence[dict], path: str) -> None:
     runfiles.save_figure_atomic(fig, path, dpi=90)
 
 
+def _pick(rows: Sequence[dict], keys: Sequence[str]) -> list[dict]:
+    """``rows`` cut to ``keys`` (the one-line summary's entries)."""
+    return [{k: r[k] for k in keys} for r in rows]
+
+
 def build(runs_dir: str, out_dir: str, name: str, opts: Options = Options(),
           compare: Sequence[tuple[str, str]] = ()) -> dict:
     """Writes the study's report files into ``out_dir``; returns a one-line summary.
@@ -561,7 +566,7 @@ def build(runs_dir: str, out_dir: str, name: str, opts: Options = Options(),
     if partial:
         md.append("- not yet counted (folds still to run): " + ", ".join(
             f"`{r['set']}` ({r['folds_done']}/{r['folds']})" for r in partial) + ".")
-    md += ["", *_frequent_md(frequent, opts)][:-1]
+    md += ["", *_frequent_md(frequent, opts)]
     for other, rows_other in against_other.items():
         md += ["", f"## Against `{other}`: the same configurations, paired clip by clip", "",
                "Δ = this study − `" + other + "`; training: the K runs' total seconds and mean "
@@ -590,23 +595,20 @@ def build(runs_dir: str, out_dir: str, name: str, opts: Options = Options(),
     runfiles.write_text_atomic(os.path.join(out_dir, "results.md"), "\n".join(md))
     plot_learning_curves(results, os.path.join(out_dir, "learning_curves.png"))
     plot_roc_vs_gmacs(rows, os.path.join(out_dir, "roc_vs_gmacs.png"))
+    claim_keys = ("model", "from_shape", "to_shape", "delta_points", "p_bootstrap")
+    model_keys = ("label", "from_shape", "delta_points", "p_bootstrap")
     return {"study": name, "runs": len(results), "sets": len(sets), "folds": report["folds"],
             "mde_points": mde, "mde_claims_points": claims_mde,
-            "seed_to_seed_points": [round(c["delta_points"], 3) for c in repeats], "claims": [{k: c[k] for k in ("model", "from_shape", "to_shape",
-                                                             "delta_points", "p_bootstrap")}
-                                          for c in tested],
-            "between_models": [{k: c[k] for k in ("label", "from_shape", "delta_points",
-                                                  "p_bootstrap")} for c in tested_models],
+            "seed_to_seed_points": [round(c["delta_points"], 3) for c in repeats],
+            "claims": _pick(tested, claim_keys),
+            "between_models": _pick(tested_models, model_keys),
             "front": [r["set"] for r in on_front],
             "frequent_tags": None if frequent is None else {
                 "mde_points": frequent["mde_points"],
-                "claims": [{k: c[k] for k in ("model", "from_shape", "to_shape", "delta_points",
-                                              "p_bootstrap")} for c in frequent["claims"]],
-                "between_models": [{k: c[k] for k in ("label", "from_shape", "delta_points",
-                                                      "p_bootstrap")}
-                                   for c in frequent["between_models"]]},
+                "claims": _pick(frequent["claims"], claim_keys),
+                "between_models": _pick(frequent["between_models"], model_keys)},
             "lowest_without_loss": {k: v["set"] for k, v in lowest.items()},
             "students": None if report["students"] is None else report["students"]["resolutions"],
-            "against": {other: [{k: c[k] for k in ("to", "delta_points", "p_bootstrap")}
-                                for c in rows_other] for other, rows_other in against_other.items()},
+            "against": {other: _pick(rows_other, ("to", "delta_points", "p_bootstrap"))
+                        for other, rows_other in against_other.items()},
             "out": out_dir}
