@@ -13,6 +13,8 @@
 #   bash benchmarks/run_real_music_study.sh        # all folds
 #   bash benchmarks/run_real_music_study.sh 1 2    # some folds
 #   STUDY_FLAGS=--models=vgg,musicnn bash benchmarks/run_real_music_study.sh 0 1
+# Where it stands (every run done / started / not started, passes and hours left):
+#   .venv/bin/python -m tftag.main --flagfile=configs/real_music_study.flags --mode=status
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-.venv/bin/python}

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import run_module
-from tftag import crossval, data, folds, patches, train
+from tftag import crossval, data, folds, patches, runfiles, status, train
 from tftag.experiment import DataConfig, Experiment, ExportConfig, TrainConfig
 from tftag.features import MelConfig
 from tftag.models import ModelConfig
@@ -392,13 +392,96 @@ def test_bad_fold_flags_are_short_errors(tmp_path):
                           (("--mode=how_low", "--folds=3"), "--mode=how_low runs on one fold: add "
                                                             "--fold=k (0 .. 2) to --folds=3"),
                           (("--mode=profile", "--fold=1"), "--folds/--fold: only --mode=sweep "
-                                                           "or --mode=how_low use folds, not "
-                                                           "--mode=profile")):
+                                                           "or --mode=how_low or --mode=status use "
+                                                           "folds, not --mode=profile")):
         proc = run_module("tftag.main", "--mode=sweep", f"--run_dir={tmp_path}", *args,
                           check=False)
         assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
         # (the mode checks run after Keras is imported: TensorFlow's start-up lines come first)
         assert "Traceback" not in proc.stderr and message in proc.stderr.splitlines()[-2]
+
+
+# ----------------------------------------------------------------------------- --mode=status
+
+
+def test_status_replay_and_passes_left():
+    """The stopping rule of tftag.train replayed: reductions are the rate's drops, the count of
+    passes without a better validation restarts at a best pass and at a reduction."""
+    history = [{"best": True, "learning_rate": 1e-3}, {"best": False, "learning_rate": 1e-3},
+               {"best": False, "learning_rate": 1e-3}, {"best": False, "learning_rate": 2e-4},
+               {"best": True, "learning_rate": 2e-4}, {"best": False, "learning_rate": 2e-4}]
+    assert status.replay(history) == (1, 1)
+    assert status.replay(history[:3]) == (0, 2)
+    assert status.replay([]) == (0, 0)
+    assert status.replay([{"best": False}, {"best": False}]) == (0, 2)  # before rates were kept
+    # patience 3, 2 reductions: a fresh run stops after 3 plateaus at the earliest
+    assert status.passes_left(3, 2, 0, 0, passes=5, cap=60) == 9
+    assert status.passes_left(3, 2, 1, 1, passes=5, cap=60) == 2 + 3
+    assert status.passes_left(3, 2, 2, 3, passes=30, cap=60) == 0  # on its last plateau: done
+    assert status.passes_left(3, 2, 1, 3, passes=30, cap=60) == 3  # a reduction is due
+    assert status.passes_left(3, 2, 0, 0, passes=58, cap=60) == 2  # the cap comes first
+    assert status.passes_left(0, 0, 0, 4, passes=4, cap=60) is None  # no early stopping
+
+
+def test_status_of_a_sweep_done_started_and_pending(learnable, tmp_path):
+    """One fold finished, one interrupted in a process's own run directory below the sweep's,
+    one not started: states, passes, passes left and hours as the files say; the CLI prints the
+    table and writes nothing."""
+    exp = dataclasses.replace(_experiment(learnable, tmp_path, lr_reductions=1),
+                              mel_configs=(MEL8,))
+    exp = dataclasses.replace(exp, train=dataclasses.replace(exp.train, epochs=12))
+    items = crossval.plan(exp)
+    groups, parts = crossval.dataset_folds(learnable, exp)
+    out = crossval.results_dir(exp)
+    crossval.run_items(items[:1], parts, learnable, exp.train, exp.path("runs"), out)
+    finished = json.loads(open(os.path.join(out, items[0].key, "result.json")).read())
+    started_dir = os.path.join(exp.run_dir, "fold1", "runs", items[1].key)
+    os.makedirs(started_dir)
+    runfiles.write_json_atomic(os.path.join(started_dir, "fold.json"), parts[1].describe())
+    part = train.train(learnable, MEL8, items[1].item.model_config, exp.train, started_dir,
+                       fold=parts[1], stop_after_epochs=2)
+    rows = status.status(exp, now=os.path.getmtime(os.path.join(started_dir, "history.json")) + 90)
+    assert [(r.key, r.fold, r.state) for r in rows] == [
+        (items[0].key, 0, "done"), (items[1].key, 1, "started"), (items[2].key, 2, "pending")]
+    done, started, pending = rows
+    assert (done.passes, done.best_pass, done.test_roc_auc, done.stop_reason, done.hours_left) == (
+        finished["epochs_done"], finished["best_epoch"], finished["test_roc_auc"],
+        finished["stop_reason"], 0.0)
+    assert done.seconds_per_pass == pytest.approx(finished["train_seconds"] / finished["epochs_done"])
+    history = part["history"]
+    bad = 2 - 1 - max(h["epoch"] for h in history if h["best"])  # passes since the best one
+    assert (started.passes, started.steps, started.reductions, started.bad_passes) == (2, 0, 0, bad)
+    assert started.best_pass == part["best_epoch"] and started.patience == 3
+    assert started.steps_per_pass == history[-1]["steps"] == -(-len(parts[1].train) // 8)
+    assert started.min_left == (3 - bad) + 1 * 3  # this plateau, then one per reduction left
+    assert started.expected_left == max(started.min_left, finished["epochs_done"] - 2)
+    assert started.seconds_per_pass == pytest.approx(
+        np.mean([h["epoch_seconds"] + h["valid_seconds"] for h in history]))
+    assert started.saved_seconds_ago == pytest.approx(90, abs=1)
+    assert started.hours_left == pytest.approx(
+        started.expected_left * started.seconds_per_pass / 3600)
+    # not started: the passes of the finished run, at the median speed of the other two
+    assert pending.expected_left == finished["epochs_done"]
+    assert pending.seconds_per_pass == pytest.approx(
+        np.median([done.seconds_per_pass, started.seconds_per_pass]))
+    summary = status.summary(rows)
+    assert (summary["runs"], summary["done"], summary["started"], summary["pending"]) == (3, 1, 1, 1)
+    assert summary["folds"]["1"] == {"runs_left": 1, "hours_left": round(started.hours_left, 2)}
+    text = status.table(rows)
+    assert text.count("\n") == 4 and f"| {items[1].key} | started | 2 |" in text
+    assert f"{100 * finished['test_roc_auc']:.2f} ({finished['stop_reason']})" in text
+    # The CLI: the same table from the sweep's flags; no record written; without folds, an error.
+    args = [f"--dataset_dir={learnable}", f"--run_dir={exp.run_dir}", f"--results_dir={out}",
+            f"--resolutions={MEL8.name}", "--duration=3", "--width=0.05", "--batch_size=8",
+            "--epochs=12", "--patience=3", "--lr_reductions=1", "--loss=distill", "--repeats=1"]
+    proc = run_module("tftag.main", "--mode=status", "--folds=3", *args)
+    assert f"| {items[2].key} | pending |" in proc.stdout
+    assert "1 of 3 runs done, 1 started, 1 not started" in proc.stdout
+    assert "fold 1: 1 run left" in proc.stdout and "fold 2: 1 run left" in proc.stdout
+    assert not os.path.exists(os.path.join(exp.run_dir, "flags.txt"))
+    assert not os.path.exists(os.path.join(exp.run_dir, "status"))
+    proc = run_module("tftag.main", "--mode=status", *args, check=False)
+    assert proc.returncode == 2 and "--mode=status reports a cross-validated sweep" in proc.stderr
 
 
 # ----------------------------------------------------------------------------- how_low on a fold

@@ -25,6 +25,9 @@ Modes (what each does lives in the library module named after it):
             (--tflite) — tftag.export, tftag.tflite;
   tag       tag whole tracks of --audio with --pretrained=NAME (MTT_musicnn, a shipped
             student), an export (--model_dir) or a server (--server) — tftag.tag;
+  status    where a cross-validated sweep stands: every run of its plan done, started (passes,
+            learning-rate stage, passes left) or not started, and the hours left at the speeds
+            measured; reads the run and results directories, writes nothing — tftag.status;
   profile   GMACs, parameters and latency at every resolution — tftag.profile;
   verify    check every shard of --dataset_dir against dataset.json — tftag.verify;
   transcode --dataset_dir stored again with --mel_dtype into <run_dir>/dataset — tftag.transcode.
@@ -147,6 +150,8 @@ MODES: dict[str, Mode] = {
     "how_low": Mode(lambda exp: _lib("how_low").run(exp, cli.how_low_search()),
                     needs_run_dir=True, trains=True, check=cli.how_low_search,
                     writes_record=lambda: _lib("search").role() != "worker", folds="one"),
+    # Reads what the sweep's processes write (beside them): no record of its own.
+    "status": Mode(lambda exp: _lib("status").run(exp), writes_record=lambda: False, folds="any"),
     "extract": Mode(lambda exp: _lib("extract").extract(exp), needs_run_dir=True,
                     folds="ignored"),
     "transcode": Mode(lambda exp: _lib("transcode").transcode_dataset(
