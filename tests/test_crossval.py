@@ -482,6 +482,15 @@ def test_status_of_a_sweep_done_started_and_pending(learnable, tmp_path):
     assert not os.path.exists(os.path.join(exp.run_dir, "status"))
     proc = run_module("tftag.main", "--mode=status", *args, check=False)
     assert proc.returncode == 2 and "--mode=status reports a cross-validated sweep" in proc.stderr
+    # A run just started (its fold written, no pass yet): the speed of the runs at its resolution.
+    fresh = os.path.join(exp.run_dir, "fold2", "runs", items[2].key)
+    os.makedirs(fresh)
+    runfiles.write_json_atomic(os.path.join(fresh, "fold.json"), parts[2].describe())
+    just = status.status(exp)[2]
+    assert (just.state, just.passes, just.best_pass, just.min_left) == ("started", 0, None, 3 + 3)
+    assert just.steps_per_pass == -(-len(parts[2].train) // 8)
+    assert just.expected_left == max(6, finished["epochs_done"])
+    assert just.seconds_per_pass == pending.seconds_per_pass
 
 
 # ----------------------------------------------------------------------------- how_low on a fold

@@ -16,7 +16,8 @@ How far from its stop: a run stops after ``patience`` passes without a better va
 once its learning-rate reductions are used up (:func:`tftag.train.train`), so replaying its
 history gives the fewest passes it can still take (:func:`passes_left`). How many it will take
 is estimated by the finished runs of the same model and resolution (the median of their passes),
-and its speed by its own last passes (or by theirs, for a run not started).
+and its speed by its own last passes (a run without a measured pass: the median speed of the
+runs of its model and resolution, finished or started).
 """
 
 from __future__ import annotations
@@ -154,6 +155,7 @@ def status(experiment, now: float | None = None) -> list[RunStatus]:
     now = time.time() if now is None else now
     out = crossval.results_dir(experiment)
     items = crossval.plan(experiment)
+    by_key = {i.key: i for i in items}
     results = {}
     for i in items:
         path = os.path.join(out, i.key, crossval.RESULT_JSON)
@@ -169,16 +171,19 @@ def status(experiment, now: float | None = None) -> list[RunStatus]:
         if dirs:
             rows[i.key] = _started(i, max(dirs, key=runfiles.training_progress), cfg,
                                    _typical_passes(list(results.values()), i.item), now)
-    for i in items:  # not started: the speed of a finished or started run at its resolution
-        if i.key in rows:
-            continue
-        cfg = i.item.train_config or experiment.train
-        speeds = [rows[j.key].seconds_per_pass for j in items if j.key in rows
-                  and _kind(j.item) == _kind(i.item) and rows[j.key].seconds_per_pass is not None]
-        rows[i.key] = RunStatus(i.key, i.fold, "pending", cap=cfg.epochs,
-                                max_reductions=cfg.lr_reductions,
-                                expected_left=_typical_passes(list(results.values()), i.item),
-                                seconds_per_pass=statistics.median(speeds) if speeds else None)
+    measured = {i.key: rows[i.key].seconds_per_pass for i in items
+                if i.key in rows and rows[i.key].seconds_per_pass is not None}
+    for i in items:  # no pass measured yet: the median speed of the runs at its resolution
+        speeds = [v for k, v in measured.items() if _kind(by_key[k].item) == _kind(i.item)]
+        speed = statistics.median(speeds) if speeds else None
+        if i.key not in rows:
+            cfg = i.item.train_config or experiment.train
+            rows[i.key] = RunStatus(i.key, i.fold, "pending", cap=cfg.epochs,
+                                    max_reductions=cfg.lr_reductions,
+                                    expected_left=_typical_passes(list(results.values()), i.item),
+                                    seconds_per_pass=speed)
+        elif i.key not in measured:
+            rows[i.key] = dataclasses.replace(rows[i.key], seconds_per_pass=speed)
     return [rows[i.key] for i in items]
 
 
