@@ -437,7 +437,7 @@ def test_status_of_a_sweep_done_started_and_pending(learnable, tmp_path):
     finished = json.loads(open(os.path.join(out, items[0].key, "result.json")).read())
     started_dir = os.path.join(exp.run_dir, "fold1", "runs", items[1].key)
     os.makedirs(started_dir)
-    runfiles.write_json_atomic(os.path.join(started_dir, "fold.json"), parts[1].describe())
+    runfiles.write_json_atomic(os.path.join(started_dir, crossval.FOLD_JSON), parts[1].describe())
     part = train.train(learnable, MEL8, items[1].item.model_config, exp.train, started_dir,
                        fold=parts[1], stop_after_epochs=2)
     rows = status.status(exp, now=os.path.getmtime(os.path.join(started_dir, "history.json")) + 90)
@@ -485,7 +485,7 @@ def test_status_of_a_sweep_done_started_and_pending(learnable, tmp_path):
     # A run just started (its fold written, no pass yet): the speed of the runs at its resolution.
     fresh = os.path.join(exp.run_dir, "fold2", "runs", items[2].key)
     os.makedirs(fresh)
-    runfiles.write_json_atomic(os.path.join(fresh, "fold.json"), parts[2].describe())
+    runfiles.write_json_atomic(os.path.join(fresh, crossval.FOLD_JSON), parts[2].describe())
     just = status.status(exp)[2]
     assert (just.state, just.passes, just.best_pass, just.min_left) == ("started", 0, None, 3 + 3)
     assert just.steps_per_pass == -(-len(parts[2].train) // 8)

@@ -33,6 +33,7 @@ from tftag.dataset_dir import load_dataset_info
 RESULT_JSON = "result.json"
 PREDICTIONS_NPZ = "test_predictions.npz"
 FOLDS_JSON = "folds.json"
+FOLD_JSON = "fold.json"  # in a run's directory: its fold's parts (FoldParts.describe())
 # The keys every result.json has (the contract with benchmarks/study_report.py).
 RESULT_KEYS = ("model", "width", "resolution", "fold", "folds", "seed", "test_roc_auc",
                "test_pr_auc", "top5_overlap", "prob_correlation", "best_epoch", "epochs_done",
@@ -95,7 +96,7 @@ def run_item(fold_item: FoldItem, parts: folds.FoldParts, dataset_dir: str,
     item = fold_item.item
     cfg = dataclasses.replace(item.train_config or train_config, seed=item.seed)
     info = load_dataset_info(dataset_dir)
-    runfiles.write_json_atomic(os.path.join(run_dir, "fold.json"), parts.describe())
+    runfiles.write_json_atomic(os.path.join(run_dir, FOLD_JSON), parts.describe())
     outcome = train.train(dataset_dir, item.mel_config, item.model_config, cfg, run_dir,
                           fold=parts)
     model = train.load_best(run_dir, dataset_dir, item.mel_config, item.model_config)
@@ -157,6 +158,12 @@ def write_result(directory: str, result: dict, arrays: dict) -> str:
     return path
 
 
+def result_path(out: str, key: str) -> str:
+    """``<out>/<key>/result.json``: a run's record in the results directory ``out`` (the run is
+    finished when it exists)."""
+    return os.path.join(out, key, RESULT_JSON)
+
+
 def results_dir(experiment) -> str:
     """``--results_dir``, else ``<run_dir>/results``."""
     return experiment.results_dir or experiment.path("results")
@@ -174,7 +181,7 @@ def run(experiment) -> dict:
     dataset_dir = extract.ensure_dataset(experiment)
     out = results_dir(experiment)
     items = plan(experiment)
-    pending = [i for i in items if not os.path.exists(os.path.join(out, i.key, RESULT_JSON))]
+    pending = [i for i in items if not os.path.exists(result_path(out, i.key))]
     logging.info("cross-validation: %d runs, %d done already (%s)", len(items),
                  len(items) - len(pending), out)
     groups, parts = dataset_folds(dataset_dir, experiment)
@@ -204,10 +211,10 @@ def run_items(items: Sequence[FoldItem], parts: Mapping[int, folds.FoldParts], d
     import keras
 
     results = []
-    pending = sum(not os.path.exists(os.path.join(out, i.key, RESULT_JSON)) for i in items)
+    pending = sum(not os.path.exists(result_path(out, i.key)) for i in items)
     done = 0
     for fold_item in items:
-        path = os.path.join(out, fold_item.key, RESULT_JSON)
+        path = result_path(out, fold_item.key)
         if not os.path.exists(path):
             done += 1
             logging.info("cross-validation [%d/%d] %s", done, pending, fold_item.key)

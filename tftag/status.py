@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import glob
-import math
 import os
 import statistics
 import time
@@ -158,9 +157,10 @@ def status(experiment, now: float | None = None) -> list[RunStatus]:
     by_key = {i.key: i for i in items}
     results = {}
     for i in items:
-        path = os.path.join(out, i.key, crossval.RESULT_JSON)
+        path = crossval.result_path(out, i.key)
         if os.path.exists(path):
             results[i.key] = runfiles.read_json(path)
+    finished = list(results.values())
     rows = {}
     for i in items:
         cfg = i.item.train_config or experiment.train
@@ -170,7 +170,7 @@ def status(experiment, now: float | None = None) -> list[RunStatus]:
         dirs = run_dirs(experiment.run_dir, i.key) if experiment.run_dir else []
         if dirs:
             rows[i.key] = _started(i, max(dirs, key=runfiles.training_progress), cfg,
-                                   _typical_passes(list(results.values()), i.item), now)
+                                   _typical_passes(finished, i.item), now)
     measured = {i.key: rows[i.key].seconds_per_pass for i in items
                 if i.key in rows and rows[i.key].seconds_per_pass is not None}
     for i in items:  # no pass measured yet: the median speed of the runs at its resolution
@@ -180,7 +180,7 @@ def status(experiment, now: float | None = None) -> list[RunStatus]:
             cfg = i.item.train_config or experiment.train
             rows[i.key] = RunStatus(i.key, i.fold, "pending", cap=cfg.epochs,
                                     max_reductions=cfg.lr_reductions,
-                                    expected_left=_typical_passes(list(results.values()), i.item),
+                                    expected_left=_typical_passes(finished, i.item),
                                     seconds_per_pass=speed)
         elif i.key not in measured:
             rows[i.key] = dataclasses.replace(rows[i.key], seconds_per_pass=speed)
@@ -206,7 +206,7 @@ def _started(fold_item, run_dir: str, cfg, typical: float | None, now: float) ->
     passes, steps = runfiles.training_progress(run_dir)
     history_path = os.path.join(run_dir, runfiles.HISTORY_JSON)
     history = runfiles.read_json(history_path) if os.path.exists(history_path) else []
-    fold_path = os.path.join(run_dir, "fold.json")
+    fold_path = os.path.join(run_dir, crossval.FOLD_JSON)
     n_train = len(runfiles.read_json(fold_path)["train"]) if os.path.exists(fold_path) else None
     frames = item.patch_frames
     per_clip = patches.n_windows(item.mel_config.n_frames, frames) if frames else 1
@@ -214,7 +214,7 @@ def _started(fold_item, run_dir: str, cfg, typical: float | None, now: float) ->
     per_pass = history[-1]["steps"] if history else None
     if per_pass is None and n_train:
         per_pass = (train.epoch_steps(cfg, n_train, per_clip)
-                    or math.ceil(n_train / cfg.batch_size))  # a clip (or one patch) each
+                    or train.steps_per_pass(n_train, cfg.batch_size))  # a clip (or one patch) each
     reductions, bad = replay(history)
     least = passes_left(patience, cfg.lr_reductions, reductions, bad, passes, cfg.epochs)
     if least is None:
