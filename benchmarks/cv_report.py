@@ -15,11 +15,13 @@ Called by ``benchmarks/study_report.py --runs_dir=...`` (the entry point); :func
   ``students`` (issue 24's rule: the resolutions to ship, :func:`student_choices`),
   ``against`` (per other study given: each configuration both ran, paired clip by clip,
   :func:`against_study`), ``frequent_tags`` (the comparisons again over the tags with ≥ 50
-  positives, :func:`frequent_view`) and the statistical settings;
+  positives, :func:`frequent_view`), ``per_tag_vs_baseline`` (each tag's ROC-AUC change per
+  resolution against its baseline, :func:`per_tag_view`) and the statistical settings;
 - ``results.md``: the tables and the cheapest resolution without a significant loss;
 - ``learning_curves.png`` (validation loss per epoch of every run, one panel per model, a
   marker where the learning rate was lowered) and
-  ``roc_vs_gmacs.png`` (pooled ROC-AUC with 95 % CIs against GMAC, log x).
+  ``roc_vs_gmacs.png`` (pooled ROC-AUC with 95 % CIs against GMAC, log x) and
+  ``per_tag_vs_baseline.png`` (which tags each resolution loses: a heat map per model).
 """
 
 from __future__ import annotations
@@ -129,7 +131,8 @@ def between_models(sets: Sequence[study.RunSet], opts: Options) -> list[dict]:
 
 
 def vs_baseline(sets: Sequence[study.RunSet], opts: Options) -> list[dict]:
-    """Every set against its model's baseline resolution (:data:`BASELINES`)."""
+    """Every set against its model's baseline resolution (:data:`BASELINES`), with the per-tag
+    ROC-AUCs and DeLong tests (``per_tag``, :func:`tftag.study.per_tag`)."""
     out = []
     for s in sets:
         base = _partner(sets, s, BASELINES[s.model]) if s.model in BASELINES else None
@@ -137,7 +140,8 @@ def vs_baseline(sets: Sequence[study.RunSet], opts: Options) -> list[dict]:
             continue
         out.append({"model": s.model, "width": s.width, "seed": s.seed,
                     "from_shape": _label(base), "to_shape": _label(s),
-                    **study.compare(base, s, alpha=opts.alpha, power=opts.power, **opts.kwargs())})
+                    **study.compare(base, s, alpha=opts.alpha, power=opts.power, **opts.kwargs()),
+                    "per_tag": study.per_tag(base, s, opts.top_k, opts.min_positives)})
     return out
 
 
@@ -245,6 +249,69 @@ def _per_tag_md(rows: Sequence[dict], n: int = 5) -> list[str]:
                    f"losses {fmt(losses)}; largest gains {fmt(gains)} (all {len(ts)} tags: "
                    "`per_tag` in report.json).")
     return out
+
+
+def per_tag_view(against: Sequence[dict], pooled: dict[str, dict]) -> list[dict]:
+    """Which tags each resolution loses against its baseline: per model (:data:`BASELINES`'
+    order), width and seed, the tags of the comparisons' ``per_tag`` (commonest first) × the sets that finished every fold
+    (costliest first), each cell the tag's ROC-AUC change in points with its DeLong p and
+    Benjamini-Hochberg q over the pair's tags (:func:`tftag.study.per_tag`)."""
+    groups: dict[tuple, list[dict]] = {}
+    for c in against:
+        if _complete(pooled[c["from"]]) and _complete(pooled[c["to"]]):
+            groups.setdefault((c["model"], c["width"], c["seed"]), []).append(c)
+    out = []
+    order = list(BASELINES)  # the models in BASELINES' order, VGG-CNN's grid first
+    for (model, width, seed), cs in sorted(groups.items(), key=lambda g: (order.index(g[0][0]), g[0])):
+        cs = sorted(cs, key=lambda c: (-c["gmac_ratio"], c["to"]))
+        positives = {t["tag"]: t["positives"] for t in cs[0]["per_tag"]}
+        tags = sorted(positives, key=lambda t: (-positives[t], t))
+        columns = []
+        for c in cs:
+            by_tag = {t["tag"]: t for t in c["per_tag"]}
+            columns.append({"to_shape": c["to_shape"], "set": c["to"], "gmac_ratio": c["gmac_ratio"],
+                            "delta_points": c["delta_points"],
+                            "cells": [None if t not in by_tag else {
+                                "delta_points": by_tag[t]["roc_to"] - by_tag[t]["roc_from"],
+                                "p_delong": by_tag[t]["p_delong"],
+                                "q_delong": by_tag[t]["q_delong"]} for t in tags]})
+        out.append({"model": model, "width": width, "seed": seed, "baseline": cs[0]["from_shape"],
+                    "tags": [{"tag": t, "positives": positives[t]} for t in tags],
+                    "columns": columns})
+    return out
+
+
+def _called(cell: dict | None, alpha: float) -> bool:
+    """Whether a per-tag change is called real at false discovery rate ``alpha``."""
+    return cell is not None and cell["q_delong"] is not None and cell["q_delong"] < alpha
+
+
+def _per_tag_view_md(view: Sequence[dict], alpha: float, min_positives: int) -> list[str]:
+    """results.md's section of :func:`per_tag_view`: one table per model, width and seed."""
+    title = "## Per tag: what each resolution loses against its baseline"
+    if not view:
+        return [title, "", "(no resolution has finished every fold beside its baseline)"]
+    which = (f"the tags with ≥ {min_positives} positives" if min_positives > 1
+             else "every tag present")
+    lines = [title, "",
+             f"ROC-AUC change per tag in points against the model's baseline ({which}, commonest "
+             f"first; columns costliest first); **bold** = called at a false discovery rate of "
+             f"{100 * alpha:g} % (DeLong's test per tag, Benjamini-Hochberg over the pair's tags; "
+             "`per_tag` in report.json's `vs_baseline`, every tag). Plot: `per_tag_vs_baseline.png`."]
+    for g in view:
+        lines += ["", f"{g['model']} (w{g['width']:g}, seed {g['seed']}) against {g['baseline']}:", "",
+                  "| tag (positives) | " + " | ".join(c["to_shape"] for c in g["columns"]) + " |",
+                  "|---|" + "---|" * len(g["columns"])]
+        for i, t in enumerate(g["tags"]):
+            cells = []
+            for c in g["columns"]:
+                cell = c["cells"][i]
+                text = "–" if cell is None else f"{cell['delta_points']:+.1f}"
+                cells.append(f"**{text}**" if _called(cell, alpha) else text)
+            lines.append(f"| {t['tag']} ({t['positives']}) | " + " | ".join(cells) + " |")
+        lines.append("| *macro Δ (the column's mean)* | " + " | ".join(
+            f"*{c['delta_points']:+.2f}*" for c in g["columns"]) + " |")
+    return lines
 
 
 def _is_baseline(row: dict, model: str = "vgg") -> bool:
@@ -455,6 +522,47 @@ def plot_roc_vs_gmacs(rows: Sequence[dict], path: str) -> None:
     runfiles.save_figure_atomic(fig, path, dpi=90)
 
 
+def plot_per_tag(view: Sequence[dict], alpha: float, path: str) -> None:
+    """:func:`per_tag_view` as heat maps, one panel per model, width and seed: tags × resolutions,
+    colour and label the ROC-AUC change in points (red: a loss), bold where it is called at a
+    false discovery rate of ``alpha``."""
+    import numpy as np
+
+    plt = _pyplot()
+    groups = list(view) or [None]
+    widths = [max(2, len(g["columns"])) if g else 2 for g in groups]
+    rows = max((len(g["tags"]) for g in view), default=1)
+    fig, axes = plt.subplots(1, len(groups), figsize=(1.6 + 0.75 * sum(widths) + 1.8 * len(groups),
+                                                      1.6 + 0.32 * rows),
+                             squeeze=False, gridspec_kw={"width_ratios": widths})
+    for ax, g in zip(axes[0], groups):
+        if g is None:
+            ax.text(0.5, 0.5, "no resolution has finished every fold beside its baseline",
+                    ha="center", va="center")
+            ax.set_axis_off()
+            continue
+        delta = np.array([[np.nan if c["cells"][i] is None else c["cells"][i]["delta_points"]
+                           for c in g["columns"]] for i in range(len(g["tags"]))])
+        limit = max(1.0, float(np.nanmax(np.abs(delta))) if np.isfinite(delta).any() else 1.0)
+        image = ax.imshow(delta, cmap="RdBu", vmin=-limit, vmax=limit, aspect="auto")
+        for i in range(len(g["tags"])):
+            for j, c in enumerate(g["columns"]):
+                if np.isfinite(delta[i, j]):
+                    ax.text(j, i, f"{delta[i, j]:+.1f}", ha="center", va="center", fontsize=7,
+                            color="white" if abs(delta[i, j]) > 0.6 * limit else "black",
+                            fontweight="bold" if _called(c["cells"][i], alpha) else "normal")
+        ax.set_xticks(range(len(g["columns"])),
+                      [f"{c['to_shape']}\n{c['gmac_ratio']:.2g}× GMAC" for c in g["columns"]],
+                      fontsize=7)
+        ax.set_yticks(range(len(g["tags"])), [f"{t['tag']} ({t['positives']})" for t in g["tags"]],
+                      fontsize=7)
+        ax.set_title(f"{g['model']} (w{g['width']:g}, seed {g['seed']}): ROC-AUC Δ points per tag\n"
+                     f"vs {g['baseline']}; bold = FDR < {alpha:g} (DeLong, BH)", fontsize=8)
+        fig.colorbar(image, ax=ax, fraction=0.05, pad=0.02)
+    fig.tight_layout()
+    runfiles.save_figure_atomic(fig, path, dpi=90)
+
+
 def _pick(rows: Sequence[dict], keys: Sequence[str]) -> list[dict]:
     """``rows`` cut to ``keys`` (the one-line summary's entries)."""
     return [{k: r[k] for k in keys} for r in rows]
@@ -482,6 +590,9 @@ def build(runs_dir: str, out_dir: str, name: str, opts: Options = Options(),
     repeats = repeatability(sets, opts)
     lowest = lowest_without_loss(pooled, against, opts.alpha)
     frequent = frequent_view(sets, opts)
+    # per tag: the frequent tags when that view is on (a rare tag's ROC-AUC is a handful of ranks)
+    tag_view = per_tag_view(frequent["vs_baseline"] if frequent else against, pooled)
+    tag_view_min = frequent["min_positives"] if frequent else opts.min_positives
     claim_mdes = [c["mde_points"] for c in tested] or [c["mde_points"] for c in against]
     claims_mde = max(claim_mdes) if claim_mdes else None
     if repeats:  # the design's MDE: a null comparison's (the same configuration retrained)
@@ -514,6 +625,7 @@ def build(runs_dir: str, out_dir: str, name: str, opts: Options = Options(),
         "students": student_choices(pooled, lowest),
         "against": against_other,
         "frequent_tags": frequent,
+        "per_tag_vs_baseline": {"min_positives": tag_view_min, "groups": tag_view},
     }
     runfiles.write_json_atomic(os.path.join(out_dir, "report.json"), report)
     mde_text = "–" if mde is None else f"{mde:.2f}"
@@ -567,6 +679,7 @@ def build(runs_dir: str, out_dir: str, name: str, opts: Options = Options(),
         md.append("- not yet counted (folds still to run): " + ", ".join(
             f"`{r['set']}` ({r['folds_done']}/{r['folds']})" for r in partial) + ".")
     md += ["", *_frequent_md(frequent, opts)]
+    md += ["", *_per_tag_view_md(tag_view, opts.alpha, tag_view_min)]
     for other, rows_other in against_other.items():
         md += ["", f"## Against `{other}`: the same configurations, paired clip by clip", "",
                "Δ = this study − `" + other + "`; training: the K runs' total seconds and mean "
@@ -595,6 +708,7 @@ def build(runs_dir: str, out_dir: str, name: str, opts: Options = Options(),
     runfiles.write_text_atomic(os.path.join(out_dir, "results.md"), "\n".join(md))
     plot_learning_curves(results, os.path.join(out_dir, "learning_curves.png"))
     plot_roc_vs_gmacs(rows, os.path.join(out_dir, "roc_vs_gmacs.png"))
+    plot_per_tag(tag_view, opts.alpha, os.path.join(out_dir, "per_tag_vs_baseline.png"))
     claim_keys = ("model", "from_shape", "to_shape", "delta_points", "p_bootstrap")
     model_keys = ("label", "from_shape", "delta_points", "p_bootstrap")
     return {"study": name, "runs": len(results), "sets": len(sets), "folds": report["folds"],

@@ -162,6 +162,14 @@ def test_minimum_detectable_effect_and_t_tests():
     assert stats.independent_t([0.8], [0.8, 0.9]) is None
 
 
+def test_false_discovery_rate_by_hand():
+    # Benjamini-Hochberg, m = 4: sorted p 0.01, 0.03, 0.04, 0.2 -> p·m/rank 0.04, 0.06, 0.0533,
+    # 0.2, then the running minimum from the top: 0.04, 0.0533, 0.0533, 0.2 (back in input order)
+    assert stats.false_discovery_rate([0.01, 0.04, 0.03, 0.2]) == pytest.approx(
+        [0.04, 0.16 / 3, 0.16 / 3, 0.2])
+    assert stats.false_discovery_rate([0.5]) == [0.5] and stats.false_discovery_rate([]) == []
+
+
 def test_bad_input_messages():
     with pytest.raises(ValueError, match="must have the labels' shape"):
         stats.weighted_macro_auc(np.zeros((3, 2)), np.zeros((3, 3)))

@@ -467,3 +467,86 @@ def test_cv_report_frequent_tags_view(tmp_path):
     row = study.summarize_set(base, n_resamples=100, min_positives=n)
     assert row["n_tags"] == frequent and row["roc_auc"] == pytest.approx(
         np.mean([roc_auc_score(labels[order, t], good[order, t]) for t in range(frequent)]))
+
+
+def test_cv_report_per_tag_view(tmp_path):
+    """Which tags each resolution loses: every tag's ROC-AUC change against the baseline with its
+    DeLong test and Benjamini-Hochberg q, as a table in results.md and a heat map."""
+    import numpy as np
+
+    from benchmarks import cv_report
+    from tftag import stats, study
+
+    runs = tmp_path / "runs"
+    _write_cv_runs(runs)
+    opts = cv_report.Options(n_resamples=100, frequent_min_positives=1)  # every tag, no view
+    cv_report.build(str(runs), str(tmp_path / "out"), "cv", opts)
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    view = report["per_tag_vs_baseline"]
+    assert view["min_positives"] == 1
+    vgg, musicnn = view["groups"]  # VGG-CNN's grid first
+    assert (musicnn["model"], musicnn["baseline"]) == ("musicnn", "128×1")
+    assert [c["to_shape"] for c in musicnn["columns"]] == ["96×1"]
+    assert vgg["baseline"] == "96×1"
+    assert [c["to_shape"] for c in vgg["columns"]] == ["48×1", "96×10"]  # costliest first
+    positives = [t["positives"] for t in vgg["tags"]]
+    assert len(positives) == N_TAGS and positives == sorted(positives, reverse=True)
+    assert sum(positives) == 3 * N_CLIPS  # the teacher's top-3 of every clip
+    comparisons = {c["to_shape"]: c for c in report["vs_baseline"] if c["model"] == "vgg"}
+    sets = {s.key: s for s in study.load_sets(study.load_runs(str(runs)))}
+    base = sets["vgg-w0.125-sr16000-mel96-hop1-log"]
+    labels = base.labels(3)
+    for col in vgg["columns"]:
+        c = comparisons[col["to_shape"]]
+        deltas = [cell["delta_points"] for cell in col["cells"]]
+        # the per-tag terms average to the macro difference
+        assert np.mean(deltas) == pytest.approx(c["delta_points"], abs=1e-9)
+        assert col["delta_points"] == c["delta_points"]
+        # each tag's p is DeLong's test of that tag's columns; q is BH over the pair's tags
+        other = sets[col["set"]]
+        for t, cell in zip(vgg["tags"], col["cells"]):
+            j = list(base.tags).index(t["tag"])
+            assert int(labels[:, j].sum()) == t["positives"]
+            d = stats.delong(labels[:, j], base.probs[:, j], other.probs[:, j])
+            assert cell["p_delong"] == pytest.approx(d.p_value)
+            assert cell["delta_points"] == pytest.approx(100 * d.difference)
+        ps = [cell["p_delong"] for cell in col["cells"]]
+        assert [cell["q_delong"] for cell in col["cells"]] == pytest.approx(
+            stats.false_discovery_rate(ps))
+    hop10 = vgg["columns"][1]["cells"]
+    # the student 10x further from the teacher loses every tag, each change called
+    assert all(cell["delta_points"] < -5 and cell["q_delong"] < 0.05 for cell in hop10)
+    md = (tmp_path / "out" / "results.md").read_text()
+    assert "## Per tag: what each resolution loses against its baseline" in md
+    assert "| tag (positives) | 48×1 | 96×10 |" in md
+    first, c48 = vgg["tags"][0], vgg["columns"][0]["cells"][0]
+    text48 = f"{c48['delta_points']:+.1f}"
+    assert (f"| {first['tag']} ({first['positives']}) | "
+            + (f"**{text48}**" if c48["q_delong"] < 0.05 else text48)
+            + f" | **{hop10[0]['delta_points']:+.1f}** |") in md
+    assert ("| *macro Δ (the column's mean)* | " + " | ".join(
+        f"*{col['delta_points']:+.2f}*" for col in vgg["columns"]) + " |") in md
+    png = tmp_path / "out" / "per_tag_vs_baseline.png"
+    assert png.read_bytes()[:4] == b"\x89PNG" and os.path.getsize(png) < 300_000
+    # the frequent-tag view on: the per-tag table shows its tags only, q over those tags
+    cv_report.build(str(runs), str(tmp_path / "freq"), "cv",
+                    cv_report.Options(n_resamples=100, frequent_min_positives=56))
+    freq = json.loads((tmp_path / "freq" / "report.json").read_text())["per_tag_vs_baseline"]
+    kept = [t for t in vgg["tags"] if t["positives"] >= 56]
+    assert freq["min_positives"] == 56 and 0 < len(kept) < N_TAGS
+    assert next(g for g in freq["groups"] if g["model"] == "vgg")["tags"] == kept
+    assert "the tags with ≥ 56 positives" in (tmp_path / "freq" / "results.md").read_text()
+    # a set without its last fold is not a column yet; the baseline alone: no table, still a plot
+    import shutil
+
+    shutil.rmtree(runs / "vgg-w0.125-sr16000-mel96-hop10-log-fold2-seed0")
+    cv_report.build(str(runs), str(tmp_path / "part"), "cv", opts)
+    part = json.loads((tmp_path / "part" / "report.json").read_text())["per_tag_vs_baseline"]
+    assert [[c["to_shape"] for c in g["columns"]] for g in part["groups"]] == [["48×1"], ["96×1"]]
+    alone = tmp_path / "alone"
+    _write_cv_runs(alone, cv_sets=CV_SETS[:1])
+    cv_report.build(str(alone), str(tmp_path / "a"), "a", opts)
+    assert json.loads((tmp_path / "a" / "report.json").read_text())["per_tag_vs_baseline"]["groups"] == []
+    assert "(no resolution has finished every fold beside its baseline)" in (
+        tmp_path / "a" / "results.md").read_text()
+    assert (tmp_path / "a" / "per_tag_vs_baseline.png").read_bytes()[:4] == b"\x89PNG"

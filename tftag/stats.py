@@ -18,9 +18,10 @@ math, on plain arrays (clips × tags), and knows nothing of run directories:
   difference over tags, each clip's influence summed over the tags so that the correlation
   between tags (the same clips) is kept.
 - :func:`paired_t` / :func:`independent_t`: the fold-level paired t-test and the paper's
-  independent-samples t-test; :func:`minimum_detectable_effect`: (z₁₋α/₂ + z_power) · SE.
+  independent-samples t-test; :func:`minimum_detectable_effect`: (z₁₋α/₂ + z_power) · SE;
+  :func:`false_discovery_rate`: Benjamini-Hochberg q-values for many tests at once (per tag).
 
-NumPy and the standard library only, except the two t-tests (SciPy's t distribution, a
+NumPy and the standard library only, except the two t-tests and the q-values (SciPy, a
 dependency of scikit-learn), imported inside them.
 """
 
@@ -331,6 +332,17 @@ def independent_t(a: Sequence[float], b: Sequence[float]) -> float | None:
 
     p = float(scipy_stats.ttest_ind(b, a).pvalue)
     return None if math.isnan(p) else p
+
+
+def false_discovery_rate(p_values: Sequence[float]) -> list[float]:
+    """Benjamini-Hochberg q-values of ``p_values`` (``scipy.stats.false_discovery_control``):
+    a test is called at false discovery rate ``alpha`` when its q < ``alpha``. Empty in, empty
+    out."""
+    if not len(p_values):
+        return []
+    from scipy import stats as scipy_stats
+
+    return [float(q) for q in scipy_stats.false_discovery_control(np.asarray(p_values, float))]
 
 
 def minimum_detectable_effect(se: float, alpha: float = 0.05, power: float = 0.8) -> float:

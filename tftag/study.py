@@ -260,14 +260,22 @@ def _paired(a: RunSet, b: RunSet, top_k: int, min_positives: int) -> tuple:
 def per_tag(a: RunSet, b: RunSet, top_k: int = teacher.DEFAULT_TOP_K,
             min_positives: int = 1) -> list[dict]:
     """The terms of :func:`compare`'s macro ROC-AUCs, tag by tag on the common clips: ``tag``,
-    ``positives``, ``roc_from`` and ``roc_to`` (percent), largest loss first."""
+    ``positives``, ``roc_from`` and ``roc_to`` (percent), largest loss first, with each tag's
+    DeLong test of the difference (``p_delong``) and its Benjamini-Hochberg q-value over the
+    tags tested (``q_delong``, the false discovery rate of calling that tag's change real; both
+    None for a tag with fewer than 2 positive or 2 negative clips: no variance to test)."""
     _, cols, labels, pa, pb = _paired(a, b, top_k, min_positives)
     tags, roc_a, _ = stats.per_tag_auc(labels, pa)
     roc_b = stats.per_tag_auc(labels, pb)[1]
     positives = labels.sum(axis=0)
+    p = [stats.delong(labels[:, t], pa[:, t], pb[:, t]).p_value
+         if 2 <= positives[t] <= labels.shape[0] - 2 else None for t in tags]
+    q = dict(zip([t for t, pt in zip(tags, p) if pt is not None],
+                 stats.false_discovery_rate([pt for pt in p if pt is not None])))
     rows = [{"tag": a.tags[cols[t]], "positives": int(positives[t]),
-             "roc_from": 100 * float(ra), "roc_to": 100 * float(rb)}
-            for t, ra, rb in zip(tags, roc_a, roc_b)]
+             "roc_from": 100 * float(ra), "roc_to": 100 * float(rb),
+             "p_delong": pt, "q_delong": q.get(t)}
+            for t, ra, rb, pt in zip(tags, roc_a, roc_b, p)]
     return sorted(rows, key=lambda r: r["roc_to"] - r["roc_from"])
 
 
