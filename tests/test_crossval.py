@@ -421,6 +421,34 @@ def test_status_replay_and_passes_left():
     assert status.passes_left(3, 2, 1, 3, passes=30, cap=60) == 3  # a reduction is due
     assert status.passes_left(3, 2, 0, 0, passes=58, cap=60) == 2  # the cap comes first
     assert status.passes_left(0, 0, 0, 4, passes=4, cap=60) is None  # no early stopping
+    # the stages of a run: where its reductions took effect
+    assert [status.stage_start(history, k) for k in (0, 1, 2)] == [0, 3, None]
+
+
+def test_status_expects_the_passes_finished_runs_trained_at_the_same_stage():
+    """A run's passes left are estimated from the finished runs' passes after as many
+    learning-rate reductions as it has had (a run on its last rate is a few passes from its
+    stop), of its model and resolution, else of its model."""
+    from types import SimpleNamespace
+
+    def result(res, rates, model="vgg"):
+        return {"model": model, "width": 0.125, "resolution": res, "epochs_done": len(rates),
+                "curve": [{"epoch": e, "learning_rate": r} for e, r in enumerate(rates)]}
+
+    def item(res, model="vgg"):
+        return SimpleNamespace(model_config=SimpleNamespace(name=model, width=0.125),
+                               mel_config=SimpleNamespace(name=res))
+
+    finished = [result("A", [1e-3] * 8 + [2e-4] * 6 + [4e-5] * 4),  # stages: 18, 10, 4 passes
+                result("A", [1e-3] * 10 + [2e-4] * 10 + [4e-5] * 3),  # 23, 13, 3
+                {**result("A", [1e-3] * 30), "curve": [{"epoch": e} for e in range(30)]},  # no rates kept
+                result("B", [1e-3] * 5 + [2e-4] * 2),  # 7, 2, never reduced twice
+                result("A", [1e-3] * 50, model="musicnn")]
+    assert [status.typical_stage(finished, item("A"), k) for k in (0, 1, 2)] == [23.0, 11.5, 3.5]
+    # at B, no run reached a second reduction: the model's runs at any resolution that did
+    assert [status.typical_stage(finished, item("B"), k) for k in (0, 1, 2)] == [7.0, 2.0, 3.5]
+    assert status.typical_stage(finished, item("A", model="musicnn"), 1) is None
+    assert status.typical_stage([], item("A")) is None
 
 
 def test_status_of_a_sweep_done_started_and_pending(learnable, tmp_path):

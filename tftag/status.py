@@ -15,8 +15,10 @@ beside them and trains, loads and writes nothing:
 How far from its stop: a run stops after ``patience`` passes without a better validation loss
 once its learning-rate reductions are used up (:func:`tftag.train.train`), so replaying its
 history gives the fewest passes it can still take (:func:`passes_left`). How many it will take
-is estimated by the finished runs of the same model and resolution (the median of their passes),
-and its speed by its own last passes (a run without a measured pass: the median speed of the
+is estimated by the finished runs of the same model and resolution at the same stage (the median
+of the passes they trained after as many learning-rate reductions as it has had: a run on its
+last learning rate is a few passes from its stop, whatever its total;
+:func:`typical_stage`), and its speed by its own last passes (a run without a measured pass: the median speed of the
 runs of its model and resolution, finished or started).
 """
 
@@ -54,7 +56,10 @@ class RunStatus:
       min_left: the fewest passes left (validation never better again); None if the run has no
         patience (it stops at the cap).
       expected_left: passes left expected from the finished runs of its model and resolution
-        (at least ``min_left``); None if none finished and nothing bounds it.
+        at the same stage: the median passes they trained after as many learning-rate
+        reductions as this run has had, less the passes this run trained since its last
+        (:func:`typical_stage`; at least ``min_left``); None if none finished and nothing
+        bounds it.
       seconds_per_pass: training and validation seconds of one pass, measured; None if unknown.
       saved_seconds_ago: since its last checkpoint (started runs).
       test_roc_auc, stop_reason: of a finished run.
@@ -133,11 +138,34 @@ def _result_kind(r: Mapping) -> tuple:
     return r.get("model"), r.get("width"), r.get("resolution")
 
 
-def _typical_passes(results: Sequence[dict], item) -> float | None:
-    """The median passes of the finished runs of the item's model and resolution, else of its
-    model at any resolution; None if none finished."""
+def stage_start(history: Sequence[Mapping], reductions: int) -> int | None:
+    """The passes a run had finished when its ``reductions``-th learning-rate reduction took
+    effect (0 for none; :func:`replay`'s rule); None if its history has fewer reductions."""
+    if reductions <= 0:
+        return 0
+    seen, rate = 0, None
+    for i, h in enumerate(history):
+        r = h.get("learning_rate")
+        if rate is not None and r is not None and r < rate:
+            seen += 1
+            if seen == reductions:
+                return i
+        rate = r if r is not None else rate
+    return None
+
+
+def typical_stage(results: Sequence[dict], item, reductions: int = 0) -> float | None:
+    """The median passes the finished runs of the item's model and resolution (else of its
+    model at any resolution) trained from their ``reductions``-th learning-rate reduction to
+    their stop (all their passes for 0), from their learning curves; None if none finished or
+    none reached that stage."""
     for n in (3, 2):  # (model, width, resolution), then (model, width)
-        peers = [r["epochs_done"] for r in results if _result_kind(r)[:n] == _kind(item)[:n]]
+        peers = []
+        for r in results:
+            if _result_kind(r)[:n] == _kind(item)[:n]:
+                start = stage_start(r.get("curve") or [], reductions)
+                if start is not None:
+                    peers.append(r["epochs_done"] - start)
         if peers:
             return float(statistics.median(peers))
     return None
@@ -170,7 +198,7 @@ def status(experiment, now: float | None = None) -> list[RunStatus]:
         dirs = run_dirs(experiment.run_dir, i.key) if experiment.run_dir else []
         if dirs:
             rows[i.key] = _started(i, max(dirs, key=runfiles.training_progress), cfg,
-                                   _typical_passes(finished, i.item), now)
+                                   finished, now)
     measured = {i.key: rows[i.key].seconds_per_pass for i in items
                 if i.key in rows and rows[i.key].seconds_per_pass is not None}
     for i in items:  # no pass measured yet: the median speed of the runs at its resolution
@@ -180,7 +208,7 @@ def status(experiment, now: float | None = None) -> list[RunStatus]:
             cfg = i.item.train_config or experiment.train
             rows[i.key] = RunStatus(i.key, i.fold, "pending", cap=cfg.epochs,
                                     max_reductions=cfg.lr_reductions,
-                                    expected_left=_typical_passes(finished, i.item),
+                                    expected_left=typical_stage(finished, i.item),
                                     seconds_per_pass=speed)
         elif i.key not in measured:
             rows[i.key] = dataclasses.replace(rows[i.key], seconds_per_pass=speed)
@@ -198,8 +226,9 @@ def _done(key: str, fold: int, r: dict, cfg) -> RunStatus:
         test_roc_auc=r["test_roc_auc"], stop_reason=r["stop_reason"])
 
 
-def _started(fold_item, run_dir: str, cfg, typical: float | None, now: float) -> RunStatus:
-    """A run with a run directory: its history replayed (:func:`replay`)."""
+def _started(fold_item, run_dir: str, cfg, finished: Sequence[dict], now: float) -> RunStatus:
+    """A run with a run directory: its history replayed (:func:`replay`); the passes expected
+    from the ``finished`` runs' at the same stage (:func:`typical_stage`)."""
     from tftag import train
 
     item = fold_item.item
@@ -217,10 +246,13 @@ def _started(fold_item, run_dir: str, cfg, typical: float | None, now: float) ->
                     or train.steps_per_pass(n_train, cfg.batch_size))  # a clip (or one patch) each
     reductions, bad = replay(history)
     least = passes_left(patience, cfg.lr_reductions, reductions, bad, passes, cfg.epochs)
+    typical = typical_stage(finished, item, reductions)
     if least is None:
         expected = float(cfg.epochs - passes)
-    else:
-        expected = float(max(least, typical - passes) if typical is not None else least)
+    elif typical is None:
+        expected = float(least)
+    else:  # the stage's typical length, less the passes this run has already trained in it
+        expected = float(max(least, typical - (passes - stage_start(history, reductions))))
     recent = [h["epoch_seconds"] + h.get("valid_seconds", 0.0)
               for h in history[-RECENT_PASSES:] if "epoch_seconds" in h]
     saved = [os.path.getmtime(p) for p in
@@ -295,8 +327,10 @@ def run(experiment) -> dict:
     print(table(rows))
     print(f"\n{s['done']} of {s['runs']} runs done, {s['started']} started, "
           f"{s['pending']} not started (results: {crossval.results_dir(experiment)}). Passes "
-          f"left expected: the median of the finished runs of the same model and resolution "
-          f"(else of the model), at least the fewest the stopping rule allows.")
+          f"left expected: the median passes the finished runs of the same model and "
+          f"resolution (else of the model) trained after as many learning-rate reductions as "
+          f"the run has had, less those it has trained since; at least the fewest the stopping "
+          f"rule allows.")
     for fold, f in s["folds"].items():
         if f["runs_left"]:
             print(f"fold {fold}: {f['runs_left']} run{'s' * (f['runs_left'] > 1)} left, "
