@@ -234,11 +234,14 @@ def _frequent_md(view: dict | None, opts: Options) -> list[str]:
     return lines
 
 
-def _per_tag_md(rows: Sequence[dict], n: int = 5) -> list[str]:
-    """One line per pair: its ``n`` largest per-tag losses and gains (tag, positives, Δ)."""
+def _per_tag_md(rows: Sequence[dict], alpha: float, n: int = 5) -> list[str]:
+    """One line per pair: its ``n`` largest per-tag losses and gains (tag, positives, Δ), in
+    bold those called at false discovery rate ``alpha`` (:func:`tftag.study.per_tag`)."""
     def fmt(ts: Sequence[dict]) -> str:
-        return ", ".join(f"{t['tag']} ({t['positives']}) {t['roc_to'] - t['roc_from']:+.1f}"
-                         for t in ts) or "none"
+        def one(t: dict) -> str:
+            text = f"{t['tag']} ({t['positives']}) {t['roc_to'] - t['roc_from']:+.1f}"
+            return f"**{text}**" if _called(t, alpha) else text
+        return ", ".join(one(t) for t in ts) or "none"
 
     out = []
     for c in rows:
@@ -247,7 +250,8 @@ def _per_tag_md(rows: Sequence[dict], n: int = 5) -> list[str]:
         gains = [t for t in ts[::-1][:n] if t["roc_to"] > t["roc_from"]]
         out.append(f"- {c['label']} {c['from_shape']}, per tag (positives) Δ points: largest "
                    f"losses {fmt(losses)}; largest gains {fmt(gains)} (all {len(ts)} tags: "
-                   "`per_tag` in report.json).")
+                   f"`per_tag` in report.json; bold: called at a false discovery rate of "
+                   f"{100 * alpha:g} %, DeLong per tag, Benjamini-Hochberg).")
     return out
 
 
@@ -650,7 +654,7 @@ def build(runs_dir: str, out_dir: str, name: str, opts: Options = Options(),
            "(the claim's other half) on the same clips: " + ", ".join(
                f"{c['label']} {c['from_shape']}: {c['pr_from']:.2f} → {c['pr_to']:.2f} %"
                for c in tested_models) + ".", "",
-           comparison_table(tested_models), "", *_per_tag_md(tested_models)] if tested_models
+           comparison_table(tested_models), "", *_per_tag_md(tested_models, opts.alpha)] if tested_models
           else ["(no resolution ran with both models in this study)"]), "",
         "## The accuracy/compute front across models", "",
         "Sets that finished every fold (seed 0) that no other such set matches on pooled ROC-AUC "

@@ -359,8 +359,12 @@ def test_cv_report_between_models_and_front(tmp_path):
     assert row["pr_to"] == pytest.approx(100 * report["pooled"][row["to"]]["pr_auc"])
     assert f"vgg (w0.125) → musicnn (w0.125) 96×1: {row['pr_from']:.2f} → {row['pr_to']:.2f} %" in md
     worst = per_tag[0]
-    assert (f"- vgg (w0.125) → musicnn (w0.125) 96×1, per tag (positives) Δ points: largest losses "
-            f"{worst['tag']} ({worst['positives']}) {deltas[0]:+.1f}, ") in md
+    text = f"{worst['tag']} ({worst['positives']}) {deltas[0]:+.1f}"
+    called = worst["q_delong"] < 0.05  # the largest loss of a noisier student: called
+    assert called and (f"- vgg (w0.125) → musicnn (w0.125) 96×1, per tag (positives) Δ points: "
+                       f"largest losses **{text}**, ") in md
+    assert all((t["q_delong"] < 0.05) == (f"**{t['tag']} ({t['positives']})" in md)
+               for t in per_tag[:5] if t["roc_to"] < t["roc_from"])
     # a MUSICNN closer to the teacher than VGG-CNN: it wins the claim and joins the front
     better = tmp_path / "better"
     _write_cv_runs(better, cv_sets=(("vgg", 96, 1, 0.1, 0.064), ("musicnn", 96, 1, 0.01, 1.8)))
