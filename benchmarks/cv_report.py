@@ -251,7 +251,8 @@ def _per_tag_md(rows: Sequence[dict], alpha: float, n: int = 5) -> list[str]:
         out.append(f"- {c['label']} {c['from_shape']}, per tag (positives) Δ points: largest "
                    f"losses {fmt(losses)}; largest gains {fmt(gains)} (all {len(ts)} tags: "
                    f"`per_tag` in report.json; bold: called at a false discovery rate of "
-                   f"{100 * alpha:g} %, DeLong per tag, Benjamini-Hochberg).")
+                   f"{100 * alpha:g} %, DeLong per tag, Benjamini-Hochberg, over the tags with "
+                   f"≥ {study.PER_TAG_TEST_MIN_CLIPS} positives).")
     return out
 
 

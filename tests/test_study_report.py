@@ -473,7 +473,7 @@ def test_cv_report_frequent_tags_view(tmp_path):
         np.mean([roc_auc_score(labels[order, t], good[order, t]) for t in range(frequent)]))
 
 
-def test_cv_report_per_tag_view(tmp_path):
+def test_cv_report_per_tag_view(tmp_path, monkeypatch):
     """Which tags each resolution loses: every tag's ROC-AUC change against the baseline with its
     DeLong test and Benjamini-Hochberg q, as a table in results.md and a heat map."""
     import numpy as np
@@ -532,6 +532,22 @@ def test_cv_report_per_tag_view(tmp_path):
         f"*{col['delta_points']:+.2f}*" for col in vgg["columns"]) + " |") in md
     png = tmp_path / "out" / "per_tag_vs_baseline.png"
     assert png.read_bytes()[:4] == b"\x89PNG" and os.path.getsize(png) < 300_000
+    # a tag with too few positives for its own test: no p, no q, never bold; q over the others
+    few = sorted(t["positives"] for t in vgg["tags"])[N_TAGS // 2]
+    monkeypatch.setattr(study, "PER_TAG_TEST_MIN_CLIPS", few)
+    cv_report.build(str(runs), str(tmp_path / "few"), "cv", opts)
+    g = json.loads((tmp_path / "few" / "report.json").read_text())["per_tag_vs_baseline"]["groups"][0]
+    cells = g["columns"][1]["cells"]  # 96×10: every tested tag called
+    tested = [t["positives"] >= few for t in g["tags"]]
+    assert 0 < sum(tested) < N_TAGS
+    assert [c["p_delong"] is not None for c in cells] == tested
+    assert [c["q_delong"] for c in cells if c["q_delong"] is not None] == pytest.approx(
+        stats.false_discovery_rate([c["p_delong"] for c in cells if c["p_delong"] is not None]))
+    last = g["tags"][-1]  # the rarest: untested, so plain
+    assert f"| {last['tag']} ({last['positives']}) |" in (tmp_path / "few" / "results.md").read_text()
+    assert not tested[-1] and f"| {cells[-1]['delta_points']:+.1f} |" in (
+        tmp_path / "few" / "results.md").read_text().split(f"| {last['tag']} ({last['positives']}) |")[1]
+    monkeypatch.undo()
     # the frequent-tag view on: the per-tag table shows its tags only, q over those tags
     cv_report.build(str(runs), str(tmp_path / "freq"), "cv",
                     cv_report.Options(n_resamples=100, frequent_min_positives=56))

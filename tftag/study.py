@@ -70,6 +70,11 @@ MODEL_CLAIMS = (
 # each with hundreds of clips; 50 positives is 2.3 % of the real-music clips.
 FREQUENT_TAG_MIN_POSITIVES = 50
 
+# A tag's own DeLong test (per_tag) needs this many positive and negative clips: its variance is
+# estimated from each side's clips, and with 2-5 positives one clip's rank decides the p-value
+# (on real music such tags were "called" by the test at changes their few clips cannot carry).
+PER_TAG_TEST_MIN_CLIPS = 10
+
 
 def _track_group(clip_id: str) -> str:
     """Debian clip ids ``package/path#k``: the track group of :func:`tftag.datasets.debian.group_name`."""
@@ -263,13 +268,14 @@ def per_tag(a: RunSet, b: RunSet, top_k: int = teacher.DEFAULT_TOP_K,
     ``positives``, ``roc_from`` and ``roc_to`` (percent), largest loss first, with each tag's
     DeLong test of the difference (``p_delong``) and its Benjamini-Hochberg q-value over the
     tags tested (``q_delong``, the false discovery rate of calling that tag's change real; both
-    None for a tag with fewer than 2 positive or 2 negative clips: no variance to test)."""
+    None for a tag with fewer than :data:`PER_TAG_TEST_MIN_CLIPS` positive or negative clips)."""
     _, cols, labels, pa, pb = _paired(a, b, top_k, min_positives)
     tags, roc_a, _ = stats.per_tag_auc(labels, pa)
     roc_b = stats.per_tag_auc(labels, pb)[1]
     positives = labels.sum(axis=0)
     p = [stats.delong(labels[:, t], pa[:, t], pb[:, t]).p_value
-         if 2 <= positives[t] <= labels.shape[0] - 2 else None for t in tags]
+         if PER_TAG_TEST_MIN_CLIPS <= positives[t] <= labels.shape[0] - PER_TAG_TEST_MIN_CLIPS
+         else None for t in tags]
     q = dict(zip([t for t, pt in zip(tags, p) if pt is not None],
                  stats.false_discovery_rate([pt for pt in p if pt is not None])))
     rows = [{"tag": a.tags[cols[t]], "positives": int(positives[t]),
