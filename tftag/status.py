@@ -95,19 +95,27 @@ class RunStatus:
         return max(self.expected_left - done, 0.0) * self.seconds_per_pass / 3600.0
 
 
+def reduction_passes(history: Sequence[Mapping]) -> list[int]:
+    """The passes at which a learning-rate reduction took effect: a lower rate than the pass
+    before (passes without a rate, from before rates were kept, are skipped)."""
+    out, rate = [], None
+    for i, h in enumerate(history):
+        r = h.get("learning_rate")
+        if rate is not None and r is not None and r < rate:
+            out.append(i)
+        rate = r if r is not None else rate
+    return out
+
+
 def replay(history: Sequence[Mapping]) -> tuple[int, int]:
     """``(reductions, bad_passes)`` after a training history, as :func:`tftag.train.train`
     counts them: a lower learning rate than the pass before is a reduction and restarts the
-    count; a pass marked ``best`` resets it, any other adds one."""
-    reductions = bad = 0
-    rate = None
-    for h in history:
-        r = h.get("learning_rate")
-        if rate is not None and r is not None and r < rate:
-            reductions, bad = reductions + 1, 0
-        rate = r if r is not None else rate
+    count (:func:`reduction_passes`); a pass marked ``best`` resets it, any other adds one."""
+    drops = reduction_passes(history)
+    bad = 0
+    for h in history[drops[-1] if drops else 0:]:
         bad = 0 if h.get("best") else bad + 1
-    return reductions, bad
+    return len(drops), bad
 
 
 def passes_left(patience: int, max_reductions: int, reductions: int, bad_passes: int,
@@ -140,18 +148,11 @@ def _result_kind(r: Mapping) -> tuple:
 
 def stage_start(history: Sequence[Mapping], reductions: int) -> int | None:
     """The passes a run had finished when its ``reductions``-th learning-rate reduction took
-    effect (0 for none; :func:`replay`'s rule); None if its history has fewer reductions."""
+    effect (0 for none; :func:`reduction_passes`); None if its history has fewer reductions."""
     if reductions <= 0:
         return 0
-    seen, rate = 0, None
-    for i, h in enumerate(history):
-        r = h.get("learning_rate")
-        if rate is not None and r is not None and r < rate:
-            seen += 1
-            if seen == reductions:
-                return i
-        rate = r if r is not None else rate
-    return None
+    drops = reduction_passes(history)
+    return drops[reductions - 1] if len(drops) >= reductions else None
 
 
 def typical_stage(results: Sequence[dict], item, reductions: int = 0) -> float | None:
