@@ -530,7 +530,8 @@ def plot_roc_vs_gmacs(rows: Sequence[dict], path: str) -> None:
 def plot_per_tag(view: Sequence[dict], alpha: float, path: str) -> None:
     """:func:`per_tag_view` as heat maps, one panel per model, width and seed: tags × resolutions,
     colour and label the ROC-AUC change in points (red: a loss), bold where it is called at a
-    false discovery rate of ``alpha``."""
+    false discovery rate of ``alpha``. Every panel shares one colour scale, so a colour means the
+    same change in every model's panel."""
     import numpy as np
 
     plt = _pyplot()
@@ -540,15 +541,18 @@ def plot_per_tag(view: Sequence[dict], alpha: float, path: str) -> None:
     fig, axes = plt.subplots(1, len(groups), figsize=(1.6 + 0.75 * sum(widths) + 1.8 * len(groups),
                                                       1.6 + 0.32 * rows),
                              squeeze=False, gridspec_kw={"width_ratios": widths})
-    for ax, g in zip(axes[0], groups):
+    deltas = [None if g is None else
+              np.array([[np.nan if c["cells"][i] is None else c["cells"][i]["delta_points"]
+                         for c in g["columns"]] for i in range(len(g["tags"]))])
+              for g in groups]
+    finite = [np.abs(d[np.isfinite(d)]) for d in deltas if d is not None]
+    limit = max([1.0] + [float(f.max()) for f in finite if f.size])
+    for ax, g, delta in zip(axes[0], groups, deltas):
         if g is None:
             ax.text(0.5, 0.5, "no resolution has finished every fold beside its baseline",
                     ha="center", va="center")
             ax.set_axis_off()
             continue
-        delta = np.array([[np.nan if c["cells"][i] is None else c["cells"][i]["delta_points"]
-                           for c in g["columns"]] for i in range(len(g["tags"]))])
-        limit = max(1.0, float(np.nanmax(np.abs(delta))) if np.isfinite(delta).any() else 1.0)
         image = ax.imshow(delta, cmap="RdBu", vmin=-limit, vmax=limit, aspect="auto")
         for i in range(len(g["tags"])):
             for j, c in enumerate(g["columns"]):

@@ -570,3 +570,34 @@ def test_cv_report_per_tag_view(tmp_path, monkeypatch):
     assert "(no resolution has finished every fold beside its baseline)" in (
         tmp_path / "a" / "results.md").read_text()
     assert (tmp_path / "a" / "per_tag_vs_baseline.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_plot_per_tag_shares_one_colour_scale(tmp_path, monkeypatch):
+    """The per-tag heat map gives every model's panel the same colour scale (the largest change
+    of any panel), so MUSICNN's small changes do not look as red as VGG-CNN's large ones."""
+    from benchmarks import cv_report
+    from tftag import runfiles
+
+    def group(model, baseline, deltas):
+        return {"model": model, "width": 0.125, "seed": 0, "baseline": baseline,
+                "tags": [{"tag": t, "positives": 100 - i} for i, t in enumerate(("a", "b"))],
+                "columns": [{"to_shape": shape, "gmac_ratio": 0.5, "cells": [
+                    None if d is None else {"delta_points": d, "q_delong": 0.01 if abs(d) > 1
+                                            else None} for d in column]}
+                            for shape, column in deltas.items()]}
+
+    view = [group("vgg", "96×1", {"48×1": [-12.5, +0.3], "8×10": [None, -3.0]}),
+            group("musicnn", "128×1", {"96×1": [-1.9, +0.4]})]
+    saved = {}
+    monkeypatch.setattr(runfiles, "save_figure_atomic",
+                        lambda fig, path, **kw: saved.update(fig=fig, path=path))
+    cv_report.plot_per_tag(view, 0.05, str(tmp_path / "p.png"))
+    panels = [ax for ax in saved["fig"].axes if ax.images]
+    assert [ax.images[0].get_clim() for ax in panels] == [(-12.5, 12.5)] * 2
+    # the labels are the changes, bold where called
+    labels = {t.get_text(): t.get_fontweight() for t in panels[1].texts}
+    assert labels == {"-1.9": "bold", "+0.4": "normal"}
+    # all changes small: the scale never shrinks below ±1 point
+    cv_report.plot_per_tag([group("vgg", "96×1", {"48×1": [-0.2, +0.1]})], 0.05,
+                           str(tmp_path / "q.png"))
+    assert [ax.images[0].get_clim() for ax in saved["fig"].axes if ax.images] == [(-1.0, 1.0)]
