@@ -165,6 +165,18 @@ def repeatability(sets: Sequence[study.RunSet], opts: Options) -> list[dict]:
     return out
 
 
+def design_mde(repeats: Sequence[dict], tested: Sequence[dict], folds: int) -> tuple[float | None, bool]:
+    """The design's minimum detectable effect (points) and whether it comes from a null
+    comparison: the largest MDE of the seed-to-seed comparisons paired over all ``folds`` folds
+    (a repeat with folds still to run compares fewer clips, so its MDE is not the design's; it
+    is reported, not used), else the largest over the claims tested."""
+    full = [c["mde_points"] for c in repeats if c["folds_paired"] == folds]
+    if full:
+        return max(full), True
+    mdes = [c["mde_points"] for c in tested]
+    return (max(mdes) if mdes else None), False
+
+
 def against_study(sets: Sequence[study.RunSet], others: Sequence[study.RunSet], other: str,
                   opts: Options) -> list[dict]:
     """Each set against the same configuration (model, width, resolution, seed) in another
@@ -200,9 +212,9 @@ def frequent_view(sets: Sequence[study.RunSet], opts: Options) -> dict | None:
     f = dataclasses.replace(opts, min_positives=n)
     pooled = {r["set"]: r for r in (study.summarize_set(s, **f.kwargs()) for s in sets)}
     against, repeats, tested = vs_baseline(sets, f), repeatability(sets, f), claims(sets, f)
-    mdes = [c["mde_points"] for c in repeats] or [c["mde_points"] for c in tested]
+    mde, _ = design_mde(repeats, tested or against, max(s.folds for s in sets))
     return {
-        "min_positives": n, "mde_points": max(mdes) if mdes else None,
+        "min_positives": n, "mde_points": mde,
         "seed_to_seed": repeats, "claims": tested, "between_models": between_models(sets, f),
         "vs_baseline": against, "lowest_without_loss": lowest_without_loss(pooled, against, opts.alpha),
         "pooled": {k: {m: r[m] for m in ("n_tags", "roc_auc", "ci95", "pr_auc", "pr_ci95")}
@@ -604,15 +616,14 @@ def build(runs_dir: str, out_dir: str, name: str, opts: Options = Options(),
     tag_view_min = frequent["min_positives"] if frequent else opts.min_positives
     claim_mdes = [c["mde_points"] for c in tested] or [c["mde_points"] for c in against]
     claims_mde = max(claim_mdes) if claim_mdes else None
-    if repeats:  # the design's MDE: a null comparison's (the same configuration retrained)
-        mde = max(c["mde_points"] for c in repeats)
-        mde_rule = ("(z(1-alpha/2) + z(power)) x SE of the paired bootstrap difference between "
-                    "two seeds of the same configuration (a null comparison; the largest if "
-                    "several)")
-    else:
-        mde, mde_rule = claims_mde, ("(z(1-alpha/2) + z(power)) x SE of the paired bootstrap "
-                                     "difference; the largest over the claims tested")
     folds = sorted({int(r["folds"]) for r in results})
+    # the design's MDE: a null comparison's (the same configuration retrained, every fold)
+    mde, null = design_mde(repeats, tested or against, max(folds))
+    mde_rule = ("(z(1-alpha/2) + z(power)) x SE of the paired bootstrap difference between "
+                "two seeds of the same configuration over every fold (a null comparison; the "
+                "largest if several)" if null else
+                "(z(1-alpha/2) + z(power)) x SE of the paired bootstrap difference; the largest "
+                "over the claims tested")
     os.makedirs(out_dir, exist_ok=True)
     runfiles.write_csv_atomic(os.path.join(out_dir, "runs.csv"), study.runs_rows(results),
                               study.CSV_COLUMNS)
@@ -671,9 +682,10 @@ def build(runs_dir: str, out_dir: str, name: str, opts: Options = Options(),
         comparison_table(against, first="n_clips"), "",
         "## Repeatability: the same configuration, another seed (a null comparison)", "",
         ("Nothing but training randomness differs: the paired SE here is the design's noise "
-         "floor (its MDE is the design's), and |Δ| is the seed-to-seed variation that a clip "
-         "bootstrap of single trained models does not include — a resolution effect smaller "
-         "than it is not evidence." if repeats else
+         "floor (its MDE is the design's, from the repeats paired over every fold; a repeat "
+         "with folds still to run is shown, not used), and |Δ| is the seed-to-seed variation "
+         "that a clip bootstrap of single trained models does not include — a resolution "
+         "effect smaller than it is not evidence." if repeats else
          "(no configuration ran with a second seed: the MDE above is the claims' largest)"), "",
         *([comparison_table(repeats, first="n_clips"), ""] if repeats else []),
         "## Cheapest resolution without a significant loss (paired test)", "",

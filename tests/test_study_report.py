@@ -213,6 +213,21 @@ def test_cv_report_second_seed_gives_the_designs_mde(tmp_path):
     assert set(report["lowest_without_loss"]) == {"vgg-w0.125-seed0", "musicnn-w0.125-seed0"}
     md = (tmp_path / "out" / "results.md").read_text()
     assert "## Repeatability" in md and "| vgg (w0.125) | 96×1 seed 0 → 96×1 seed 1 |" in md
+    # a repeat with a fold still to run is listed, paired over its folds, but is not the
+    # design's MDE (it compares fewer clips): the claims' largest again, in both views
+    import shutil
+
+    shutil.rmtree(runs / "vgg-w0.125-sr16000-mel96-hop1-log-fold2-seed1")
+    cv_report.build(str(runs), str(tmp_path / "part"), "cv",
+                    cv_report.Options(n_resamples=200, frequent_min_positives=20))
+    part = json.loads((tmp_path / "part" / "report.json").read_text())
+    (partial,) = part["seed_to_seed"]
+    assert partial["folds_paired"] == 2 and partial["n_clips"] < null["n_clips"]
+    assert part["mde_points"] == pytest.approx(max(c["mde_points"] for c in part["claims"]))
+    assert part["mde_points"] != pytest.approx(partial["mde_points"])
+    assert "the largest over the claims tested" in part["mde_rule"]
+    freq = part["frequent_tags"]
+    assert freq["mde_points"] == pytest.approx(max(c["mde_points"] for c in freq["claims"]))
     assert "| sr16000-mel96-hop1-log seed 1 |" in md
     # every section heading starts after a blank line (a table does not run into it)
     assert all(md.split("\n")[i - 1] == "" for i, line in enumerate(md.split("\n"))
