@@ -500,9 +500,9 @@ def plot_learning_curves(results: Sequence[dict], path: str) -> None:
             ax.plot([p["epoch"] for p in curve], [p["valid_loss"] for p in curve],
                     color=colours[_curve_label(r, several_widths)], alpha=0.6, lw=1,
                     ls="--" if r["stop_reason"] == "cap" else "-")
-            # The epochs that ran at a lower learning rate than the one before (--lr_reductions).
-            drops = [p for prev, p in zip(curve, curve[1:])
-                     if p.get("learning_rate", 0) < prev.get("learning_rate", 0)]
+            # The epochs that ran at a lower learning rate than the one before (--lr_reductions),
+            # found as --mode=status finds them (passes without a kept rate are skipped).
+            drops = [curve[i] for i in study.reduction_passes(curve)]
             ax.plot([p["epoch"] for p in drops], [p["valid_loss"] for p in drops], "v",
                     color=colours[_curve_label(r, several_widths)], ms=4, alpha=0.8)
         for label, colour in colours.items():

@@ -616,3 +616,23 @@ def test_plot_per_tag_shares_one_colour_scale(tmp_path, monkeypatch):
     cv_report.plot_per_tag([group("vgg", "96×1", {"48×1": [-0.2, +0.1]})], 0.05,
                            str(tmp_path / "q.png"))
     assert [ax.images[0].get_clim() for ax in saved["fig"].axes if ax.images] == [(-1.0, 1.0)]
+
+
+def test_plot_learning_curves_marks_the_reductions_status_finds(tmp_path, monkeypatch):
+    """▼ marks a pass at a lower learning rate than the last pass that kept one; a pass without
+    a kept rate (older histories) is neither a reduction nor the rate a later pass is judged by."""
+    from benchmarks import cv_report
+    from tftag import runfiles
+
+    rates = [1e-3, 1e-3, None, 2e-4, 2e-4, None, 4e-5]
+    curve = [{"epoch": e, "valid_loss": 0.2 - 0.01 * e, **({} if r is None else {"learning_rate": r})}
+             for e, r in enumerate(rates)]
+    saved = {}
+    monkeypatch.setattr(runfiles, "save_figure_atomic",
+                        lambda fig, path, **kw: saved.update(fig=fig))
+    cv_report.plot_learning_curves([{"model": "vgg", "width": 0.125, "resolution":
+                                     "sr16000-mel96-hop1-log", "seed": 0, "stop_reason": "plateau",
+                                     "curve": curve}], str(tmp_path / "c.png"))
+    (ax,) = saved["fig"].axes
+    markers = [line for line in ax.lines if line.get_marker() == "v"]
+    assert [list(m.get_xdata()) for m in markers] == [[3, 6]]

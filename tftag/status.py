@@ -31,7 +31,7 @@ import statistics
 import time
 from typing import Mapping, Sequence
 
-from tftag import crossval, patches, runfiles
+from tftag import crossval, patches, runfiles, study
 
 # Seconds per pass are the mean of a started run's last this many passes.
 RECENT_PASSES = 3
@@ -95,23 +95,12 @@ class RunStatus:
         return max(self.expected_left - done, 0.0) * self.seconds_per_pass / 3600.0
 
 
-def reduction_passes(history: Sequence[Mapping]) -> list[int]:
-    """The passes at which a learning-rate reduction took effect: a lower rate than the pass
-    before (passes without a rate, from before rates were kept, are skipped)."""
-    out, rate = [], None
-    for i, h in enumerate(history):
-        r = h.get("learning_rate")
-        if rate is not None and r is not None and r < rate:
-            out.append(i)
-        rate = r if r is not None else rate
-    return out
-
-
 def replay(history: Sequence[Mapping]) -> tuple[int, int]:
     """``(reductions, bad_passes)`` after a training history, as :func:`tftag.train.train`
     counts them: a lower learning rate than the pass before is a reduction and restarts the
-    count (:func:`reduction_passes`); a pass marked ``best`` resets it, any other adds one."""
-    drops = reduction_passes(history)
+    count (:func:`tftag.study.reduction_passes`); a pass marked ``best`` resets it, any other
+    adds one."""
+    drops = study.reduction_passes(history)
     bad = 0
     for h in history[drops[-1] if drops else 0:]:
         bad = 0 if h.get("best") else bad + 1
@@ -148,10 +137,11 @@ def _result_kind(r: Mapping) -> tuple:
 
 def stage_start(history: Sequence[Mapping], reductions: int) -> int | None:
     """The passes a run had finished when its ``reductions``-th learning-rate reduction took
-    effect (0 for none; :func:`reduction_passes`); None if its history has fewer reductions."""
+    effect (0 for none; :func:`tftag.study.reduction_passes`); None if its history has fewer
+    reductions."""
     if reductions <= 0:
         return 0
-    drops = reduction_passes(history)
+    drops = study.reduction_passes(history)
     return drops[reductions - 1] if len(drops) >= reductions else None
 
 

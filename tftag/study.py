@@ -25,7 +25,7 @@ import dataclasses
 import glob
 import json
 import os
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -123,6 +123,18 @@ def runs_rows(results: Sequence[dict]) -> list[dict]:
     rows = [{**{k: r[k] for k in RUNS_COLUMNS},
              **{k: r.get(k, default) for k, default in EXTRA_COLUMNS.items()}} for r in results]
     return sorted(rows, key=lambda r: (r["model"], r["width"], r["resolution"], r["seed"], r["fold"]))
+
+
+def reduction_passes(history: Sequence[Mapping]) -> list[int]:
+    """The passes at which a learning-rate reduction took effect: a lower rate than the pass
+    before (passes without a rate, from before rates were kept, are skipped)."""
+    out, rate = [], None
+    for i, h in enumerate(history):
+        r = h.get("learning_rate")
+        if rate is not None and r is not None and r < rate:
+            out.append(i)
+        rate = r if r is not None else rate
+    return out
 
 
 @dataclasses.dataclass(frozen=True)
