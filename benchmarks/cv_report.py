@@ -165,16 +165,19 @@ def repeatability(sets: Sequence[study.RunSet], opts: Options) -> list[dict]:
     return out
 
 
-def design_mde(repeats: Sequence[dict], tested: Sequence[dict], folds: int) -> tuple[float | None, bool]:
+def largest_mde(comparisons: Sequence[dict]) -> float | None:
+    """The largest ``mde_points`` of ``comparisons`` (None if there are none)."""
+    return max((c["mde_points"] for c in comparisons), default=None)
+
+
+def design_mde(repeats: Sequence[dict], folds: int,
+               claims_mde: float | None) -> tuple[float | None, bool]:
     """The design's minimum detectable effect (points) and whether it comes from a null
     comparison: the largest MDE of the seed-to-seed comparisons paired over all ``folds`` folds
     (a repeat with folds still to run compares fewer clips, so its MDE is not the design's; it
-    is reported, not used), else the largest over the claims tested."""
-    full = [c["mde_points"] for c in repeats if c["folds_paired"] == folds]
-    if full:
-        return max(full), True
-    mdes = [c["mde_points"] for c in tested]
-    return (max(mdes) if mdes else None), False
+    is reported, not used), else ``claims_mde``, the largest over the claims tested."""
+    null = largest_mde([c for c in repeats if c["folds_paired"] == folds])
+    return (null, True) if null is not None else (claims_mde, False)
 
 
 def against_study(sets: Sequence[study.RunSet], others: Sequence[study.RunSet], other: str,
@@ -212,7 +215,7 @@ def frequent_view(sets: Sequence[study.RunSet], opts: Options) -> dict | None:
     f = dataclasses.replace(opts, min_positives=n)
     pooled = {r["set"]: r for r in (study.summarize_set(s, **f.kwargs()) for s in sets)}
     against, repeats, tested = vs_baseline(sets, f), repeatability(sets, f), claims(sets, f)
-    mde, _ = design_mde(repeats, tested or against, max(s.folds for s in sets))
+    mde, _ = design_mde(repeats, max(s.folds for s in sets), largest_mde(tested or against))
     return {
         "min_positives": n, "mde_points": mde,
         "seed_to_seed": repeats, "claims": tested, "between_models": between_models(sets, f),
@@ -614,11 +617,10 @@ def build(runs_dir: str, out_dir: str, name: str, opts: Options = Options(),
     # per tag: the frequent tags when that view is on (a rare tag's ROC-AUC is a handful of ranks)
     tag_view = per_tag_view(frequent["vs_baseline"] if frequent else against, pooled)
     tag_view_min = frequent["min_positives"] if frequent else opts.min_positives
-    claim_mdes = [c["mde_points"] for c in tested] or [c["mde_points"] for c in against]
-    claims_mde = max(claim_mdes) if claim_mdes else None
+    claims_mde = largest_mde(tested or against)
     folds = sorted({int(r["folds"]) for r in results})
     # the design's MDE: a null comparison's (the same configuration retrained, every fold)
-    mde, null = design_mde(repeats, tested or against, max(folds))
+    mde, null = design_mde(repeats, max(folds), claims_mde)
     mde_rule = ("(z(1-alpha/2) + z(power)) x SE of the paired bootstrap difference between "
                 "two seeds of the same configuration over every fold (a null comparison; the "
                 "largest if several)" if null else
