@@ -37,7 +37,8 @@ def main(argv):
     import tftag  # noqa: F401  # first: it sets TensorFlow's oneDNN switch
     import tensorflow as tf
 
-    from tftag import export, features
+    from tftag import features
+    from tftag.delivery import export
     from tftag.datasets import synthetic
     from tftag.features import MelConfig
     from tftag.models import ModelConfig, build

@@ -9,7 +9,7 @@ Times, on the same rendered clips in one run:
   (c) single: decode + STFT + one config (sr*-mel96-hop1-log), per sample rate.
 Targets: (b)/(a) >= 20; per sample rate (a)/(c) <= 2. Also bytes per clip of the stored bases
 against all 168 materialised float32 views, the serialized TFRecord size per storage codec
-(tftag.codecs) and each codec's error of the derived views. Prints one JSON line.
+(tftag.storage.codecs) and each codec's error of the derived views. Prints one JSON line.
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ def main(argv):
         bases = sorted({c.base for c in grid}, key=lambda b: (b.sr, -b.n_mels))
         base_bytes32 = sum(4 * b.n_frames * b.n_mels for b in bases)
         views_bytes32 = sum(4 * c.n_frames * c.n_mels for c in grid)
-        from tftag import codecs, data
+        from tftag.storage import codecs, data
 
         serialized = {name: 0 for name in codecs.names()}
         err = {name: {"db_abs_median": [], "db_abs_max": [], "log_abs_median": [],

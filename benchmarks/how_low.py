@@ -13,7 +13,7 @@ Steps (each resumes; rerun the same command after an interruption):
    ``--work_dir/search-<oracle>``.
 3. Grid: every candidate of the same space (read back from the search's run directory) trained
    to convergence with the same settings (``--epochs`` cap, ``--patience``, seed) by
-   :func:`tftag.sweep.run_sweep` into ``--work_dir/grid`` — the budget per run of the search's
+   :func:`tftag.study.sweep.run_sweep` into ``--work_dir/grid`` — the budget per run of the search's
    top rung (a candidate the search trained to the top is bit-identical to its grid run).
    Or, with ``--grid_results=DIR --grid_fold=k``, read from a cross-validated study's finished
    runs of fold k (:func:`grid_from_results`; the recipe searches that fold with the study's
@@ -106,7 +106,9 @@ def corpus(work: str, extra: list[str]) -> str:
 
 def search_space(search_dir: str) -> tuple:
     """(Experiment, how_low.json record, candidates) of a finished search's run directory."""
-    from tftag import data, how_low, runfiles
+    from tftag.runs import runfiles
+    from tftag.search import how_low
+    from tftag.storage import data
     from tftag.experiment import Experiment
 
     exp = Experiment.load(search_dir)
@@ -123,7 +125,9 @@ def grid(search_dir: str, work: str) -> tuple[list[dict], dict]:
     results (one per candidate, with its key) and the costs."""
     import keras
 
-    from tftag import how_low, runfiles, sweep
+    from tftag.runs import runfiles
+    from tftag.search import how_low
+    from tftag.study import sweep
 
     exp, record, cands = search_space(search_dir)
     results = []
@@ -139,7 +143,7 @@ def grid(search_dir: str, work: str) -> tuple[list[dict], dict]:
 def grid_from_results(results_dir: str, fold: int, search_dir: str) -> tuple[list[dict], dict]:
     """The grid read from a cross-validated study's finished runs of one fold instead of trained:
     for each candidate of the search's space, ``<results_dir>/<model>-w<width>-<resolution>-
-    fold<fold>-seed<seed>/result.json`` (:mod:`tftag.crossval`), its best-epoch validation
+    fold<fold>-seed<seed>/result.json`` (:mod:`tftag.study.crossval`), its best-epoch validation
     ROC-AUC, test ROC-AUC, recorded training seconds and epochs. The search must have run on
     the same fold of the same folds (checked against the study's ``folds.json``) with the
     study's loss, cap and validation part; returns (results with their candidate key, costs).
@@ -148,7 +152,9 @@ def grid_from_results(results_dir: str, fold: int, search_dir: str) -> tuple[lis
       ValueError: the search is not on that fold or its split or recipe differs from the
         study's; or runs are missing (named: the study has not finished them yet).
     """
-    from tftag import crossval, how_low, runfiles, sweep
+    from tftag.runs import runfiles
+    from tftag.search import how_low
+    from tftag.study import crossval, sweep
 
     exp, record, cands = search_space(search_dir)
     flag = f"--grid_results={results_dir} --grid_fold={fold}"
@@ -196,7 +202,8 @@ def grid_from_results(results_dir: str, fold: int, search_dir: str) -> tuple[lis
 # Prints the study-run keys the search of a flagfile needs (tftag.main's flags, in a child).
 _PLANNED = """
 import dataclasses, json, sys
-from tftag import cli, crossval, main, sweep
+from tftag import cli, main
+from tftag.study import crossval, sweep
 main.FLAGS(["tftag", *sys.argv[2:]])
 exp, search = main.build_experiment("how_low"), cli.how_low_search()
 print(json.dumps([crossval.FoldItem(sweep.SweepItem(dataclasses.replace(m, width=w), c,
@@ -215,14 +222,14 @@ def missing_study_runs(results_dir: str, fold: int, flag_args: list[str]) -> lis
     if proc.returncode:
         raise RuntimeError(f"reading the search's flags failed: {proc.stderr.strip()[-500:]}")
     keys = json.loads(proc.stdout.strip().splitlines()[-1])
-    from tftag import crossval
+    from tftag.study import crossval
 
     return [k for k in keys
             if not os.path.exists(os.path.join(results_dir, k, crossval.RESULT_JSON))]
 
 
 def _hv(points: list[tuple[float, float]], reference: tuple[float, float]) -> float:
-    from tftag import pareto
+    from tftag.study import pareto
 
     return pareto.hypervolume(points, reference)
 
@@ -230,7 +237,8 @@ def _hv(points: list[tuple[float, float]], reference: tuple[float, float]) -> fl
 def compare(front: list[dict], summary: dict, grid_rows: list[dict], reference, max_drop: float,
             train_clips: int) -> dict:
     """The figures of one search against the grid."""
-    from tftag import how_low, pareto
+    from tftag.search import how_low
+    from tftag.study import pareto
 
     by_key = {r["candidate"]: r for r in grid_rows}
     on = [r for r in front if r["on_front"]]
@@ -277,7 +285,8 @@ def plot(grid_rows: list[dict], fronts: dict[str, list[dict]], path: str, label:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from tftag import how_low, pareto
+    from tftag.search import how_low
+    from tftag.study import pareto
 
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     points = [(r["cost"], 100 * r["valid_roc_auc"]) for r in grid_rows]
@@ -313,7 +322,9 @@ def _comparable(from_study: bool) -> dict:
 
 
 def main(argv: list[str]) -> None:
-    from tftag import data, how_low, runfiles
+    from tftag.runs import runfiles
+    from tftag.search import how_low
+    from tftag.storage import data
 
     extra = argv[1:]
     work = FLAGS.work_dir or os.path.join(ROOT, "runs", "how_low", FLAGS.name)

@@ -2,7 +2,7 @@ r"""Input-pipeline headroom: tf.data examples/s alone vs the training-step rate 
 
     .venv/bin/python -m benchmarks.input_pipeline --dataset_dir=runs/quickstart/dataset
 
-Measures, in one run on the same resolution: (a) examples/s of ``tftag.data.make_dataset``
+Measures, in one run on the same resolution: (a) examples/s of ``tftag.storage.data.make_dataset``
 (read, parse, decimate, patch-crop, compress, batch; shuffled and repeating, as in training)
 with nothing consuming it but a loop, and (b) examples/s of the training step (forward,
 backward, Adam) of a small VGG-CNN fed from memory. Target: (a) / (b) >= 5. Without
@@ -45,7 +45,7 @@ def main(argv):
     import keras
     import tensorflow as tf
 
-    from tftag import data
+    from tftag.storage import data
     from tftag.features import MelConfig
     from tftag.models import ModelConfig, build
 

@@ -6,13 +6,13 @@ r"""How low can the bits go: storage codecs and TFLite precisions, with the ROC-
 
 Steps (each resumes; rerun the same command after an interruption):
 1. Data: the float32 dataset (``--dataset_dir``, else the built-in corpus is extracted) is
-   transcoded to every codec of ``--codecs`` (:mod:`tftag.transcode`): the same clips, splits
+   transcoded to every codec of ``--codecs`` (:mod:`tftag.storage.transcode`): the same clips, splits
    and labels, only the stored bytes differ.
 2. Training: ``configs/quantize_sweep.flags`` (``--recipe``) is run as a sweep on each codec's
    dataset (``--loss=distill`` when the data has teacher labels). ``--float32_sweep`` reuses a
    finished float32 sweep of the same recipe (its run keys and training settings are checked).
 3. TFLite: every float32 run's best model is converted at ``--precisions``
-   (:mod:`tftag.tflite`; int8 calibrated on ``--representative_clips`` training clips) and
+   (:mod:`tftag.delivery.tflite`; int8 calibrated on ``--representative_clips`` training clips) and
    evaluated through the interpreter on the whole test split (every patch of every clip), with
    the file's bytes, latency (ms per clip, 1 thread) and max |Δp| against the Keras model.
 4. Report into ``--out_dir/<name>/``: ``storage.csv/.md`` (bytes per clip and test ROC-AUC per
@@ -114,7 +114,7 @@ def float32_dataset(work: str) -> str:
 
 def codec_datasets(source: str, work: str) -> dict[str, str]:
     """{codec: dataset dir}: float32 is the source, the others transcoded from it."""
-    from tftag import transcode
+    from tftag.storage import transcode
 
     out = {FLOAT32: source}
     for codec in FLAGS.codecs:
@@ -127,7 +127,7 @@ def codec_datasets(source: str, work: str) -> dict[str, str]:
 
 def run_sweeps(datasets: dict[str, str], work: str) -> dict[str, str]:
     """{codec: sweep dir} after running the recipe on each codec's dataset."""
-    from tftag import data
+    from tftag.storage import data
 
     sweeps = {}
     for codec, dataset in datasets.items():
@@ -170,7 +170,8 @@ def check_recipe(sweeps: dict[str, str]) -> None:
 
 def tflite_results(run: dict, dataset_dir: str, cache_dir: str) -> dict:
     """TFLite files of one float32 run at every precision: bytes, latency, metrics, max |Δp|."""
-    from tftag import evaluate, patches, tflite, train
+    from tftag import evaluate, patches, train
+    from tftag.delivery import tflite
     from tftag.experiment import Experiment
     from tftag.features import MelConfig
 
@@ -214,7 +215,7 @@ def tflite_results(run: dict, dataset_dir: str, cache_dir: str) -> dict:
         logging.info("%s %s: %d bytes, ROC-AUC %.4f (Keras %.4f)", run["key"], precision,
                      len(content), metrics.roc_auc, reference.roc_auc)
     os.makedirs(cache_dir, exist_ok=True)
-    from tftag import runfiles
+    from tftag.runs import runfiles
 
     runfiles.write_json_atomic(cache, out)
     return out
@@ -385,14 +386,14 @@ def plot(storage: list[dict], lite: list[dict], path: str, title: str) -> str:
         ax.legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
-    from tftag import runfiles
+    from tftag.runs import runfiles
 
     return runfiles.save_figure_atomic(fig, path, dpi=90)
 
 
 def main(argv):
     del argv
-    from tftag import runfiles
+    from tftag.runs import runfiles
 
     timings = {}
     work = FLAGS.work_dir or os.path.join(ROOT, "runs", "quantization", FLAGS.name)

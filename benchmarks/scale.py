@@ -8,13 +8,13 @@ Measured (medians over --measure_clips clips x --repeats; 30-s stereo 44.1-kHz t
 written as MP3 (CBR 128 kbps, as MSD previews) and WAV, or the files of --audio_dir):
   * decode seconds per clip at 12 and 16 kHz and at the file's own rate (no resampling):
     Essentia MonoLoader in its isolated child process, as the extraction pipeline runs it;
-  * all-configs extraction seconds per clip: ``tftag.extraction.extract_clip`` with a plan
+  * all-configs extraction seconds per clip: ``tftag.extraction.extractor.extract_clip`` with a plan
     covering the paper's 168 views (2 decodes, 14 hop-1 power bases, serialized Examples), then
     staging and shard writing (the rest of a worker's per-clip work), per storage codec;
   * bytes per clip of the base layout (the shard files tftag writes) vs every one of the 168
     views materialised (values x bytes per value + the measured per-Example overhead);
   * read + derive seconds per clip of a view from the base layout (NumPy decode + derive, and
-    ``tftag.data.read_examples``) and ``tftag.data.make_dataset`` examples/s;
+    ``tftag.storage.data.read_examples``) and ``tftag.storage.data.make_dataset`` examples/s;
   * training examples/s of real train steps (forward, backward, Adam, as ``tftag.train``) on
     random input of the right shape, VGG-CNN and MUSICNN at the paper's width.
 Projected (--num_clips, --workers, --parallel_efficiency, --epochs): extraction wall time on N
@@ -119,7 +119,7 @@ class Settings:
       duration: crop of the extraction (the paper's 29.1 s).
       formats: generated audio formats (``mp3``, ``wav``); the first is the primary one
         (storage, reading and the training-input measurements use it).
-      codecs: storage codecs (:mod:`tftag.codecs`); every one is extracted from the primary
+      codecs: storage codecs (:mod:`tftag.storage.codecs`); every one is extracted from the primary
         format, the other formats with the first codec only.
       audio_dir: measure these files instead of generated ones (grouped by extension).
       train: training configurations timed.
@@ -320,11 +320,11 @@ def measure_extraction(decode: Callable[..., np.ndarray], paths: Sequence[str], 
     """
     from threadpoolctl import threadpool_limits
 
-    from tftag import extraction
+    from tftag.extraction import extractor
 
     catalog = _catalog(os.path.basename(work_dir), paths)
-    plan = extraction.ExtractionPlan(work_dir, tuple(grid), TAGS, mel_dtype=codec)
-    extraction.prepare_output(plan, catalog, overwrite=True, retry_failed=False)
+    plan = extractor.ExtractionPlan(work_dir, tuple(grid), TAGS, mel_dtype=codec)
+    extractor.prepare_output(plan, catalog, overwrite=True, retry_failed=False)
     decode_time = [0.0]
 
     def timed_decode(*args):
@@ -342,8 +342,8 @@ def measure_extraction(decode: Callable[..., np.ndarray], paths: Sequence[str], 
                 decode_time[0] = 0.0
                 cpu = cpu_clock()
                 t_extract, (records, padded) = timed(
-                    lambda: extraction.extract_clip(clip, LABELS, plan, timed_decode))
-                t_stage, _ = timed(lambda: extraction.stage_clip(plan, clip, records, padded))
+                    lambda: extractor.extract_clip(clip, LABELS, plan, timed_decode))
+                t_stage, _ = timed(lambda: extractor.stage_clip(plan, clip, records, padded))
                 s["cpu_extract_stage"].append(cpu_clock() - cpu)
                 s["extract"].append(t_extract)
                 s["decode"].append(decode_time[0])
@@ -351,12 +351,12 @@ def measure_extraction(decode: Callable[..., np.ndarray], paths: Sequence[str], 
                 s["stage"].append(t_stage)
                 n_records = len(records)
             cpu = cpu_clock()
-            t_shard, _ = timed(lambda: extraction.write_shard(
+            t_shard, _ = timed(lambda: extractor.write_shard(
                 plan, "train", 0, 1, [c.clip_id for c in catalog.clips]))
             s["shard"].append(t_shard / len(catalog.clips))
             s["cpu_shard"].append((cpu_clock() - cpu) / len(catalog.clips))
-    extraction.finalize(plan, catalog, source={"benchmark": "scale"})
-    from tftag import data
+    extractor.finalize(plan, catalog, source={"benchmark": "scale"})
+    from tftag.storage import data
 
     shard_bytes = sum(os.path.getsize(p) for b in plan.bases for p in data.shard_files(work_dir, b))
     total = statistics.median(s["extract"]) + statistics.median(s["stage"]) \
@@ -388,7 +388,7 @@ def measure_runners(paths: Sequence[str], grid: Sequence[MelConfig], work_dir: s
 
     from distributed import Client
 
-    from tftag import extraction, pipeline
+    from tftag.extraction import extractor, pipeline
 
     catalog = _catalog("runners", paths)
     runs = [("direct_1", "DirectRunner", 1), ("dask_1", "DaskRunner", 1),
@@ -400,12 +400,12 @@ def measure_runners(paths: Sequence[str], grid: Sequence[MelConfig], work_dir: s
         with cluster as address:
             if address:
                 with Client(address) as client:  # import tftag (and TensorFlow) in every worker
-                    client.run(importlib.import_module, "tftag.pipeline")
+                    client.run(importlib.import_module, "tftag.extraction.pipeline")
             options = pipeline.pipeline_options(runner, 1, dask_address=address)
             for phase in ("cold", "warm"):
                 out = os.path.join(work_dir, f"{key}-{phase}")
-                plan = extraction.ExtractionPlan(out, tuple(grid), TAGS)
-                extraction.prepare_output(plan, catalog, overwrite=True, retry_failed=False)
+                plan = extractor.ExtractionPlan(out, tuple(grid), TAGS)
+                extractor.prepare_output(plan, catalog, overwrite=True, retry_failed=False)
                 logging.info("pipeline on %s with %d worker(s), %s: %d clips (load %s)", runner,
                              n, phase, len(paths), load_average())
                 started = time.perf_counter()
@@ -430,7 +430,7 @@ def storage_model(grid: Sequence[MelConfig], measured_bytes: dict[str, float]) -
     codec's bytes per value plus the per-Example overhead measured in the base layout (proto
     fields, labels, TFRecord framing).
     """
-    from tftag import codecs
+    from tftag.storage import codecs
 
     bases = sorted({c.base for c in grid}, key=lambda b: (b.sr, -b.n_mels))
     base_values = sum(b.n_frames * b.n_mels for b in bases)
@@ -463,12 +463,12 @@ def measure_read_derive(dataset_dir: str, codec: str, views: Sequence[MelConfig]
     """Per-clip seconds to get a view from the base layout.
 
     ``numpy_s``: codec decode of a stored base's bytes + :func:`tftag.features.derive` (what a
-    reader does after I/O); ``read_examples_s``: :func:`tftag.data.read_examples` over the
+    reader does after I/O); ``read_examples_s``: :func:`tftag.storage.data.read_examples` over the
     dataset (TFRecord I/O, eager parse, decode, derive), divided by the clips.
     """
     import tensorflow as tf
 
-    from tftag import codecs, data
+    from tftag.storage import codecs, data
 
     codec_obj = codecs.get(codec)
     out = {}
@@ -489,8 +489,8 @@ def measure_read_derive(dataset_dir: str, codec: str, views: Sequence[MelConfig]
 
 def measure_pipeline(dataset_dir: str, config: MelConfig, patch_frames: int | None,
                      batch_size: int, seconds: float) -> float:
-    """Examples/s of ``tftag.data.make_dataset`` as training reads it (shuffled, repeating)."""
-    from tftag import data
+    """Examples/s of ``tftag.storage.data.make_dataset`` as training reads it (shuffled, repeating)."""
+    from tftag.storage import data
 
     ds = data.make_dataset(dataset_dir, config, "train", batch_size, patch_frames,
                            shuffle_buffer=64, seed=0, repeat=True, drop_remainder=True)
@@ -750,7 +750,7 @@ def markdown(result: dict[str, Any]) -> str:
               "batch sizes small for large inputs to bound memory. make_dataset ex/s: the "
               f"training input pipeline alone ({m['primary_codec']} base layout, shuffled, "
               "repeating, page-cached). derive: NumPy codec decode of one stored base's bytes + "
-              "decimate + compress; read_examples: tftag.data.read_examples per clip (TFRecord "
+              "decimate + compress; read_examples: tftag.storage.data.read_examples per clip (TFRecord "
               "read, eager parse, decode, derive).", "", f"**{GPU_NOTE}**", ""]
     return "\n".join(lines)
 
@@ -817,7 +817,8 @@ def run(settings: Settings, out_dir: str, work_dir: str | None = None) -> dict[s
     Returns:
       The scale.json dictionary.
     """
-    from tftag import _essentia, runfiles
+    from tftag.audio import _essentia
+    from tftag.runs import runfiles
     from tftag.models import ModelConfig
 
     started = time.monotonic()

@@ -4,7 +4,7 @@ against the Keras model on real-music clips (issue 24, "every shipped model expo
 
     .venv/bin/python -m benchmarks.student_exports --dataset_dir=runs/real_music/dataset
 
-Each student goes through ``tftag.export.export_pretrained`` (what ``--mode=export
+Each student goes through ``tftag.delivery.export.export_pretrained`` (what ``--mode=export
 --pretrained=NAME --tflite=float16,dynamic,int8 --dataset_dir=DIR`` runs) into a temporary
 export root; a failed reload or conversion stops the benchmark with that student's error. Writes
 ``--out`` (default ``benchmarks/results/tagging/<date>-student-exports.json``) and prints one
@@ -39,7 +39,8 @@ flags.DEFINE_string("out", None, "JSON written (default benchmarks/results/taggi
 
 def export_student(name: str, export_root: str, dataset_dir: str) -> dict:
     """Exports ``name`` under ``export_root`` and returns its row of the results."""
-    from tftag import experiment, export, export_layout, tflite
+    from tftag import experiment
+    from tftag.delivery import export, export_layout, tflite
 
     config = experiment.ExportConfig(export_dir=export_root, tflite=tuple(FLAGS.precisions),
                                      representative_clips=FLAGS.representative_clips)
@@ -49,7 +50,7 @@ def export_student(name: str, export_root: str, dataset_dir: str) -> dict:
     graph = os.path.join(path, export_layout.ESSENTIA_DIR, f"{name}.pb")
     return {
         "savedmodel": "reloaded, every signature checked against the Keras model "
-                      "(tftag.export.check_reload)",
+                      "(tftag.delivery.export.check_reload)",
         "essentia_graph": os.path.relpath(graph, path) if os.path.exists(graph) else None,
         "check_clips": summary["check_clips"],
         "interpreter": summary["interpreter"],
@@ -61,7 +62,7 @@ def export_student(name: str, export_root: str, dataset_dir: str) -> dict:
 
 def main(argv):
     del argv
-    from tftag import runfiles
+    from tftag.runs import runfiles
     from tftag.models import pretrained
 
     if FLAGS.models_dir:

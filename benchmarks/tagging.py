@@ -6,7 +6,7 @@ On the same real-music files, in one run: a folder of ``--num_tracks`` excerpts 
 ``--track_seconds`` s cut from Debian-packaged music (fetched by the ``debian`` catalogue; by
 default the students' held-out packages, which no student saw; ``--audio=FOLDER``: your files
 instead), one ``--long_minutes`` file and one ``--huge_minutes`` file (tracks joined). Each
-tagger runs in its own process: tftag's MTT_musicnn through :func:`tftag.tag.tag_tracks` (model
+tagger runs in its own process: tftag's MTT_musicnn through :func:`tftag.tagging.tag.tag_tracks` (model
 loaded once, decoding in a background thread); every shipped student (``--students``, default
 all of :func:`tftag.models.pretrained.students`) the same way through its SavedModel
 (``--mode=export --pretrained=NAME``, the ``serving_window`` signature) and through its TFLite
@@ -88,17 +88,18 @@ PATHS = ("keras", "savedmodel", "tflite_dynamic")
 def _tagger(name: str, path: str, tmp: str):
     """The tag.Tagger of a pretrained model through ``path`` (exported / converted into
     ``tmp`` first: start-up, not timed)."""
-    from tftag import tag
+    from tftag.tagging import tag
 
     if path == "keras":
         return tag.Tagger.pretrained(name)
-    from tftag import experiment, export
+    from tftag import experiment
+    from tftag.delivery import export
 
     out = export.export_pretrained(name, experiment.ExportConfig(
         export_dir=tmp, tflite=("dynamic",) if path == "tflite_dynamic" else ()))
     if path == "savedmodel":
         return tag.Tagger.from_export(out["export_path"])
-    from tftag import tflite
+    from tftag.delivery import tflite
 
     return tag.Tagger.from_tflite(os.path.join(out["export_path"], tflite.TFLITE_DIR,
                                                f"{name}-dynamic.tflite"), name)
@@ -127,7 +128,7 @@ def _model_only(tagger, path: str, n: int) -> dict:
 
 def _tftag_worker(files: list[str], name: str = "MTT_musicnn", path: str = "keras",
                   model_only_windows: int = 64) -> dict:
-    from tftag import tag
+    from tftag.tagging import tag
 
     with tempfile.TemporaryDirectory() as tmp:
         tagger = _tagger(name, path, tmp)
@@ -270,7 +271,7 @@ def main(argv):
     model_only: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         if FLAGS.audio:
-            from tftag import tag
+            from tftag.tagging import tag
 
             excerpts, long_file, huge_file = tag.audio_files(FLAGS.audio), [], []
         else:

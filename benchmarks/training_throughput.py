@@ -5,7 +5,7 @@ r"""Training throughput: examples/s and achieved GFLOP/s of tftag's training ste
 For VGG-CNN at widths 1/16, 1/8, 1/4, 1/2, 1 and MUSICNN (3-s patches) at 1/4, 1/2, 1, at the
 16-kHz log resolutions 128×1, 96×1, 48×2, 32×4 and 8×10, times tftag's training step (forward,
 backward, Adam; distillation loss on the teacher's probabilities, as the study trains) fed by
-the real input pipeline (``tftag.data.make_dataset`` on a teacher-labelled dataset, shuffled and
+the real input pipeline (``tftag.storage.data.make_dataset`` on a teacher-labelled dataset, shuffled and
 repeating, as ``tftag.train`` reads it). With ``--before_dir`` (a checkout of the code before
 issue 22) each configuration runs in two worker processes, one per code base, taking turns on
 the same machine, same batch, same seed (who starts alternates from one configuration to the
@@ -97,7 +97,9 @@ def _prepare(job: dict) -> dict:
     import keras
     import tensorflow as tf
 
-    from tftag import data, determinism, profile, train
+    from tftag import profile, train
+    from tftag.runs import determinism
+    from tftag.storage import data
     from tftag.features import MelConfig
     from tftag.models import ModelConfig, build
 

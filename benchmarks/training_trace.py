@@ -59,7 +59,8 @@ def trace(job: dict) -> dict:
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from training_throughput import PATCH_SECONDS, SEED, _legacy_step  # noqa: E402
 
-    from tftag import determinism, train
+    from tftag import train
+    from tftag.runs import determinism
     from tftag.features import MelConfig
     from tftag.models import ModelConfig, build
 

@@ -6,7 +6,7 @@ r"""Seconds per how_low trial, before/after: the per-trial overhead of a search'
 Each side (this checkout, and ``--before_dir``, a checkout of the code before the change) runs
 in its own worker process, both at once on the same machine with the same niceness (so both see
 the same load), the sequence of trainings a successive-halving search runs in one process, as
-:class:`tftag.search.TrialRunner` runs them: for each candidate of ``--candidates``, a 1-epoch
+:class:`tftag.search.tuner.TrialRunner` runs them: for each candidate of ``--candidates``, a 1-epoch
 trial from scratch (rung 0), then, for each, a promoted trial: a copy of its run directory
 trained on to 3 epochs (rung 1); ``keras.backend.clear_session()`` after each trial. A side
 whose ``tftag.train.train`` takes ``steps`` passes it one :class:`tftag.train.StepCache` for the
@@ -134,7 +134,7 @@ def main() -> None:
                     result[f"{name}_{figure}_{side}"] = round(
                         statistics.mean(r[figure] for r in rows), 2)
         result["trials"] = records
-        from tftag import runfiles
+        from tftag.runs import runfiles
 
         os.makedirs(os.path.dirname(FLAGS.out), exist_ok=True)
         runfiles.write_text_atomic(FLAGS.out, json.dumps(result, sort_keys=True) + "\n")

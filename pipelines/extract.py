@@ -8,7 +8,7 @@ On a Dask cluster: ``--runner=DaskRunner --dask_address=tcp://scheduler:8786`` (
 this repository on PYTHONPATH and requirements.txt installed), or ``--runner=DaskRunner
 --dask_workers=4`` for a LocalCluster of 4 worker processes on this machine.
 
-The pipeline itself is :mod:`tftag.pipeline` (stages ListPendingClips -> DecodeAndExtract ->
+The pipeline itself is :mod:`tftag.extraction.pipeline` (stages ListPendingClips -> DecodeAndExtract ->
 GroupByShard -> WriteShards; dataset.json last). Rerunning the same command after a crash
 resumes where it stopped.
 """
@@ -21,7 +21,9 @@ import os
 
 from absl import app, flags
 
-from tftag import cli, codecs, datasets, experiment, extract, extraction, pipeline
+from tftag import cli, datasets, experiment
+from tftag.extraction import extract, extractor, pipeline
+from tftag.storage import codecs
 
 FLAGS = flags.FLAGS
 
@@ -94,10 +96,10 @@ def main(argv):
     data = data_config()
     catalog = extract.resolve_catalog(data, FLAGS.seed)  # as --mode=extract: the same split
     if FLAGS.describe:
-        from tftag import datacard
+        from tftag.storage import datacard
 
         print(datacard.format_card(datacard.write_card(catalog, FLAGS.output_dir)))
-    plan = extraction.ExtractionPlan(
+    plan = extractor.ExtractionPlan(
         output_dir=os.path.abspath(FLAGS.output_dir), configs=tuple(configs),
         tags=extract.plan_tags(catalog, FLAGS.labels), mel_dtype=FLAGS.mel_dtype,
         clips_per_shard=FLAGS.clips_per_shard, min_duration=FLAGS.min_duration,
@@ -105,11 +107,11 @@ def main(argv):
         teacher_top_k=FLAGS.teacher_top_k, teacher_memo=FLAGS.teacher_memo,
     )
     try:
-        state = extraction.prepare_output(plan, catalog, FLAGS.overwrite, FLAGS.retry_failed)
+        state = extractor.prepare_output(plan, catalog, FLAGS.overwrite, FLAGS.retry_failed)
     except (FileExistsError, ValueError) as e:
         raise app.UsageError(str(e)) from None
     if state == "complete":
-        memo = extraction.remember_complete(plan)
+        memo = extractor.remember_complete(plan)
         print(f"{FLAGS.output_dir}: already complete for these flags and input; nothing to do "
               "(--overwrite to redo)" + (f"; teacher memo: {memo}" if memo else ""))
         return 0
@@ -130,7 +132,7 @@ def main(argv):
         try:
             summary = pipeline.run(plan, catalog, options, FLAGS.runner, FLAGS.decode_timeout,
                                    FLAGS.log_every, FLAGS.keep_staging, runner_info)
-        except extraction.SharedStorageError as e:
+        except extractor.SharedStorageError as e:
             raise app.UsageError(str(e)) from None
     failures = os.path.join(FLAGS.output_dir, "failures.jsonl")
     print(f"extracted {summary['clips_written']}/{summary['clips_total']} clips into "

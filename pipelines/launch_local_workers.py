@@ -3,7 +3,7 @@ r"""Starts N local workers of one multi-worker training run (``--strategy=multi_
     python -m pipelines.launch_local_workers --num_workers=2 --run_dir=runs/multi_worker -- \
         --flagfile=configs/multi_worker_local.flags --epochs=4
 
-A try-out of :mod:`tftag.distributed` on one machine (a real cluster starts one worker per host
+A try-out of :mod:`tftag.runs.distributed` on one machine (a real cluster starts one worker per host
 with its own ``TF_CONFIG``). Everything after ``--`` goes to every worker's
 ``python -m tftag.main``, followed by ``--mode=train --strategy=multi_worker
 --run_dir=<--run_dir>`` (last, so they win over a flagfile). Give a finished ``--dataset_dir``:
@@ -20,7 +20,7 @@ worker exits 0. Rerun the same command to resume: every worker restores the chie
 checkpoint. (``--worker_log_dir``, not ``--log_dir``: absl's logging owns that name.)
 
 Each worker fixes its TensorFlow thread pools to ``$TFTAG_NUM_THREADS`` or the machine's CPU
-count (:mod:`tftag.determinism`), so N local workers oversubscribe the CPUs N times: fine for a
+count (:mod:`tftag.runs.determinism`), so N local workers oversubscribe the CPUs N times: fine for a
 try-out; set ``TFTAG_NUM_THREADS`` to share them out.
 """
 

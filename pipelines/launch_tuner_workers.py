@@ -3,7 +3,7 @@ r"""Starts a keras-tuner chief and N tuner workers of one ``--mode=how_low`` sea
     python -m pipelines.launch_tuner_workers --num_workers=2 --run_dir=runs/how_low -- \
         --flagfile=configs/how_low_quick.flags --dataset_dir=runs/quickstart/dataset
 
-keras-tuner's own distributed mode (:mod:`tftag.search`): every process runs the same
+keras-tuner's own distributed mode (:mod:`tftag.search.tuner`): every process runs the same
 ``python -m tftag.main`` with the flags after ``--``, then ``--mode=how_low
 --run_dir=<--run_dir>`` (last, so they win over a flagfile), and differs only in its
 environment: ``KERASTUNER_TUNER_ID`` (``chief`` for worker 0, ``tuner0`` .. ``tuner<N-1>`` for

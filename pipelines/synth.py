@@ -13,7 +13,8 @@ import time
 
 from absl import app, flags, logging
 
-from tftag import cli, datacard
+from tftag import cli
+from tftag.storage import datacard
 from tftag.datasets import synthetic
 
 FLAGS = flags.FLAGS

@@ -12,7 +12,8 @@ import sys
 import pytest
 
 from conftest import ROOT, run_module
-from tftag import codecs, datasets, experiment, models
+from tftag import datasets, experiment, models
+from tftag.storage import codecs
 from tftag.experiment import DataConfig, Experiment, ExportConfig, TrainConfig
 from tftag.features import MelConfig
 from tftag.models import ModelConfig
@@ -74,7 +75,7 @@ def test_experiment_derived_values_and_errors(tmp_path):
 
 
 def test_sweep_models_with_their_own_settings(tmp_path):
-    from tftag import sweep
+    from tftag.study import sweep
     from tftag.experiment import SweepModel
 
     exp = dataclasses.replace(_experiment(str(tmp_path)), model=ModelConfig("vgg", width=0.125))
@@ -249,8 +250,8 @@ def test_library_layering():
                 if re.search(r"^\s*(from pipelines|import pipelines)", text, re.M):
                     offenders.append(name)
     assert offenders == []
-    code = ("import sys, tftag.runfiles, tftag.experiment, tftag.datacard, tftag.cli, "
-            "tftag.datasets.synthetic, tftag.codecs; "
+    code = ("import sys, tftag.runs.runfiles, tftag.experiment, tftag.storage.datacard, tftag.cli, "
+            "tftag.datasets.synthetic, tftag.storage.codecs; "
             "tftag.datasets.names(); "
             "print('tensorflow' in sys.modules, 'keras' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,

@@ -11,7 +11,8 @@ import sys
 import numpy as np
 import pytest
 
-from tftag import _essentia_ops, compressions, features
+from tftag import features
+from tftag.audio import _essentia_ops, compressions
 from tftag.features import MelConfig
 
 from conftest import ROOT, tone_mix, write_clip
@@ -343,7 +344,7 @@ def test_any_import_order_works(tmp_path, order):
 
 
 def test_worker_crash_is_reported_and_recovered():
-    from tftag._essentia import DecoderCrashedError, EssentiaWorker
+    from tftag.audio._essentia import DecoderCrashedError, EssentiaWorker
 
     with EssentiaWorker(timeout=60) as worker:
         with pytest.raises(DecoderCrashedError, match="died with exit code"):

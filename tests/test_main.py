@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 from conftest import ROOT, run_module
-from tftag import runrecord
+from tftag.runs import runrecord
 from tftag.experiment import Experiment
 
 
@@ -95,8 +95,8 @@ def test_modes_are_one_table():
 
 def test_importing_the_modes_loads_no_beam(tiny_dataset):
     """Checking an existing --dataset_dir (every mode does) imports no Apache Beam."""
-    code = ("import sys, tftag.train, tftag.evaluate, tftag.export, tftag.sweep, tftag.tune, "
-            "tftag.tag, tftag.how_low, tftag.search; "
+    code = ("import sys, tftag.train, tftag.evaluate, tftag.delivery.export, tftag.study.sweep, tftag.search.tune, "
+            "tftag.tagging.tag, tftag.search.how_low, tftag.search.tuner; "
             "assert 'apache_beam' not in sys.modules, 'import'; "
             "from tftag import experiment, extract; from tftag.features import MelConfig; "
             "from tftag.models import ModelConfig; "

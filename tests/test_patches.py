@@ -11,7 +11,8 @@ import sys
 import numpy as np
 import pytest
 
-from tftag import patches, tracks
+from tftag import patches
+from tftag.tagging import tracks
 from tftag.features import MelConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

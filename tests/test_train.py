@@ -13,7 +13,9 @@ import warnings
 import numpy as np
 import pytest
 
-from tftag import data, evaluate, runfiles, train
+from tftag import evaluate, train
+from tftag.runs import runfiles
+from tftag.storage import data
 from tftag.features import MelConfig
 from tftag.models import ModelConfig
 
@@ -406,7 +408,7 @@ def test_sweep_per_model_resolutions_and_per_resolution_exports(tiny_dataset, tm
 
 
 def test_summarize_t_test_against_full_resolution():
-    from tftag import sweep
+    from tftag.study import sweep
 
     def result(n_mels, hop, seed, roc):
         return {"model": "vgg", "preset": "paper", "width": 0.125, "sr": 16000, "compression": "log",

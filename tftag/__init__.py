@@ -15,9 +15,9 @@ __version__ = "0.1.0"
 # (AMD EPYC), one training step of 16 whole clips: VGG-CNN 96x1 width 1/8 7.1 -> 20.3 examples/s
 # on one thread, 12.1 -> 37.4 on two; MUSICNN 96x1 width 1/4 (3-s patches) 20.8 -> 25.1 on one.
 # Numbers differ from the Eigen kernels' in the last bits; runs stay repeatable (the setting is
-# recorded in every run's determinism.json: tftag.determinism).
+# recorded in every run's determinism.json: tftag.runs.determinism).
 # Essentia's bundled TensorFlow 2.5 must not inherit this default: with oneDNN on, its
 # TensorflowPredict dies of SIGFPE on the same machine; processes that run Essentia get
-# tftag._essentia.child_env().
+# tftag.audio._essentia.child_env().
 ONEDNN_DEFAULTED = "TF_ENABLE_ONEDNN_OPTS" not in _os.environ
 _os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")

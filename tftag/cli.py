@@ -8,12 +8,14 @@ no page of flag help, no traceback (``--show_traceback`` shows it).
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Callable, Mapping, Sequence, TypeVar
 
 from absl import app, flags
 
-from tftag import codecs, features
+from tftag import features
+from tftag.storage import codecs
 from tftag.errors import DataError, Stopped
 from tftag.registry import UnknownNameError
 
@@ -116,7 +118,7 @@ def flagfile_text() -> str:
 def define_catalog_flags() -> None:
     """The catalogue flags both extraction entry points take (beside their own ``--catalog``):
     --input, --seed, --min_tag_count, --packages, --cache_dir, --train_clip_hop
-    (:func:`tftag.extract.resolve_catalog` reads them from a ``DataConfig``)."""
+    (:func:`tftag.extraction.extract.resolve_catalog` reads them from a ``DataConfig``)."""
     flags.DEFINE_string("input", None, "Catalogue input: a folder of audio files (searched "
                         "recursively, unlabelled), a CSV with path,split,tags, a rendered "
                         "built-in corpus, an MTAT directory or an MSD directory (see --catalog).")
@@ -135,10 +137,10 @@ def define_catalog_flags() -> None:
 
 
 def define_label_flags() -> None:
-    """Defines --labels and --teacher_top_k (tftag.teacher)."""
+    """Defines --labels and --teacher_top_k (tftag.extraction.teacher)."""
     flags.DEFINE_string("labels", "catalog", "catalog (the catalogue's tags) or "
                         "teacher:MTT_musicnn / teacher:MTT_vgg (top-k hard and soft labels from a "
-                        "pretrained model; see tftag.teacher).")
+                        "pretrained model; see tftag.extraction.teacher).")
     flags.DEFINE_integer("teacher_top_k", 3, "Teacher labels: hard labels per clip.", lower_bound=1)
     flags.DEFINE_string("teacher_memo", None, "Teacher labels: a memo file (.npz) of the "
                         "teacher's probabilities by clip content, read before the teacher runs "
@@ -148,7 +150,7 @@ def define_label_flags() -> None:
 
 def define_export_flags() -> None:
     """The export flags of train, sweep and export (``--tflite`` also names evaluate's file)."""
-    from tftag import tflite
+    from tftag.delivery import tflite
 
     flags.DEFINE_bool("export", True, "train/sweep: export the (best) trained model at the end.")
     flags.DEFINE_string("export_dir", "export", "Root of exports: "
@@ -166,7 +168,7 @@ def define_export_flags() -> None:
 
 def define_tag_flags() -> None:
     """The flags of ``--mode=tag`` (and ``--pretrained`` of ``--mode=export``)."""
-    from tftag import tag
+    from tftag.tagging import tag
 
     flags.DEFINE_string("model_dir", None, "tag: an export: <export_dir>/<model_name> (latest version) "
                         "or one version directory.")
@@ -198,10 +200,48 @@ def define_tag_flags() -> None:
                        "memory on long files).", lower_bound=1.0)
 
 
+def define_report_flags() -> None:
+    """``--mode=report``: a study's report rebuilt from its committed files."""
+    flags.DEFINE_string("runs_dir", None, "report: a cross-validated study's per-run files "
+                        "(<model>-w<width>-<resolution>-fold<k>-seed<s>/result.json and "
+                        "test_predictions.npz), e.g. benchmarks/results/real_music/runs; or "
+                        "--run_dir: a finished fixed-budget sweep (<run_dir>/runs/*/result.json).")
+    flags.DEFINE_string("name", None, "report: the study's name; writes <out_root>/<name>/.")
+    flags.DEFINE_string("out_root", os.path.join("benchmarks", "results"),
+                        "report: root of the study reports.")
+    flags.DEFINE_integer("n_resamples", 1000, "report --runs_dir: bootstrap resamples.",
+                         lower_bound=100)
+    flags.DEFINE_integer("bootstrap_seed", 0, "report --runs_dir: seed of the bootstrap resamples.")
+    flags.DEFINE_enum("resample_by", "clip", ["clip", "track_group"], "report --runs_dir: what "
+                      "one bootstrap draw resamples: a clip, or all clips of a track group at once.")
+    flags.DEFINE_float("power", 0.8, "report --runs_dir: power of the minimum detectable effect.")
+    from tftag.study import analysis
+
+    flags.DEFINE_integer("frequent_min_positives", analysis.FREQUENT_TAG_MIN_POSITIVES, "report --runs_dir: the sensitivity view "
+                         "averages the tags with at least this many positives among the clips "
+                         "compared (report.json 'frequent_tags'); 1 turns it off.", lower_bound=1)
+    flags.DEFINE_multi_string("compare", [], "report: NAME=DIR of another study: with --run_dir, "
+                              "a fixed-budget sweep's run directory, drawn beside it; with "
+                              "--runs_dir, another cross-validated study's per-run files, each "
+                              "configuration both ran compared paired clip by clip.")
+    flags.DEFINE_float("alpha", 0.05, "report: significance level of 'no significant loss'.")
+
+
+def named_dirs(flag: str, items) -> list[tuple[str, str]]:
+    """``NAME=DIR`` flag values as (name, dir) pairs; a UsageError naming the flag otherwise."""
+    out = []
+    for item in items:
+        label, eq, path = item.partition("=")
+        if not (eq and label and path):
+            raise app.UsageError(f"--{flag}={item!r}: expected NAME=DIR")
+        out.append((label, path))
+    return out
+
+
 def define_how_low_flags() -> None:
-    """The flags of ``--mode=how_low`` (:mod:`tftag.how_low`; it also reads the resolution
+    """The flags of ``--mode=how_low`` (:mod:`tftag.search.how_low`; it also reads the resolution
     flags, --models, --sweep_model, --epochs, --repeats, --latency_runs and the export flags)."""
-    from tftag import how_low
+    from tftag.search import how_low
 
     flags.DEFINE_list("widths", [], "how_low: model widths to search (default: the model's own, "
                       "--width or its --sweep_model width).")
@@ -224,9 +264,9 @@ def define_how_low_flags() -> None:
 
 
 def how_low_search():
-    """The :class:`tftag.how_low.SearchConfig` of the flags; a bad value is a UsageError naming
+    """The :class:`tftag.search.how_low.SearchConfig` of the flags; a bad value is a UsageError naming
     its flag and the allowed values."""
-    from tftag import how_low
+    from tftag.search import how_low
 
     try:
         widths = tuple(float(w) for w in FLAGS.widths)

@@ -157,9 +157,9 @@ def predict_clips(model, dataset_dir: str, mel_config, split: str,
     ``clips``: only these clip ids, e.g. a cross-validation fold's part with ``split=None``).
 
     ``model``: a Keras model (logits out), or an object whose ``clip_probabilities(mel
-    [b, T, F]) -> [b, n_tags]`` averages its own patches (:class:`tftag.litert.TFLiteModel`;
+    [b, T, F]) -> [b, n_tags]`` averages its own patches (:class:`tftag.delivery.litert.TFLiteModel`;
     ``patch_frames`` and ``max_patches`` are then unused)."""
-    from tftag import data
+    from tftag.storage import data
 
     ds = data.make_dataset(dataset_dir, mel_config, split, batch_size, as_dict=True, clips=clips)
     ids, labels, scores, soft = [], [], [], []
@@ -263,7 +263,10 @@ def run_evaluate(experiment, weights: str, split: str | None, tflite: str | None
     """
     import os
 
-    from tftag import data, extract, litert, runfiles
+    from tftag.delivery import litert
+    from tftag.extraction import extract
+    from tftag.runs import runfiles
+    from tftag.storage import data
     from tftag.models import build
 
     config, mc = experiment.mel_config, experiment.model

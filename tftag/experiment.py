@@ -16,8 +16,9 @@ import dataclasses
 import os
 from typing import Any
 
-from tftag import codecs, runfiles
-from tftag.folds import FoldConfig, HeldoutConfig
+from tftag.runs import runfiles
+from tftag.storage import codecs
+from tftag.storage.folds import FoldConfig, HeldoutConfig
 from tftag.features import MelConfig
 from tftag.models import ModelConfig
 
@@ -48,10 +49,10 @@ class TrainConfig:
       shuffle_buffer: examples in the shuffle buffer.
       steps_per_epoch: training steps per epoch; None = one pass over the training split.
       eval_batch_size: clips per evaluation batch.
-      deterministic: bit-for-bit repeatable runs (see :mod:`tftag.determinism`).
+      deterministic: bit-for-bit repeatable runs (see :mod:`tftag.runs.determinism`).
       strategy: tf.distribute strategy: auto (MirroredStrategy on several GPUs, else the
         default one), default, mirrored, one_device_cpu or multi_worker
-        (MultiWorkerMirroredStrategy of $TF_CONFIG, train mode only; :mod:`tftag.distributed`).
+        (MultiWorkerMirroredStrategy of $TF_CONFIG, train mode only; :mod:`tftag.runs.distributed`).
       loss: ``bce`` (binary cross-entropy on the hard labels) or ``distill`` (binary
         cross-entropy against the soft labels, the teacher's probabilities, of a
         teacher-labelled dataset). Validation early stopping uses the hard labels either way.
@@ -126,17 +127,17 @@ class DataConfig:
       num_clips: built-in corpus: clips to render.
       clip_seconds: built-in corpus: seconds per clip.
       synth_sr: built-in corpus: sample rate of the WAVs.
-      mel_dtype: storage codec of the base mels (registry :mod:`tftag.codecs`).
+      mel_dtype: storage codec of the base mels (registry :mod:`tftag.storage.codecs`).
       clips_per_shard: clips per TFRecord shard.
       direct_num_workers: Beam DirectRunner workers (0 = all cores).
       labels: "catalog" (the catalogue's tags) or "teacher:MTT_musicnn" / "teacher:MTT_vgg"
-        (hard and soft labels from a pretrained model, :mod:`tftag.teacher`).
+        (hard and soft labels from a pretrained model, :mod:`tftag.extraction.teacher`).
       teacher_top_k: teacher labels: hard labels per clip (its top-k tags).
       packages: ``debian`` catalogue: the Debian packages (empty = its quick subset).
       cache_dir: ``debian`` catalogue: downloads and unpacked packages (None = ~/.cache/tftag).
       min_tag_count: ``csv`` catalogue: keep tags with at least this many training clips.
       teacher_memo: teacher labels: memo file of the teacher's probabilities by clip content
-        (:func:`tftag.teacher.read_memo`); None runs the teacher on every clip.
+        (:func:`tftag.extraction.teacher.read_memo`); None runs the teacher on every clip.
       train_clip_hop: ``debian`` catalogue: also cut training crops every this many seconds
         (:func:`tftag.datasets.debian.crop_offsets`; cross-validation trains on them, never
         tests on them); None = none.
@@ -160,7 +161,8 @@ class DataConfig:
     train_clip_hop: float | None = None
 
     def __post_init__(self):
-        from tftag import datasets, teacher
+        from tftag import datasets
+        from tftag.extraction import teacher
 
         datasets.REGISTRY.check(self.catalog, "catalog")
         codecs.REGISTRY.check(self.mel_dtype, "mel_dtype")
@@ -197,7 +199,7 @@ class ExportConfig:
       per_resolution: sweep: export the best run of every (model, resolution), not only the
         best one overall.
       tflite: TFLite files written beside each SavedModel, by precision (names in
-        :data:`tftag.tflite.PRECISIONS`; empty = none).
+        :data:`tftag.delivery.tflite.PRECISIONS`; empty = none).
       representative_clips: int8 TFLite: clips of the training split it is calibrated on.
     """
 
@@ -209,7 +211,7 @@ class ExportConfig:
     representative_clips: int = 100
 
     def __post_init__(self):
-        from tftag import tflite  # no TensorFlow at import
+        from tftag.delivery import tflite  # no TensorFlow at import
 
         object.__setattr__(self, "tflite", tflite.check_precisions(tuple(self.tflite)))
         if self.representative_clips < 1:
@@ -300,11 +302,11 @@ class Experiment:
       repeats: sweep: runs per (model, resolution), seeds seed, seed + 1, ...
       sweep_overrides: sweep: per-model settings (:class:`SweepModel`), e.g. other resolutions
         or patches for one model.
-      folds: sweep: cross-validation by track group (:mod:`tftag.folds`, :mod:`tftag.crossval`)
+      folds: sweep: cross-validation by track group (:mod:`tftag.storage.folds`, :mod:`tftag.study.crossval`)
         instead of the dataset's splits; None = the splits.
       results_dir: cross-validation: where every finished run's ``result.json`` and
         ``test_predictions.npz`` go; None = ``<run_dir>/results``.
-      heldout: train: hold whole packages out (:class:`tftag.folds.HeldoutConfig`): train and
+      heldout: train: hold whole packages out (:class:`tftag.storage.folds.HeldoutConfig`): train and
         validate on the rest, test on them; None = the dataset's splits.
     """
 

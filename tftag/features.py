@@ -23,9 +23,9 @@ from typing import Iterable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
-from tftag import _essentia, compressions
-from tftag._essentia import AudioDecodeError  # noqa: F401  (re-exported)
-from tftag.compressions import DB_FLOOR, LOG_SCALE  # noqa: F401  (re-exported)
+from tftag.audio import _essentia, compressions
+from tftag.audio._essentia import AudioDecodeError  # noqa: F401  (re-exported)
+from tftag.audio.compressions import DB_FLOOR, LOG_SCALE  # noqa: F401  (re-exported)
 
 N_FFT = 512
 BASE_HOP = 256
@@ -309,7 +309,7 @@ def compress(power: np.ndarray, compression: str) -> np.ndarray:
     """"db": 10·log10(max(x, 1e-10)); "log": log10(1 + 10000·x); "power": x. Always float32.
 
     Float16 input is cast to float32 first (10000·x overflows float16 above x ≈ 6.55).
-    See :mod:`tftag.compressions` (one object per compression, with its in-graph twin).
+    See :mod:`tftag.audio.compressions` (one object per compression, with its in-graph twin).
     """
     return compressions.get(compression).numpy(power)
 

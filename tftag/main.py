@@ -2,35 +2,35 @@ r"""tftag's entry point: ``python -m tftag.main --flagfile=configs/NAME.flags``.
 
 Modes (what each does lives in the library module named after it):
   extract   render the built-in corpus (--catalog=synthetic, no --input), extract the requested
-            resolutions into <run_dir>/dataset (Apache Beam; resumes) — tftag.extract;
-  describe  the data card of a catalogue (files into --run_dir if given) — tftag.extract; with
+            resolutions into <run_dir>/dataset (Apache Beam; resumes) — tftag.extraction.extract;
+  describe  the data card of a catalogue (files into --run_dir if given) — tftag.extraction.extract; with
             --pretrained=NAME the model card of a pretrained model (--json: as JSON; NAME=all:
-            the table of every one) — tftag.modelcards;
+            the table of every one) — tftag.delivery.modelcards;
   train     train --model at one resolution, keep the best weights by validation ROC-AUC,
             evaluate them on the test split, export — tftag.train; with --heldout_packages,
             train on the other packages (early stopping on the validation loss) and test on
-            those (a final student, tftag.folds.HeldoutConfig);
+            those (a final student, tftag.storage.folds.HeldoutConfig);
   ship      a finished --run_dir (a --heldout_packages training run) as a shipped pretrained
-            model <--models_dir>/<--ship_name>/ (weights + card.json) — tftag.ship;
+            model <--models_dir>/<--ship_name>/ (weights + card.json) — tftag.tagging.ship;
   evaluate  macro ROC-AUC / PR-AUC of --weights (or a --tflite file) on --split — tftag.evaluate;
   sweep     every (--models × resolution × --repeats): results table, t-tests, plots, export of
-            the best run — tftag.sweep; with --folds, cross-validated by track group, each run
-            trained to convergence and recorded in --results_dir — tftag.crossval;
-  tune      keras-tuner search of width, learning rate and dropout — tftag.tune;
+            the best run — tftag.study.sweep; with --folds, cross-validated by track group, each run
+            trained to convergence and recorded in --results_dir — tftag.study.crossval;
+  tune      keras-tuner search of width, learning rate and dropout — tftag.search.tune;
   how_low   cost-aware keras-tuner search over resolution × model × width × storage codec: the
             accuracy/cost Pareto front and the cheapest configuration within --max_drop ROC-AUC
             points of the best, retrained, tested and exported (with --folds/--fold: on one
-            fold of the cross-validated sweep, trained and validated as its runs) — tftag.how_low;
+            fold of the cross-validated sweep, trained and validated as its runs) — tftag.search.how_low;
   export    --weights as a SavedModel (TF Serving) + frozen graph (Essentia), and TFLite files
-            (--tflite) — tftag.export, tftag.tflite;
+            (--tflite) — tftag.delivery.export, tftag.delivery.tflite;
   tag       tag whole tracks of --audio with --pretrained=NAME (MTT_musicnn, a shipped
-            student), an export (--model_dir) or a server (--server) — tftag.tag;
+            student), an export (--model_dir) or a server (--server) — tftag.tagging.tag;
   status    where a cross-validated sweep stands: every run of its plan done, started (passes,
             learning-rate stage, passes left) or not started, and the hours left at the speeds
-            measured; reads the run and results directories, writes nothing — tftag.status;
+            measured; reads the run and results directories, writes nothing — tftag.study.status;
   profile   GMACs, parameters and latency at every resolution — tftag.profile;
-  verify    check every shard of --dataset_dir against dataset.json — tftag.verify;
-  transcode --dataset_dir stored again with --mel_dtype into <run_dir>/dataset — tftag.transcode.
+  verify    check every shard of --dataset_dir against dataset.json — tftag.storage.verify;
+  transcode --dataset_dir stored again with --mel_dtype into <run_dir>/dataset — tftag.storage.transcode.
 
 What the entry point knows of each mode is one row of MODES (a Mode record: run dir needed, one
 resolution, Experiment, strategy, runner); main() parses, builds the Experiment, checks the row
@@ -38,10 +38,10 @@ and dispatches. train, evaluate, sweep, tune, how_low, extract and transcode nee
 the others write there only if given. A run directory holds flags.txt (a valid flagfile),
 configs.json (the whole Experiment; tftag.experiment.Experiment.load reads it back), TensorBoard
 logs (tb/) and summary.json (--strategy=multi_worker: written by the chief alone; see
-tftag.distributed; how_low's keras-tuner workers write none: tftag.search).
+tftag.runs.distributed; how_low's keras-tuner workers write none: tftag.search.tuner).
 Those three files belong to the mode that made the directory (the --mode of its flags.txt); a
 run of another mode on it, e.g. --mode=export --run_dir=<a training run>, writes its own into
-<run_dir>/<mode>/ and never replaces them (tftag.runrecord).
+<run_dir>/<mode>/ and never replaces them (tftag.runs.runrecord).
 """
 
 from __future__ import annotations
@@ -56,7 +56,9 @@ from typing import Any, Callable
 from absl import app, flags, logging
 
 import tftag
-from tftag import cli, codecs, datasets, experiment, folds, models, runfiles, runrecord
+from tftag import cli, datasets, experiment, models
+from tftag.runs import runfiles, runrecord
+from tftag.storage import codecs, folds
 
 FLAGS = flags.FLAGS
 
@@ -73,13 +75,13 @@ class Mode:
         used instead (no one-resolution check).
       experiment: builds an Experiment from the flags (tag and verify read an export or a
         dataset: no Experiment, no Keras import).
-      uses_strategy: trains under ``--strategy`` (multi_worker included; tftag.distributed).
+      uses_strategy: trains under ``--strategy`` (multi_worker included; tftag.runs.distributed).
       trains: trains models its own way: ``--strategy=multi_worker`` is an error unless
         ``uses_strategy`` (other modes ignore the strategy).
       check: checks the mode's own flags before anything runs (raises a usage error).
       writes_record: whether this process writes the run's record (flags.txt, configs.json,
-        summary.json); None = :func:`tftag.distributed.is_chief`.
-      folds: what it does with ``--folds/--fold`` (:mod:`tftag.folds`): ``"any"`` (every fold,
+        summary.json); None = :func:`tftag.runs.distributed.is_chief`.
+      folds: what it does with ``--folds/--fold`` (:mod:`tftag.storage.folds`): ``"any"`` (every fold,
         or ``--fold`` alone), ``"one"`` (``--fold`` is required), ``"ignored"`` (extract: folds
         are a view of the dataset it makes, so a study's flagfile extracts as it is), None (an
         error).
@@ -97,8 +99,11 @@ class Mode:
     folds: str | None = None
 
 
+_LIB = {"runfiles": "tftag.runs.runfiles", "runrecord": "tftag.runs.runrecord", "determinism": "tftag.runs.determinism", "distributed": "tftag.runs.distributed", "_essentia": "tftag.audio._essentia", "_essentia_guard": "tftag.audio._essentia_guard", "_essentia_ops": "tftag.audio._essentia_ops", "compressions": "tftag.audio.compressions", "codecs": "tftag.storage.codecs", "dataset_dir": "tftag.storage.dataset_dir", "data": "tftag.storage.data", "verify": "tftag.storage.verify", "transcode": "tftag.storage.transcode", "datacard": "tftag.storage.datacard", "folds": "tftag.storage.folds", "extraction": "tftag.extraction.plan", "pipeline": "tftag.extraction.pipeline", "extract": "tftag.extraction.extract", "teacher": "tftag.extraction.teacher", "export": "tftag.delivery.export", "export_layout": "tftag.delivery.export_layout", "serving": "tftag.delivery.serving", "tflite": "tftag.delivery.tflite", "litert": "tftag.delivery.litert", "modelcards": "tftag.delivery.modelcards", "crossval": "tftag.study.crossval", "sweep": "tftag.study.sweep", "status": "tftag.study.status", "study": "tftag.study.analysis", "stats": "tftag.study.stats", "pareto": "tftag.study.pareto", "how_low": "tftag.search.how_low", "search": "tftag.search.tuner", "tune": "tftag.search.tune", "tag": "tftag.tagging.tag", "tracks": "tftag.tagging.tracks", "ship": "tftag.tagging.ship"}
+
+
 def _lib(name: str):
-    return importlib.import_module(f"tftag.{name}")
+    return importlib.import_module(_LIB.get(name, f"tftag.{name}"))
 
 
 def _weights(exp) -> str:
@@ -134,13 +139,31 @@ def _ship(exp) -> dict:
                              audio=FLAGS.audio, overwrite=FLAGS.overwrite)
 
 
+def _report(exp) -> dict:
+    del exp  # a report reads committed result files only
+    from tftag.study import report
+
+    if not FLAGS.name:
+        raise app.UsageError("--mode=report needs --name (writes <out_root>/<name>/)")
+    opts = report.Options(n_resamples=FLAGS.n_resamples, seed=FLAGS.bootstrap_seed,
+                          unit=FLAGS.resample_by, top_k=FLAGS.teacher_top_k, alpha=FLAGS.alpha,
+                          power=FLAGS.power, frequent_min_positives=FLAGS.frequent_min_positives)
+    try:
+        summary = report.run(FLAGS.name, FLAGS.out_root, FLAGS.runs_dir, FLAGS.run_dir, opts,
+                             cli.named_dirs("compare", FLAGS.compare), FLAGS.max_drop)
+    except ValueError as e:
+        raise app.UsageError(str(e)) from None
+    print(json.dumps(summary))  # one JSON line: what was written
+    return summary
+
+
 MODES: dict[str, Mode] = {
     "train": Mode(lambda exp: _lib("train").run_train(exp), needs_run_dir=True,
                   one_resolution=True, uses_strategy=True, trains=True),
     "evaluate": Mode(lambda exp: _lib("evaluate").run_evaluate(
         exp, _weights(exp), None if FLAGS.split == "all" else FLAGS.split,
         tflite=",".join(FLAGS.tflite) or None), needs_run_dir=True, one_resolution=True),
-    # --folds: the cross-validated sweep (tftag.crossval) instead of the dataset's splits.
+    # --folds: the cross-validated sweep (tftag.study.crossval) instead of the dataset's splits.
     "sweep": Mode(lambda exp: _lib("crossval" if exp.folds else "sweep").run(exp),
                   needs_run_dir=True, trains=True, folds="any"),
     "tune": Mode(lambda exp: _lib("tune").run(exp, FLAGS.max_trials), needs_run_dir=True,
@@ -165,6 +188,8 @@ MODES: dict[str, Mode] = {
     "ship": Mode(_ship, needs_run_dir=True, experiment=False),
     "verify": Mode(lambda exp: _lib("verify").run_verify(FLAGS.dataset_dir),
                    experiment=False),
+    # Reads a study's committed files; the run dir (if any) is the sweep it reports on.
+    "report": Mode(_report, experiment=False, writes_record=lambda: False),
 }
 
 flags.DEFINE_enum("mode", "train", list(MODES), "What to run.")
@@ -197,7 +222,7 @@ flags.DEFINE_multi_string(
     "valid_patches (per validation clip; default --valid_patches); both take all. "
     "E.g. musicnn:patch_seconds=3,resolutions=sr16000-mel96-hop1-log+sr16000-mel48-hop1-log")
 flags.DEFINE_integer("folds", None, "sweep, how_low: cross-validate by track group with K folds "
-                     "(the same for every resolution; tftag.folds) instead of the dataset's "
+                     "(the same for every resolution; tftag.storage.folds) instead of the dataset's "
                      "splits (how_low: one --fold, trained and validated as the sweep's); "
                      "early stopping then follows the validation loss, --patience counts passes "
                      "over a fold's training data (>= 3) and --epochs is the cap. Default: the "
@@ -254,6 +279,7 @@ flags.DEFINE_integer("max_trials", 5, "tune: keras-tuner trials.", lower_bound=1
 cli.define_how_low_flags()
 cli.define_export_flags()
 cli.define_tag_flags()
+cli.define_report_flags()
 flags.DEFINE_float("width", 1.0, "Filter-count multiplier (1 = the paper's full-size model).")
 flags.DEFINE_string("preset", "paper", "Architecture preset (musicnn: paper, musicnn_mtt).")
 flags.DEFINE_float("dropout", -1.0, "Dropout rate; -1 = the architecture's own.")
@@ -275,12 +301,12 @@ def build_experiment(mode: str | None = None) -> experiment.Experiment:
         dropout=None if FLAGS.dropout < 0 else FLAGS.dropout,
         patch_seconds=FLAGS.patch_seconds or None))
     fold_config = None
-    if FLAGS.folds is not None or FLAGS.fold is not None:  # cross-validation (tftag.folds)
+    if FLAGS.folds is not None or FLAGS.fold is not None:  # cross-validation (tftag.storage.folds)
         fold_config = cli.config("--folds/--fold", lambda: folds.FoldConfig(
             **({"folds": FLAGS.folds} if FLAGS.folds is not None else {}), fold=FLAGS.fold,
             seed=FLAGS.fold_seed))
     heldout = None
-    if FLAGS.heldout_packages:  # a final student: whole packages held out (tftag.folds)
+    if FLAGS.heldout_packages:  # a final student: whole packages held out (tftag.storage.folds)
         heldout = cli.config("--heldout_packages", lambda: folds.HeldoutConfig(
             tuple(FLAGS.heldout_packages), seed=FLAGS.fold_seed))
     # Cross-validated runs and final students train to convergence: the lowest validation loss,
@@ -346,7 +372,7 @@ def check_pretrained(name: str) -> None:
 
 def write_run_files(exp, directory: str) -> None:
     """flags.txt, configs.json (the whole Experiment) and the flags in TensorBoard into
-    ``directory`` (the run's record: tftag.runrecord)."""
+    ``directory`` (the run's record: tftag.runs.runrecord)."""
     runfiles.write_text_atomic(os.path.join(directory, "flags.txt"), cli.flagfile_text())
     exp.save(directory)
     runfiles.tensorboard_notes(os.path.join(directory, "tb", "config"), texts={

@@ -138,7 +138,8 @@ def run_profile(model_config, mel_configs, n_tags: int = DEFAULT_N_TAGS, latency
     import keras
     from absl import logging
 
-    from tftag import models, runfiles
+    from tftag import models
+    from tftag.runs import runfiles
 
     seen, resolutions = set(), []
     for c in mel_configs:
@@ -186,7 +187,7 @@ def run(experiment, latency_runs: int = 5, batches: tuple[int, ...] = (1, 32),
         raise ValueError("--profile_trace writes into --run_dir: give one")
     n_tags = DEFAULT_N_TAGS
     if experiment.data.dataset_dir:
-        from tftag import data
+        from tftag.storage import data
 
         n_tags = data.load_dataset_info(experiment.data.dataset_dir).n_tags
     return run_profile(experiment.model, experiment.mel_configs, n_tags, latency_runs, batches,

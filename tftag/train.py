@@ -10,7 +10,7 @@ derived from (seed, epoch), so an interrupted run resumed from its last checkpoi
 optimizer, epoch, early-stopping state) ends in the same state as an uninterrupted one. After
 each epoch the validation split is scored clip by clip (patch-averaged, :mod:`tftag.evaluate`);
 the best weights by validation ROC-AUC are kept, and training stops after ``patience`` epochs
-without improvement. With ``monitor="valid_loss"`` (cross-validation, :mod:`tftag.folds`) the
+without improvement. With ``monitor="valid_loss"`` (cross-validation, :mod:`tftag.storage.folds`) the
 best weights are those of the lowest validation loss (the training loss on clip probabilities)
 and ``patience_unit="passes"`` counts the patience in passes over the training data (a patch
 model's pass, and epoch, is as many random patches per clip as the clip has windows); the
@@ -32,7 +32,7 @@ inside an epoch (step, running loss, examples/s) is logged every :data:`PROGRESS
 does not divide), the loss of a step averaged over the examples of the whole global batch, and
 with more than one replica every BatchNorm layer normalizes with the statistics of the global
 batch (``synchronized``), so the steps are those of one process. With
-``strategy="multi_worker"`` (:mod:`tftag.distributed`: MultiWorkerMirroredStrategy of
+``strategy="multi_worker"`` (:mod:`tftag.runs.distributed`: MultiWorkerMirroredStrategy of
 $TF_CONFIG) only the chief writes the run directory, scores validation (its decision is
 broadcast to the others) and, in :func:`run_train`, scores the test split and exports.
 """
@@ -54,7 +54,9 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from tftag import data, determinism, distributed, evaluate, folds, patches, runfiles
+from tftag import evaluate, patches
+from tftag.runs import determinism, distributed, runfiles
+from tftag.storage import data, folds
 from tftag.errors import Stopped
 from tftag.experiment import TrainConfig  # noqa: F401  (defined beside the Experiment)
 from tftag.features import MelConfig
@@ -87,7 +89,7 @@ STRATEGIES = {  # the names of tftag.experiment.STRATEGIES
 
 
 def _save_weights_atomic(model, path: str) -> None:
-    from tftag import runfiles
+    from tftag.runs import runfiles
 
     with runfiles.atomic_path(path, suffix=".weights.h5") as tmp:
         model.save_weights(tmp)
@@ -578,7 +580,7 @@ HELDOUT_JSON = "heldout.json"  # a held-out-package run's parts: packages, train
 
 def heldout_split(dataset_dir: str, mel_config: MelConfig,
                   heldout: folds.HeldoutConfig) -> folds.FoldParts:
-    """The held-out-package split of a dataset (:func:`tftag.folds.heldout_parts`) from its
+    """The held-out-package split of a dataset (:func:`tftag.storage.folds.heldout_parts`) from its
     clip ids and track groups."""
     groups, crops = data.dataset_groups(dataset_dir, mel_config)
     return folds.add_crops(folds.heldout_parts(groups, heldout), groups, crops)
@@ -591,7 +593,7 @@ def run_train(experiment) -> dict:
     With held-out packages (``experiment.heldout``) it trains on the other packages' clips but a
     seeded validation part (by track group; early stopping on it) and tests on every clip of
     the held-out packages; ``heldout.json`` records the parts. ``--mode=ship`` turns such a run
-    into a shipped pretrained model (:mod:`tftag.ship`).
+    into a shipped pretrained model (:mod:`tftag.tagging.ship`).
 
     A non-chief multi-worker process trains, then waits for the chief's evaluation and export
     and returns a short summary (it writes nothing).
@@ -599,7 +601,9 @@ def run_train(experiment) -> dict:
     Returns:
       The run's summary (metrics, best epoch and checkpoint, dataset and export paths).
     """
-    from tftag import export, extract, runfiles
+    from tftag.delivery import export
+    from tftag.extraction import extract
+    from tftag.runs import runfiles
 
     config, mc = experiment.mel_config, experiment.model
     dataset_dir = extract.ensure_dataset(experiment)
@@ -611,7 +615,7 @@ def run_train(experiment) -> dict:
                 parts.describe(), packages=list(experiment.heldout.packages)))
     outcome = train(dataset_dir, config, mc, experiment.train, experiment.run_dir, fold=parts)
     if not distributed.is_chief():  # a non-chief worker: no test scores, no export, no files
-        distributed.barrier()  # ... but it stays until the chief is done (see tftag.distributed)
+        distributed.barrier()  # ... but it stays until the chief is done (see tftag.runs.distributed)
         return {"resolution": config.name, "model": mc.name, "worker": distributed.task().name,
                 "best_valid_roc_auc": outcome["best_valid_roc_auc"],
                 "best_epoch": outcome["best_epoch"], "epochs_done": outcome["epochs_done"]}

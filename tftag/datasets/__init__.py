@@ -17,7 +17,7 @@ SPLITS = ("train", "valid", "test")
 UNSPLIT = "all"
 # Extra training crops (``--train_clip_hop``): clips cut between a track's non-overlapping ones,
 # stored under their own split so split readers never see them; cross-validation folds add a
-# fold's crops to its training part only (:mod:`tftag.folds`).
+# fold's crops to its training part only (:mod:`tftag.storage.folds`).
 CROPS = "crops"
 
 
@@ -33,7 +33,7 @@ class Clip:
     offset: float = 0.0
     duration: float | None = None
     # Track group (near-duplicate versions of one track; cross-validation folds keep a group
-    # together, tftag.folds); "" = the clip's own file (tftag.folds.default_group).
+    # together, tftag.storage.folds); "" = the clip's own file (tftag.storage.folds.default_group).
     group: str = ""
 
     @property

@@ -18,7 +18,7 @@ Clips are the non-overlapping 30-s segments of each kept track (``Clip.offset``,
 ``--train_clip_hop``) a track also gives **training crops**: 30-s segments starting every
 ``train_clip_hop`` seconds that are not already clips (at 15 s: 15-45, 45-75, ...), in the
 :data:`~tftag.datasets.CROPS` split, ids ``<package>/<path>@<offset>s``; cross-validation adds
-a fold's crops to its training part only, never to validation or test (:mod:`tftag.folds`).
+a fold's crops to its training part only, never to validation or test (:mod:`tftag.storage.folds`).
 **Splits are by track group**: the group
 is the package plus the file name without version suffixes (``_fast``, ``_old``, ``-remix``, ...,
 see :func:`group_name`), so near-duplicate versions stay on one side; a group goes to train /
@@ -386,7 +386,7 @@ def load_debian(input_path: str | None = None, *, packages: Sequence[str] = QUIC
         tracks += kept
         package_info[package] = {"deb": os.path.basename(deb), "licence": _licence(root, package),
                                  "tracks": len(kept)}
-    from tftag.runfiles import write_json_atomic
+    from tftag.runs.runfiles import write_json_atomic
 
     write_json_atomic(index_path, index)
     clips, track_info, seen = [], [], {}

@@ -396,7 +396,7 @@ def render_corpus(
 
 
 def _write_catalog_files(output_dir, songs, settings, num_clips, audio_path) -> None:
-    from tftag.runfiles import write_bytes_atomic, write_json_atomic
+    from tftag.runs.runfiles import write_bytes_atomic, write_json_atomic
 
     lines = ["clip_id,path,split,tags"]
     rows = []

@@ -15,7 +15,7 @@ an explicit map, and anything unmatched on either side is an error that lists it
 10000·x) representation); outputs are logits over the 50 MTAT tags.
 
 **Shipped students.** A folder ``<models dir>/<name>/`` holding ``card.json`` (the model card,
-:data:`CARD_KEYS` at least; written by ``--mode=ship``, :mod:`tftag.ship`) and the Keras weights
+:data:`CARD_KEYS` at least; written by ``--mode=ship``, :mod:`tftag.tagging.ship`) and the Keras weights
 file it names. The folders of :data:`WEIGHTS_DIR` (inside the package) and of every directory in
 ``$TFTAG_MODELS_DIR`` (``os.pathsep``-separated) are registered at import; :func:`add_models_dir`
 (``--models_dir``) adds another. A card that cannot be read or misses a key is a ValueError

@@ -34,7 +34,7 @@ Moving means and variances are updated exactly as Keras does (momentum, biased b
 Layers not named above run as themselves. The layer list, variables and saved weights are the
 model's own: a weights file trains and loads the same with and without this function. Run in
 float64 the rewrites equal the Keras graph to float64 rounding; in float32 they agree to float32
-rounding (tests/test_models.py).
+rounding (tests/models/test_models.py).
 """
 
 from __future__ import annotations
