@@ -1,18 +1,19 @@
-"""tftag's dependencies point down: no two modules import each other, directly or through others.
+"""tftag's dependencies point down: no two modules import each other, directly or through others,
+and every module of a sub-package imports only what its package's docstring allows.
 
 Imports are read from the source (module level and inside functions alike); a submodule's import
-of its own package's ``__init__`` does not count. The one documented exception is the Essentia
-parent/child pair (``tftag/audio/_essentia.py`` starts ``tftag/audio/_essentia_ops.py`` as a child process,
-which imports the parent's message framing back).
+of its own package's ``__init__`` does not count. Each layered sub-package's ``__init__.py``
+docstring ends with a "May import:" paragraph naming the tftag packages and top-level modules
+its modules may import (besides their own package's).
 """
 
 from __future__ import annotations
 
 import ast
 import os
+import re
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ALLOWED_PAIRS = {frozenset({"tftag.audio._essentia", "tftag.audio._essentia_ops"})}
 
 
 def _modules() -> dict[str, str]:
@@ -81,6 +82,57 @@ def test_function_level_imports_count():
 
 
 def test_no_two_modules_import_each_other():
-    pairs = mutual_pairs(import_graph()) - ALLOWED_PAIRS
+    pairs = mutual_pairs(import_graph())
     assert not pairs, sorted(sorted(p) for p in pairs)
 
+
+
+# The sub-packages whose __init__.py docstring ends with a "May import:" paragraph.
+LAYERED = ("runs", "audio", "storage", "extraction", "delivery", "study", "search", "tagging")
+
+
+def may_import(package: str) -> set[str]:
+    """The tftag packages and modules that ``tftag.<package>``'s docstring allows (its "May
+    import:" paragraph; "not :mod:`X`" excludes X; "every layer below it" adds what each named
+    layered package may import, transitively)."""
+    with open(os.path.join(REPO, "tftag", package, "__init__.py")) as f:
+        doc = ast.get_docstring(ast.parse(f.read()))
+    last = doc.split("\n\n")[-1]
+    assert last.startswith("May import:"), f"tftag.{package}: the docstring ends with {last!r}"
+    text = " ".join(last.split())
+    excluded = set(re.findall(r"\bnot :mod:`([\w.]+)`", text))
+    allowed = set(re.findall(r":mod:`([\w.]+)`", text)) - excluded
+    if "every layer below it" in text:
+        for name in sorted(allowed):
+            inner = name.removeprefix("tftag.")
+            if inner in LAYERED and inner != package:
+                allowed |= may_import(inner)
+    return allowed - excluded
+
+
+def _allowed(target: str, own: str, allowed: set[str]) -> bool:
+    return any(target == a or target.startswith(a + ".") for a in allowed | {own})
+
+
+def layer_violations(graph: dict[str, set[str]]) -> list[tuple[str, str]]:
+    """(module, imported tftag module) pairs that break the importing package's docstring."""
+    out = []
+    for package in LAYERED:
+        own, allowed = f"tftag.{package}", may_import(package)
+        for module in sorted(m for m in graph if m == own or m.startswith(own + ".")):
+            out += [(module, t) for t in sorted(graph[module]) if not _allowed(t, own, allowed)]
+    return out
+
+
+def test_the_layer_reader_reads_the_docstrings():
+    assert may_import("runs") == {"tftag.registry", "tftag.errors"}
+    search = may_import("search")
+    assert {"tftag.study", "tftag.train", "tftag.storage"} <= search and "tftag.tagging" not in search
+    assert layer_violations({"tftag.runs.runfiles": {"tftag.errors", "tftag.runs.determinism"},
+                             "tftag.runs.distributed": {"tftag.train"}}) == [
+        ("tftag.runs.distributed", "tftag.train")]
+
+
+def test_sub_packages_import_only_what_their_docstrings_allow():
+    violations = layer_violations(import_graph())
+    assert not violations, violations
