@@ -29,6 +29,14 @@ Y_SCORE = np.array([[0.90, 0.20, 0.60], [0.30, 0.80, 0.40], [0.70, 0.55, 0.20],
 MEL = MelConfig(16000, 16, 2, "log", 3.0)
 
 
+def test_one_list_of_strategies():
+    """train makes a strategy for each name of tftag.experiment.STRATEGIES, the one list."""
+    from tftag import experiment
+
+    assert tuple(train.STRATEGIES) == experiment.STRATEGIES
+    assert train.STRATEGIES["default"]() is train.STRATEGIES["default"]()
+
+
 def test_metrics_fixture():
     m = evaluate.macro_metrics(Y_TRUE, Y_SCORE, ["a", "b", "c"])
     assert m.roc_auc == pytest.approx(0.925926, abs=1e-6)

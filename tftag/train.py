@@ -58,6 +58,7 @@ from tftag import evaluate, patches
 from tftag.runs import determinism, distributed, runfiles
 from tftag.storage import data, folds
 from tftag.errors import Stopped
+from tftag.experiment import STRATEGIES as STRATEGY_NAMES  # the one list of the strategies
 from tftag.experiment import TrainConfig  # noqa: F401  (defined beside the Experiment)
 from tftag.features import MelConfig
 from tftag.models import ModelConfig, build, training
@@ -79,13 +80,16 @@ def default_strategy() -> tf.distribute.Strategy:
     return tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
 
 
-STRATEGIES = {  # the names of tftag.experiment.STRATEGIES
+_MAKERS = {
     "auto": default_strategy,
     "default": tf.distribute.get_strategy,
     "mirrored": lambda: tf.distribute.MirroredStrategy(),
     "one_device_cpu": lambda: tf.distribute.OneDeviceStrategy("/cpu:0"),
     "multi_worker": distributed.strategy,  # made once per process, from $TF_CONFIG
 }
+# name -> strategy factory for each name of tftag.experiment.STRATEGIES, the one list of the
+# strategies (a name there without a factory here is a KeyError at import).
+STRATEGIES = {name: _MAKERS[name] for name in STRATEGY_NAMES}
 
 
 def _save_weights_atomic(model, path: str) -> None:
