@@ -328,7 +328,7 @@ def test_any_import_order_works(tmp_path, order):
         + "import numpy as np, sys\n"
         f"y = features.load_audio({path!r}, 16000)\n"
         "m = features.melspectrogram(y, features.MelConfig(16000, 48, 1, 'log'))\n"
-        "from tftag import data\n"
+        "from tftag.storage import data\n"
         "print('sum %r' % float(m.astype(np.float64).sum()), tf.constant(m).shape,\n"
         "      'in_process', 'essentia' in sys.modules)\n"
     )

@@ -8,6 +8,9 @@ no page of flag help, no traceback (``--show_traceback`` shows it).
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import json
 import os
 import sys
 from typing import Callable, Mapping, Sequence, TypeVar
@@ -51,7 +54,8 @@ USAGE_ERRORS = (app.UsageError, ValueError, FileNotFoundError, FileExistsError,
                 NotADirectoryError)
 
 
-def run(main: Callable[[list[str]], object], pass_through: bool = False) -> None:
+def run(main: Callable[[list[str]], object], pass_through: bool = False,
+        mode_help: Callable[[], None] | None = None) -> None:
     """``absl.app.run(main)`` with short errors: usage errors exit 2, data errors exit 1, a
     training stopped on a signal (:class:`tftag.errors.Stopped`) 128 + the signal's number.
 
@@ -59,6 +63,8 @@ def run(main: Callable[[list[str]], object], pass_through: bool = False) -> None
       main: the entry point's main(argv).
       pass_through: hand the arguments after ``--`` to ``main`` (argv[1:]) instead of
         rejecting every non-flag argument.
+      mode_help: prints ``--helpshort`` (the flags of the ``--mode`` given) after the flags
+        are parsed; None leaves ``--helpshort`` to absl.
     """
 
     def wrapped(argv):
@@ -78,7 +84,14 @@ def run(main: Callable[[list[str]], object], pass_through: bool = False) -> None
                 raise
             _fail(str(e), 2)
 
-    app.run(wrapped, flags_parser=_parse)
+    def parse(argv: list[str]) -> list[str]:
+        if mode_help is not None and "--helpshort" in argv:  # the mode's flags, not absl's list
+            _parse([a for a in argv if a != "--helpshort"])
+            mode_help()
+            sys.exit(0)
+        return _parse(argv)
+
+    app.run(wrapped, flags_parser=parse)
 
 
 def define_mel_flags(duration_name: str = "duration") -> None:
@@ -238,13 +251,40 @@ def named_dirs(flag: str, items) -> list[tuple[str, str]]:
     return out
 
 
+# --mode=how_low without a flagfile: a budget a laptop runs (configs/how_low_quick.flags' widths,
+# epochs, hops and compression; ~16 candidates on a small dataset). The paper's full-size
+# model is one flag away (--widths=1).
+HOW_LOW_DEFAULTS = (("widths", ["0.0625", "0.125"]), ("epochs", 9), ("hop_factors",
+                    ["1", "2", "4", "10"]), ("compressions", ["log"]), ("repeats", 2))
+
+
+def how_low_chief() -> bool:
+    """Whether this how_low process writes the run's record (keras-tuner workers run trials and
+    write none)."""
+    from tftag.search import tuner
+
+    return tuner.role() != "worker"
+
+
+def apply_mode_defaults(defaults, argv: Sequence[str]) -> None:
+    """Without a ``--flagfile`` in ``argv``, gives each flag of ``defaults`` ((name, value)
+    pairs) that value unless the command line set it (a flagfile names its own budget)."""
+    if any(a.startswith(("--flagfile", "-flagfile")) for a in argv):
+        return
+    for name, value in defaults:
+        if not FLAGS[name].present:
+            FLAGS[name].value = value
+
+
 def define_how_low_flags() -> None:
     """The flags of ``--mode=how_low`` (:mod:`tftag.search.how_low`; it also reads the resolution
     flags, --models, --sweep_model, --epochs, --repeats, --latency_runs and the export flags)."""
     from tftag.search import how_low
 
-    flags.DEFINE_list("widths", [], "how_low: model widths to search (default: the model's own, "
-                      "--width or its --sweep_model width).")
+    flags.DEFINE_list("widths", [], "how_low: model widths to search (empty: the model's own, "
+                      "--width or its --sweep_model width; how_low's default without the flag: "
+                      "0.0625,0.125, and --epochs=9 --hop_factors=1,2,4,10 --compressions=log "
+                      "--repeats=2: a laptop's budget).")
     flags.DEFINE_list("mel_dtypes", [], "how_low: storage codecs to search (default: the "
                       "dataset's own; any other is a transcoded copy of --dataset_dir in "
                       "<run_dir>/datasets/<codec>). " + registry_help(codecs.REGISTRY, "Each"))
@@ -341,3 +381,352 @@ def config(flag_names: str, make: Callable[[], T], hint: str = "",
         raise app.UsageError(f"--{flag}={e.names[0]!r}; known: {known}") from None
     except (ValueError, TypeError) as e:
         raise app.UsageError(f"{flag_names}: {e}{' ' + hint if hint else ''}") from None
+
+
+def define_main_flags() -> None:
+    """Every flag of ``tftag.main`` but ``--mode`` (defined beside the mode table); each
+    flag's help names the modes that read it."""
+    from tftag import datasets, experiment
+
+    flags.DEFINE_bool("version", False, "Print tftag's version and exit.")
+    flags.DEFINE_string("run_dir", None, "Run directory (created): flags, configs, TensorBoard logs, "
+                        "summary.json, and the dataset of --mode=extract.")
+    flags.DEFINE_string("catalog", "synthetic", registry_help(datasets.REGISTRY, "Catalogue") +
+                        " synthetic without --input renders the built-in corpus into <run_dir>/corpus.")
+    flags.DEFINE_integer("num_clips", 48, "Built-in corpus: clips to render.", lower_bound=1)
+    flags.DEFINE_float("clip_seconds", 30.0, "Built-in corpus: seconds per clip.", lower_bound=0.5)
+    flags.DEFINE_integer("synth_sr", 16000, "Built-in corpus: sample rate of the WAVs.",
+                         lower_bound=8000)
+    define_catalog_flags()
+    define_mel_flags()
+    flags.DEFINE_string("mel_dtype", "float32", registry_help(codecs.REGISTRY, "Storage codec "
+                        "of the base mels"))
+    flags.DEFINE_integer("clips_per_shard", 256, "Clips per TFRecord shard.", lower_bound=1)
+    define_label_flags()
+    flags.DEFINE_integer("direct_num_workers", 1, "Beam DirectRunner workers (0 = all cores).",
+                         lower_bound=0)
+    flags.DEFINE_string("dataset_dir", None, "An extracted dataset directory; default: "
+                        "<run_dir>/dataset, made from --catalog/--input as --mode=extract does.")
+    flags.DEFINE_string("model", "vgg", "Model name from the registry tftag.models (vgg, musicnn, "
+                        "musicnn_vgg, ...); an unknown name is an error listing the known ones.")
+    flags.DEFINE_list("models", [], "sweep, how_low: model names (default: --model).")
+    flags.DEFINE_multi_string(
+        "sweep_model", [], "sweep: one model's own settings, NAME:key=value,... (repeat the flag per "
+        "model); keys: resolutions (names joined by +; default all), width, patch_seconds (0 = whole "
+        "clips), epochs, steps_per_epoch, test_patches (patches scored per test clip; default all), "
+        "valid_patches (per validation clip; default --valid_patches); both take all. "
+        "E.g. musicnn:patch_seconds=3,resolutions=sr16000-mel96-hop1-log+sr16000-mel48-hop1-log")
+    flags.DEFINE_integer("folds", None, "sweep, how_low: cross-validate by track group with K folds "
+                         "(the same for every resolution; tftag.storage.folds) instead of the dataset's "
+                         "splits (how_low: one --fold, trained and validated as the sweep's); "
+                         "early stopping then follows the validation loss, --patience counts passes "
+                         "over a fold's training data (>= 3) and --epochs is the cap. Default: the "
+                         "splits (5 folds when only --fold is given).")
+    flags.DEFINE_integer("fold", None, "sweep with --folds: run only this fold (0 .. K-1); how_low: "
+                         "the fold searched (required with --folds).")
+    flags.DEFINE_integer("fold_seed", 0, "sweep with --folds: seed of the fold and validation "
+                         "groups (the same for every resolution and repeat); train with "
+                         "--heldout_packages: seed of the validation groups.")
+    flags.DEFINE_list("heldout_packages", [], "train: hold these packages out (a clip's package: the "
+                      "first part of its id, <package>/<path>#k in the debian catalogue): train on "
+                      "the others but a seeded ~10 % validation part (by track group, as a fold's), "
+                      "test on every clip of these; early stopping follows the validation loss, "
+                      "--patience counts passes. For the final students (configs/real_music_students"
+                      ".flags) that --mode=ship turns into pretrained models.")
+    flags.DEFINE_string("ship_name", None, "ship: the pretrained model's name (default: the naming "
+                        "rule tftag_<model>_<n_mels>x<hop_factor>, tftag.models.pretrained"
+                        ".student_name).")
+    flags.DEFINE_bool("overwrite", False, "ship: replace an existing <models_dir>/<ship_name>/.")
+    flags.DEFINE_bool("json", False, "describe --pretrained: print the model card as JSON.")
+    flags.DEFINE_string("results_dir", None, "sweep with --folds: where each finished run writes "
+                        "<model>-w<width>-<resolution>-fold<k>-seed<s>/result.json and "
+                        "test_predictions.npz (default <run_dir>/results); runs whose result.json "
+                        "exists are skipped.")
+    flags.DEFINE_integer("repeats", 3, "sweep: runs per (model, resolution), seeds seed, seed+1, ...; "
+                         "how_low: runs of the chosen and of the best candidate when retrained",
+                         lower_bound=1)
+    flags.DEFINE_integer("batch_size", 32, "Global batch (split across replicas).", lower_bound=1)
+    flags.DEFINE_integer("epochs", 20, "Maximum training epochs.", lower_bound=1)
+    flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate (paper: 1e-3).")
+    flags.DEFINE_integer("patience", 5, "Early stopping: epochs without a better validation ROC-AUC "
+                         "(0 = off).", lower_bound=0)
+    flags.DEFINE_integer("lr_reductions", 0, "When the patience runs out: multiply the learning rate "
+                         "by --lr_factor and go on (the patience starts again) this many times "
+                         "before stopping; 0 = stop at the first plateau.", lower_bound=0)
+    flags.DEFINE_float("lr_factor", 0.2, "The learning rate's factor at each of --lr_reductions "
+                       "(0 < factor < 1).")
+    flags.DEFINE_float("patch_seconds", 0.0, "Model input: patches of this many seconds (clip score "
+                       "= mean over non-overlapping patches); 0 = whole clips.", lower_bound=0.0)
+    flags.DEFINE_integer("steps_per_epoch", 0, "Training steps per epoch; 0 = one pass over the "
+                         "training split.", lower_bound=0)
+    flags.DEFINE_integer("valid_patches", 0, "Patch models: validation scores this many evenly "
+                         "spaced patches per clip (1 = the centre one); 0 = all. Test scores always "
+                         "use every patch.", lower_bound=0)
+    flags.DEFINE_enum("strategy", "auto", list(experiment.STRATEGIES), "tf.distribute strategy: auto "
+                      "(mirrored on several GPUs, else default) or multi_worker ($TF_CONFIG).")
+    flags.DEFINE_enum("loss", "bce", list(experiment.LOSSES), "Training loss: bce = binary "
+                      "cross-entropy on the hard labels; distill = binary cross-entropy against the "
+                      "teacher's probabilities (soft labels of a --labels=teacher:... dataset).")
+    flags.DEFINE_bool("deterministic", True, "Bit-for-bit repeatable runs (same seed, same numbers).")
+    flags.DEFINE_string("weights", None, "evaluate/export: weights (default <run_dir>/best.weights.h5).")
+    flags.DEFINE_enum("split", "test", ["train", "valid", "test", "all"], "evaluate: which split.")
+    flags.DEFINE_integer("max_trials", 5, "tune: keras-tuner trials.", lower_bound=1)
+    define_how_low_flags()
+    define_export_flags()
+    define_tag_flags()
+    define_report_flags()
+    flags.DEFINE_float("width", 1.0, "Filter-count multiplier (1 = the paper's full-size model).")
+    flags.DEFINE_string("preset", "paper", "Architecture preset (musicnn: paper, musicnn_mtt).")
+    flags.DEFINE_float("dropout", -1.0, "Dropout rate; -1 = the architecture's own.")
+    flags.DEFINE_integer("latency_runs", 5, "profile: timed runs per batch size (median); 0 skips "
+                         "latency. how_low --cost=latency: timed runs per candidate.", lower_bound=0)
+    flags.DEFINE_list("latency_batches", ["1", "32"], "profile: batch sizes to time.")
+    flags.DEFINE_bool("profile_trace", False, "profile: also trace a few training steps of the first "
+                      "resolution into <run_dir>/tb/trace (needs --run_dir).")
+    flags.DEFINE_integer("trace_steps", 3, "profile: training steps in the trace.", lower_bound=1)
+
+
+def build_experiment(mode: str | None = None) -> "experiment.Experiment":
+    """The Experiment of the flags (for ``mode``, default ``--mode``); a bad value is a
+    UsageError naming its flag."""
+    from tftag import experiment, models
+    from tftag.storage import folds
+
+    mode = mode or FLAGS.mode
+    mels = tuple(mel_configs())  # checked first: no model registry (Keras) needed
+    model = config("--width/--preset/--dropout/--patch_seconds", lambda: models.ModelConfig(
+        FLAGS.model, width=FLAGS.width, preset=FLAGS.preset,
+        dropout=None if FLAGS.dropout < 0 else FLAGS.dropout,
+        patch_seconds=FLAGS.patch_seconds or None))
+    fold_config = None
+    if FLAGS.folds is not None or FLAGS.fold is not None:  # cross-validation (tftag.storage.folds)
+        fold_config = config("--folds/--fold", lambda: folds.FoldConfig(
+            **({"folds": FLAGS.folds} if FLAGS.folds is not None else {}), fold=FLAGS.fold,
+            seed=FLAGS.fold_seed))
+    heldout = None
+    if FLAGS.heldout_packages:  # a final student: whole packages held out (tftag.storage.folds)
+        heldout = config("--heldout_packages", lambda: folds.HeldoutConfig(
+            tuple(FLAGS.heldout_packages), seed=FLAGS.fold_seed))
+    # Cross-validated runs and final students train to convergence: the lowest validation loss,
+    # patience in passes.
+    stopping = ({"monitor": "valid_loss", "patience_unit": "passes"}
+                if fold_config or heldout else {})
+    train = config("--batch_size/--epochs/--learning_rate/--patience/--lr_factor", lambda: (
+        experiment.TrainConfig(
+            batch_size=FLAGS.batch_size, epochs=FLAGS.epochs, learning_rate=FLAGS.learning_rate,
+            patience=FLAGS.patience, lr_reductions=FLAGS.lr_reductions,
+            lr_factor=FLAGS.lr_factor, seed=FLAGS.seed,
+            steps_per_epoch=FLAGS.steps_per_epoch or None,
+            deterministic=FLAGS.deterministic, strategy=FLAGS.strategy, loss=FLAGS.loss,
+            valid_patches=FLAGS.valid_patches or None, **stopping)))
+    data = config(f"--catalog={FLAGS.catalog}/--labels", lambda: experiment.DataConfig(
+        FLAGS.catalog, FLAGS.input, FLAGS.dataset_dir, FLAGS.num_clips, FLAGS.clip_seconds,
+        FLAGS.synth_sr, FLAGS.mel_dtype, FLAGS.clips_per_shard, FLAGS.direct_num_workers,
+        FLAGS.labels, FLAGS.teacher_top_k, tuple(FLAGS.packages), FLAGS.cache_dir,
+        FLAGS.min_tag_count, FLAGS.teacher_memo, FLAGS.train_clip_hop))
+    tflite = () if mode == "evaluate" else tuple(FLAGS.tflite)  # evaluate: --tflite is a file
+    export = config(f"--tflite={','.join(FLAGS.tflite)}", lambda: experiment.ExportConfig(
+        FLAGS.export, FLAGS.export_dir, FLAGS.export_version or None, FLAGS.export_per_resolution,
+        tflite, FLAGS.representative_clips), hint="(a .tflite file only with --mode=evaluate)")
+    overrides = tuple(config("--sweep_model", lambda t=text: experiment.SweepModel.parse(t))
+                      for text in FLAGS.sweep_model)
+    return config("--resolutions/--models/--repeats/--sweep_model/--folds", lambda: (
+        experiment.Experiment(mels, model, train, data, export, FLAGS.run_dir,
+                              tuple(FLAGS.models), FLAGS.repeats, overrides, fold_config,
+                              FLAGS.results_dir, heldout)))
+
+
+class FlagReads:
+    """``FLAGS`` that remembers the names of the flags read through it (:func:`reading_flags`)."""
+
+    def __init__(self, values: flags.FlagValues):
+        self._values = values
+        self.names: set[str] = set()
+
+    def __getattr__(self, name: str):
+        value = getattr(self._values, name)
+        self.names.add(name)
+        return value
+
+    def __getitem__(self, name: str):
+        self.names.add(name)
+        return self._values[name]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._values
+
+
+@contextlib.contextmanager
+def reading_flags():
+    """While open, the flags this module's builders read are collected: yields a
+    :class:`FlagReads` whose ``names`` the run's record lists (``configs.json`` "flags")."""
+    global FLAGS
+    reads = FlagReads(FLAGS)
+    FLAGS = reads
+    try:
+        yield reads
+    finally:
+        FLAGS = reads._values
+
+
+def flag_record(names) -> dict[str, object]:
+    """``{name: value}`` of the named flags (JSON-able: lists stay lists)."""
+    return {name: FLAGS[name].value for name in sorted(names)}
+
+
+# The options of the modes that take more than the Experiment: one frozen dataclass per mode,
+# its fields named as the flags they come from (the run's record lists them under "options").
+
+@dataclasses.dataclass(frozen=True)
+class EvaluateOptions:
+    """``--mode=evaluate``: the weights (or a .tflite file) and the split."""
+    weights: str | None
+    split: str
+    tflite: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportOptions:
+    """``--mode=export``: the weights, or a pretrained model instead."""
+    weights: str | None
+    pretrained: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class TuneOptions:
+    """``--mode=tune``."""
+    max_trials: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ProfileOptions:
+    """``--mode=profile``: latency runs and batches, and the optional training trace."""
+    latency_runs: int
+    latency_batches: tuple[int, ...]
+    profile_trace: bool
+    trace_steps: int
+
+
+@dataclasses.dataclass(frozen=True)
+class TagOptions:
+    """``--mode=tag``: the model (pretrained, export or server), the audio and the outputs."""
+    model_dir: str | None
+    audio: str | None
+    output: str
+    server: str | None
+    server_protocol: str
+    top_k: int
+    pretrained: str | None
+    window_hop: float
+    taggram_dir: str | None
+    plot: bool
+    embeddings: bool
+    block_seconds: float
+
+
+@dataclasses.dataclass(frozen=True)
+class DescribeOptions:
+    """``--mode=describe``: a pretrained model's card instead of a catalogue's data card."""
+    pretrained: str | None
+    json: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class ShipOptions:
+    """``--mode=ship``: the finished run, where it ships to and under which name."""
+    run_dir: str
+    models_dir: str | None
+    ship_name: str | None
+    audio: str | None
+    overwrite: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class VerifyOptions:
+    """``--mode=verify``."""
+    dataset_dir: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class ReportOptions:
+    """``--mode=report``: the study (``runs_dir``, or a fixed-budget sweep's ``run_dir``), where
+    its report goes and the statistical settings (:class:`tftag.study.report.Options`)."""
+    name: str | None
+    out_root: str
+    runs_dir: str | None
+    run_dir: str | None
+    compare: tuple[tuple[str, str], ...]
+    n_resamples: int
+    bootstrap_seed: int
+    resample_by: str
+    teacher_top_k: int
+    alpha: float
+    power: float
+    frequent_min_positives: int
+    max_drop: float
+
+
+def _int_list(name: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(b) for b in getattr(FLAGS, name))
+    except ValueError:
+        raise app.UsageError(f"--{name} must be comma-separated integers, got "
+                             f"{','.join(getattr(FLAGS, name))!r}") from None
+
+
+# How a field is read from its flag when not as it is (lists become tuples).
+_FIELD_READERS: dict[str, Callable[[], object]] = {
+    "latency_batches": lambda: _int_list("latency_batches"),
+    "compare": lambda: tuple(named_dirs("compare", FLAGS.compare)),
+}
+
+
+def options(cls: type[T]) -> T:
+    """The ``cls`` options of the flags: each field from the flag of its name."""
+    values = {}
+    for field in dataclasses.fields(cls):
+        read = _FIELD_READERS.get(field.name)
+        value = read() if read else getattr(FLAGS, field.name)
+        values[field.name] = tuple(value) if isinstance(value, list) else value
+    return cls(**values)
+
+
+def print_mode_help(mode: str, configure: Callable[[str], object]) -> None:
+    """``--mode=M --helpshort``: the flags ``configure(M)`` reads with the flags given (a usage
+    error on the way still lists those read before it), one block each."""
+    with reading_flags() as reads:
+        try:
+            configure(mode)
+        except (app.UsageError, ValueError):
+            pass
+    values = reads._values
+    print(f"--mode={mode} reads these flags (with the flags given; --helpfull lists all):")
+    for name in sorted(reads.names - {"mode"}):
+        flag = values[name]
+        print(f"  --{name}: {flag.help}\n    (default: {flag.default_as_str or 'none'})")
+
+
+def write_run_files(exp, opts, flag_values: dict, directory: str) -> None:
+    """The run's record (:mod:`tftag.runs.runrecord`) into ``directory``: flags.txt,
+    configs.json (the Experiment, the mode, its options and every flag it read: ``flag_values``)
+    and the flags in TensorBoard."""
+    from tftag import experiment
+    from tftag.runs import runfiles
+
+    runfiles.write_text_atomic(os.path.join(directory, "flags.txt"), flagfile_text())
+    configs = dict(exp.to_dict() if exp else {}, mode=flag_values["mode"], flags=flag_values,
+                   options=dataclasses.asdict(opts) if dataclasses.is_dataclass(opts) else {})
+    runfiles.write_json_atomic(os.path.join(directory, experiment.CONFIGS_JSON), configs)
+    runfiles.tensorboard_notes(os.path.join(directory, "tb", "config"), texts={
+        "flags": flagfile_text(), "experiment": json.dumps(configs, indent=2)})
+
+
+def check_pretrained(mode: str) -> None:
+    """Registers ``--models_dir``'s shipped models (not for ship, which writes there) and checks
+    ``--pretrained`` against the pretrained registry (a UsageError listing the known names)."""
+    from tftag.models import pretrained
+
+    if FLAGS.models_dir and mode != "ship":
+        config("--models_dir", lambda: pretrained.add_models_dir(FLAGS.models_dir))
+    if FLAGS.pretrained and not (mode == "describe" and FLAGS.pretrained == "all"):
+        config("--pretrained", lambda: pretrained.REGISTRY.check(FLAGS.pretrained, "pretrained"))

@@ -95,7 +95,7 @@ def test_seeded_training_is_bitwise_repeatable(tiny_dataset, tmp_path):
 def test_configure_fixes_the_thread_pools():
     script = (
         "import json\n"
-        "from tftag import determinism\n"
+        "from tftag.runs import determinism\n"
         "a = determinism.configure(5, True, threads=3)\n"
         "import tensorflow as tf\n"
         "tf.constant(1.0) + 1.0  # the runtime and its pools exist from here on\n"
@@ -120,7 +120,7 @@ def test_importing_tftag_turns_onednn_on_unless_chosen_and_tf_pool_variables_are
     script = (
         "import json, os\n"
         "import tftag\n"
-        "from tftag import determinism\n"
+        "from tftag.runs import determinism\n"
         "s = determinism.configure(0, True, threads=1)\n"
         "print(json.dumps([os.environ['TF_ENABLE_ONEDNN_OPTS'], s['onednn']]))\n"
     )

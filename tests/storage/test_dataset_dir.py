@@ -43,7 +43,7 @@ def test_reading_a_dataset_json_does_not_import_tensorflow(tmp_path):
     _write_dataset(tmp_path)
     proc = _python(
         "import sys\n"
-        "from tftag import dataset_dir, verify\n"
+        "from tftag.storage import dataset_dir, verify\n"
         f"info = dataset_dir.load_dataset_info({str(tmp_path)!r})\n"
         f"print(info.splits, verify.shard_problems({str(tmp_path)!r}, info))\n"
         "assert 'tensorflow' not in sys.modules\n")

@@ -764,8 +764,10 @@ def run(name: str, out_root: str, runs_dir: str | None = None, run_dir: str | No
       max_drop: the fixed-budget report's "no loss" margin in ROC-AUC points.
 
     Raises:
-      ValueError: not exactly one of ``runs_dir`` and ``run_dir``, or nothing to report.
+      ValueError: no name, not exactly one of ``runs_dir`` and ``run_dir``, or nothing to report.
     """
+    if not name:
+        raise ValueError("--mode=report needs --name (writes <out_root>/<name>/)")
     if (run_dir is None) == (runs_dir is None):
         raise ValueError("give exactly one of --run_dir (a fixed-budget sweep) or --runs_dir "
                          "(a cross-validated study's per-run files)")
