@@ -325,14 +325,44 @@ def test_fast_inference_equals_the_keras_model_paper_preset(mel_config):
 
 
 def test_inference_fn_dispatch():
-    vgg = build(ModelConfig("vgg", width=0.125), MelConfig(16000, 32, 4, "log"), 5)
-    assert not musicnn.is_musicnn(vgg)
+    """The registry entry of the model's config says its inference path, not its layer names."""
+    import keras
+
+    from tftag.models import REGISTRY
+
+    assert {n: REGISTRY.get(n).inference for n in names()} == {
+        "musicnn": musicnn.fast_inference, "musicnn_vgg": None, "vgg": None}
+    mel_config = MelConfig(16000, 32, 4, "log")
+    vgg = build(ModelConfig("vgg", width=0.125), mel_config, 5)
     with pytest.raises(ValueError, match="not a MUSICNN model"):
         musicnn.fast_inference(vgg)
     mel = np.zeros((2, *vgg.input_shape[1:]), "float32")
     logits, embedding = inference_fn(vgg)(mel)
     np.testing.assert_allclose(logits.numpy(), vgg(mel, training=False).numpy(), atol=1e-6)
     assert embedding.shape[0] == 2
+    config = ModelConfig("musicnn", width=0.125, patch_seconds=3.0)
+    model = build(config, mel_config, 5)
+    mel = np.random.default_rng(0).normal(size=(2, *model.input_shape[1:])).astype("float32")
+    fast = inference_fn(model)  # the entry's path: a tf.function of fast_inference
+    assert hasattr(fast, "get_concrete_function") and hasattr(inference_fn(model, config),
+                                                               "get_concrete_function")
+    clone = keras.models.clone_model(model)  # not made by build: runs as built
+    clone.set_weights(model.get_weights())
+    assert not hasattr(inference_fn(clone), "get_concrete_function")
+    for got, want in zip(fast(mel), inference_fn(clone)(mel)):
+        np.testing.assert_allclose(got.numpy(), want.numpy(), atol=1e-4, rtol=1e-4)
+
+
+def test_the_model_registry_holds_entries():
+    from tftag.models import REGISTRY, register
+
+    entry = REGISTRY.get("musicnn")
+    assert entry.build is musicnn.build_musicnn
+    assert repr(entry) == ("ModelEntry(tftag.models.musicnn.build_musicnn, "
+                           "inference=tftag.models.musicnn.fast_inference)")
+    register("musicnn", inference=musicnn.fast_inference)(musicnn.build_musicnn)  # again: fine
+    with pytest.raises(ValueError, match="model 'vgg' is registered twice"):
+        register("vgg")(musicnn.build_musicnn)
 
 
 # ----------------------------------------------------------------------------- training graph

@@ -8,6 +8,7 @@ sigmoid lives in the loss, the metrics and the serving signature.
 from __future__ import annotations
 
 import dataclasses
+import weakref
 from typing import Callable
 
 from tftag.features import MelConfig
@@ -71,15 +72,54 @@ class ModelConfig:
 
 
 Builder = Callable[[ModelConfig, MelConfig, int], "keras.Model"]  # noqa: F821
+# model -> (mel -> (logits, embedding)): an exact, faster inference rewrite of a built model.
+Inference = Callable[["keras.Model"], Callable]  # noqa: F821
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class ModelEntry:
+    """One model of the registry: how it is built and which inference path it takes.
+
+    Attributes:
+      build: (model config, mel config, n_tags) -> a Keras functional model, logits out.
+      inference: the model's exact, faster inference rewrite (MUSICNN:
+        :func:`tftag.models.musicnn.fast_inference`); None: it runs as built
+        (:func:`with_embedding`). Training takes one path for every model
+        (:func:`tftag.models.training.training_fn`).
+    """
+
+    build: Builder
+    inference: Inference | None = None
+
+    def __repr__(self) -> str:
+        """The functions by name (the registry's "registered twice" message; a reload of the
+        module that registered the entry makes the same one)."""
+        def name(fn) -> str:
+            return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', fn)}"
+
+        extra = f", inference={name(self.inference)}" if self.inference else ""
+        return f"ModelEntry({name(self.build)}{extra})"
 
 
 def _load_builtin() -> None:
     from tftag.models import musicnn, vgg  # noqa: F401  (registration side effects)
 
 
-REGISTRY: Registry[Builder] = Registry("model", _load_builtin)
-register = REGISTRY.register
+REGISTRY: Registry[ModelEntry] = Registry("model", _load_builtin)
 names = REGISTRY.names
+# The config each live model of build() was built from: inference_fn's registry entry.
+_BUILT: weakref.WeakKeyDictionary[object, ModelConfig] = weakref.WeakKeyDictionary()
+
+
+def register(name: str, *, inference: Inference | None = None) -> Callable[[Builder], Builder]:
+    """Decorator registering a builder under ``name`` (a :class:`ModelEntry` with ``inference``,
+    its inference path); a name taken by another builder is an error."""
+
+    def wrap(builder: Builder) -> Builder:
+        REGISTRY.register(name)(ModelEntry(builder, inference))
+        return builder
+
+    return wrap
 
 
 def build(model_config: ModelConfig, mel_config: MelConfig, n_tags: int):
@@ -88,10 +128,12 @@ def build(model_config: ModelConfig, mel_config: MelConfig, n_tags: int):
     Raises:
       ValueError: unknown model name (the message lists the known ones) or bad sizes.
     """
-    builder = REGISTRY.get(model_config.name)
+    entry = REGISTRY.get(model_config.name)
     if n_tags < 1:
         raise ValueError(f"n_tags must be >= 1, got {n_tags}")
-    return builder(model_config, mel_config, n_tags)
+    model = entry.build(model_config, mel_config, n_tags)
+    _BUILT[model] = model_config
+    return model
 
 
 def with_embedding(model):
@@ -102,15 +144,20 @@ def with_embedding(model):
     return keras.Model(model.inputs, [model.output, model.get_layer("logits").input])
 
 
-def inference_fn(model):
+def inference_fn(model, model_config: ModelConfig | None = None):
     """``mel`` [b, T, F] → (logits [b, n_tags], embedding [b, d]) in inference mode.
 
-    MUSICNN models run their exact, faster rewrite (:func:`tftag.models.musicnn.fast_inference`);
-    other models run as built (:func:`with_embedding`).
-    """
-    from tftag.models import musicnn
+    The path is the one of the model's registry entry (:attr:`ModelEntry.inference`; MUSICNN:
+    its exact, faster rewrite :func:`tftag.models.musicnn.fast_inference`); a model without a
+    faster path, or not made by :func:`build`, runs as built (:func:`with_embedding`).
 
-    if musicnn.is_musicnn(model):
-        return musicnn.fast_inference(model)
+    Args:
+      model: a Keras model.
+      model_config: the config it was built from (default: the one :func:`build` made it from).
+    """
+    config = model_config or _BUILT.get(model)
+    entry = REGISTRY.get(config.name) if config is not None else None
+    if entry is not None and entry.inference is not None:
+        return entry.inference(model)
     embedder = with_embedding(model)
     return lambda mel: embedder(mel, training=False)

@@ -82,9 +82,12 @@ def _max_over_frequency(x, name: str):
     return layers.Reshape((x.shape[1], x.shape[3]), name=f"{name}_squeeze")(x)
 
 
-@register("musicnn")
 def build_musicnn(model_config: ModelConfig, mel_config: MelConfig, n_tags: int) -> keras.Model:
-    """MUSICNN for ``mel_config`` with the preset of ``model_config`` (see module docstring)."""
+    """MUSICNN for ``mel_config`` with the preset of ``model_config`` (see module docstring).
+
+    Registered as ``musicnn`` at the end of the module, with :func:`fast_inference` as its
+    inference path.
+    """
     if model_config.preset not in PRESETS:
         raise ValueError(f"unknown musicnn preset {model_config.preset!r}; known: "
                          f"{', '.join(sorted(PRESETS))}")
@@ -171,12 +174,6 @@ def build_musicnn_vgg(model_config: ModelConfig, mel_config: MelConfig, n_tags: 
 TOEPLITZ_BLOCK = 16  # output frames per row of the temporal convolutions' block-Toeplitz GEMM
 
 
-def is_musicnn(model) -> bool:
-    """A model of :func:`build_musicnn` (its front-end layers are found by name)."""
-    names = {layer.name for layer in model.layers}
-    return {"input_bn", "timbral0_conv", "temporal0_conv", "frontend"} <= names
-
-
 def _affine(bn):
     """An inference BatchNorm as ``a · x + b`` (tensors from the layer's current variables)."""
     import tensorflow as tf
@@ -208,7 +205,8 @@ def fast_inference(model):
     read from the model's variables on every call (it stays right if they change).
 
     Args:
-      model: a model of :func:`build_musicnn` (see :func:`is_musicnn`) with ReLU front-end convs.
+      model: a model of :func:`build_musicnn` (the ``musicnn`` registry entry's inference
+        path) with ReLU front-end convs.
 
     Returns:
       A tf.function: mel [b, T, F] → (logits [b, n_tags], embedding [b, d]) where the embedding
@@ -218,12 +216,12 @@ def fast_inference(model):
 
     from tftag.models import gemm_conv
 
-    if not is_musicnn(model):
-        raise ValueError(f"{model.name}: not a MUSICNN model (no timbral/temporal front-end)")
     timbral = [model.get_layer(layer.name) for layer in model.layers
                if layer.name.startswith("timbral") and layer.name.endswith("_conv")]
     temporal = [model.get_layer(layer.name) for layer in model.layers
                 if layer.name.startswith("temporal") and layer.name.endswith("_conv")]
+    if not (timbral and temporal):
+        raise ValueError(f"{model.name}: not a MUSICNN model (no timbral/temporal front-end)")
     for conv in timbral + temporal:
         if conv.activation is not keras.activations.relu:
             raise ValueError(f"{conv.name}: fast_inference needs ReLU front-end convolutions")
@@ -257,3 +255,6 @@ def fast_inference(model):
         return logits, embedding
 
     return run
+
+
+register("musicnn", inference=fast_inference)(build_musicnn)
