@@ -2,6 +2,11 @@
 
 A catalogue turns a user's input (a folder, a CSV, a dataset's own annotation files) into a
 :class:`Catalog` of :class:`Clip` records and the tag list; ``pipelines/extract.py`` consumes it.
+
+Owns the registry and one module per catalogue: ``synthetic`` (the built-in corpus), ``folder``,
+``csv_catalog``, ``mtat``, ``msd`` and ``debian`` (game soundtracks from Debian packages).
+
+May import: :mod:`tftag.registry`, :mod:`tftag.errors`, :mod:`tftag.runs`.
 """
 
 from __future__ import annotations
