@@ -8,6 +8,10 @@ import os as _os
 
 __version__ = "0.1.0"
 
+# The folder that holds this package: child processes (Essentia's, Beam's workers) get it on
+# $PYTHONPATH so that they import this tftag.
+PACKAGE_PARENT = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
+
 # TensorFlow's oneDNN kernels, on unless the user chose (``TF_ENABLE_ONEDNN_OPTS=0`` turns them
 # off). TensorFlow enables them by default only on CPUs with AVX-512 or AMX and reads the switch
 # once, at its import, so it is set here, before any tftag module imports TensorFlow (a process

@@ -24,6 +24,7 @@ import threading
 import time
 from typing import Any
 
+import tftag
 from tftag.audio._essentia_guard import (  # noqa: F401  (re-exported)
     AudioDecodeError, DecoderCrashedError, bundles_tensorflow, in_process_safe, receive_message,
     send_message)
@@ -57,7 +58,7 @@ class EssentiaWorker:
     def _start(self) -> subprocess.Popen:
         env = child_env()
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        root = tftag.PACKAGE_PARENT
         env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
         return subprocess.Popen(
             [sys.executable, "-m", "tftag.audio._essentia_ops"],

@@ -26,6 +26,7 @@ from typing import Iterator, Sequence
 
 from absl import logging
 
+import tftag
 from tftag.audio import _essentia
 from tftag.extraction import extractor
 from tftag.datasets import Catalog, Clip
@@ -185,7 +186,7 @@ def make_runner(runner: str):
 
 def _export_repository_path() -> None:
     """Puts this repository on ``$PYTHONPATH`` (once) for the worker processes this one starts."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = tftag.PACKAGE_PARENT
     paths = os.environ.get("PYTHONPATH", "")
     if root not in paths.split(os.pathsep):
         os.environ["PYTHONPATH"] = root + (os.pathsep + paths if paths else "")
