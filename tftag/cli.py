@@ -188,7 +188,12 @@ def define_tag_flags() -> None:
     flags.DEFINE_string("audio", None, "tag: an audio file or a folder (searched recursively); "
                         "ship: the files its speed is measured on (default: the held-out "
                         "packages' tracks in the debian cache).")
-    flags.DEFINE_string("output", "tags.json", "tag: where to write all probabilities: .json or .csv.")
+    flags.DEFINE_string("output", "tags.json", "tag: where to write the probabilities: .jsonl or "
+                        ".csv (a row appended per file as it is tagged: a crash loses only the "
+                        "files in flight, and rerunning the same command resumes, skipping the "
+                        "files whose relative path, size and mtime match a row; rows in "
+                        "completion order) or .json (one document with taggrams, written at the "
+                        "end: small folders). Unreadable files go to <stem>.failures.jsonl.")
     flags.DEFINE_string("server", None, "tag: host:port of a TF Serving server to use instead of "
                         "loading --model_dir (which still provides tags and sample rate).")
     flags.DEFINE_enum("server_protocol", "grpc", ["grpc", "rest"], "tag: protocol of --server.")
@@ -211,6 +216,10 @@ def define_tag_flags() -> None:
                       "[W, d] (the input of the logits layer per window) and mean [d].")
     flags.DEFINE_float("block_seconds", 30.0, "tag: seconds of audio decoded at a time (bounds "
                        "memory on long files).", lower_bound=1.0)
+    flags.DEFINE_integer("workers", 0, "tag: decoding processes feeding the model (0 = one per "
+                         "core; 1 = one decoding thread, files in folder order).", lower_bound=0)
+    flags.DEFINE_bool("retry_failed", False, "tag: on a rerun, tag again the files of "
+                      "<stem>.failures.jsonl (else unchanged ones are skipped); .jsonl/.csv.")
 
 
 def define_report_flags() -> None:
@@ -609,7 +618,8 @@ class ProfileOptions:
 
 @dataclasses.dataclass(frozen=True)
 class TagOptions:
-    """``--mode=tag``: the model (pretrained, export or server), the audio and the outputs."""
+    """``--mode=tag``: the model (pretrained, export or server), the audio, the outputs, the
+    decoding workers and whether a rerun retries the unreadable files."""
     model_dir: str | None
     audio: str | None
     output: str
@@ -622,6 +632,8 @@ class TagOptions:
     plot: bool
     embeddings: bool
     block_seconds: float
+    workers: int
+    retry_failed: bool
 
 
 @dataclasses.dataclass(frozen=True)

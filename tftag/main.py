@@ -116,7 +116,8 @@ def _tag(_, o: cli.TagOptions) -> dict:
     from tftag.tagging import tag
     return tag.tag(o.model_dir, o.audio or "", o.output, o.server, o.server_protocol, o.top_k,
                    pretrained=o.pretrained, window_hop=o.window_hop, taggram_dir=o.taggram_dir,
-                   plot=o.plot, embeddings=o.embeddings, block_seconds=o.block_seconds)
+                   plot=o.plot, embeddings=o.embeddings, block_seconds=o.block_seconds,
+                   workers=o.workers, retry_failed=o.retry_failed)
 
 
 def _describe(exp, o: cli.DescribeOptions) -> dict:

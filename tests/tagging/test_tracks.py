@@ -264,3 +264,27 @@ def test_export_layout_finds_the_latest_version_without_tensorflow(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=ROOT)
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_decoding_workers_tag_bit_for_bit_as_one_thread(musicnn_tagger, tmp_path):
+    audio, sr = soundfile.read(WAV_12S, dtype="float32")
+    files = [str(tmp_path / "a.wav"), str(tmp_path / "short.wav"), str(tmp_path / "b.flac"),
+             str(tmp_path / "broken.wav"), str(tmp_path / "c.wav")]
+    soundfile.write(files[0], audio, sr)
+    soundfile.write(files[1], audio[: sr * 2], sr)  # padded to one window
+    soundfile.write(files[2], np.stack([audio, audio[::-1]], axis=1), 44100)  # resampled
+    (tmp_path / "broken.wav").write_bytes(b"RIFF not really")
+    soundfile.write(files[4], np.concatenate([audio] * 3), sr)  # several batches
+    one = list(tag.tag_tracks(musicnn_tagger, files, embeddings=True, workers=1))
+    two = list(tag.tag_tracks(musicnn_tagger, files, embeddings=True, workers=2))
+    assert [r["path"] for r in one if isinstance(r, dict)] == [files[3]]
+    by_path = {r["path"] if isinstance(r, dict) else r.path: r for r in two}
+    assert len(two) == len(one) == 5 and set(by_path) == set(files)
+    for r in one:
+        if isinstance(r, dict):
+            assert by_path[r["path"]] == r
+            continue
+        other = by_path[r.path]
+        np.testing.assert_array_equal(other.taggram, r.taggram)  # bit for bit
+        np.testing.assert_array_equal(other.embeddings, r.embeddings)
+        assert (other.seconds, other.padded) == (r.seconds, r.padded)

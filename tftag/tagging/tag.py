@@ -12,21 +12,25 @@ probabilities over its windows, the taggram (window start/end seconds and per-wi
 probabilities) and, with ``--embeddings``, the penultimate-layer embedding per window and its
 mean. A file shorter than one window is zero-padded to one and flagged ``padded``.
 
-Decoding and mel run in a background thread while the model scores the previous windows (NumPy,
-libsndfile and soxr release the GIL; the engine is :func:`tftag.tagging.tracks.tag_tracks`), and the
-model is loaded once per run; an export is found and read by :mod:`tftag.delivery.export_layout`.
-Unreadable files are skipped and listed in ``<output>.failures.jsonl``; outputs are written
-atomically: JSON (probabilities, top tags and taggram per file) or CSV (one row per file), and
-optionally one ``.npz`` + ``.csv`` taggram per file (``--taggram_dir``), a taggram PNG per file
-(``--plot``) and embeddings (``--embeddings``). With ``--server`` (TF Serving, gRPC or REST)
-the same windows are scored by the server's ``serving_window`` signature: same outputs, nothing
-loaded here.
+Decoding and the mel run in ``--workers`` processes (default: one per core; 1 = one background
+thread) while the model, loaded once per run in this process, scores the windows they send
+(:func:`tftag.tagging.tracks.tag_tracks`); a decoding worker that dies or fails otherwise than on
+an unreadable file ends the run at once with a one-line error. An export is found and read by
+:mod:`tftag.delivery.export_layout`. Results (:mod:`tftag.tagging.results`): ``.jsonl`` or
+``.csv`` rows appended as each file is tagged (a crash loses only the files in flight; rerunning
+the same command resumes, matching files by relative path + size + mtime; ``--retry_failed``
+tags the unreadable ones again), or one ``.json`` document (with taggrams) at the end; unreadable
+files are skipped and appended to ``<output stem>.failures.jsonl``. Optionally one ``.npz`` +
+``.csv`` taggram per file (``--taggram_dir``), a taggram PNG per file (``--plot``) and embeddings
+(``--embeddings``). With ``--server`` (TF Serving, gRPC or REST) the same windows are scored by
+the server's ``serving_window`` signature: same outputs, nothing loaded here.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import glob
-import json
 import os
 import re
 from typing import Callable, Sequence
@@ -36,14 +40,14 @@ from absl import logging
 
 from tftag.delivery import export_layout
 from tftag.runs import runfiles
-from tftag.tagging import tracks
+from tftag.tagging import results, tracks
 from tftag.delivery.export_layout import model_version_dir
 from tftag.models import pretrained as _pretrained
+from tftag.tagging.results import top_tags  # noqa: F401  (kept importable here)
 from tftag.tagging.tracks import TrackResult, tag_tracks  # noqa: F401  (the engine, kept importable here)
 
 PROTOCOLS = ("grpc", "rest")
 PRETRAINED = tuple(_pretrained.names())  # the pretrained registry's names at import
-TOP_K = 5
 
 
 def check_args(model_dir: str | None, pretrained: str | None, server: str | None) -> None:
@@ -74,27 +78,19 @@ def audio_files(audio: str) -> list[str]:
     return [audio]
 
 
-def write_failures(output: str, failures: list[dict]) -> str | None:
-    """``<output stem>.failures.jsonl`` (one JSON record per skipped file), atomically; None
-    when nothing failed."""
-    if not failures:
-        return None
-    failed = os.path.splitext(output)[0] + ".failures.jsonl"
-    runfiles.write_text_atomic(failed, "".join(json.dumps(f) + "\n" for f in failures))
-    return failed
-
-
 def tag(model_dir: str | None, audio: str, output: str, server: str | None = None,
         protocol: str = "grpc", top_k: int = 5, *, pretrained: str | None = None,
         window_hop: float = 0.0, taggram_dir: str | None = None, plot: bool = False,
-        embeddings: bool = False, block_seconds: float = 30.0) -> dict:
+        embeddings: bool = False, block_seconds: float = 30.0, workers: int = 1,
+        retry_failed: bool = False) -> dict:
     """Tags a file or a folder; prints the top tags per file and writes ``output``.
 
     Args:
       model_dir: an export (``<export_dir>/<model_name>`` or a version directory), or None
         with ``pretrained``.
       audio: a file or a folder (searched recursively).
-      output: ``.json`` or ``.csv`` path.
+      output: ``.jsonl`` or ``.csv`` (a row appended per file as it is tagged; a rerun resumes)
+        or ``.json`` (one document at the end): :mod:`tftag.tagging.results`.
       server: host:port of a TF Serving server serving ``model_dir``'s model: windows are scored
         there (``serving_window``) instead of loading the model here.
       protocol: ``grpc`` or ``rest`` (with ``server``).
@@ -108,17 +104,86 @@ def tag(model_dir: str | None, audio: str, output: str, server: str | None = Non
       plot: write a taggram PNG per file.
       embeddings: write ``<stem>.embeddings.npz`` per file (``windows`` [W, d], ``mean`` [d]).
       block_seconds: seconds of audio decoded at a time (bounds memory on long files).
+      workers: decoding processes (0 = one per core); 1 = one decoding thread in this process.
+      retry_failed: with a .jsonl/.csv output, tag again the files its failures manifest lists
+        (unchanged ones are skipped otherwise).
 
     Returns:
-      A summary: files, tagged, failed, output, model.
-    """
-    from tqdm import tqdm
+      A summary: files, tagged, failed, skipped (tagged before), failed_before (skipped),
+      output, model, workers, side_outputs (files written beside ``output``).
 
+    Raises:
+      tftag.tagging.tracks.DecodingError: decoding failed otherwise than on an unreadable file
+        (rows written stay).
+    """
     check_args(model_dir, pretrained, server)
     check_protocol(protocol)  # before the folder is searched
+    results.check_output(output, retry_failed)
     if model_dir:
         model_version_dir(model_dir)  # a bad --model_dir fails before the folder is searched
     files = audio_files(audio)
+    workers = workers or tracks.default_workers()
+    side = SideOutputs(taggram_dir, taggram_dir or (os.path.splitext(output)[0] + "_taggrams"
+                                                    if plot or embeddings else None),
+                       plot, embeddings)
+    with contextlib.ExitStack() as stack:
+        # The decoding workers start first: their imports overlap the model's load.
+        pool = (stack.enter_context(tracks.DecoderPool(min(workers, len(files))))
+                if workers > 1 and len(files) > 1 else None)
+        tagger = load_tagger(model_dir, pretrained, server, protocol, window_hop)
+        spec = results.OutputSpec(tagger.name, tuple(tagger.tags), tagger.spec.window_seconds,
+                                  tagger.spec.hop * tagger.spec.frame_seconds, top_k)
+        plan = results.plan(output, files, audio, spec, retry_failed)
+        out = stack.enter_context(results.open_results(output, spec, audio))
+        try:
+            tagged, failed, written = _tag_files(tagger, plan.todo, out, audio, side,
+                                                 block_seconds, pool)
+        except tracks.DecodingError as e:
+            raise tracks.DecodingError(
+                f"{e}; the rows written so far stay: rerun the same command to resume"
+                if out.format in results.STREAMED else
+                f"{e}; a .json output is written at the end only (.jsonl keeps rows)") from None
+    print(f"tagged {tagged}/{len(plan.todo)} files with {tagger.name} -> {output}"
+          + (f"; {plan.done} tagged before, skipped" if plan.done else "")
+          + (f"; {plan.failed_before} unreadable before, skipped (--retry_failed retries them)"
+             if plan.failed_before else "")
+          + (f"; taggrams, plots, embeddings in {side.folder}" if written else "")
+          + (f"; {failed} unreadable, see {out.failures_file}" if failed else ""))
+    return {"files": len(files), "tagged": tagged, "failed": failed, "skipped": plan.done,
+            "failed_before": plan.failed_before, "output": output, "model": tagger.name,
+            "workers": workers, "side_outputs": written}
+
+
+def _tag_files(tagger: "Tagger", files: Sequence[str], out: results.Results, root: str,
+               side: "SideOutputs", block_seconds: float,
+               pool: tracks.DecoderPool | None) -> tuple[int, int, int]:
+    """Tags ``files`` into ``out``, printing each file's top tags; returns (tagged, failed,
+    side outputs written)."""
+    from tqdm import tqdm
+
+    tagged = failed = written = 0
+    with tqdm(total=len(files), desc="tag", unit="file", disable=len(files) < 2) as progress:
+        for item in tag_tracks(tagger, files, block_seconds, side.embeddings, pool=pool):
+            progress.update(1)
+            if isinstance(item, dict):
+                out.fail(item)
+                failed += 1
+                logging.warning("skipped %s: %s", item["path"], item["reason"])
+                continue
+            out.add(item)
+            tagged += 1
+            written += side.write(item, tagger, output_stem(item.path, root))
+            top = ", ".join(f"{t} {v:.2f}" for t, v in
+                            top_tags(tagger.tags, item.probabilities, out.spec.top_k))
+            print(f"{item.path}: {top}" + (" (shorter than one window: padded)"
+                                           if item.padded else ""))
+    return tagged, failed, written
+
+
+def load_tagger(model_dir: str | None, pretrained: str | None, server: str | None,
+                protocol: str = "grpc", window_hop: float = 0.0) -> "Tagger":
+    """The Tagger of ``--mode=tag``'s model flags, with windows every ``window_hop`` s
+    (0: the window length)."""
     if server:
         tagger = Tagger.from_server(model_dir, server, protocol)
     else:
@@ -126,72 +191,37 @@ def tag(model_dir: str | None, audio: str, output: str, server: str | None = Non
     if window_hop:
         tagger.spec = tracks.WindowSpec(tagger.spec.mel_config, tagger.spec.window_frames,
                                         max(1, tagger.spec.mel_config.frames_in(window_hop)))
-    side_dir = taggram_dir or (os.path.splitext(output)[0] + "_taggrams"
-                               if plot or embeddings else None)
-    tags = tagger.tags
-    results: dict[str, TrackResult] = {}
-    failures: list[dict] = []
-    written: list[str] = []
-    progress = tqdm(total=len(files), desc="tag", unit="file", disable=len(files) < 2)
-    for item in tag_tracks(tagger, files, block_seconds, embeddings):
-        progress.update(1)
-        if isinstance(item, dict):
-            failures.append(item)
-            logging.warning("skipped %s: %s", item["path"], item["reason"])
-            continue
-        results[item.path] = item
-        stem = output_stem(item.path, audio)
-        if taggram_dir:
-            written += write_taggram(item, tags, stem, taggram_dir)
-        if embeddings:
-            written.append(write_embeddings(item, stem, side_dir))
-        if plot:
-            written.append(plot_taggram(item, tags, f"{os.path.basename(item.path)} "
-                                        f"({tagger.name})", os.path.join(side_dir, f"{stem}.png")))
-        top = ", ".join(f"{t} {v:.2f}" for t, v in top_tags(tags, item.probabilities, top_k))
-        print(f"{item.path}: {top}" + (" (shorter than one window: padded)" if item.padded else ""))
-    progress.close()
-    failed = write_track_results(output, tagger, results, failures, top_k)
-    print(f"tagged {len(results)}/{len(files)} files with {tagger.name} -> {output}"
-          + (f"; taggrams, plots, embeddings in {side_dir}" if written else "")
-          + (f"; {len(failures)} unreadable, see {failed}" if failed else ""))
-    return {"files": len(files), "tagged": len(results), "failed": len(failures),
-            "output": output, "model": tagger.name, "side_outputs": written}
+    return tagger
 
 
-def write_track_results(output: str, tagger: "Tagger", results: dict, failures: list[dict],
-                        top_k: int) -> str | None:
-    """Writes ``output`` (.csv: one row per file; else JSON with taggrams) and the failures
-    list, atomically. Returns the failures file, or None when every file was tagged."""
-    tags = tagger.tags
-    if output.endswith(".csv"):
-        rows = [dict({"path": path, "seconds": f"{r.seconds:.3f}", "windows": len(r.taggram),
-                      "padded": int(r.padded)},
-                     **{t: f"{v:.6f}" for t, v in zip(tags, r.probabilities)})
-                for path, r in results.items()]
-        runfiles.write_csv_atomic(output, rows, ["path", "seconds", "windows", "padded", *tags])
-    else:
-        runfiles.write_json_atomic(output, {
-            "model": tagger.name, "tags": tags,
-            "window_seconds": tagger.spec.window_seconds,
-            "hop_seconds": tagger.spec.hop * tagger.spec.frame_seconds,
-            "files": {path: {
-                "seconds": r.seconds, "windows": len(r.taggram), "padded": r.padded,
-                "probabilities": dict(zip(tags, map(float, r.probabilities))),
-                "top": top_tags(tags, r.probabilities, top_k),
-                "taggram": {"start": [round(float(x), 4) for x in r.starts],
-                            "end": [round(float(x + r.window_seconds), 4) for x in r.starts],
-                            "probabilities": np.round(r.taggram, 6).tolist()}}
-                for path, r in results.items()},
-            "failures": failures})
-    return write_failures(output, failures)
+@dataclasses.dataclass(frozen=True)
+class SideOutputs:
+    """A run's per-file outputs beside ``--output``.
 
+    Attributes:
+      taggram_dir: one ``.npz`` + ``.csv`` taggram per file here (None: none).
+      folder: where embeddings and plots go (``taggram_dir``, else ``<output stem>_taggrams``).
+      plot: a taggram PNG per file.
+      embeddings: ``<stem>.embeddings.npz`` per file.
+    """
 
-def top_tags(tags: Sequence[str], probabilities: np.ndarray,
-             k: int = TOP_K) -> list[tuple[str, float]]:
-    """The k most probable tags with their probabilities."""
-    order = np.argsort(-probabilities)[:k]
-    return [(tags[i], float(probabilities[i])) for i in order]
+    taggram_dir: str | None
+    folder: str | None
+    plot: bool = False
+    embeddings: bool = False
+
+    def write(self, result: TrackResult, tagger: "Tagger", stem: str) -> int:
+        """Writes one file's side outputs; returns how many files were written."""
+        written = []
+        if self.taggram_dir:
+            written += write_taggram(result, tagger.tags, stem, self.taggram_dir)
+        if self.embeddings:
+            written.append(write_embeddings(result, stem, self.folder))
+        if self.plot:
+            written.append(plot_taggram(
+                result, tagger.tags, f"{os.path.basename(result.path)} ({tagger.name})",
+                os.path.join(self.folder, f"{stem}.png")))
+        return len(written)
 
 
 # ----------------------------------------------------------------------------- scorers

@@ -10,23 +10,36 @@ consecutive non-overlapping windows of ``window_frames`` frames (or a hop of ``h
 musicnn does, by the one rule of :mod:`tftag.patches`. Memory is bounded by the block and window
 sizes, never by the track's length.
 
-:func:`tag_tracks` runs that chain for a list of files in a background thread (NumPy,
-libsndfile and soxr release the GIL) while a scorer (``tftag.tagging.tag.Tagger``: anything with a
-``spec`` and ``score(windows)``) scores the previous windows, and yields a :class:`TrackResult`
-(taggram, embeddings) per file, or a failure record for a file that cannot be read.
+:func:`tag_tracks` runs that chain for a list of files while a scorer (``tftag.tagging.tag.Tagger``:
+anything with a ``spec`` and ``score(windows)``) scores the previous windows in this process, and
+yields a :class:`TrackResult` (taggram, embeddings) per file, or a failure record for a file that
+cannot be read (:data:`UNREADABLE`). The chain runs in one background thread (NumPy, libsndfile and
+soxr release the GIL) or in a :class:`DecoderPool` of worker processes (one per core), so that a
+cheap model is bounded by decoding. Any other error of the decoding side — a worker that dies, a
+failed import — ends the iteration with a one-line :class:`DecodingError` within about
+POLL_SECONDS, never a wait on a queue no one fills.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import pickle
 import queue
+import select
+import subprocess
+import sys
 import threading
+import time
 from typing import Iterator, Protocol, Sequence
 
 import numpy as np
 
 from tftag import features, patches
+from tftag.audio import _essentia
+from tftag.audio._essentia_guard import DecoderCrashedError, receive_message, send_message
+from tftag.errors import DataError
 from tftag.features import MelConfig
 
 BLOCK_SECONDS = 30.0
@@ -314,63 +327,313 @@ def track_windows(path: str, spec: WindowSpec,
     yield flush(), {"seconds": samples / spec.mel_config.sr, "padded": cutter.padded}
 
 
-def tag_tracks(tagger: Scorer, files: Sequence[str], block_seconds: float = BLOCK_SECONDS,
-               embeddings: bool = False) -> Iterator[TrackResult | dict]:
-    """Tags every file whole; yields a :class:`TrackResult` per file, or a failure record
-    ``{"path", "error", "reason"}`` for a file that cannot be read.
+# ----------------------------------------------------------------------------- decoding sources
 
-    Decoding and mel computation run in a background thread, at most QUEUE_ITEMS batches
-    ahead of the model.
-    """
-    from tftag.audio._essentia import DecoderCrashedError
+class DecodingError(DataError):
+    """The decoding thread or a decoding worker died or raised something other than an
+    unreadable file's error: the run ends (exit code 1) with this one line; what was written
+    stays."""
 
-    errors = (features.AudioDecodeError, FileNotFoundError, DecoderCrashedError, RuntimeError,
+
+# An unreadable file's errors: the file is skipped and recorded; anything else ends the run.
+UNREADABLE = (features.AudioDecodeError, FileNotFoundError, DecoderCrashedError, RuntimeError,
               ValueError, OSError)
+
+
+def default_workers() -> int:
+    """The cores this process may run on (its CPU affinity), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def _fatal(path: str | None, error: str) -> DecodingError:
+    return DecodingError(f"{error} (decoding {path})" if path else
+                         f"{error} (a decoding worker starting)")
+
+
+def file_messages(path: str, spec: WindowSpec,
+                  block_seconds: float) -> Iterator[tuple[str, str, object]]:
+    """One file as messages: ``("batch", path, (windows, info))`` per batch of
+    :func:`track_windows` (the last one's info has ``seconds``), or, at an unreadable file's
+    error, ``("failed", path, {"error", "reason"})`` (batches sent before it are void)."""
+    try:
+        for windows, info in track_windows(path, spec, block_seconds):
+            yield "batch", path, (windows, info)
+    except UNREADABLE as e:  # one bad file must not end the run
+        yield "failed", path, {"error": type(e).__name__, "reason": str(e)}
+
+
+def _thread_messages(files: Sequence[str], spec: WindowSpec,
+                     block_seconds: float) -> Iterator[tuple[str, str, object]]:
+    """:func:`file_messages` of every file, in order, from one background thread at most
+    QUEUE_ITEMS batches ahead. An unexpected error there is raised here as a DecodingError."""
     items: queue.Queue = queue.Queue(maxsize=QUEUE_ITEMS)
     stop = threading.Event()
 
-    def produce():
-        for path in files:
-            if stop.is_set():
-                return
+    def put(item) -> None:  # waits for room, unless the consumer is gone
+        while not stop.is_set():
             try:
-                for windows, info in track_windows(path, tagger.spec, block_seconds):
-                    items.put((path, windows, info))
-            except errors as e:  # noqa: PERF203  one bad file must not end the run
-                items.put((path, None, {"error": type(e).__name__, "reason": str(e)}))
-        items.put(None)
+                return items.put(item, timeout=POLL_SECONDS)
+            except queue.Full:
+                continue
+
+    def produce() -> None:
+        path = None
+        try:
+            for path in files:
+                if stop.is_set():
+                    return
+                for item in file_messages(path, spec, block_seconds):
+                    put(item)
+            put(None)
+        except BaseException as e:  # noqa: BLE001  reported to the consumer, which ends the run
+            put(("fatal", path, _one_line(e)))
 
     worker = threading.Thread(target=produce, name="tftag-decode", daemon=True)
     worker.start()
-    window_seconds = tagger.spec.window_seconds
-    hop_seconds = tagger.spec.hop * tagger.spec.frame_seconds
-    probs: list[np.ndarray] = []
-    embs: list[np.ndarray] = []
     try:
         while True:
-            item = items.get()
-            if item is None:
-                break
-            path, windows, info = item
-            if windows is None:
-                probs, embs = [], []
-                yield {"path": path, **info}
+            try:
+                item = items.get(timeout=POLL_SECONDS)
+            except queue.Empty:
+                if not worker.is_alive() and items.empty():
+                    raise DecodingError("the decoding thread ended without finishing") from None
                 continue
+            if item is None:
+                return
+            if item[0] == "fatal":
+                raise _fatal(item[1], item[2])
+            yield item
+    finally:
+        stop.set()
+        worker.join(POLL_SECONDS)  # a daemon: one inside a long decode finishes on its own
+
+
+WORKER_CODE = "from tftag.tagging.tracks import worker_main; worker_main()"
+POLL_SECONDS = 0.5  # how often a waiting model loop checks its decoders are alive
+PREFETCH = 2  # files queued per worker, so that it never waits for the model loop
+MESSAGE_SECONDS = 60.0  # a message begun must be read whole within this
+
+
+def worker_main() -> None:
+    """A decoding worker (:class:`DecoderPool` starts it): reads ``(path, spec,
+    block_seconds)`` tasks from stdin and writes :func:`file_messages` to stdout (length-prefixed
+    pickles, :mod:`tftag.audio._essentia_guard`) until stdin ends. Any other error is sent as
+    ``("fatal", path, one line)`` and ends the worker with exit code 1."""
+    import signal
+
+    out = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # what Essentia prints goes to stderr, not into the protocol
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C: the tagging process ends the workers
+    path = None
+    try:
+        import soundfile  # noqa: F401  a missing decoder ends the run before the first file
+        import soxr  # noqa: F401
+
+        features.hann_window()  # loads Essentia here, while the tagging process loads its model
+        while True:
+            try:
+                path, spec, block_seconds = receive_message(0)
+            except EOFError:  # the tagging process closed the pool, or is gone
+                return
+            for message in file_messages(path, spec, block_seconds):
+                send_message(out, message)
+    except BrokenPipeError:  # the tagging process is gone
+        return
+    except BaseException as e:  # noqa: BLE001  one line for the tagging process, which ends the run
+        try:
+            send_message(out, ("fatal", path, _one_line(e)))
+        except OSError:
+            pass
+        sys.exit(1)
+
+
+class DecoderPool:
+    """Decoding worker processes feeding this one: each reads files, computes their mel and cuts
+    the model's windows (:func:`file_messages`).
+
+    The workers are fresh Python processes (``python -c``; no fork of a process that may hold
+    TensorFlow), started at construction so that their imports overlap the model's load. They
+    never import TensorFlow, so Essentia runs inside them (:mod:`tftag.audio._essentia`). Each
+    has at most PREFETCH files queued; results come back in completion order. A worker that dies
+    or sends an unexpected error ends :meth:`messages` with a :class:`DecodingError` within
+    about POLL_SECONDS; a pool left by an error is closed (its workers ended).
+
+    Args:
+      workers: processes to start (>= 1).
+    """
+
+    def __init__(self, workers: int):
+        if workers < 1:
+            raise ValueError(f"--workers={workers}: need at least 1 decoding worker")
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        env = _essentia.child_env()
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+        self._procs = [subprocess.Popen([sys.executable, "-c", WORKER_CODE], env=env,
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+                       for _ in range(workers)]
+
+    @property
+    def pids(self) -> list[int]:
+        """The workers' process ids."""
+        return [p.pid for p in self._procs]
+
+    def messages(self, files: Sequence[str], spec: WindowSpec,
+                 block_seconds: float) -> Iterator[tuple[str, str, object]]:
+        """:func:`file_messages` of every file, decoded by the workers, as they complete.
+
+        Raises:
+          DecodingError: a worker died or failed otherwise than on an unreadable file.
+        """
+        if not self._procs:
+            raise ValueError("this DecoderPool is closed")
+        pending = iter(files)
+        sent: dict[int, list[str]] = {p.pid: [] for p in self._procs}  # files queued per worker
+        by_fd = {p.stdout.fileno(): p for p in self._procs}
+
+        def send_next(proc: subprocess.Popen) -> None:
+            path = next(pending, None)
+            if path is not None:
+                try:
+                    send_message(proc.stdin, (path, spec, block_seconds))
+                except OSError:
+                    raise self._died(proc, sent[proc.pid]) from None
+                sent[proc.pid].append(path)
+
+        try:
+            for proc in self._procs:
+                for _ in range(PREFETCH):
+                    send_next(proc)
+            while any(sent.values()):
+                ready, _, _ = select.select(list(by_fd), [], [], POLL_SECONDS)
+                for fd in ready:
+                    proc = by_fd[fd]
+                    try:
+                        kind, path, payload = receive_message(
+                            fd, time.monotonic() + MESSAGE_SECONDS)
+                    except (OSError, EOFError, pickle.UnpicklingError):
+                        raise self._died(proc, sent[proc.pid]) from None
+                    if kind == "fatal":
+                        raise _fatal(path, payload)
+                    if kind == "failed" or "seconds" in payload[1]:  # the file is done
+                        sent[proc.pid].remove(path)
+                        send_next(proc)
+                    yield kind, path, payload
+                if not ready:
+                    for proc in self._procs:
+                        if proc.poll() is not None:
+                            raise self._died(proc, sent[proc.pid])
+        except BaseException:
+            self.close(kill=True)
+            raise
+
+    @staticmethod
+    def _died(proc: subprocess.Popen, queued: list[str]) -> DecodingError:
+        """The error of a worker that stopped answering: its own last word if it sent one
+        (an exception's line), else how it died."""
+        import signal
+
+        deadline = time.monotonic() + 1.0
+        while True:  # what it sent before it went (a fatal error at start-up, say)
+            try:
+                kind, path, payload = receive_message(proc.stdout.fileno(), deadline)
+            except (OSError, EOFError, pickle.UnpicklingError):
+                break
+            if kind == "fatal":
+                proc.kill()
+                proc.wait()
+                return _fatal(path, payload)
+        try:
+            code = proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:  # alive but mute mid-message
+            proc.kill()
+            code = proc.wait()
+        how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+        return _fatal(queued[0] if queued else None,
+                      f"a decoding worker (pid {proc.pid}) died ({how})")
+
+    def close(self, kill: bool = False) -> None:
+        """Ends the workers: their stdin closes (they exit when idle); ``kill``, or a worker
+        still running after 2 s, is killed."""
+        deadline = time.monotonic() + 2.0
+        for proc in self._procs:
+            if kill:
+                proc.kill()
+            try:
+                proc.stdin.close()
+            except OSError:
+                pass
+        for proc in self._procs:
+            try:
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            proc.stdout.close()
+        self._procs = []
+
+    def __enter__(self) -> "DecoderPool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _pool_messages(files: Sequence[str], spec: WindowSpec, block_seconds: float,
+                   workers: int) -> Iterator[tuple[str, str, object]]:
+    with DecoderPool(min(workers, max(1, len(files)))) as pool:
+        yield from pool.messages(files, spec, block_seconds)
+
+
+# ----------------------------------------------------------------------------- tagging engine
+
+def tag_tracks(tagger: Scorer, files: Sequence[str], block_seconds: float = BLOCK_SECONDS,
+               embeddings: bool = False, workers: int = 1,
+               pool: DecoderPool | None = None) -> Iterator[TrackResult | dict]:
+    """Tags every file whole; yields a :class:`TrackResult` per file, or a failure record
+    ``{"path", "error", "reason"}`` for a file that cannot be read.
+
+    Decoding and the mel run beside the model, which scores in this process: in one background
+    thread (``workers=1``: results in file order) or in ``workers`` processes (a
+    :class:`DecoderPool`, or ``pool``, kept open: results in completion order). The windows
+    and their batches are the same either way, so are the probabilities.
+
+    Raises:
+      DecodingError: decoding failed otherwise than on an unreadable file (a worker died,
+        an import failed, ...).
+    """
+    spec = tagger.spec
+    if pool is not None:
+        messages = pool.messages(files, spec, block_seconds)
+    elif workers > 1:
+        messages = _pool_messages(files, spec, block_seconds, workers)
+    else:
+        messages = _thread_messages(files, spec, block_seconds)
+    hop_seconds = spec.hop * spec.frame_seconds
+    scored: dict[str, tuple[list, list]] = {}  # the files in flight: their batches' outputs
+    with contextlib.closing(messages):
+        for kind, path, payload in messages:
+            if kind == "failed":
+                scored.pop(path, None)
+                yield {"path": path, **payload}
+                continue
+            windows, info = payload
+            probs, embs = scored.setdefault(path, ([], []))
             if len(windows):
                 p, e = tagger.score(windows)
                 probs.append(p)
                 if embeddings:
                     embs.append(e)
             if "seconds" in info:  # the file's last batch
+                del scored[path]
                 taggram = np.concatenate(probs)
-                yield TrackResult(path, info["seconds"],
-                                  np.arange(len(taggram)) * hop_seconds, window_seconds, taggram,
+                yield TrackResult(path, info["seconds"], np.arange(len(taggram)) * hop_seconds,
+                                  spec.window_seconds, taggram,
                                   np.concatenate(embs) if embeddings else None, info["padded"])
-                probs, embs = [], []
-    finally:
-        stop.set()
-        while worker.is_alive():  # unblock a producer waiting on a full queue
-            try:
-                items.get_nowait()
-            except queue.Empty:
-                worker.join(0.05)
