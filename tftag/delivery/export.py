@@ -40,6 +40,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import sys
 import tempfile
 from typing import Sequence
 
@@ -56,6 +57,18 @@ from tftag.models import ModelConfig, inference_fn
 TOP_K = 5
 ESSENTIA_INPUT = "mel"
 ESSENTIA_OUTPUT = "probabilities"
+
+
+def installed_command(name: str) -> str:
+    """How to run the console script ``name`` (``saved_model_cli``, ``tensorboard``) of the
+    environment tftag runs in, for printed hints: its path beside this Python (a virtualenv's or
+    conda's bin directory, e.g. ``.venv/bin/tensorboard``, which works without activating it),
+    or the bare name when it is not there (e.g. ``pip install --user``: on PATH)."""
+    path = os.path.join(os.path.dirname(sys.executable), name)
+    if not os.path.isfile(path):
+        return name
+    relative = os.path.relpath(path)
+    return relative if not relative.startswith("..") else path
 
 
 def waveform_to_mel(audio: tf.Tensor, config: MelConfig) -> tf.Tensor:
@@ -489,7 +502,8 @@ def export_pretrained(name: str, export_config, dataset_dir: str | None = None) 
                           f"{entry.card['teacher']} shipped with tftag {tftag.__version__}"))
     path = export(model, spec, export_config.export_dir, export_config.version)
     _export_tflite(model, spec, path, export_config, dataset_dir)
-    print(f"exported {path}; inspect it with: .venv/bin/saved_model_cli show --all --dir {path}")
+    print(f"exported {path}; inspect it with: {installed_command('saved_model_cli')} "
+          f"show --all --dir {path}")
     return {"export_path": path}
 
 
@@ -505,6 +519,7 @@ def run_export(experiment, weights: str | None, pretrained: str | None = None) -
     runfiles.require_weights(weights)
     dataset_dir = extract.ensure_dataset(experiment)
     path = export_weights(experiment, experiment.mel_config, experiment.model, weights, dataset_dir)
-    print(f"exported {path}; inspect it with: .venv/bin/saved_model_cli show --all --dir {path}")
+    print(f"exported {path}; inspect it with: {installed_command('saved_model_cli')} "
+          f"show --all --dir {path}")
     return {"export_path": path}
 

@@ -35,6 +35,7 @@ import tempfile
 import numpy as np
 
 from tftag.datasets.mtat import TOP50_TAGS
+from tftag.errors import DataError
 from tftag.features import MelConfig
 from tftag.models import ModelConfig, build
 from tftag.registry import Registry
@@ -254,12 +255,19 @@ _IGNORED_SUFFIXES = ("/Adam", "/Adam_1")
 _IGNORED = {"beta1_power", "beta2_power", "global_step"}
 
 
+class MissingWheelError(DataError, ImportError):
+    """The musicnn wheel (the ports' checkpoints) is not installed. An ImportError for library
+    callers; a :class:`tftag.errors.DataError` so entry points print its one line (the fix)
+    without a traceback and exit 1."""
+
+
 def checkpoint_dir(name: str) -> str:
     """The folder of a checkpoint inside the installed ``musicnn`` wheel."""
     spec = importlib.util.find_spec("musicnn")
     if spec is None or not spec.submodule_search_locations:
-        raise ImportError("the musicnn wheel is not installed: `pip install --no-deps "
-                          "musicnn==0.1.0` (bash .ci/setup does it)")
+        raise MissingWheelError(f"{name} needs the musicnn wheel, which is not installed: "
+                                "`pip install --no-deps musicnn==0.1.0` (its TF1-era "
+                                "dependencies are not needed)")
     path = os.path.join(list(spec.submodule_search_locations)[0], name)
     if not os.path.exists(os.path.join(path, ".index")):
         raise FileNotFoundError(f"{path}: no checkpoint (.index) for {name}")

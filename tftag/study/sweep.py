@@ -306,7 +306,7 @@ def run(experiment) -> dict:
         runfiles.write_json_atomic(experiment.path("exports.json"), exports)
     export_path = exports.get(f"{run_['model']}-{run_['resolution']}")
     print(f"results: {experiment.path('results.md')}; plots: {', '.join(plots)}; "
-          f"TensorBoard: .venv/bin/tensorboard --logdir {experiment.run_dir}; "
+          f"TensorBoard: {export.installed_command('tensorboard')} --logdir {experiment.run_dir}; "
           f"exported: {export_path}" + (f" (+{len(exports) - 1} more, see "
                                         f"{experiment.path('exports.json')})"
                                         if len(exports) > 1 else ""))
