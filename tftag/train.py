@@ -47,7 +47,7 @@ import os
 import signal
 import threading
 import time
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import keras
 import numpy as np
@@ -304,7 +304,97 @@ def train(
        "best_valid_loss", "epochs_done", "stopped_early", "stop_reason" ("plateau", "cap", or
        None when interrupted), "patience_epochs", "train_seconds", "history"}.
     """
-    cfg = train_config
+    job = _job(dataset_dir, mel_config, model_config, train_config, run_dir, fold)
+    loop = _setup(job, strategy, steps, checkpoint_steps)
+    stopped_early = _run_epochs(job, loop, stop_after_epochs, stop_after_steps)
+    return _outcome(job, loop, stopped_early)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Job:
+    """What one :func:`train` call trains on, checked.
+
+    Attributes:
+      dataset_dir: the extraction output directory.
+      mel_config: the input resolution.
+      model_config: the model.
+      cfg: the training settings.
+      run_dir: the run directory.
+      info: the dataset's ``dataset.json``.
+      patch_frames: the model's input patch in frames (None: whole clips).
+      source: (split, clip ids) of the training and validation data ("train", "valid"): splits,
+        or a fold's parts.
+      train_clips: clips of the training data.
+    """
+
+    dataset_dir: str
+    mel_config: MelConfig
+    model_config: ModelConfig
+    cfg: TrainConfig
+    run_dir: str
+    info: data.DatasetInfo
+    patch_frames: int | None
+    source: dict[str, tuple[str | None, tuple[str, ...] | None]]
+    train_clips: int
+
+    @property
+    def lower_is_better(self) -> bool:
+        """Whether the best weights are those of the lowest validation loss ("best" then holds
+        -loss; else the validation ROC-AUC)."""
+        return self.cfg.monitor == "valid_loss"
+
+    @property
+    def best_path(self) -> str:
+        return os.path.join(self.run_dir, "best.weights.h5")
+
+    @property
+    def history_path(self) -> str:
+        return os.path.join(self.run_dir, "history.json")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Loop:
+    """What the epochs of one :func:`train` call share once set up.
+
+    Attributes:
+      strategy: the tf.distribute strategy.
+      chief: whether this process writes the run directory (multi-worker: the chief alone).
+      model: the Keras model.
+      optimizer: its Adam optimizer.
+      step: the traced training step (:func:`train_step_fn`).
+      state: the checkpointed training state (epoch, best score and epoch, epochs without
+        improvement, learning-rate stage, :data:`EPOCH_STATE`).
+      checkpoint: the checkpoint of the model, the optimizer and ``state``.
+      manager: its manager (``<run_dir>/checkpoints``, the last one kept).
+      from_chief: the chief's validation scores, broadcast to every worker.
+      history: the records of the finished epochs (appended to).
+      train_writer: TensorBoard ``tb/train`` (no-op off the chief).
+      valid_writer: TensorBoard ``tb/valid`` (no-op off the chief).
+      steps_per_epoch: steps of one epoch (None: one pass over the clips).
+      patience: epochs without improvement before a plateau (0: never).
+      checkpoint_steps: a mid-epoch checkpoint every so many steps (0: none).
+    """
+
+    strategy: tf.distribute.Strategy
+    chief: bool
+    model: keras.Model
+    optimizer: keras.optimizers.Optimizer
+    step: Callable
+    state: dict[str, tf.Variable]
+    checkpoint: tf.train.Checkpoint
+    manager: tf.train.CheckpointManager
+    from_chief: Callable
+    history: list[dict]
+    train_writer: Any
+    valid_writer: Any
+    steps_per_epoch: int | None
+    patience: int
+    checkpoint_steps: int
+
+
+def _job(dataset_dir: str, mel_config: MelConfig, model_config: ModelConfig, cfg: TrainConfig,
+         run_dir: str, fold: folds.FoldParts | None) -> _Job:
+    """The training and validation data of a call, checked (non-empty, tags, loss)."""
     patch_frames = model_config.patch_frames(mel_config)
     info = data.load_dataset_info(dataset_dir)
     # (split, clip ids) of the training and validation data: splits, or a fold's parts.
@@ -319,6 +409,15 @@ def train(
     if info.n_tags == 0:
         raise ValueError(f"{dataset_dir}: the dataset has no tags to learn")
     check_loss(cfg.loss, info)
+    return _Job(dataset_dir, mel_config, model_config, cfg, run_dir, info, patch_frames, source,
+                sizes["train"])
+
+
+def _setup(job: _Job, strategy: tf.distribute.Strategy | None, steps: "StepCache | None",
+           checkpoint_steps: int) -> _Loop:
+    """Determinism, the strategy, the model and its step, the state restored from the last
+    checkpoint, the history and the TensorBoard writers."""
+    cfg, run_dir = job.cfg, job.run_dir
     settings = determinism.configure(cfg.seed, cfg.deterministic)
     strategy = strategy or STRATEGIES[cfg.strategy]()  # after the thread pools (determinism)
     replicas = strategy.num_replicas_in_sync
@@ -330,24 +429,47 @@ def train(
         os.makedirs(run_dir, exist_ok=True)
         data.write_json_atomic(os.path.join(run_dir, "determinism.json"), settings)
     checkpoints = os.path.join(run_dir, "checkpoints")
-    key = (model_config, mel_config, info.n_tags, cfg.learning_rate, id(strategy))
-    reused = steps.get(key) if steps is not None and tf.train.latest_checkpoint(checkpoints) \
-        else None  # only a restore sets every variable (asserted below): a fresh run builds
-    if reused is not None:
-        model, optimizer, distributed_step = reused
-    else:
-        with strategy.scope():
-            model = build(model_config, mel_config, info.n_tags)
-            optimizer = keras.optimizers.Adam(cfg.learning_rate)
-            optimizer.build(model.trainable_variables)
-        if replicas > 1:  # batch statistics of the global batch, as in one process
-            distributed.synchronize_batch_norm(model)
-        distributed_step = train_step_fn(model, optimizer, strategy)
-        if steps is not None:
-            steps.put(key, (model, optimizer, distributed_step))
+    model, optimizer, distributed_step = _model_and_step(job, strategy, steps, checkpoints)
     from_chief = distributed.chief_broadcast(strategy)
-    lower_is_better = cfg.monitor == "valid_loss"  # "best" holds the score: -loss or ROC-AUC
-    state = {
+    state = _new_state(cfg, job.lower_is_better)
+    checkpoint, manager = _restore(model, optimizer, state, checkpoints)
+    distributed.check_restored_epoch(strategy, int(state["epoch"]), manager.directory)
+    optimizer.learning_rate = float(state["learning_rate"])
+    history = _read_history(job.history_path, int(state["epoch"]))
+    train_writer, valid_writer = _summary_writers(job, chief, model)
+    patches_per_clip = (patches.n_windows(job.mel_config.n_frames, job.patch_frames)
+                        if job.patch_frames else 1)
+    return _Loop(strategy, chief, model, optimizer, distributed_step, state, checkpoint, manager,
+                 from_chief, history, train_writer, valid_writer,
+                 epoch_steps(cfg, job.train_clips, patches_per_clip),
+                 patience_epochs(cfg, job.train_clips, patches_per_clip), checkpoint_steps)
+
+
+def _model_and_step(job: _Job, strategy: tf.distribute.Strategy, steps: "StepCache | None",
+                    checkpoints: str) -> tuple:
+    """(model, optimizer, traced step): the cache's entry when resuming, else built anew."""
+    cfg = job.cfg
+    key = (job.model_config, job.mel_config, job.info.n_tags, cfg.learning_rate, id(strategy))
+    reused = steps.get(key) if steps is not None and tf.train.latest_checkpoint(checkpoints) \
+        else None  # only a restore sets every variable (asserted in _restore): a fresh run builds
+    if reused is not None:
+        return reused
+    with strategy.scope():
+        model = build(job.model_config, job.mel_config, job.info.n_tags)
+        optimizer = keras.optimizers.Adam(cfg.learning_rate)
+        optimizer.build(model.trainable_variables)
+    if strategy.num_replicas_in_sync > 1:  # batch statistics of the global batch, as in one process
+        distributed.synchronize_batch_norm(model)
+    distributed_step = train_step_fn(model, optimizer, strategy)
+    if steps is not None:
+        steps.put(key, (model, optimizer, distributed_step))
+    return model, optimizer, distributed_step
+
+
+def _new_state(cfg: TrainConfig, lower_is_better: bool) -> dict[str, tf.Variable]:
+    """The training state's variables at the start of a run ("best" holds the score: -loss or
+    ROC-AUC)."""
+    return {
         "epoch": tf.Variable(0, dtype=tf.int64),
         "best": tf.Variable(-np.inf if lower_is_better else -1.0, dtype=tf.float64),
         "best_epoch": tf.Variable(-1, dtype=tf.int64), "bad_epochs": tf.Variable(0, dtype=tf.int64),
@@ -359,6 +481,12 @@ def train(
         "epoch_loss_sum": tf.Variable(0.0, dtype=tf.float64),
         "epoch_seconds": tf.Variable(0.0, dtype=tf.float64),
     }
+
+
+def _restore(model, optimizer, state: dict[str, tf.Variable],
+             checkpoints: str) -> tuple[tf.train.Checkpoint, tf.train.CheckpointManager]:
+    """The checkpoint of the model, the optimizer and ``state`` and its manager, restored from
+    the last checkpoint in ``checkpoints`` if there is one."""
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, **state)
     manager = tf.train.CheckpointManager(checkpoint, checkpoints, max_to_keep=1)
     if manager.latest_checkpoint:
@@ -373,157 +501,241 @@ def train(
         checkpoint.save_counter.assign(restoring.save_counter)
         logging.info("resumed %s at epoch %d, step %d", manager.latest_checkpoint,
                      int(state["epoch"]), int(state["epoch_step"]))
-    distributed.check_restored_epoch(strategy, int(state["epoch"]), manager.directory)
-    optimizer.learning_rate = float(state["learning_rate"])
-    history_path = os.path.join(run_dir, "history.json")
+    return checkpoint, manager
+
+
+def _read_history(history_path: str, epoch: int) -> list[dict]:
+    """The records of the epochs before ``epoch`` in ``history.json`` (none without it)."""
     history = []
     if os.path.exists(history_path):
         with open(history_path, encoding="utf-8") as f:
             history = json.load(f)
-    history = [h for h in history if h["epoch"] < int(state["epoch"])]
-    best_path = os.path.join(run_dir, "best.weights.h5")
+    return [h for h in history if h["epoch"] < epoch]
 
+
+def _summary_writers(job: _Job, chief: bool, model) -> tuple:
+    """The chief's hyper-parameters and its ``tb/train``, ``tb/valid`` writers; no-op writers
+    on the other workers."""
     from tftag import profile
 
     if chief:
-        _hparams(run_dir, mel_config, model_config, cfg, profile.analytic_macs(model) / 1e9)
-        train_writer = tf.summary.create_file_writer(os.path.join(run_dir, "tb", "train"))
-        valid_writer = tf.summary.create_file_writer(os.path.join(run_dir, "tb", "valid"))
-    else:
-        train_writer = valid_writer = tf.summary.create_noop_writer()
+        _hparams(job.run_dir, job.mel_config, job.model_config, job.cfg,
+                 profile.analytic_macs(model) / 1e9)
+        return (tf.summary.create_file_writer(os.path.join(job.run_dir, "tb", "train")),
+                tf.summary.create_file_writer(os.path.join(job.run_dir, "tb", "valid")))
+    noop = tf.summary.create_noop_writer()
+    return noop, noop
 
-    patches_per_clip = (patches.n_windows(mel_config.n_frames, patch_frames) if patch_frames
-                        else 1)
-    steps_per_epoch = epoch_steps(cfg, sizes["train"], patches_per_clip)
-    patience = patience_epochs(cfg, sizes["train"], patches_per_clip)
+
+def _run_epochs(job: _Job, loop: _Loop, stop_after_epochs: int | None,
+                stop_after_steps: int | None) -> bool:
+    """Trains epoch after epoch until the epoch cap, a plateau with no learning-rate reduction
+    left, a stop request or this call's limits; True when a plateau ended training."""
+    state = loop.state
     epochs_this_call = steps_this_call = 0
-    stopped_early = False
     # SIGTERM / a first Ctrl-C: checkpoint the step training is at, then stop (Stopped); the
     # summaries of finished epochs are flushed either way.
     with contextlib.ExitStack() as closing:
-        closing.callback(valid_writer.close)
-        closing.callback(train_writer.close)
-        stop = closing.enter_context(stop_requests(not distributed.is_multi_worker(strategy)))
-        while int(state["epoch"]) < cfg.epochs:
+        closing.callback(loop.valid_writer.close)
+        closing.callback(loop.train_writer.close)
+        stop = closing.enter_context(stop_requests(not distributed.is_multi_worker(loop.strategy)))
+        while int(state["epoch"]) < job.cfg.epochs:
             epoch = int(state["epoch"])
             if stop["signal"] is not None:  # came in validation: the epoch's end is saved
-                raise _stopped(stop, run_dir, epoch, int(state["epoch_step"]))
-            if patience and int(state["bad_epochs"]) >= patience:
-                if int(state["lr_reductions"]) >= cfg.lr_reductions:
-                    stopped_early = True
-                    break
-                # A plateau with reductions left: a lower learning rate, the patience starts again.
-                state["learning_rate"].assign(float(state["learning_rate"]) * cfg.lr_factor)
-                state["lr_reductions"].assign_add(1)
-                state["bad_epochs"].assign(0)
-                optimizer.learning_rate = float(state["learning_rate"])
-                logging.info("%s %s epoch %d: no better validation for %d epochs: learning rate "
-                             "%.3g (reduction %d of %d)", model_config.name, mel_config.name, epoch,
-                             patience, float(state["learning_rate"]), int(state["lr_reductions"]),
-                             cfg.lr_reductions)
+                raise _stopped(stop, job.run_dir, epoch, int(state["epoch_step"]))
+            if _plateau_ends(job, loop, epoch):
+                return True
             if stop_after_epochs is not None and epochs_this_call >= stop_after_epochs:
                 break
-            ds = data.make_dataset(
-                dataset_dir, mel_config, source["train"][0], cfg.batch_size, patch_frames,
-                shuffle_buffer=cfg.shuffle_buffer, seed=cfg.seed * 100003 + epoch,
-                repeat=steps_per_epoch is not None, targets=TARGETS[cfg.loss],
-                clips=source["train"][1],
-            )
-            if steps_per_epoch is not None:
-                ds = ds.take(steps_per_epoch)
-            done = int(state["epoch_step"])  # resumed inside this epoch: its first batches are done
-            if done:
-                ds = ds.skip(done)
-            ds = distributed.shard_by_data(ds)  # each worker: its slice of every global batch
-            losses, interrupted = [], False
-            t0 = last_log = time.monotonic()
-            with data.naming_corrupt_shards(dataset_dir, mel_config, source["train"][0]):
-                for x, y in strategy.experimental_distribute_dataset(ds):
-                    losses.append(float(distributed_step(x, y)))
-                    step = done + len(losses)
-                    stopping = stop["signal"] is not None
-                    if stopping or (checkpoint_steps and step % checkpoint_steps == 0):
-                        state["epoch_step"].assign(step)
-                        state["epoch_loss_sum"].assign(float(state["epoch_loss_sum"]) + sum(losses))
-                        state["epoch_seconds"].assign(
-                            float(state["epoch_seconds"]) + time.monotonic() - t0)
-                        _save_state(chief, manager, checkpoint, run_dir, epoch, step)
-                        if stopping:
-                            raise _stopped(stop, run_dir, epoch, step)
-                        done, losses, t0 = step, [], time.monotonic()
-                    now = time.monotonic()
-                    if now - last_log >= PROGRESS_SECONDS:
-                        last_log = now
-                        logging.info("%s %s epoch %d: step %d%s, loss %.4f, %.1f examples/s",
-                                     model_config.name, mel_config.name, epoch, step,
-                                     f"/{steps_per_epoch}" if steps_per_epoch else "",
-                                     (float(state["epoch_loss_sum"]) + sum(losses)) / step,
-                                     len(losses) * cfg.batch_size / max(now - t0, 1e-9))
-                    steps_this_call += 1
-                    if stop_after_steps is not None and steps_this_call >= stop_after_steps:
-                        interrupted = True
-                        break
-            if interrupted:
+            steps_left = None if stop_after_steps is None else stop_after_steps - steps_this_call
+            taken, totals = _train_epoch(job, loop, epoch, stop, steps_left)
+            steps_this_call += taken
+            if totals is None:  # stop_after_steps reached inside the epoch
                 break
-            n_steps = done + len(losses)
-            loss_sum = float(state["epoch_loss_sum"]) + sum(losses)
-            train_seconds = float(state["epoch_seconds"]) + time.monotonic() - t0
-            t1 = time.monotonic()
-            scores = [0.0, 0.0, 0.0]  # the chief scores validation; every worker takes its decision
-            if chief:
-                split, clips = source["valid"]
-                p = evaluate.predict_clips(model, dataset_dir, mel_config, split, patch_frames,
-                                           cfg.eval_batch_size, cfg.valid_patches, clips)
-                metrics = evaluate.scores(p, info.tags)
-                targets = p.soft_labels if TARGETS[cfg.loss] == "soft_labels" else p.labels
-                scores = [metrics.roc_auc, metrics.pr_auc, evaluate.clip_bce(targets, p.probabilities)]
-            roc_auc, pr_auc, valid_loss = from_chief(scores)
-            valid_seconds = time.monotonic() - t1
-            score = -valid_loss if lower_is_better else roc_auc
-            improved = score > float(state["best"])
-            if improved:
-                if chief:
-                    _save_weights_atomic(model, best_path)
-                state["best"].assign(score)
-                state["best_epoch"].assign(epoch)
-                state["bad_epochs"].assign(0)
-            else:
-                state["bad_epochs"].assign_add(1)
-            record = {"epoch": epoch, "loss": loss_sum / n_steps if n_steps else float("nan"),
-                      "steps": n_steps,
-                      "valid_roc_auc": roc_auc, "valid_pr_auc": pr_auc, "valid_loss": valid_loss,
-                      "learning_rate": float(state["learning_rate"]),
-                      "epoch_seconds": round(train_seconds, 3),
-                      "valid_seconds": round(valid_seconds, 3), "best": improved}
-            history.append(record)
-            with train_writer.as_default():
-                tf.summary.scalar("loss", record["loss"], step=epoch)
-                tf.summary.scalar("learning_rate", record["learning_rate"], step=epoch)
-                tf.summary.scalar("examples_per_second",
-                                  n_steps * cfg.batch_size / max(train_seconds, 1e-9), step=epoch)
-            with valid_writer.as_default():
-                tf.summary.scalar("roc_auc", roc_auc, step=epoch)
-                tf.summary.scalar("pr_auc", pr_auc, step=epoch)
-                tf.summary.scalar("loss", valid_loss, step=epoch)
-            state["epoch"].assign(epoch + 1)
-            for name in EPOCH_STATE:
-                state[name].assign(0)
-            _save_checkpoint(chief, manager, checkpoint)
-            if chief:
-                data.write_json_atomic(history_path, history)
+            _end_epoch(job, loop, epoch, *totals)
             epochs_this_call += 1
-            logging.info("%s %s epoch %d: loss %.4f, valid loss %.4f, ROC-AUC %.4f, PR-AUC %.4f%s",
-                         model_config.name, mel_config.name, epoch, record["loss"], valid_loss,
-                         roc_auc, pr_auc, " (best)" if improved else "")
+    return False
+
+
+def _plateau_ends(job: _Job, loop: _Loop, epoch: int) -> bool:
+    """True when patience ran out with no reduction left; with reductions left, a plateau
+    lowers the learning rate (× ``lr_factor``) and the patience starts again."""
+    state, cfg = loop.state, job.cfg
+    if not (loop.patience and int(state["bad_epochs"]) >= loop.patience):
+        return False
+    if int(state["lr_reductions"]) >= cfg.lr_reductions:
+        return True
+    state["learning_rate"].assign(float(state["learning_rate"]) * cfg.lr_factor)
+    state["lr_reductions"].assign_add(1)
+    state["bad_epochs"].assign(0)
+    loop.optimizer.learning_rate = float(state["learning_rate"])
+    logging.info("%s %s epoch %d: no better validation for %d epochs: learning rate "
+                 "%.3g (reduction %d of %d)", job.model_config.name, job.mel_config.name, epoch,
+                 loop.patience, float(state["learning_rate"]), int(state["lr_reductions"]),
+                 cfg.lr_reductions)
+    return False
+
+
+def _epoch_dataset(job: _Job, loop: _Loop, epoch: int) -> tuple[tf.data.Dataset, int]:
+    """The epoch's training batches (seeded by (seed, epoch)) after the ``done`` steps already
+    trained at a mid-epoch checkpoint: (dataset, done)."""
+    cfg = job.cfg
+    ds = data.make_dataset(
+        job.dataset_dir, job.mel_config, job.source["train"][0], cfg.batch_size, job.patch_frames,
+        shuffle_buffer=cfg.shuffle_buffer, seed=cfg.seed * 100003 + epoch,
+        repeat=loop.steps_per_epoch is not None, targets=TARGETS[cfg.loss],
+        clips=job.source["train"][1],
+    )
+    if loop.steps_per_epoch is not None:
+        ds = ds.take(loop.steps_per_epoch)
+    done = int(loop.state["epoch_step"])  # resumed inside this epoch: its first batches are done
+    if done:
+        ds = ds.skip(done)
+    return distributed.shard_by_data(ds), done  # each worker: its slice of every global batch
+
+
+def _train_epoch(job: _Job, loop: _Loop, epoch: int, stop: dict,
+                 steps_left: int | None) -> tuple[int, tuple[int, float, float] | None]:
+    """Trains the rest of one epoch, checkpointing every ``checkpoint_steps`` steps and at a
+    stop request (then :class:`Stopped`).
+
+    Returns:
+      (steps taken, (the epoch's steps, summed loss, seconds)), or (steps taken, None) when
+      ``steps_left`` ran out first.
+    """
+    state = loop.state
+    ds, done = _epoch_dataset(job, loop, epoch)
+    losses, taken = [], 0
+    t0 = last_log = time.monotonic()
+    with data.naming_corrupt_shards(job.dataset_dir, job.mel_config, job.source["train"][0]):
+        for x, y in loop.strategy.experimental_distribute_dataset(ds):
+            losses.append(float(loop.step(x, y)))
+            step = done + len(losses)
+            stopping = stop["signal"] is not None
+            if stopping or (loop.checkpoint_steps and step % loop.checkpoint_steps == 0):
+                _save_inside_epoch(job, loop, epoch, step, sum(losses), t0)
+                if stopping:
+                    raise _stopped(stop, job.run_dir, epoch, step)
+                done, losses, t0 = step, [], time.monotonic()
+            now = time.monotonic()
+            if now - last_log >= PROGRESS_SECONDS:
+                last_log = now
+                _log_progress(job, loop, epoch, step, losses, now - t0)
+            taken += 1
+            if steps_left is not None and taken >= steps_left:
+                return taken, None
+    n_steps = done + len(losses)
+    loss_sum = float(state["epoch_loss_sum"]) + sum(losses)
+    return taken, (n_steps, loss_sum, float(state["epoch_seconds"]) + time.monotonic() - t0)
+
+
+def _save_inside_epoch(job: _Job, loop: _Loop, epoch: int, step: int, loss_sum: float,
+                       t0: float) -> None:
+    """A mid-epoch checkpoint: the steps done, their summed loss and seconds in the state."""
+    state = loop.state
+    state["epoch_step"].assign(step)
+    state["epoch_loss_sum"].assign(float(state["epoch_loss_sum"]) + loss_sum)
+    state["epoch_seconds"].assign(float(state["epoch_seconds"]) + time.monotonic() - t0)
+    _save_state(loop.chief, loop.manager, loop.checkpoint, job.run_dir, epoch, step)
+
+
+def _log_progress(job: _Job, loop: _Loop, epoch: int, step: int, losses: list[float],
+                  seconds: float) -> None:
+    """A progress line: step, running loss of the epoch, examples per second over the
+    ``seconds`` since the last checkpoint (or the epoch's start)."""
+    logging.info("%s %s epoch %d: step %d%s, loss %.4f, %.1f examples/s",
+                 job.model_config.name, job.mel_config.name, epoch, step,
+                 f"/{loop.steps_per_epoch}" if loop.steps_per_epoch else "",
+                 (float(loop.state["epoch_loss_sum"]) + sum(losses)) / step,
+                 len(losses) * job.cfg.batch_size / max(seconds, 1e-9))
+
+
+def _validate(job: _Job, loop: _Loop) -> list[float]:
+    """[ROC-AUC, PR-AUC, loss] of the validation data: scored by the chief, every worker
+    takes its numbers."""
+    cfg = job.cfg
+    scores = [0.0, 0.0, 0.0]  # the chief scores validation; every worker takes its decision
+    if loop.chief:
+        split, clips = job.source["valid"]
+        p = evaluate.predict_clips(loop.model, job.dataset_dir, job.mel_config, split,
+                                   job.patch_frames, cfg.eval_batch_size, cfg.valid_patches, clips)
+        metrics = evaluate.scores(p, job.info.tags)
+        targets = p.soft_labels if TARGETS[cfg.loss] == "soft_labels" else p.labels
+        scores = [metrics.roc_auc, metrics.pr_auc, evaluate.clip_bce(targets, p.probabilities)]
+    return loop.from_chief(scores)
+
+
+def _keep_best(job: _Job, loop: _Loop, epoch: int, roc_auc: float, valid_loss: float) -> bool:
+    """Whether the epoch improved on the best score; if so its weights become the best
+    (``best.weights.h5``), else one more epoch without improvement."""
+    state = loop.state
+    score = -valid_loss if job.lower_is_better else roc_auc
+    improved = score > float(state["best"])
+    if improved:
+        if loop.chief:
+            _save_weights_atomic(loop.model, job.best_path)
+        state["best"].assign(score)
+        state["best_epoch"].assign(epoch)
+        state["bad_epochs"].assign(0)
+    else:
+        state["bad_epochs"].assign_add(1)
+    return improved
+
+
+def _end_epoch(job: _Job, loop: _Loop, epoch: int, n_steps: int, loss_sum: float,
+               train_seconds: float) -> None:
+    """Validation, the best weights, the epoch's record and summaries, and the checkpoint and
+    history at the epoch's end."""
+    state = loop.state
+    t1 = time.monotonic()
+    roc_auc, pr_auc, valid_loss = _validate(job, loop)
+    valid_seconds = time.monotonic() - t1
+    improved = _keep_best(job, loop, epoch, roc_auc, valid_loss)
+    record = {"epoch": epoch, "loss": loss_sum / n_steps if n_steps else float("nan"),
+              "steps": n_steps,
+              "valid_roc_auc": roc_auc, "valid_pr_auc": pr_auc, "valid_loss": valid_loss,
+              "learning_rate": float(state["learning_rate"]),
+              "epoch_seconds": round(train_seconds, 3),
+              "valid_seconds": round(valid_seconds, 3), "best": improved}
+    loop.history.append(record)
+    _epoch_summaries(loop, record, n_steps * job.cfg.batch_size / max(train_seconds, 1e-9))
+    state["epoch"].assign(epoch + 1)
+    for name in EPOCH_STATE:
+        state[name].assign(0)
+    _save_checkpoint(loop.chief, loop.manager, loop.checkpoint)
+    if loop.chief:
+        data.write_json_atomic(job.history_path, loop.history)
+    logging.info("%s %s epoch %d: loss %.4f, valid loss %.4f, ROC-AUC %.4f, PR-AUC %.4f%s",
+                 job.model_config.name, job.mel_config.name, epoch, record["loss"], valid_loss,
+                 roc_auc, pr_auc, " (best)" if improved else "")
+
+
+def _epoch_summaries(loop: _Loop, record: dict, examples_per_second: float) -> None:
+    """The epoch's TensorBoard scalars: training loss, learning rate and speed; validation
+    ROC-AUC, PR-AUC and loss."""
+    epoch = record["epoch"]
+    with loop.train_writer.as_default():
+        tf.summary.scalar("loss", record["loss"], step=epoch)
+        tf.summary.scalar("learning_rate", record["learning_rate"], step=epoch)
+        tf.summary.scalar("examples_per_second", examples_per_second, step=epoch)
+    with loop.valid_writer.as_default():
+        tf.summary.scalar("roc_auc", record["valid_roc_auc"], step=epoch)
+        tf.summary.scalar("pr_auc", record["valid_pr_auc"], step=epoch)
+        tf.summary.scalar("loss", record["valid_loss"], step=epoch)
+
+
+def _outcome(job: _Job, loop: _Loop, stopped_early: bool) -> dict:
+    """The summary :func:`train` returns."""
+    state, cfg, history, patience = loop.state, job.cfg, loop.history, loop.patience
     best = next((h for h in history if h["epoch"] == int(state["best_epoch"])), {})
     # A plateau ends the run only once the reductions are used up (with some left, the cap did).
     plateau = (bool(patience) and int(state["bad_epochs"]) >= patience
                and int(state["lr_reductions"]) >= cfg.lr_reductions)
     return {
-        "best_weights": best_path,
+        "best_weights": job.best_path,
         "best_epoch": int(state["best_epoch"]),
-        "best_valid_roc_auc": best.get("valid_roc_auc", float(state["best"])) if lower_is_better
-        else float(state["best"]),
+        "best_valid_roc_auc": best.get("valid_roc_auc", float(state["best"]))
+        if job.lower_is_better else float(state["best"]),
         "best_valid_pr_auc": best.get("valid_pr_auc"),
         "best_valid_loss": best.get("valid_loss"),
         "epochs_done": int(state["epoch"]),

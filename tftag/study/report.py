@@ -594,14 +594,53 @@ def _pick(rows: Sequence[dict], keys: Sequence[str]) -> list[dict]:
     return [{k: r[k] for k in keys} for r in rows]
 
 
-def build(runs_dir: str, out_dir: str, name: str, opts: Options = Options(),
-          compare: Sequence[tuple[str, str]] = ()) -> dict:
-    """Writes the study's report files into ``out_dir``; returns a one-line summary.
+@dataclasses.dataclass(frozen=True)
+class _Study:
+    """A cross-validated study read back and analysed: what the report files show.
 
-    Args:
-      compare: (name, runs_dir) of other cross-validated studies: each configuration both ran
-        is compared paired clip by clip (:func:`against_study`; ``report.json`` "against").
+    Attributes:
+      results: the per-run results (:func:`tftag.study.analysis.load_runs`).
+      sets: the run sets (:func:`tftag.study.analysis.load_sets`).
+      against_other: other study name -> its paired comparisons (:func:`against_study`).
+      rows: each set's pooled summary.
+      pooled: ``rows`` by set name.
+      tested: the paper's claims (:func:`claims`).
+      tested_models: the MUSICNN-vs-VGG-CNN claims (:func:`between_models`).
+      on_front: the accuracy/compute front (:func:`front`).
+      against: every resolution against its baseline (:func:`vs_baseline`).
+      repeats: the seed-to-seed comparisons (:func:`repeatability`).
+      lowest: the cheapest resolution without a significant loss (:func:`lowest_without_loss`).
+      frequent: the frequent-tag view (:func:`frequent_view`), or None.
+      tag_view: the per-tag view (:func:`per_tag_view`).
+      tag_view_min: the per-tag view's minimum positives.
+      claims_mde: the claims' largest MDE (:func:`largest_mde`).
+      folds: the fold counts of the runs, sorted.
+      mde: the design's MDE (:func:`design_mde`).
+      null: whether ``mde`` comes from a null comparison (two seeds).
     """
+
+    results: list[dict]
+    sets: list[analysis.RunSet]
+    against_other: dict[str, list[dict]]
+    rows: list[dict]
+    pooled: dict[str, dict]
+    tested: list[dict]
+    tested_models: list[dict]
+    on_front: list[dict]
+    against: list[dict]
+    repeats: list[dict]
+    lowest: dict[str, dict]
+    frequent: dict | None
+    tag_view: list[dict]
+    tag_view_min: int
+    claims_mde: float | None
+    folds: list[int]
+    mde: float | None
+    null: bool
+
+
+def _analyse(runs_dir: str, opts: Options, compare: Sequence[tuple[str, str]]) -> _Study:
+    """Reads the study of ``runs_dir`` (and those of ``compare``) and runs every analysis."""
     results = analysis.load_runs(runs_dir)
     sets = analysis.load_sets(results)
     against_other = {other: against_study(sets, analysis.load_sets(analysis.load_runs(other_dir)),
@@ -623,40 +662,72 @@ def build(runs_dir: str, out_dir: str, name: str, opts: Options = Options(),
     folds = sorted({int(r["folds"]) for r in results})
     # the design's MDE: a null comparison's (the same configuration retrained, every fold)
     mde, null = design_mde(repeats, max(folds), claims_mde)
+    return _Study(results, sets, against_other, rows, pooled, tested, tested_models, on_front,
+                  against, repeats, lowest, frequent, tag_view, tag_view_min, claims_mde, folds,
+                  mde, null)
+
+
+def build(runs_dir: str, out_dir: str, name: str, opts: Options = Options(),
+          compare: Sequence[tuple[str, str]] = ()) -> dict:
+    """Writes the study's report files into ``out_dir``; returns a one-line summary.
+
+    Args:
+      compare: (name, runs_dir) of other cross-validated studies: each configuration both ran
+        is compared paired clip by clip (:func:`against_study`; ``report.json`` "against").
+    """
+    st = _analyse(runs_dir, opts, compare)
+    os.makedirs(out_dir, exist_ok=True)
+    runfiles.write_csv_atomic(os.path.join(out_dir, "runs.csv"), analysis.runs_rows(st.results),
+                              analysis.CSV_COLUMNS)
+    report = _report_json(st, opts)
+    runfiles.write_json_atomic(os.path.join(out_dir, "report.json"), report)
+    md = _results_md(st, report, name, opts)
+    runfiles.write_text_atomic(os.path.join(out_dir, "results.md"), "\n".join(md))
+    plot_learning_curves(st.results, os.path.join(out_dir, "learning_curves.png"))
+    plot_roc_vs_gmacs(st.rows, os.path.join(out_dir, "roc_vs_gmacs.png"))
+    plot_per_tag(st.tag_view, opts.alpha, os.path.join(out_dir, "per_tag_vs_baseline.png"))
+    return _summary(st, report, name, out_dir)
+
+
+def _report_json(st: _Study, opts: Options) -> dict:
+    """``report.json`` (module docstring)."""
     mde_rule = ("(z(1-alpha/2) + z(power)) x SE of the paired bootstrap difference between "
                 "two seeds of the same configuration over every fold (a null comparison; the "
-                "largest if several)" if null else
+                "largest if several)" if st.null else
                 "(z(1-alpha/2) + z(power)) x SE of the paired bootstrap difference; the largest "
                 "over the claims tested")
-    os.makedirs(out_dir, exist_ok=True)
-    runfiles.write_csv_atomic(os.path.join(out_dir, "runs.csv"), analysis.runs_rows(results),
-                              analysis.CSV_COLUMNS)
-    report = {
-        "folds": folds[0] if len(folds) == 1 else folds, "runs": len(results),
-        "stopped_at_cap": sum(r["stop_reason"] == "cap" for r in results),
-        "mde_points": mde,
+    folds = st.folds
+    return {
+        "folds": folds[0] if len(folds) == 1 else folds, "runs": len(st.results),
+        "stopped_at_cap": sum(r["stop_reason"] == "cap" for r in st.results),
+        "mde_points": st.mde,
         "mde_rule": f"{mde_rule}; alpha {opts.alpha:g}, power {opts.power:g}",
-        "mde_claims_points": claims_mde,
-        "seed_to_seed": repeats,
+        "mde_claims_points": st.claims_mde,
+        "seed_to_seed": st.repeats,
         "primary_test": "paired bootstrap of the pooled macro ROC-AUC difference "
                         f"({opts.n_resamples} resamples of {opts.unit}s, seed {opts.seed})",
         "labels": f"teacher top-{opts.top_k} per clip", "alpha": opts.alpha,
-        "claims": tested, "between_models": tested_models,
+        "claims": st.tested, "between_models": st.tested_models,
         "front": [{k: r[k] for k in ("set", "model", "width", "resolution", "gmacs", "roc_auc")}
-                  for r in on_front],
-        "pooled": pooled, "vs_baseline": against,
-        "lowest_without_loss": lowest,
-        "students": student_choices(pooled, lowest),
-        "against": against_other,
-        "frequent_tags": frequent,
-        "per_tag_vs_baseline": {"min_positives": tag_view_min, "groups": tag_view},
+                  for r in st.on_front],
+        "pooled": st.pooled, "vs_baseline": st.against,
+        "lowest_without_loss": st.lowest,
+        "students": student_choices(st.pooled, st.lowest),
+        "against": st.against_other,
+        "frequent_tags": st.frequent,
+        "per_tag_vs_baseline": {"min_positives": st.tag_view_min, "groups": st.tag_view},
     }
-    runfiles.write_json_atomic(os.path.join(out_dir, "report.json"), report)
-    mde_text = "–" if mde is None else f"{mde:.2f}"
-    claims_text = "–" if claims_mde is None else f"{claims_mde:.2f}"
+
+
+def _results_md(st: _Study, report: dict, name: str, opts: Options) -> list[str]:
+    """The lines of ``results.md``."""
+    mde_text = "–" if st.mde is None else f"{st.mde:.2f}"
+    claims_text = "–" if st.claims_mde is None else f"{st.claims_mde:.2f}"
+    tested_models, repeats = st.tested_models, st.repeats
     md = [
         f"# Study `{name}` (cross-validated, trained to convergence)", "",
-        f"- {_count(len(results), 'run')}, {_count(len(sets), 'run set')}, folds: {report['folds']}; "
+        f"- {_count(len(st.results), 'run')}, {_count(len(st.sets), 'run set')}, folds: "
+        f"{report['folds']}; "
         f"runs stopped at the epoch cap: {report['stopped_at_cap']} (the others on a plateau).",
         f"- labels: the teacher's top-{opts.top_k} tags per clip; metrics macro over the tags "
         "present among the pooled clips; each set's K test folds pooled (every clip once).",
@@ -666,9 +737,9 @@ def build(runs_dir: str, out_dir: str, name: str, opts: Options = Options(),
         f"- **minimum detectable effect of the design: {mde_text} ROC-AUC points** "
         f"({report['mde_rule']}); the claims' comparisons detect up to {claims_text} points "
         "(their SE grows with how differently the two resolutions rank the clips).", "",
-        "## Every resolution, folds pooled", "", pooled_table(rows), "",
+        "## Every resolution, folds pooled", "", pooled_table(st.rows), "",
         "## The paper's claims on this data", "", "Δ = to − from.", "",
-        comparison_table(tested), "",
+        comparison_table(st.tested), "",
         "## The paper's claim between the architectures", "",
         *(["Δ = to − from, at the same resolution, each model at its study width; PR-AUC "
            "(the claim's other half) on the same clips: " + ", ".join(
@@ -681,9 +752,9 @@ def build(runs_dir: str, out_dir: str, name: str, opts: Options = Options(),
         "at no more GMAC, cheapest first; a MUSICNN set here is where MUSICNN earns a shipped "
         "student (issue 24):", "",
         *([f"- `{r['set']}`: {r['gmacs']:.4f} GMAC, ROC-AUC {_pct(r['roc_auc'])} %"
-           for r in on_front] or ["(no set has finished every fold)"]), "",
+           for r in st.on_front] or ["(no set has finished every fold)"]), "",
         "## Every resolution against its model's baseline", "",
-        comparison_table(against, first="n_clips"), "",
+        comparison_table(st.against, first="n_clips"), "",
         "## Repeatability: the same configuration, another seed (a null comparison)", "",
         ("Nothing but training randomness differs: the paired SE here is the design's noise "
          "floor (its MDE is the design's, from the repeats paired over every fold; a repeat "
@@ -694,17 +765,32 @@ def build(runs_dir: str, out_dir: str, name: str, opts: Options = Options(),
         *([comparison_table(repeats, first="n_clips"), ""] if repeats else []),
         "## Cheapest resolution without a significant loss (paired test)", "",
     ]
-    for key, r in sorted(lowest.items()):
+    md += _lowest_md(st, opts)
+    md += ["", *_frequent_md(st.frequent, opts)]
+    md += ["", *_per_tag_view_md(st.tag_view, opts.alpha, st.tag_view_min)]
+    md += _against_md(st.against_other)
+    return md + _students_md(report["students"], st.rows)
+
+
+def _lowest_md(st: _Study, opts: Options) -> list[str]:
+    """The cheapest resolution per model without a significant loss, and the sets not yet
+    counted."""
+    md = []
+    for key, r in sorted(st.lowest.items()):
         md.append(f"- {key}: `{r['set']}` — {r['gmacs']:.4f} GMAC, Δ {r['delta_points']:+.2f} "
                   f"points [{r['ci95_points'][0]:+.2f}, {r['ci95_points'][1]:+.2f}] vs "
                   f"`{r['baseline']}` (p = {_fmt_p(r['p_bootstrap'])}); this comparison detects "
                   f"{r['mde_points']:.2f} points with {100 * opts.power:.0f} % power.")
-    partial = [r for r in rows if not _complete(r)]
+    partial = [r for r in st.rows if not _complete(r)]
     if partial:
         md.append("- not yet counted (folds still to run): " + ", ".join(
             f"`{r['set']}` ({r['folds_done']}/{r['folds']})" for r in partial) + ".")
-    md += ["", *_frequent_md(frequent, opts)]
-    md += ["", *_per_tag_view_md(tag_view, opts.alpha, tag_view_min)]
+    return md
+
+
+def _against_md(against_other: dict[str, list[dict]]) -> list[str]:
+    """A section per other study: the same configurations, paired clip by clip."""
+    md = []
     for other, rows_other in against_other.items():
         md += ["", f"## Against `{other}`: the same configurations, paired clip by clip", "",
                "Δ = this study − `" + other + "`; training: the K runs' total seconds and mean "
@@ -714,8 +800,12 @@ def build(runs_dir: str, out_dir: str, name: str, opts: Options = Options(),
                                   f"{c['epochs_to']:.1f} passes"} for c in rows_other],
                                 first="training")
                if rows_other else "(no configuration ran in both studies)"]
-    students = report["students"]
-    md += ["", "## Resolutions to ship as pretrained students (issue 24's rule)", ""]
+    return md
+
+
+def _students_md(students: dict | None, rows: Sequence[dict]) -> list[str]:
+    """The resolutions to ship as pretrained students (issue 24's rule)."""
+    md = ["", "## Resolutions to ship as pretrained students (issue 24's rule)", ""]
     if students is None:
         md.append("(the baseline has not finished every fold yet)"
                   if any(_is_baseline(r) for r in rows)
@@ -730,26 +820,28 @@ def build(runs_dir: str, out_dir: str, name: str, opts: Options = Options(),
                                     f"{students['top5_overlap'][res]:.3f})"))
         md.append(f"- from {students['complete_sets']} complete sets; to ship: "
                   + ", ".join(f"`{r}`" for r in students["resolutions"]))
-    runfiles.write_text_atomic(os.path.join(out_dir, "results.md"), "\n".join(md))
-    plot_learning_curves(results, os.path.join(out_dir, "learning_curves.png"))
-    plot_roc_vs_gmacs(rows, os.path.join(out_dir, "roc_vs_gmacs.png"))
-    plot_per_tag(tag_view, opts.alpha, os.path.join(out_dir, "per_tag_vs_baseline.png"))
+    return md
+
+
+def _summary(st: _Study, report: dict, name: str, out_dir: str) -> dict:
+    """The one-line summary :func:`build` returns."""
     claim_keys = ("model", "from_shape", "to_shape", "delta_points", "p_bootstrap")
     model_keys = ("label", "from_shape", "delta_points", "p_bootstrap")
-    return {"study": name, "runs": len(results), "sets": len(sets), "folds": report["folds"],
-            "mde_points": mde, "mde_claims_points": claims_mde,
-            "seed_to_seed_points": [round(c["delta_points"], 3) for c in repeats],
-            "claims": _pick(tested, claim_keys),
-            "between_models": _pick(tested_models, model_keys),
-            "front": [r["set"] for r in on_front],
+    frequent = st.frequent
+    return {"study": name, "runs": len(st.results), "sets": len(st.sets), "folds": report["folds"],
+            "mde_points": st.mde, "mde_claims_points": st.claims_mde,
+            "seed_to_seed_points": [round(c["delta_points"], 3) for c in st.repeats],
+            "claims": _pick(st.tested, claim_keys),
+            "between_models": _pick(st.tested_models, model_keys),
+            "front": [r["set"] for r in st.on_front],
             "frequent_tags": None if frequent is None else {
                 "mde_points": frequent["mde_points"],
                 "claims": _pick(frequent["claims"], claim_keys),
                 "between_models": _pick(frequent["between_models"], model_keys)},
-            "lowest_without_loss": {k: v["set"] for k, v in lowest.items()},
+            "lowest_without_loss": {k: v["set"] for k, v in st.lowest.items()},
             "students": None if report["students"] is None else report["students"]["resolutions"],
             "against": {other: _pick(rows_other, ("to", "delta_points", "p_bootstrap"))
-                        for other, rows_other in against_other.items()},
+                        for other, rows_other in st.against_other.items()},
             "out": out_dir}
 
 

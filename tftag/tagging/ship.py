@@ -36,6 +36,7 @@ import platform
 import shutil
 import tempfile
 import time
+from typing import Any
 
 import numpy as np
 from absl import logging
@@ -44,9 +45,9 @@ import tftag
 from tftag import evaluate, features, profile, train
 from tftag.delivery import tflite
 from tftag.runs import runfiles
-from tftag.storage import data
+from tftag.storage import data, folds
 from tftag.experiment import Experiment
-from tftag.models import pretrained
+from tftag.models import ModelConfig, pretrained
 
 WEIGHTS_FILE = "model.weights.h5"
 TFLITE_PRECISIONS = ("float16", "dynamic", "int8")
@@ -116,11 +117,88 @@ def ship(run_dir: str, models_dir: str | None = None, name: str | None = None, *
       FileNotFoundError: no ``configs.json`` or ``best.weights.h5``.
       FileExistsError: the folder exists (without ``overwrite``).
     """
+    s = _student(run_dir, models_dir, name, overwrite)
+    # Held-out agreement: every clip of the held-out packages, every patch.
+    p = evaluate.predict_clips(s.model, s.dataset_dir, s.mel, None, s.patch_frames,
+                               s.exp.train.eval_batch_size, None, s.parts.test)
+    metrics = evaluate.scores(p, s.info.tags)
+    gmacs = profile.gmacs(s.model)  # one window (the model's input)
+    os.makedirs(s.models_dir, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".ship-{s.name}-", dir=s.models_dir)
+    os.chmod(tmp, 0o755)  # mkdtemp's 0700 would make the installed folder private
+    try:
+        weights_path = os.path.join(tmp, WEIGHTS_FILE)
+        s.model.save_weights(weights_path)
+        card = _card(s, p, metrics, gmacs, weights_path, _tflite_sizes(s))
+        runfiles.write_json_atomic(os.path.join(tmp, pretrained.CARD_JSON), card)
+        entry = pretrained.from_card(tmp, s.name)  # the folder as the registry will read it
+        _check_same(entry.load(), s.model,
+                    tflite.dataset_mels(s.dataset_dir, s.mel, None, 4, s.parts.test), s.patch_frames)
+        card.update(_speed(entry, s, audio))
+        runfiles.write_json_atomic(os.path.join(tmp, pretrained.CARD_JSON), card)
+        _move_into_place(tmp, s.final, overwrite)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    logging.info("shipped %s", s.final)
+    print(f"shipped {s.name} -> {s.final}\n  held-out top-5 overlap {card['top5_overlap']:.3f}, "
+          f"rank correlation {card['rank_correlation']:.3f}, ROC-AUC {card['roc_auc']:.3f}, "
+          f"{card['gmacs_per_window']:.4f} GMACs per window"
+          + (f", {card['seconds_per_minute']:.3f} s per minute of audio"
+             if card.get("seconds_per_minute") else ""))
+    return {"shipped": s.final, "name": s.name, "card": card}
+
+
+@dataclasses.dataclass(frozen=True)
+class _Student:
+    """A final-student run to ship, checked, with its best weights loaded.
+
+    Attributes:
+      run_dir: the run directory (as given).
+      exp: its Experiment (``configs.json``).
+      name: the pretrained name.
+      models_dir: where shipped models live.
+      final: the folder it ships into, ``<models_dir>/<name>``.
+      info: the dataset's ``dataset.json``.
+      teacher: the name of the teacher that labelled the dataset.
+      parts: the held-out split: train and valid from the other packages, test the held-out ones.
+      model: the run's model with its best weights.
+    """
+
+    run_dir: str
+    exp: Experiment
+    name: str
+    models_dir: str
+    final: str
+    info: data.DatasetInfo
+    teacher: str
+    parts: folds.FoldParts
+    model: Any
+
+    @property
+    def mel(self) -> features.MelConfig:
+        return self.exp.mel_config
+
+    @property
+    def mc(self) -> ModelConfig:
+        return self.exp.model
+
+    @property
+    def dataset_dir(self) -> str:
+        return self.exp.dataset_dir
+
+    @property
+    def patch_frames(self) -> int | None:
+        return self.mc.patch_frames(self.mel)
+
+
+def _student(run_dir: str, models_dir: str | None, name: str | None, overwrite: bool) -> _Student:
+    """The run of ``run_dir`` checked (held-out packages, best weights, a free folder name, a
+    teacher-labelled dataset), its held-out split and its best model."""
     exp = Experiment.load(run_dir)
     if exp.heldout is None:
         raise ValueError(f"--run_dir={run_dir}: not a final-student run (its configs.json has no "
                          "held-out packages): train one with --mode=train --heldout_packages=...")
-    weights = runfiles.require_weights(os.path.join(run_dir, "best.weights.h5"))
+    runfiles.require_weights(os.path.join(run_dir, "best.weights.h5"))
     mel, mc = exp.mel_config, exp.model
     name = name or pretrained.student_name(mc, mel)
     models_dir = models_dir or pretrained.WEIGHTS_DIR
@@ -136,76 +214,64 @@ def ship(run_dir: str, models_dir: str | None = None, name: str | None = None, *
                          "reports its agreement with the teacher")
     parts = train.heldout_split(dataset_dir, mel, exp.heldout)
     model = train.load_best(run_dir, dataset_dir, mel, mc)
-    patch_frames = mc.patch_frames(mel)
+    return _Student(run_dir, exp, name, models_dir, final, info, teacher, parts, model)
 
-    # Held-out agreement: every clip of the held-out packages, every patch.
-    p = evaluate.predict_clips(model, dataset_dir, mel, None, patch_frames,
-                               exp.train.eval_batch_size, None, parts.test)
-    metrics = evaluate.scores(p, info.tags)
+
+def _tflite_sizes(s: _Student) -> dict:
+    """The TFLite files of every precision made in a temporary folder (not shipped): their
+    summary (:func:`tftag.delivery.tflite.export_tflite`: bytes, max |Δ probability|)."""
+    with tempfile.TemporaryDirectory() as scratch:
+        spec = _export_spec(s.mel, s.mc, s.info.tags, s.name)
+        return tflite.export_tflite(
+            s.model, spec, scratch, TFLITE_PRECISIONS,
+            tflite.dataset_mels(s.dataset_dir, s.mel, None, REPRESENTATIVE_CLIPS, s.parts.train),
+            tflite.dataset_mels(s.dataset_dir, s.mel, None, tflite.CHECK_CLIPS, s.parts.test))
+
+
+def _card(s: _Student, p, metrics, gmacs: float, weights_path: str, summary: dict) -> dict:
+    """The card (module docstring) but for the tagging speed: held-out predictions ``p`` and
+    their ``metrics``, GMACs of one window, the weights file and the TFLite ``summary``."""
+    mel, mc, info, parts = s.mel, s.mc, s.info, s.parts
+    outcome = _training_outcome(s.run_dir)
     window_frames = mc.n_frames(mel)
     window_seconds = window_frames * mel.hop_length / mel.sr
-    gmacs = profile.gmacs(model)  # one window (the model's input)
     stored = mel.replace(duration=STORED_CLIP_SECONDS)
-    os.makedirs(models_dir, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".ship-{name}-", dir=models_dir)
-    os.chmod(tmp, 0o755)  # mkdtemp's 0700 would make the installed folder private
-    try:
-        weights_path = os.path.join(tmp, WEIGHTS_FILE)
-        model.save_weights(weights_path)
-        with tempfile.TemporaryDirectory() as scratch:  # TFLite sizes and errors, not shipped
-            spec = _export_spec(mel, mc, info.tags, name)
-            summary = tflite.export_tflite(
-                model, spec, scratch, TFLITE_PRECISIONS,
-                tflite.dataset_mels(dataset_dir, mel, None, REPRESENTATIVE_CLIPS, parts.train),
-                tflite.dataset_mels(dataset_dir, mel, None, tflite.CHECK_CLIPS, parts.test))
-        outcome = _training_outcome(run_dir)
-        card = {
-            "name": name, "resolution": mel.name, "model": mc.name, "width": mc.width,
-            "preset": mc.preset, "model_config": dataclasses.asdict(mc), "duration": mel.duration,
-            "window_seconds": round(window_seconds, 4), "window_frames": window_frames,
-            "tags": list(info.tags), "teacher": teacher,
-            "teacher_hard_labels": (info.raw.get("teacher") or {}).get("top_k"),
-            "training_packages": package_records(info.raw, list(parts.train + parts.valid)),
-            "heldout_packages": package_records(info.raw, list(parts.test)),
-            "heldout_clips": len(parts.test),
-            "top5_overlap": metrics.top5_overlap,
-            "rank_correlation": evaluate.rank_correlation(p.soft_labels, p.probabilities),
-            "prob_correlation": metrics.prob_correlation,
-            "roc_auc": metrics.roc_auc, "pr_auc": metrics.pr_auc,
-            "gmacs_per_window": float(f"{gmacs:.6g}"),
-            "gmacs_per_minute": float(f"{gmacs * 60 / window_seconds:.6g}"),
-            "parameters": profile.param_count(model),
-            "bytes_per_stored_clip": info.codec.bytes_per_value * stored.n_frames * stored.n_mels,
-            "storage_codec": info.codec.name,
-            "weights": WEIGHTS_FILE, "weights_bytes": os.path.getsize(weights_path),
-            "tflite": {prec: {"bytes": row["bytes"], "max_abs_diff": round(row["max_abs_diff"], 6),
-                              "check_clips": summary["check_clips"]}
-                       for prec, row in summary["files"].items()},
-            "training": outcome, "run_dir": run_dir,  # as given: no machine path shipped
-            "tftag_version": tftag.__version__,
-        }
-        runfiles.write_json_atomic(os.path.join(tmp, pretrained.CARD_JSON), card)
-        entry = pretrained.from_card(tmp, name)  # the folder as the registry will read it
-        _check_same(entry.load(), model, tflite.dataset_mels(dataset_dir, mel, None, 4, parts.test),
-                    patch_frames)
-        files = _audio_files(audio) if audio else heldout_audio(info.raw, exp.heldout.packages)
-        if files:
-            card.update(measure_speed(entry, files))
-        else:
-            card.update(seconds_per_minute=None, speed_note=(
-                "no audio of the held-out packages found (the debian cache of dataset.json); "
-                "give --audio"))
-        runfiles.write_json_atomic(os.path.join(tmp, pretrained.CARD_JSON), card)
-        _move_into_place(tmp, final, overwrite)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    logging.info("shipped %s", final)
-    print(f"shipped {name} -> {final}\n  held-out top-5 overlap {card['top5_overlap']:.3f}, "
-          f"rank correlation {card['rank_correlation']:.3f}, ROC-AUC {card['roc_auc']:.3f}, "
-          f"{card['gmacs_per_window']:.4f} GMACs per window"
-          + (f", {card['seconds_per_minute']:.3f} s per minute of audio"
-             if card.get("seconds_per_minute") else ""))
-    return {"shipped": final, "name": name, "card": card}
+    return {
+        "name": s.name, "resolution": mel.name, "model": mc.name, "width": mc.width,
+        "preset": mc.preset, "model_config": dataclasses.asdict(mc), "duration": mel.duration,
+        "window_seconds": round(window_seconds, 4), "window_frames": window_frames,
+        "tags": list(info.tags), "teacher": s.teacher,
+        "teacher_hard_labels": (info.raw.get("teacher") or {}).get("top_k"),
+        "training_packages": package_records(info.raw, list(parts.train + parts.valid)),
+        "heldout_packages": package_records(info.raw, list(parts.test)),
+        "heldout_clips": len(parts.test),
+        "top5_overlap": metrics.top5_overlap,
+        "rank_correlation": evaluate.rank_correlation(p.soft_labels, p.probabilities),
+        "prob_correlation": metrics.prob_correlation,
+        "roc_auc": metrics.roc_auc, "pr_auc": metrics.pr_auc,
+        "gmacs_per_window": float(f"{gmacs:.6g}"),
+        "gmacs_per_minute": float(f"{gmacs * 60 / window_seconds:.6g}"),
+        "parameters": profile.param_count(s.model),
+        "bytes_per_stored_clip": info.codec.bytes_per_value * stored.n_frames * stored.n_mels,
+        "storage_codec": info.codec.name,
+        "weights": WEIGHTS_FILE, "weights_bytes": os.path.getsize(weights_path),
+        "tflite": {prec: {"bytes": row["bytes"], "max_abs_diff": round(row["max_abs_diff"], 6),
+                          "check_clips": summary["check_clips"]}
+                   for prec, row in summary["files"].items()},
+        "training": outcome, "run_dir": s.run_dir,  # as given: no machine path shipped
+        "tftag_version": tftag.__version__,
+    }
+
+
+def _speed(entry: pretrained.PretrainedModel, s: _Student, audio: str | None) -> dict:
+    """The card's tagging speed (:func:`measure_speed`) on ``audio`` or the held-out packages'
+    files; none found: seconds_per_minute None and a ``speed_note``."""
+    files = _audio_files(audio) if audio else heldout_audio(s.info.raw, s.exp.heldout.packages)
+    if files:
+        return measure_speed(entry, files)
+    return dict(seconds_per_minute=None, speed_note=(
+        "no audio of the held-out packages found (the debian cache of dataset.json); "
+        "give --audio"))
 
 
 def _audio_files(audio: str) -> list[str]:
