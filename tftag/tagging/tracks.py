@@ -473,9 +473,11 @@ class DecoderPool:
     def __init__(self, workers: int):
         if workers < 1:
             raise ValueError(f"--workers={workers}: need at least 1 decoding worker")
-        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        env = _essentia.child_env()
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+        import tftag
+
+        env = _essentia.child_env()  # and the folder that holds this tftag first on the path
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (tftag.PACKAGE_PARENT, env.get("PYTHONPATH")) if p)
         self._procs = [subprocess.Popen([sys.executable, "-c", WORKER_CODE], env=env,
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE)
                        for _ in range(workers)]
