@@ -164,7 +164,7 @@ def test_the_length_checker_counts_lines():
 
 
 # Over the limit, to split by the module's owner (then remove the entry: a stale one fails).
-PENDING_SPLITS = {(os.path.join("tftag", "cli.py"), "define_main_flags")}  # 101 lines
+PENDING_SPLITS: set[tuple[str, str]] = set()
 
 
 def test_no_function_is_longer_than_100_lines():

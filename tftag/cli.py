@@ -13,7 +13,7 @@ import dataclasses
 import json
 import os
 import sys
-from typing import Callable, Mapping, Sequence, TypeVar
+from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 from absl import app, flags
 
@@ -395,7 +395,7 @@ def config(flag_names: str, make: Callable[[], T], hint: str = "",
 def define_main_flags() -> None:
     """Every flag of ``tftag.main`` but ``--mode`` (defined beside the mode table); each
     flag's help names the modes that read it."""
-    from tftag import datasets, experiment
+    from tftag import datasets
 
     flags.DEFINE_bool("version", False, "Print tftag's version and exit.")
     flags.DEFINE_string("run_dir", None, "Run directory (created): flags, configs, TensorBoard logs, "
@@ -454,6 +454,18 @@ def define_main_flags() -> None:
     flags.DEFINE_integer("repeats", 3, "sweep: runs per (model, resolution), seeds seed, seed+1, ...; "
                          "how_low: runs of the chosen and of the best candidate when retrained",
                          lower_bound=1)
+    define_train_flags()
+    define_how_low_flags()
+    define_export_flags()
+    define_tag_flags()
+    define_report_flags()
+    define_model_flags()
+
+
+def define_train_flags() -> None:
+    """The training flags of train, sweep, tune and how_low (and evaluate's, tune's own)."""
+    from tftag import experiment
+
     flags.DEFINE_integer("batch_size", 32, "Global batch (split across replicas).", lower_bound=1)
     flags.DEFINE_integer("epochs", 20, "Maximum training epochs.", lower_bound=1)
     flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate (paper: 1e-3).")
@@ -480,10 +492,10 @@ def define_main_flags() -> None:
     flags.DEFINE_string("weights", None, "evaluate/export: weights (default <run_dir>/best.weights.h5).")
     flags.DEFINE_enum("split", "test", ["train", "valid", "test", "all"], "evaluate: which split.")
     flags.DEFINE_integer("max_trials", 5, "tune: keras-tuner trials.", lower_bound=1)
-    define_how_low_flags()
-    define_export_flags()
-    define_tag_flags()
-    define_report_flags()
+
+
+def define_model_flags() -> None:
+    """The model's flags (--width, --preset, --dropout) and profile's."""
     flags.DEFINE_float("width", 1.0, "Filter-count multiplier (1 = the paper's full-size model).")
     flags.DEFINE_string("preset", "paper", "Architecture preset (musicnn: paper, musicnn_mtt).")
     flags.DEFINE_float("dropout", -1.0, "Dropout rate; -1 = the architecture's own.")
@@ -495,7 +507,7 @@ def define_main_flags() -> None:
     flags.DEFINE_integer("trace_steps", 3, "profile: training steps in the trace.", lower_bound=1)
 
 
-def build_experiment(mode: str | None = None) -> "experiment.Experiment":
+def build_experiment(mode: str | None = None) -> Any:
     """The Experiment of the flags (for ``mode``, default ``--mode``); a bad value is a
     UsageError naming its flag."""
     from tftag import experiment, models
