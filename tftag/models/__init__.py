@@ -3,6 +3,14 @@
 Every model takes ``[batch, n_frames, n_mels]`` float32 mel-spectrograms (time-major, as
 :func:`tftag.features.melspectrogram` returns them) and returns logits ``[batch, n_tags]``; the
 sigmoid lives in the loss, the metrics and the serving signature.
+
+Owns the registry (:class:`ModelConfig`, ``build``, each model's inference path), ``vgg`` and
+``musicnn`` (table-driven builders), ``blocks`` (their shared layers), ``training`` and
+``gemm_conv`` (the fast training step), ``pretrained`` (the musicnn ports and the shipped
+students in ``weights/``).
+
+May import: :mod:`tftag.registry`, :mod:`tftag.errors`, :mod:`tftag.runs`, :mod:`tftag.features`,
+:mod:`tftag.datasets`.
 """
 
 from __future__ import annotations
