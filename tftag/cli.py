@@ -234,8 +234,10 @@ def define_report_flags() -> None:
     flags.DEFINE_integer("n_resamples", 1000, "report --runs_dir: bootstrap resamples.",
                          lower_bound=100)
     flags.DEFINE_integer("bootstrap_seed", 0, "report --runs_dir: seed of the bootstrap resamples.")
-    flags.DEFINE_enum("resample_by", "clip", ["clip", "track_group"], "report --runs_dir: what "
-                      "one bootstrap draw resamples: a clip, or all clips of a track group at once.")
+    flags.DEFINE_enum("resample_by", "track_group", ["clip", "track_group"], "report --runs_dir: "
+                      "what one bootstrap draw resamples for the primary figures: all clips of a "
+                      "track group at once (the default: a track's clips are not independent), or "
+                      "a clip; every comparison carries clip- and package-level figures beside.")
     flags.DEFINE_float("power", 0.8, "report --runs_dir: power of the minimum detectable effect.")
     from tftag.study import analysis
 

@@ -375,10 +375,10 @@ def test_cv_report_between_models_and_front(tmp_path):
     assert f"vgg (w0.125) → musicnn (w0.125) 96×1: {row['pr_from']:.2f} → {row['pr_to']:.2f} %" in md
     worst = per_tag[0]
     text = f"{worst['tag']} ({worst['positives']}) {deltas[0]:+.1f}"
-    called = worst["q_delong"] < 0.05  # the largest loss of a noisier student: called
+    called = worst["q_bootstrap"] < 0.05  # the largest loss of a noisier student: called
     assert called and (f"- vgg (w0.125) → musicnn (w0.125) 96×1, per tag (positives) Δ points: "
                        f"largest losses **{text}**, ") in md
-    assert all((t["q_delong"] < 0.05) == (f"**{t['tag']} ({t['positives']})" in md)
+    assert all((t["q_bootstrap"] < 0.05) == (f"**{t['tag']} ({t['positives']})" in md)
                for t in per_tag[:5] if t["roc_to"] < t["roc_from"])
     # a MUSICNN closer to the teacher than VGG-CNN: it wins the claim and joins the front
     better = tmp_path / "better"
@@ -491,7 +491,8 @@ def test_cv_report_frequent_tags_view(tmp_path):
 
 def test_cv_report_per_tag_view(tmp_path, monkeypatch):
     """Which tags each resolution loses: every tag's ROC-AUC change against the baseline with its
-    DeLong test and Benjamini-Hochberg q, as a table in results.md and a heat map."""
+    track-group bootstrap test and Benjamini-Hochberg q (DeLong's clip-level test beside), as a
+    table in results.md and a heat map."""
     import numpy as np
 
     from tftag.study import report as cv_report
@@ -536,13 +537,14 @@ def test_cv_report_per_tag_view(tmp_path, monkeypatch):
     hop10 = vgg["columns"][1]["cells"]
     # the student 10x further from the teacher loses every tag, each change called
     assert all(cell["delta_points"] < -5 and cell["q_delong"] < 0.05 for cell in hop10)
+    assert all(cell["q_bootstrap"] < 0.05 for cell in hop10)
     md = (tmp_path / "out" / "results.md").read_text()
     assert "## Per tag: what each resolution loses against its baseline" in md
     assert "| tag (positives) | 48×1 | 96×10 |" in md
     first, c48 = vgg["tags"][0], vgg["columns"][0]["cells"][0]
     text48 = f"{c48['delta_points']:+.1f}"
     assert (f"| {first['tag']} ({first['positives']}) | "
-            + (f"**{text48}**" if c48["q_delong"] < 0.05 else text48)
+            + (f"**{text48}**" if c48["q_bootstrap"] < 0.05 else text48)
             + f" | **{hop10[0]['delta_points']:+.1f}** |") in md
     assert ("| *macro Δ (the column's mean)* | " + " | ".join(
         f"*{col['delta_points']:+.2f}*" for col in vgg["columns"]) + " |") in md
@@ -557,6 +559,7 @@ def test_cv_report_per_tag_view(tmp_path, monkeypatch):
     tested = [t["positives"] >= few for t in g["tags"]]
     assert 0 < sum(tested) < N_TAGS
     assert [c["p_delong"] is not None for c in cells] == tested
+    assert [c["p_bootstrap"] is not None for c in cells] == tested
     assert [c["q_delong"] for c in cells if c["q_delong"] is not None] == pytest.approx(
         stats.false_discovery_rate([c["p_delong"] for c in cells if c["p_delong"] is not None]))
     last = g["tags"][-1]  # the rarest: untested, so plain
@@ -598,7 +601,7 @@ def test_plot_per_tag_shares_one_colour_scale(tmp_path, monkeypatch):
         return {"model": model, "width": 0.125, "seed": 0, "baseline": baseline,
                 "tags": [{"tag": t, "positives": 100 - i} for i, t in enumerate(("a", "b"))],
                 "columns": [{"to_shape": shape, "gmac_ratio": 0.5, "cells": [
-                    None if d is None else {"delta_points": d, "q_delong": 0.01 if abs(d) > 1
+                    None if d is None else {"delta_points": d, "q_bootstrap": 0.01 if abs(d) > 1
                                             else None} for d in column]}
                             for shape, column in deltas.items()]}
 

@@ -11,8 +11,12 @@ with ``result.json`` (the run's metrics, stopping reason and learning curve) and
 - :func:`summarize_set`: pooled ROC-AUC / PR-AUC with bootstrap 95 % CIs, per-fold mean ± sd,
   agreement with the teacher, cost and stopping reasons;
 - :func:`compare`: two sets on their common clips, the paired bootstrap of the macro ROC-AUC
-  difference (primary), DeLong's test, the fold-level paired t-test and the paper's
-  independent-samples t-test, and the minimum detectable effect of the comparison.
+  difference (primary; resampling track groups, the clips of one track together, since a
+  track's clips are not independent), DeLong's test with clips clustered the same way, the
+  fold-level paired t-test and the paper's independent-samples t-test, and the minimum
+  detectable effect of the comparison; ``by_unit`` carries the bootstrap figures resampling
+  clips and packages beside them;
+- :func:`relabel`: a set scored against another labeller's top-k tags (a second labeller).
 
 Hard labels are the teacher's top-k tags per clip (:func:`tftag.extraction.teacher.hard_labels`, the
 project's rule; k = 3 by default), recomputed from the stored (float16) teacher probabilities.
@@ -87,8 +91,18 @@ def _track_group(clip_id: str) -> str:
     return debian.group_name(package, path) if path else track
 
 
-# What one bootstrap draw resamples: a clip, or every clip of a track group at once.
-RESAMPLE_UNITS: dict[str, Callable[[str], str] | None] = {"clip": None, "track_group": _track_group}
+def _package(clip_id: str) -> str:
+    """Debian clip ids ``package/path#k``: the package."""
+    return clip_id.partition("/")[0]
+
+
+# What one bootstrap draw resamples: a clip, every clip of a track group at once (a track's clips
+# are not independent: the study's primary unit), or every clip of a package (17 on real music).
+RESAMPLE_UNITS: dict[str, Callable[[str], str] | None] = {
+    "clip": None, "track_group": _track_group, "package": _package}
+PRIMARY_UNIT = "track_group"
+# The figures every comparison carries beside its primary unit's (``by_unit``).
+SECONDARY_UNITS = ("clip", "package")
 
 
 def set_name(model: str, width: float, resolution: str) -> str:
@@ -228,13 +242,30 @@ def _weights(clip_ids: Sequence[str], n_resamples: int, seed: int, unit: str) ->
     return stats.bootstrap_weights(len(clip_ids), n_resamples, seed, groups)
 
 
+def n_units(clip_ids: Sequence[str], unit: str) -> int:
+    """How many independent units (clips, track groups, packages) ``clip_ids`` hold."""
+    if unit not in RESAMPLE_UNITS:
+        raise ValueError(f"unknown resample unit {unit!r}; known: {', '.join(RESAMPLE_UNITS)}")
+    to_group = RESAMPLE_UNITS[unit]
+    return len(set(clip_ids if to_group is None else map(to_group, clip_ids)))
+
+
+def relabel(s: "RunSet", labeller) -> "RunSet":
+    """``s`` with another labeller's probabilities in place of the teacher's (its hard labels
+    become that labeller's top-k; ``labeller``: a :class:`tftag.study.labellers.Labels`)."""
+    if tuple(labeller.tags) != s.tags:
+        raise ValueError(f"labeller {labeller.name}: its tags differ from {s.key}'s; a second "
+                         "labeller must tag the same vocabulary")
+    return dataclasses.replace(s, teacher=labeller.rows(s.clip_ids))
+
+
 def _mean_sd(values: Sequence[float]) -> tuple[float, float | None]:
     v = np.asarray(values, dtype=np.float64)
     return float(v.mean()), (float(v.std(ddof=1)) if v.size > 1 else None)
 
 
 def summarize_set(s: RunSet, top_k: int = teacher.DEFAULT_TOP_K, n_resamples: int = 1000,
-                  seed: int = 0, unit: str = "clip", min_positives: int = 1) -> dict:
+                  seed: int = 0, unit: str = PRIMARY_UNIT, min_positives: int = 1) -> dict:
     """Pooled metrics of one set with bootstrap 95 % CIs, per-fold mean ± sd, agreement with
     the teacher on the pooled clips, cost and stopping reasons (fractions in 0-1).
 
@@ -250,7 +281,7 @@ def summarize_set(s: RunSet, top_k: int = teacher.DEFAULT_TOP_K, n_resamples: in
     return {
         "set": s.key, "model": s.model, "width": s.width, "resolution": s.resolution,
         "seed": s.seed, "folds": s.folds, "folds_done": len(s.runs), "n_clips": len(s.clip_ids),
-        "n_tags": len(cols),
+        "n_tags": len(cols), "unit": unit, "n_units": n_units(s.clip_ids, unit),
         "roc_auc": roc.estimate, "ci95": list(roc.ci95), "roc_auc_se": roc.se,
         "pr_auc": pr.estimate, "pr_ci95": list(pr.ci95),
         "fold_roc_auc_mean": fold_roc[0], "fold_roc_auc_sd": fold_roc[1],
@@ -261,6 +292,23 @@ def summarize_set(s: RunSet, top_k: int = teacher.DEFAULT_TOP_K, n_resamples: in
         "train_seconds": s.train_seconds, "epochs_done_mean": s.epochs_done_mean,
         "stopped_at_cap": sum(r["stop_reason"] == "cap" for r in s.runs),
     }
+
+
+def ceiling(s: RunSet, scores: np.ndarray | None = None, top_k: int = teacher.DEFAULT_TOP_K,
+            n_resamples: int = 1000, seed: int = 0, unit: str = PRIMARY_UNIT,
+            min_positives: int = 1) -> dict:
+    """The labeller's own pooled ROC-AUC / PR-AUC against its hard labels (its top-k per clip,
+    from ``s.teacher``): the score no student of it can beat, since a student is trained to
+    reproduce those probabilities. ``scores`` [clips, tags]: score those instead (e.g. another
+    labeller's probabilities against this one's labels). CIs resample ``unit``."""
+    labels = s.labels(top_k)
+    cols = stats.evaluable_tags(labels, min_positives)
+    x = s.teacher if scores is None else np.asarray(scores, np.float64)
+    roc, pr = stats.bootstrap_ci(labels[:, cols], x[:, cols],
+                                 _weights(s.clip_ids, n_resamples, seed, unit))
+    return {"n_clips": len(s.clip_ids), "n_tags": len(cols), "unit": unit,
+            "roc_auc": roc.estimate, "ci95": list(roc.ci95), "pr_auc": pr.estimate,
+            "pr_ci95": list(pr.ci95)}
 
 
 def _paired(a: RunSet, b: RunSet, top_k: int, min_positives: int) -> tuple:
@@ -276,47 +324,76 @@ def _paired(a: RunSet, b: RunSet, top_k: int, min_positives: int) -> tuple:
     return common, cols, labels[:, cols], a.probs[ia][:, cols], b.probs[ib][:, cols]
 
 
-def per_tag(a: RunSet, b: RunSet, top_k: int = teacher.DEFAULT_TOP_K,
-            min_positives: int = 1) -> list[dict]:
+def _groups(clip_ids: Sequence[str], unit: str) -> list[str] | None:
+    """Each clip's cluster under ``unit`` (None: clips are the unit)."""
+    if unit not in RESAMPLE_UNITS:
+        raise ValueError(f"unknown resample unit {unit!r}; known: {', '.join(RESAMPLE_UNITS)}")
+    to_group = RESAMPLE_UNITS[unit]
+    return None if to_group is None else [to_group(c) for c in clip_ids]
+
+
+def per_tag(a: RunSet, b: RunSet, top_k: int = teacher.DEFAULT_TOP_K, min_positives: int = 1,
+            n_resamples: int = 1000, seed: int = 0, unit: str = PRIMARY_UNIT) -> list[dict]:
     """The terms of :func:`compare`'s macro ROC-AUCs, tag by tag on the common clips: ``tag``,
-    ``positives``, ``roc_from`` and ``roc_to`` (percent), largest loss first, with each tag's
-    DeLong test of the difference (``p_delong``) and its Benjamini-Hochberg q-value over the
-    tags tested (``q_delong``, the false discovery rate of calling that tag's change real; both
-    None for a tag with fewer than :data:`PER_TAG_TEST_MIN_CLIPS` positive or negative clips)."""
-    _, cols, labels, pa, pb = _paired(a, b, top_k, min_positives)
+    ``positives``, ``roc_from`` and ``roc_to`` (percent), largest loss first.
+
+    Each tag with at least :data:`PER_TAG_TEST_MIN_CLIPS` positive and negative clips is tested
+    (else its tests are None): primary, the paired bootstrap of its difference resampling
+    ``unit`` (track groups by default: a cluster bootstrap, the same resamples as
+    :func:`compare`'s; ``p_bootstrap``) with its Benjamini-Hochberg q-value over the tags tested
+    (``q_bootstrap``, the false discovery rate of calling that tag's change real); beside it,
+    secondary, DeLong's test treating clips as independent (``p_delong``, ``q_delong``)."""
+    common, cols, labels, pa, pb = _paired(a, b, top_k, min_positives)
     tags, roc_a, _ = stats.per_tag_auc(labels, pa)
     roc_b = stats.per_tag_auc(labels, pb)[1]
     positives = labels.sum(axis=0)
-    p = [stats.delong(labels[:, t], pa[:, t], pb[:, t]).p_value
-         if PER_TAG_TEST_MIN_CLIPS <= positives[t] <= labels.shape[0] - PER_TAG_TEST_MIN_CLIPS
-         else None for t in tags]
-    q = dict(zip([t for t, pt in zip(tags, p) if pt is not None],
-                 stats.false_discovery_rate([pt for pt in p if pt is not None])))
+    testable = [t for t in tags
+                if PER_TAG_TEST_MIN_CLIPS <= positives[t] <= labels.shape[0] - PER_TAG_TEST_MIN_CLIPS]
+    boot = dict(zip(testable, stats.paired_bootstrap_per_tag(
+        labels, pa, pb, _weights(common, n_resamples, seed, unit), testable)))
+    delong = {t: stats.delong(labels[:, t], pa[:, t], pb[:, t]).p_value for t in testable}
+    q_boot = dict(zip(testable, stats.false_discovery_rate([boot[t].p_value for t in testable])))
+    q_delong = dict(zip(testable, stats.false_discovery_rate([delong[t] for t in testable])))
     rows = [{"tag": a.tags[cols[t]], "positives": int(positives[t]),
-             "roc_from": 100 * float(ra), "roc_to": 100 * float(rb),
-             "p_delong": pt, "q_delong": q.get(t)}
-            for t, ra, rb, pt in zip(tags, roc_a, roc_b, p)]
+             "roc_from": 100 * float(ra), "roc_to": 100 * float(rb), "unit": unit,
+             "p_bootstrap": boot[t].p_value if t in boot else None, "q_bootstrap": q_boot.get(t),
+             "p_delong": delong.get(t), "q_delong": q_delong.get(t)}
+            for t, ra, rb in zip(tags, roc_a, roc_b)]
     return sorted(rows, key=lambda r: r["roc_to"] - r["roc_from"])
 
 
+def _unit_figures(common: Sequence[str], labels: np.ndarray, pa: np.ndarray, pb: np.ndarray,
+                  n_resamples: int, seed: int, unit: str, alpha: float, power: float) -> dict:
+    """The paired bootstrap of ``b - a`` resampling ``unit``: Δ, CI, SE, p, MDE (points)."""
+    boot = stats.paired_bootstrap(labels, pa, pb, _weights(common, n_resamples, seed, unit))
+    return {"n_units": n_units(common, unit), "delta_points": 100 * boot.difference,
+            "ci95_points": [100 * x for x in boot.ci95], "se_points": 100 * boot.se,
+            "p_bootstrap": boot.p_value,
+            "mde_points": 100 * stats.minimum_detectable_effect(boot.se, alpha, power)}
+
+
 def compare(a: RunSet, b: RunSet, top_k: int = teacher.DEFAULT_TOP_K, n_resamples: int = 1000,
-            seed: int = 0, unit: str = "clip", alpha: float = 0.05, power: float = 0.8,
-            min_positives: int = 1) -> dict:
+            seed: int = 0, unit: str = PRIMARY_UNIT, alpha: float = 0.05, power: float = 0.8,
+            min_positives: int = 1, also_units: Sequence[str] = SECONDARY_UNITS) -> dict:
     """``b`` against ``a`` on their common clips (differences ``b - a`` in ROC-AUC points; both
     PR-AUCs on the same clips beside). ``min_positives`` > 1: the macro metrics average only the
     tags with that many positives among the common clips (``n_tags``).
 
-    Primary: the paired bootstrap of the pooled macro ROC-AUC difference (its SE gives the
-    minimum detectable effect at ``alpha`` and ``power``); beside it DeLong's test of the same
-    difference, the paired t-test over the folds both finished and the independent-samples
-    t-test over all their runs (as the paper).
+    Primary (``unit``, track groups by default): the paired bootstrap of the pooled macro
+    ROC-AUC difference resampling that unit (a cluster bootstrap; its SE gives the minimum
+    detectable effect at ``alpha`` and ``power``) and DeLong's test of the same difference with
+    the clips' influences summed per unit; beside them the paired t-test over the folds both
+    finished and the independent-samples t-test over all their runs (as the paper). ``by_unit``:
+    the bootstrap figures again for each of ``also_units`` (e.g. clips, packages).
 
     Raises:
-      ValueError: no common clip.
+      ValueError: no common clip, or an unknown unit.
     """
     common, cols, labels, pa, pb = _paired(a, b, top_k, min_positives)
-    boot = stats.paired_bootstrap(labels, pa, pb, _weights(common, n_resamples, seed, unit))
-    delong = stats.delong_macro(labels, pa, pb)
+    primary = _unit_figures(common, labels, pa, pb, n_resamples, seed, unit, alpha, power)
+    by_unit = {u: _unit_figures(common, labels, pa, pb, n_resamples, seed, u, alpha, power)
+               for u in also_units if u != unit}
+    delong = stats.delong_macro(labels, pa, pb, _groups(common, unit))
     roc_a, pr_a = (float(m[0]) for m in stats.weighted_macro_auc(labels, pa))
     pr_b = float(stats.weighted_macro_auc(labels, pb)[1][0])
     fa = {r["fold"]: r["test_roc_auc"] for r in a.runs}
@@ -326,17 +403,16 @@ def compare(a: RunSet, b: RunSet, top_k: int = teacher.DEFAULT_TOP_K, n_resample
     fold_tests = min_positives <= 1
     return {
         "from": a.key, "to": b.key, "n_clips": len(common), "folds_paired": len(folds),
-        "n_tags": len(cols),
-        "roc_from": 100 * roc_a, "roc_to": 100 * (roc_a + boot.difference),
+        "n_tags": len(cols), "unit": unit,
+        "roc_from": 100 * roc_a, "roc_to": 100 * roc_a + primary["delta_points"],
         "pr_from": 100 * pr_a, "pr_to": 100 * pr_b,
-        "delta_points": 100 * boot.difference, "ci95_points": [100 * x for x in boot.ci95],
-        "se_points": 100 * boot.se, "p_bootstrap": boot.p_value,
+        **primary,
         "p_delong": delong.p_value, "se_delong_points": 100 * delong.se,
         "p_paired_t": stats.paired_t([fa[k] for k in folds], [fb[k] for k in folds])
         if fold_tests else None,
         "p_independent_t": stats.independent_t([r["test_roc_auc"] for r in a.runs],
                                                [r["test_roc_auc"] for r in b.runs])
         if fold_tests else None,
-        "mde_points": 100 * stats.minimum_detectable_effect(boot.se, alpha, power),
         "gmac_ratio": float(b.runs[0]["gmacs"]) / float(a.runs[0]["gmacs"]),
+        "by_unit": by_unit,
     }

@@ -33,7 +33,7 @@ import os
 from typing import Sequence
 
 from tftag.runs import runfiles
-from tftag.study import analysis, pareto
+from tftag.study import analysis, pareto, stats
 from tftag.features import MelConfig
 
 # The reference each resolution of a model is compared with for "no significant loss".
@@ -47,7 +47,10 @@ class Options:
     Attributes:
       n_resamples: bootstrap resamples.
       seed: the resamples' seed (the same for every set, so comparisons share resamples).
-      unit: what a draw resamples (:data:`tftag.study.analysis.RESAMPLE_UNITS`).
+      unit: what a draw resamples (:data:`tftag.study.analysis.RESAMPLE_UNITS`): track groups
+        by default (a track's clips are not independent), the primary figures.
+      also_units: the units whose bootstrap figures every comparison carries beside the
+        primary ones (``by_unit``): clips and packages by default.
       top_k: hard labels = the teacher's top-k tags per clip.
       alpha: significance level (two-sided).
       power: power of the minimum detectable effect.
@@ -59,7 +62,8 @@ class Options:
 
     n_resamples: int = 1000
     seed: int = 0
-    unit: str = "clip"
+    unit: str = analysis.PRIMARY_UNIT
+    also_units: tuple[str, ...] = analysis.SECONDARY_UNITS
     top_k: int = 3
     alpha: float = 0.05
     power: float = 0.8
@@ -69,6 +73,18 @@ class Options:
     def kwargs(self) -> dict:
         return {"top_k": self.top_k, "n_resamples": self.n_resamples, "seed": self.seed,
                 "unit": self.unit, "min_positives": self.min_positives}
+
+
+def _compare(a: analysis.RunSet, b: analysis.RunSet, opts: Options) -> dict:
+    """:func:`tftag.study.analysis.compare` under ``opts`` (primary unit and ``by_unit``)."""
+    return analysis.compare(a, b, alpha=opts.alpha, power=opts.power,
+                            also_units=opts.also_units, **opts.kwargs())
+
+
+def _per_tag(a: analysis.RunSet, b: analysis.RunSet, opts: Options) -> list[dict]:
+    """:func:`tftag.study.analysis.per_tag` under ``opts`` (its tests resample ``opts.unit``)."""
+    return analysis.per_tag(a, b, opts.top_k, opts.min_positives, opts.n_resamples, opts.seed,
+                            opts.unit)
 
 
 def _res_shape(resolution: str) -> tuple[int, int]:
@@ -106,7 +122,7 @@ def claims(sets: Sequence[analysis.RunSet], opts: Options) -> list[dict]:
         for base in (s for s in sets if s.model == model and _shape(s) == a):
             other = _partner(sets, base, b)
             if other is not None:
-                c = analysis.compare(base, other, alpha=opts.alpha, power=opts.power, **opts.kwargs())
+                c = _compare(base, other, opts)
                 out.append({"model": model, "width": base.width, "seed": base.seed,
                             "from_shape": f"{a[0]}×{a[1]}", "to_shape": f"{b[0]}×{b[1]}",
                             "claim": claim, **c})
@@ -124,17 +140,29 @@ def between_models(sets: Sequence[analysis.RunSet], opts: Options) -> list[dict]
             other = _partner(sets, base, shape, model=b_model)
             if other is None:
                 continue
-            c = analysis.compare(base, other, alpha=opts.alpha, power=opts.power, **opts.kwargs())
+            c = _compare(base, other, opts)
             out.append({"model": f"{a_model} → {b_model}", "width": base.width, "seed": base.seed,
                         "label": f"{a_model} (w{base.width:g}) → {b_model} (w{other.width:g})",
                         "from_shape": _label(base), "to_shape": _label(other), "claim": claim, **c,
-                        "per_tag": analysis.per_tag(base, other, opts.top_k, opts.min_positives)})
+                        "per_tag": _per_tag(base, other, opts)})
+    return out
+
+
+def between_models_plain(sets: Sequence[analysis.RunSet], opts: Options) -> list[dict]:
+    """:func:`between_models` without the per-tag tests."""
+    out = []
+    for a_model, b_model, shape, claim in analysis.MODEL_CLAIMS:
+        for base in (s for s in sets if s.model == a_model and _shape(s) == shape):
+            other = _partner(sets, base, shape, model=b_model)
+            if other is not None:
+                out.append({"from_shape": _label(base), "to_shape": _label(other), "claim": claim,
+                            **_compare(base, other, opts)})
     return out
 
 
 def vs_baseline(sets: Sequence[analysis.RunSet], opts: Options) -> list[dict]:
     """Every set against its model's baseline resolution (:data:`BASELINES`), with the per-tag
-    ROC-AUCs and DeLong tests (``per_tag``, :func:`tftag.study.analysis.per_tag`)."""
+    ROC-AUCs and tests (``per_tag``, :func:`tftag.study.analysis.per_tag`)."""
     out = []
     for s in sets:
         base = _partner(sets, s, BASELINES[s.model]) if s.model in BASELINES else None
@@ -142,8 +170,7 @@ def vs_baseline(sets: Sequence[analysis.RunSet], opts: Options) -> list[dict]:
             continue
         out.append({"model": s.model, "width": s.width, "seed": s.seed,
                     "from_shape": _label(base), "to_shape": _label(s),
-                    **analysis.compare(base, s, alpha=opts.alpha, power=opts.power, **opts.kwargs()),
-                    "per_tag": analysis.per_tag(base, s, opts.top_k, opts.min_positives)})
+                    **_compare(base, s, opts), "per_tag": _per_tag(base, s, opts)})
     return out
 
 
@@ -162,8 +189,7 @@ def repeatability(sets: Sequence[analysis.RunSet], opts: Options) -> list[dict]:
             out.append({"model": model, "width": width, "seed": other.seed,
                         "from_shape": f"{_label(group[0])} seed {group[0].seed}",
                         "to_shape": f"{_label(other)} seed {other.seed}",
-                        **analysis.compare(group[0], other, alpha=opts.alpha, power=opts.power,
-                                        **opts.kwargs())})
+                        **_compare(group[0], other, opts)})
     return out
 
 
@@ -196,7 +222,7 @@ def against_study(sets: Sequence[analysis.RunSet], others: Sequence[analysis.Run
             continue
         out.append({"model": s.model, "width": s.width, "seed": s.seed, "study": other,
                     "from_shape": f"{_label(o)} `{other}`", "to_shape": f"{_label(s)} this",
-                    **analysis.compare(o, s, alpha=opts.alpha, power=opts.power, **opts.kwargs()),
+                    **_compare(o, s, opts),
                     "train_seconds_from": o.train_seconds, "train_seconds_to": s.train_seconds,
                     "epochs_from": o.epochs_done_mean, "epochs_to": s.epochs_done_mean})
     return out
@@ -225,6 +251,104 @@ def frequent_view(sets: Sequence[analysis.RunSet], opts: Options) -> dict | None
         "pooled": {k: {m: r[m] for m in ("n_tags", "roc_auc", "ci95", "pr_auc", "pr_ci95")}
                    for k, r in pooled.items()},
     }
+
+
+def _ceiling_set(sets: Sequence[analysis.RunSet]) -> analysis.RunSet:
+    """The set whose pooled clips the ceilings are computed on: the one with the most clips
+    (every set that finished its folds holds every clip once), seed 0 first."""
+    return max(sets, key=lambda s: (len(s.clip_ids), -s.seed))
+
+
+def teacher_ceiling(sets: Sequence[analysis.RunSet], opts: Options) -> dict:
+    """The teacher's own pooled ROC-AUC against its hard labels (its top-k per clip, from the
+    soft labels stored with every run's test predictions, the folds' test clips pooled), all
+    tags and frequent tags: the ceiling of every student (:func:`tftag.study.analysis.ceiling`)."""
+    s = _ceiling_set(sets)
+    most = int(s.labels(opts.top_k).sum(axis=0).max())
+    views = {"all_tags": opts.min_positives}
+    if 1 < opts.frequent_min_positives <= most:  # the frequent-tag view, when it has a tag
+        views["frequent_tags"] = opts.frequent_min_positives
+    return {view: analysis.ceiling(s, None, opts.top_k, opts.n_resamples, opts.seed, opts.unit, n)
+            for view, n in views.items()}
+
+
+def verdict(c: dict, alpha: float) -> str:
+    """A comparison's call by its primary test: ``loss``, ``gain`` or ``no significant
+    difference``."""
+    if c["p_bootstrap"] >= alpha:
+        return "no significant difference"
+    return "loss" if c["delta_points"] < 0 else "gain"
+
+
+def _resolution_order(rows: Sequence[dict]) -> dict[str, float]:
+    """Pooled ROC-AUC of each seed-0 set that finished every fold."""
+    return {r["set"]: r["roc_auc"] for r in rows if r["seed"] == 0 and _complete(r)}
+
+
+def rank_correlation(first: dict[str, float], second: dict[str, float]) -> dict:
+    """Spearman's rank correlation of the sets' pooled ROC-AUC under two labellers: over every
+    set both score, and per model (the key before the first ``-``)."""
+    common = sorted(set(first) & set(second))
+    out = {"all": {"n_sets": len(common),
+                   "spearman": stats.spearman([first[k] for k in common], [second[k] for k in common])}}
+    for model in sorted({k.split("-")[0] for k in common}):
+        ks = [k for k in common if k.split("-")[0] == model]
+        out[model] = {"n_sets": len(ks),
+                      "spearman": stats.spearman([first[k] for k in ks], [second[k] for k in ks])}
+    return out
+
+
+def _under_both(first: Sequence[dict], second: Sequence[dict], alpha: float) -> list[dict]:
+    """Each comparison of ``first`` (teacher labels) beside the same under the second labeller."""
+    key = ("from", "to")
+    by_key = {tuple(c[k] for k in key): c for c in second}
+    out = []
+    for c in first:
+        o = by_key[tuple(c[k] for k in key)]
+        out.append({"from": c["from"], "to": c["to"], "from_shape": c["from_shape"],
+                    "to_shape": c["to_shape"], "claim": c.get("claim"),
+                    "delta_points_teacher": c["delta_points"], "p_teacher": c["p_bootstrap"],
+                    "verdict_teacher": verdict(c, alpha),
+                    "delta_points": o["delta_points"], "ci95_points": o["ci95_points"],
+                    "p_bootstrap": o["p_bootstrap"], "mde_points": o["mde_points"],
+                    "verdict": verdict(o, alpha),
+                    "holds_under_both": verdict(c, alpha) == verdict(o, alpha)})
+    return out
+
+
+def second_labeller(sets: Sequence[analysis.RunSet], labels, opts: Options, first_rows: Sequence[dict],
+                    tested: Sequence[dict], tested_models: Sequence[dict],
+                    frequent: dict | None) -> dict:
+    """Every run's stored test predictions scored against another labeller's top-k tags
+    (``labels``: :class:`tftag.study.labellers.Labels`, no retraining): the claims and the
+    between-model claims under it (primary unit only), whether each holds under both
+    labellers (the same call: loss, gain or no significant difference), the rank correlation
+    of the resolutions' order (pooled ROC-AUC per set) under the two, and the labeller's own
+    ceiling and the teacher's score against its labels."""
+    relabelled = [analysis.relabel(s, labels) for s in sets]
+    o = dataclasses.replace(opts, also_units=())
+    rows = [analysis.summarize_set(s, **o.kwargs()) for s in relabelled]
+    order = _resolution_order(rows)
+    base = _ceiling_set(sets)
+    out_base = analysis.relabel(base, labels)
+    out = {
+        "name": labels.name,
+        "labels": f"{labels.name} top-{opts.top_k} per clip",
+        "claims": _under_both(tested, claims(relabelled, o), opts.alpha),
+        "between_models": _under_both(tested_models, between_models_plain(relabelled, o),
+                                      opts.alpha),
+        "rank_correlation": rank_correlation(_resolution_order(first_rows), order),
+        "pooled_roc_auc": {r["set"]: r["roc_auc"] for r in rows},
+        "ceiling": analysis.ceiling(out_base, None, opts.top_k, opts.n_resamples, opts.seed,
+                                    opts.unit),
+        "teacher_against_it": analysis.ceiling(out_base, base.teacher, opts.top_k,
+                                               opts.n_resamples, opts.seed, opts.unit),
+    }
+    if frequent is not None:
+        f = dataclasses.replace(o, min_positives=opts.frequent_min_positives)
+        out["frequent_tags"] = {"claims": _under_both(frequent["claims"], claims(relabelled, f),
+                                                      opts.alpha)}
+    return out
 
 
 def _frequent_md(view: dict | None, opts: Options) -> list[str]:
@@ -268,7 +392,8 @@ def _per_tag_md(rows: Sequence[dict], alpha: float, n: int = 5) -> list[str]:
         out.append(f"- {c['label']} {c['from_shape']}, per tag (positives) Δ points: largest "
                    f"losses {fmt(losses)}; largest gains {fmt(gains)} (all {len(ts)} tags: "
                    f"`per_tag` in report.json; bold: called at a false discovery rate of "
-                   f"{100 * alpha:g} %, DeLong per tag, Benjamini-Hochberg, over the tags with "
+                   f"{100 * alpha:g} %, paired cluster bootstrap per tag resampling track groups, "
+                   f"Benjamini-Hochberg, over the tags with "
                    f"≥ {analysis.PER_TAG_TEST_MIN_CLIPS} positives).")
     return out
 
@@ -276,7 +401,8 @@ def _per_tag_md(rows: Sequence[dict], alpha: float, n: int = 5) -> list[str]:
 def per_tag_view(against: Sequence[dict], pooled: dict[str, dict]) -> list[dict]:
     """Which tags each resolution loses against its baseline: per model (:data:`BASELINES`'
     order), width and seed, the tags of the comparisons' ``per_tag`` (commonest first) × the sets that finished every fold
-    (costliest first), each cell the tag's ROC-AUC change in points with its DeLong p and
+    (costliest first), each cell the tag's ROC-AUC change in points with its cluster-bootstrap p
+    and
     Benjamini-Hochberg q over the pair's tags (:func:`tftag.study.analysis.per_tag`)."""
     groups: dict[tuple, list[dict]] = {}
     for c in against:
@@ -295,6 +421,8 @@ def per_tag_view(against: Sequence[dict], pooled: dict[str, dict]) -> list[dict]
                             "delta_points": c["delta_points"],
                             "cells": [None if t not in by_tag else {
                                 "delta_points": by_tag[t]["roc_to"] - by_tag[t]["roc_from"],
+                                "p_bootstrap": by_tag[t]["p_bootstrap"],
+                                "q_bootstrap": by_tag[t]["q_bootstrap"],
                                 "p_delong": by_tag[t]["p_delong"],
                                 "q_delong": by_tag[t]["q_delong"]} for t in tags]})
         out.append({"model": model, "width": width, "seed": seed, "baseline": cs[0]["from_shape"],
@@ -305,7 +433,7 @@ def per_tag_view(against: Sequence[dict], pooled: dict[str, dict]) -> list[dict]
 
 def _called(cell: dict | None, alpha: float) -> bool:
     """Whether a per-tag change is called real at false discovery rate ``alpha``."""
-    return cell is not None and cell["q_delong"] is not None and cell["q_delong"] < alpha
+    return cell is not None and cell["q_bootstrap"] is not None and cell["q_bootstrap"] < alpha
 
 
 def _per_tag_view_md(view: Sequence[dict], alpha: float, min_positives: int) -> list[str]:
@@ -318,7 +446,8 @@ def _per_tag_view_md(view: Sequence[dict], alpha: float, min_positives: int) -> 
     lines = [title, "",
              f"ROC-AUC change per tag in points against the model's baseline ({which}, commonest "
              f"first; columns costliest first); **bold** = called at a false discovery rate of "
-             f"{100 * alpha:g} % (DeLong's test per tag, Benjamini-Hochberg over the pair's tags; "
+             f"{100 * alpha:g} % (paired bootstrap per tag resampling track groups, "
+             "Benjamini-Hochberg over the pair's tags; clip-level DeLong p beside it in "
              "`per_tag` in report.json's `vs_baseline`, every tag). Plot: `per_tag_vs_baseline.png`."]
     for g in view:
         lines += ["", f"{g['model']} (w{g['width']:g}, seed {g['seed']}) against {g['baseline']}:", "",
@@ -422,6 +551,10 @@ def student_choices(pooled: dict[str, dict], lowest: dict[str, dict], model: str
     }
 
 
+def _fmt_r(r: float | None) -> str:
+    return "–" if r is None else f"{r:.2f}"
+
+
 def _fmt_p(p: float | None) -> str:
     return "–" if p is None else (f"{p:.3f}" if p >= 0.001 else f"{p:.1e}")
 
@@ -449,15 +582,19 @@ def pooled_table(rows: Sequence[dict]) -> str:
 def comparison_table(rows: Sequence[dict], first: str = "claim") -> str:
     if not rows:
         return "(none of these resolution pairs ran in this study)"
-    lines = ["| model (width) | from → to | ROC-AUC % from → to | Δ points [95 % CI] | p paired "
-             "bootstrap | p DeLong | p paired t (folds) | p independent t | MDE points | GMAC × | "
-             + first + " |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| model (width) | from → to | ROC-AUC % from → to | Δ points [95 % CI] by track "
+             "group | p paired bootstrap | p DeLong (clustered) | p by package | *p by clip "
+             "(secondary)* | p paired t (folds) | p independent t | MDE points | GMAC × | "
+             + first + " |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for c in rows:
+        other = c.get("by_unit", {})
         label = c.get("label") or f"{c['model']} (w{c['width']:g})"
         lines.append(
             f"| {label} | {c['from_shape']} → {c['to_shape']} | {c['roc_from']:.2f} → "
             f"{c['roc_to']:.2f} | {c['delta_points']:+.2f} [{c['ci95_points'][0]:+.2f}, "
             f"{c['ci95_points'][1]:+.2f}] | {_fmt_p(c['p_bootstrap'])} | {_fmt_p(c['p_delong'])} "
+            f"| {_fmt_p(other.get('package', {}).get('p_bootstrap'))} "
+            f"| *{_fmt_p(other.get('clip', {}).get('p_bootstrap'))}* "
             f"| {_fmt_p(c['p_paired_t'])} | {_fmt_p(c['p_independent_t'])} | {c['mde_points']:.2f} "
             f"| {c['gmac_ratio']:.2f} | {c.get(first, c['n_clips'])} |")
     return "\n".join(lines)
@@ -583,7 +720,8 @@ def plot_per_tag(view: Sequence[dict], alpha: float, path: str) -> None:
         ax.set_yticks(range(len(g["tags"])), [f"{t['tag']} ({t['positives']})" for t in g["tags"]],
                       fontsize=7)
         ax.set_title(f"{g['model']} (w{g['width']:g}, seed {g['seed']}): ROC-AUC Δ points per tag\n"
-                     f"vs {g['baseline']}; bold = FDR < {alpha:g} (DeLong, BH)", fontsize=8)
+                     f"vs {g['baseline']}; bold = FDR < {alpha:g} (track-group bootstrap, BH)",
+                     fontsize=8)
         fig.colorbar(image, ax=ax, fraction=0.05, pad=0.02)
     fig.tight_layout()
     runfiles.save_figure_atomic(fig, path, dpi=90)
@@ -617,6 +755,8 @@ class _Study:
       folds: the fold counts of the runs, sorted.
       mde: the design's MDE (:func:`design_mde`).
       null: whether ``mde`` comes from a null comparison (two seeds).
+      ceiling: the teacher's own score against its labels (:func:`teacher_ceiling`).
+      second: labeller name -> the study under that second labeller (:func:`second_labeller`).
     """
 
     results: list[dict]
@@ -637,10 +777,16 @@ class _Study:
     folds: list[int]
     mde: float | None
     null: bool
+    ceiling: dict
+    second: dict[str, dict]
 
 
-def _analyse(runs_dir: str, opts: Options, compare: Sequence[tuple[str, str]]) -> _Study:
-    """Reads the study of ``runs_dir`` (and those of ``compare``) and runs every analysis."""
+def _analyse(runs_dir: str, opts: Options, compare: Sequence[tuple[str, str]],
+             labeller_files: Sequence[str] = ()) -> _Study:
+    """Reads the study of ``runs_dir`` (and those of ``compare``) and runs every analysis
+    (``labeller_files``: second labellers' memos, :mod:`tftag.study.labellers`)."""
+    from tftag.study import labellers
+
     results = analysis.load_runs(runs_dir)
     sets = analysis.load_sets(results)
     against_other = {other: against_study(sets, analysis.load_sets(analysis.load_runs(other_dir)),
@@ -662,20 +808,38 @@ def _analyse(runs_dir: str, opts: Options, compare: Sequence[tuple[str, str]]) -
     folds = sorted({int(r["folds"]) for r in results})
     # the design's MDE: a null comparison's (the same configuration retrained, every fold)
     mde, null = design_mde(repeats, max(folds), claims_mde)
+    ceiling = teacher_ceiling(sets, opts)
+    second = {}
+    for path in labeller_files:
+        labels = labellers.read_labels(path)
+        second[labels.name] = {"file": os.path.basename(path), **second_labeller(
+            sets, labels, opts, rows, tested, tested_models, frequent)}
     return _Study(results, sets, against_other, rows, pooled, tested, tested_models, on_front,
                   against, repeats, lowest, frequent, tag_view, tag_view_min, claims_mde, folds,
-                  mde, null)
+                  mde, null, ceiling, second)
+
+
+# Second labellers' memos the report reads from its own folder (:mod:`tftag.study.labellers`).
+LABELLER_FILES = "labels_*.npz"
 
 
 def build(runs_dir: str, out_dir: str, name: str, opts: Options = Options(),
-          compare: Sequence[tuple[str, str]] = ()) -> dict:
+          compare: Sequence[tuple[str, str]] = (),
+          labeller_files: Sequence[str] | None = None) -> dict:
     """Writes the study's report files into ``out_dir``; returns a one-line summary.
 
     Args:
       compare: (name, runs_dir) of other cross-validated studies: each configuration both ran
         is compared paired clip by clip (:func:`against_study`; ``report.json`` "against").
+      labeller_files: second labellers' memos (``labels_<name>.npz``, written once by
+        :func:`tftag.study.labellers.label_dataset`); None: those in ``out_dir``
+        (:data:`LABELLER_FILES`).
     """
-    st = _analyse(runs_dir, opts, compare)
+    import glob
+
+    if labeller_files is None:
+        labeller_files = sorted(glob.glob(os.path.join(out_dir, LABELLER_FILES)))
+    st = _analyse(runs_dir, opts, compare, labeller_files)
     os.makedirs(out_dir, exist_ok=True)
     runfiles.write_csv_atomic(os.path.join(out_dir, "runs.csv"), analysis.runs_rows(st.results),
                               analysis.CSV_COLUMNS)
@@ -705,9 +869,21 @@ def _report_json(st: _Study, opts: Options) -> dict:
         "mde_claims_points": st.claims_mde,
         "seed_to_seed": st.repeats,
         "primary_test": "paired bootstrap of the pooled macro ROC-AUC difference "
-                        f"({opts.n_resamples} resamples of {opts.unit}s, seed {opts.seed})",
+                        f"({opts.n_resamples} resamples of {opts.unit}s, seed {opts.seed}; a "
+                        "cluster bootstrap: every clip of a drawn unit at once)",
+        "unit": opts.unit, "secondary_units": list(opts.also_units),
+        "n_units": {u: analysis.n_units(_ceiling_set(st.sets).clip_ids, u)
+                    for u in (opts.unit, *opts.also_units)},
+        "per_tag_test": f"paired bootstrap of each tag's ROC-AUC difference on the same "
+                        f"{opts.unit} resamples, Benjamini-Hochberg over the tags with >= "
+                        f"{analysis.PER_TAG_TEST_MIN_CLIPS} positives and negatives "
+                        "(p_bootstrap, q_bootstrap); DeLong treating clips as independent "
+                        "beside it (p_delong, q_delong, secondary)",
+        "teacher_ceiling": st.ceiling,
+        "second_labellers": st.second,
         "labels": f"teacher top-{opts.top_k} per clip", "alpha": opts.alpha,
-        "claims": st.tested, "between_models": st.tested_models,
+        "claims": _with_second(st.tested, st.second, "claims"),
+        "between_models": _with_second(st.tested_models, st.second, "between_models"),
         "front": [{k: r[k] for k in ("set", "model", "width", "resolution", "gmacs", "roc_auc")}
                   for r in st.on_front],
         "pooled": st.pooled, "vs_baseline": st.against,
@@ -717,6 +893,17 @@ def _report_json(st: _Study, opts: Options) -> dict:
         "frequent_tags": st.frequent,
         "per_tag_vs_baseline": {"min_positives": st.tag_view_min, "groups": st.tag_view},
     }
+
+
+def _with_second(rows: Sequence[dict], second: dict[str, dict], key: str) -> list[dict]:
+    """``rows`` with each second labeller's Δ, p and call beside (``second_labellers``)."""
+    out = []
+    for i, c in enumerate(rows):
+        extra = {name: {k: v[key][i][k] for k in ("delta_points", "ci95_points", "p_bootstrap",
+                                                   "verdict", "holds_under_both")}
+                 for name, v in second.items()}
+        out.append({**c, "second_labellers": extra} if extra else dict(c))
+    return out
 
 
 def _results_md(st: _Study, report: dict, name: str, opts: Options) -> list[str]:
@@ -740,6 +927,8 @@ def _results_md(st: _Study, report: dict, name: str, opts: Options) -> list[str]
         "## Every resolution, folds pooled", "", pooled_table(st.rows), "",
         "## The paper's claims on this data", "", "Δ = to − from.", "",
         comparison_table(st.tested), "",
+        *_ceiling_md(st.ceiling), "",
+        *_second_md(st.second), "",
         "## The paper's claim between the architectures", "",
         *(["Δ = to − from, at the same resolution, each model at its study width; PR-AUC "
            "(the claim's other half) on the same clips: " + ", ".join(
@@ -770,6 +959,46 @@ def _results_md(st: _Study, report: dict, name: str, opts: Options) -> list[str]
     md += ["", *_per_tag_view_md(st.tag_view, opts.alpha, st.tag_view_min)]
     md += _against_md(st.against_other)
     return md + _students_md(report["students"], st.rows)
+
+
+def _ceiling_md(ceiling: dict) -> list[str]:
+    """results.md's section of :func:`teacher_ceiling`."""
+    lines = ["## The teacher's ceiling", "",
+             "The teacher's own soft labels scored against its hard labels (its top-3 per clip), "
+             "the folds' test clips pooled: no student of this teacher can score above it."]
+    for view, c in ceiling.items():
+        lines.append(f"- {view.replace('_', ' ')} ({c['n_tags']} tags, {c['n_clips']} clips): "
+                     f"ROC-AUC {_pct(c['roc_auc'])} % [{_pct(c['ci95'][0])}, {_pct(c['ci95'][1])}], "
+                     f"PR-AUC {_pct(c['pr_auc'])} % (95 % CI resampling {c['unit']}s)")
+    return lines
+
+
+def _second_md(second: dict[str, dict]) -> list[str]:
+    """results.md's section per second labeller (:func:`second_labeller`)."""
+    lines = []
+    for name, v in second.items():
+        rc = v["rank_correlation"]
+        lines += [f"## A second labeller: {name}", "",
+                  f"Every run's stored test predictions scored against {v['labels']} (`{v['file']}`, "
+                  f"no retraining). {name}'s own ceiling: ROC-AUC {_pct(v['ceiling']['roc_auc'])} %; "
+                  f"the teacher against {name}'s labels: {_pct(v['teacher_against_it']['roc_auc'])} %. "
+                  "Spearman rank correlation of the sets' pooled ROC-AUC under the two labellers: "
+                  + ", ".join(f"{k} {_fmt_r(r['spearman'])} ({r['n_sets']} sets)"
+                              for k, r in rc.items()) + ".", "",
+                  "| claim | from → to | teacher Δ (p) | " + name + " Δ [95 % CI] (p) | holds under both |",
+                  "|---|---|---|---|---|"]
+        views = [("", v["claims"] + v["between_models"])]
+        if "frequent_tags" in v:
+            views.append((" (frequent tags)", v["frequent_tags"]["claims"]))
+        for suffix, rows in views:
+            for c in rows:
+                lines.append(
+                    f"| {(c['claim'] or '')[:48]}{suffix} | {c['from']} → {c['to']} | "
+                    f"{c['delta_points_teacher']:+.2f} ({_fmt_p(c['p_teacher'])}) | "
+                    f"{c['delta_points']:+.2f} [{c['ci95_points'][0]:+.2f}, {c['ci95_points'][1]:+.2f}] "
+                    f"({_fmt_p(c['p_bootstrap'])}) | {'yes' if c['holds_under_both'] else 'no'} |")
+        lines.append("")
+    return lines
 
 
 def _lowest_md(st: _Study, opts: Options) -> list[str]:

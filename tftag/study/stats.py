@@ -16,7 +16,10 @@ math, on plain arrays (clips × tags), and knows nothing of run directories:
 - :func:`delong`: DeLong, DeLong & Clarke-Pearson (1988) for two correlated ROC curves on one
   tag (structural components from mid-ranks), and :func:`delong_macro` for the macro-AUC
   difference over tags, each clip's influence summed over the tags so that the correlation
-  between tags (the same clips) is kept.
+  between tags (the same clips) is kept, and optionally over the clips of a cluster (a track
+  group) so that correlated clips are not counted as independent.
+- :func:`paired_bootstrap_per_tag`: each tag's difference on the same (cluster) resamples, the
+  per-tag test of the report; :func:`spearman`: the rank correlation of two orderings.
 - :func:`paired_t` / :func:`independent_t`: the fold-level paired t-test and the paper's
   independent-samples t-test; :func:`minimum_detectable_effect`: (z₁₋α/₂ + z_power) · SE;
   :func:`false_discovery_rate`: Benjamini-Hochberg q-values for many tests at once (per tag).
@@ -218,9 +221,40 @@ def paired_bootstrap(y_true: np.ndarray, score_a: np.ndarray, score_b: np.ndarra
     a, _ = weighted_macro_auc(y_true, score_a, weights)
     b, _ = weighted_macro_auc(y_true, score_b, weights)
     d = (b - a)[np.isfinite(b - a)]
-    p = min(1.0, 2 * min(np.sum(d <= 0) + 1, np.sum(d >= 0) + 1) / (d.size + 1))
-    return PairedTest("paired bootstrap", float(b0[0] - a0[0]), float(np.std(d, ddof=1)), float(p),
+    p = _bootstrap_p(d)
+    return PairedTest("paired bootstrap", float(b0[0] - a0[0]), float(np.std(d, ddof=1)), p,
                       _percentiles(d))
+
+
+def _bootstrap_p(d: np.ndarray) -> float:
+    """Two-sided p of resampled differences ``d`` (finite): as :func:`paired_bootstrap`."""
+    return float(min(1.0, 2 * min(np.sum(d <= 0) + 1, np.sum(d >= 0) + 1) / (d.size + 1)))
+
+
+def paired_bootstrap_per_tag(y_true: np.ndarray, score_a: np.ndarray, score_b: np.ndarray,
+                             weights: np.ndarray, tags: Sequence[int]) -> list[PairedTest]:
+    """Each tag's ROC-AUC difference ``b - a`` under the resamples ``weights`` (clip or cluster
+    bootstrap, :func:`bootstrap_weights`): the per-tag test that respects clusters when the
+    weights do. A resample in which the tag lost all its positives (or negatives) is skipped;
+    p as :func:`paired_bootstrap`'s."""
+    y = _check(y_true, score_a, score_b)
+    t = np.asarray(tags, dtype=int)
+    if t.size == 0:
+        return []
+    a_s, b_s = np.asarray(score_a, np.float64), np.asarray(score_b, np.float64)
+    ones = np.ones((1, y.shape[0]))
+    a0, b0 = _per_tag(y, a_s, t, ones)[0][0], _per_tag(y, b_s, t, ones)[0][0]
+    w = np.asarray(weights, dtype=np.float64)
+    d_all = _per_tag(y, b_s, t, w)[0] - _per_tag(y, a_s, t, w)[0]  # [resamples, tags]
+    out = []
+    for col in range(t.size):
+        d = d_all[:, col][np.isfinite(d_all[:, col])]
+        if d.size < 2:
+            raise ValueError(f"tag {int(t[col])}: fewer than 2 resamples keep both classes; "
+                             "test only tags with enough positives and negatives")
+        out.append(PairedTest("paired bootstrap", float(b0[col] - a0[col]),
+                              float(np.std(d, ddof=1)), _bootstrap_p(d), _percentiles(d)))
+    return out
 
 
 def midranks(x: np.ndarray) -> np.ndarray:
@@ -285,7 +319,18 @@ def delong(y_true: np.ndarray, score_a: np.ndarray, score_b: np.ndarray) -> Pair
     return _normal_test("DeLong", b - a, float(np.sum((cb - ca) ** 2)))
 
 
-def delong_macro(y_true: np.ndarray, score_a: np.ndarray, score_b: np.ndarray) -> PairedTest:
+def _cluster_sums(influence: np.ndarray, groups: Sequence | None) -> np.ndarray:
+    """Per-clip influences summed within each cluster (``groups`` None: each clip its own)."""
+    if groups is None:
+        return influence
+    if len(groups) != influence.size:
+        raise ValueError(f"groups has {len(groups)} labels for {influence.size} clips")
+    _, inverse = np.unique(np.asarray(groups), return_inverse=True)
+    return np.bincount(inverse, weights=influence)
+
+
+def delong_macro(y_true: np.ndarray, score_a: np.ndarray, score_b: np.ndarray,
+                 groups: Sequence | None = None) -> PairedTest:
     """DeLong's test of the macro ROC-AUC difference (b - a) over the tags with both classes.
 
     Each clip's influence on the macro difference is the mean over tags of its structural
@@ -293,6 +338,11 @@ def delong_macro(y_true: np.ndarray, score_a: np.ndarray, score_b: np.ndarray) -
     clips, which keeps the covariance between tags (they share the clips) and equals DeLong's
     variance exactly for one tag. A tag with a single positive (or negative) clip counts in the
     difference, but its side with one clip adds no variance (none can be estimated from it).
+
+    ``groups`` (a cluster label per clip, e.g. the track group): the clips' influences are summed
+    per cluster before squaring (the clustered-data form of DeLong's variance, as Obuchowski's
+    for ROC curves of correlated units), so clips of one cluster are not counted as independent;
+    with one clip per cluster it is the plain test.
     """
     y = _check(y_true, score_a, score_b)
     tags = evaluable_tags(y)
@@ -304,7 +354,9 @@ def delong_macro(y_true: np.ndarray, score_a: np.ndarray, score_b: np.ndarray) -
         b, cb = _components(y[:, t], b_s[:, t], strict=False)
         influence += (cb - ca) / tags.size
         diffs.append(b - a)
-    return _normal_test("DeLong (macro)", float(np.mean(diffs)), float(np.sum(influence ** 2)))
+    sums = _cluster_sums(influence, groups)
+    method = "DeLong (macro)" if groups is None else "DeLong (macro, clustered)"
+    return _normal_test(method, float(np.mean(diffs)), float(np.sum(sums ** 2)))
 
 
 def paired_t(a: Sequence[float], b: Sequence[float]) -> float | None:
@@ -343,6 +395,20 @@ def false_discovery_rate(p_values: Sequence[float]) -> list[float]:
     from scipy import stats as scipy_stats
 
     return [float(q) for q in scipy_stats.false_discovery_control(np.asarray(p_values, float))]
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float | None:
+    """Spearman's rank correlation of ``x`` and ``y`` (mid-ranks for ties); None with < 3 pairs
+    or a constant side."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    if x.shape != y.shape:
+        raise ValueError(f"spearman needs paired values, got {x.size} and {y.size}")
+    if x.size < 3:
+        return None
+    rx, ry = midranks(x), midranks(y)
+    if np.ptp(rx) == 0 or np.ptp(ry) == 0:
+        return None
+    return float(np.corrcoef(rx, ry)[0, 1])
 
 
 def minimum_detectable_effect(se: float, alpha: float = 0.05, power: float = 0.8) -> float:
