@@ -15,7 +15,6 @@ resumes where it stopped.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 
@@ -24,6 +23,8 @@ from absl import app, flags
 from tftag import cli, datasets, experiment
 from tftag.extraction import extract, extractor, pipeline
 from tftag.storage import codecs
+
+from pipelines import runners
 
 FLAGS = flags.FLAGS
 
@@ -52,24 +53,9 @@ def define_flags() -> None:
     flags.DEFINE_float("decode_timeout", 300.0, "Seconds one decode may take before it is recorded "
                        "as failed.", lower_bound=1.0)
     flags.DEFINE_integer("log_every", 25, "Log progress every N clips per worker.", lower_bound=1)
-    flags.DEFINE_string("runner", "DirectRunner", "Beam runner: DirectRunner (in-process "
-                        "FnApiRunner) or DaskRunner (a dask.distributed cluster) run here; "
-                        "DataflowRunner, FlinkRunner, SparkRunner, PortableRunner are passed to "
-                        "Beam with --pipeline_options (BUILD.md).")
-    flags.DEFINE_string("dask_address", None, "DaskRunner: address of a running Dask scheduler "
-                        "(tcp://host:8786); absent: a LocalCluster of --dask_workers processes.")
-    flags.DEFINE_integer("dask_workers", 2, "DaskRunner without --dask_address: worker "
-                         "processes of the LocalCluster (one thread each).", lower_bound=1)
-    flags.DEFINE_float("dask_connect_timeout", 30.0, "DaskRunner: seconds to wait for the "
-                       "scheduler at --dask_address.", lower_bound=0.1)
-    flags.DEFINE_integer("direct_num_workers", 1, "DirectRunner: parallel workers (0 = all cores).",
-                         lower_bound=0)
-    flags.DEFINE_enum("direct_running_mode", "auto", list(pipeline.RUNNING_MODES), "DirectRunner mode; auto = "
-                      "multi_processing when direct_num_workers != 1, else in_memory.")
     cli.define_catalog_flags()
     cli.define_label_flags()
-    flags.DEFINE_list("pipeline_options", [], "Extra Beam pipeline options, comma-separated, e.g. "
-                      "--pipeline_options=--project=P,--region=R,--temp_location=gs://B/tmp.")
+    runners.define_runner_flags("--project=P,--region=R,--temp_location=gs://B/tmp")
 
 
 def data_config() -> experiment.DataConfig:
@@ -115,20 +101,7 @@ def main(argv):
         print(f"{FLAGS.output_dir}: already complete for these flags and input; nothing to do "
               "(--overwrite to redo)" + (f"; teacher memo: {memo}" if memo else ""))
         return 0
-    dask = pipeline.LOCAL_RUNNERS.get(FLAGS.runner) == "DaskRunner"
-    if FLAGS.dask_address and not dask:
-        raise app.UsageError(f"--dask_address is for --runner=DaskRunner, not --runner={FLAGS.runner}")
-    if dask:
-        cluster = pipeline.dask_cluster(FLAGS.dask_address, FLAGS.dask_workers,
-                                        FLAGS.dask_connect_timeout)
-        runner_info = ({"address": FLAGS.dask_address} if FLAGS.dask_address
-                       else {"local_workers": FLAGS.dask_workers})
-    else:
-        cluster, runner_info = contextlib.nullcontext(None), {}
-    with cluster as address:
-        options = pipeline.pipeline_options(FLAGS.runner, FLAGS.direct_num_workers,
-                                            FLAGS.direct_running_mode, FLAGS.pipeline_options,
-                                            dask_address=address)
+    with runners.beam_options() as (options, runner_info):
         try:
             summary = pipeline.run(plan, catalog, options, FLAGS.runner, FLAGS.decode_timeout,
                                    FLAGS.log_every, FLAGS.keep_staging, runner_info)

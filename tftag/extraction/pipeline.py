@@ -184,7 +184,7 @@ def make_runner(runner: str):
     return None  # taken from --runner in the pipeline options.
 
 
-def _export_repository_path() -> None:
+def export_repository_path() -> None:
     """Puts this repository on ``$PYTHONPATH`` (once) for the worker processes this one starts."""
     root = tftag.PACKAGE_PARENT
     paths = os.environ.get("PYTHONPATH", "")
@@ -230,7 +230,7 @@ def dask_cluster(address: str | None = None, workers: int = 2,
         logging.info("Dask scheduler %s with %d workers", address, n_workers)
         yield address
         return
-    _export_repository_path()  # spawned workers import tftag (TensorFlow, never Essentia)
+    export_repository_path()  # spawned workers import tftag (TensorFlow, never Essentia)
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                       dashboard_address=None, silence_logs=std_logging.WARNING) as cluster:
         logging.info("Dask LocalCluster: %d worker processes at %s", workers,
@@ -238,7 +238,34 @@ def dask_cluster(address: str | None = None, workers: int = 2,
         yield cluster.scheduler_address
 
 
-def _set_dask_partitions(options: PipelineOptions, n_clips: int) -> None:
+def run_pipeline(pipeline: beam.Pipeline, namespace: str) -> tuple[float, dict | None]:
+    """Runs ``pipeline`` to the end (the DaskRunner's client closed after it).
+
+    Returns:
+      (seconds, {counter name: committed value} of ``namespace``, or None when the runner
+      reports no metrics, as the DaskRunner).
+    """
+    export_repository_path()  # Beam's multi-processing workers must import tftag too
+    started = time.monotonic()
+    result = pipeline.run()
+    try:
+        result.wait_until_finish()
+    finally:
+        client = getattr(result, "client", None)  # the DaskRunner's distributed.Client
+        if client is not None:
+            client.close()
+    elapsed = time.monotonic() - started
+    try:
+        metrics = {
+            m.key.metric.name: m.committed
+            for m in result.metrics().query(MetricsFilter().with_namespace(namespace))["counters"]
+        }
+    except NotImplementedError:  # DaskRunner: "collecting metrics will come later"
+        metrics = None
+    return elapsed, metrics
+
+
+def set_dask_partitions(options: PipelineOptions, n_clips: int) -> None:
     """One pending clip per Dask bag partition, up to MAX_DASK_PARTITIONS, unless the user set
     ``--dask_npartitions`` or ``--dask_partition_size`` (Beam's default, 128 elements per
     partition, would put a small extraction on one worker)."""
@@ -280,7 +307,7 @@ def run(
         return (clip.split, data.shard_index(clip.clip_id, counts[clip.split])), clip.clip_id
 
     if LOCAL_RUNNERS.get(runner) == "DaskRunner":
-        _set_dask_partitions(options, len(elements))
+        set_dask_partitions(options, len(elements))
     pipeline = beam.Pipeline(runner=make_runner(runner), options=options)
     extracted = (
         pipeline
@@ -296,23 +323,7 @@ def run(
         | "GroupByShard" >> beam.GroupByKey()
         | "WriteShards" >> beam.ParDo(WriteShardFn(plan, counts))
     )
-    _export_repository_path()  # Beam's multi-processing workers must import tftag too
-    started = time.monotonic()
-    result = pipeline.run()
-    try:
-        result.wait_until_finish()
-    finally:
-        client = getattr(result, "client", None)  # the DaskRunner's distributed.Client
-        if client is not None:
-            client.close()
-    elapsed = time.monotonic() - started
-    try:
-        metrics = {
-            m.key.metric.name: m.committed
-            for m in result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))["counters"]
-        }
-    except NotImplementedError:  # DaskRunner: "collecting metrics will come later"
-        metrics = None
+    elapsed, metrics = run_pipeline(pipeline, NAMESPACE)
     memo = None
     if plan.teacher and plan.teacher_memo:  # before finalize: it clears the staging area
         from tftag.extraction import teacher as teacher_lib
