@@ -30,7 +30,7 @@ import math
 import os
 import re
 import threading
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 from tftag.extraction import pipeline as beam_pipeline
 from tftag.runs import runfiles
@@ -40,13 +40,16 @@ import apache_beam as beam  # noqa: E402  (after tftag.features: see tftag/audio
 from apache_beam.metrics.metric import Metrics  # noqa: E402
 from apache_beam.options.pipeline_options import PipelineOptions  # noqa: E402
 
+if TYPE_CHECKING:
+    from tftag.tagging.tag import Tagger
+
 NAMESPACE = "tftag.tagging.beam"
 OUTPUT = "tags.jsonl"
 SHARD = re.compile(r"^rows-(\d{5})-of-(\d{5})\.jsonl$")
 
 # One model per worker process and model flags, shared by every bundle (the DaskRunner calls
 # DoFn.setup once per partition).
-_TAGGERS: dict[tuple, object] = {}
+_TAGGERS: dict[tuple, "Tagger"] = {}
 _LOCK = threading.Lock()
 
 
@@ -98,7 +101,7 @@ def shard_path(output_dir: str, index: int, count: int, partial: bool = False) -
     return os.path.join(output_dir, f".tmp-{name}" if partial else name)
 
 
-def _tagger(plan: TagPlan):
+def _tagger(plan: TagPlan) -> "Tagger":
     """This process's :class:`tftag.tagging.tag.Tagger` for the plan's model flags, loaded once."""
     key = (plan.pretrained, plan.model_dir, plan.window_hop)
     with _LOCK:
@@ -158,7 +161,10 @@ class WriteShardFn(beam.DoFn):
                        else item.path)
         with results.open_results(partial, output_spec(self.plan), self.plan.audio) as out:
             for item in items:
-                out.fail(item) if isinstance(item, dict) else out.add(item)
+                if isinstance(item, dict):
+                    out.fail(item)
+                else:
+                    out.add(item)
         final = shard_path(self.plan.output_dir, index, self.count)
         if os.path.exists(results.failures_path(partial)):
             os.replace(results.failures_path(partial), results.failures_path(final))
