@@ -260,3 +260,16 @@ def test_rank_correlation_and_verdicts():
         "no significant difference"
     assert cv_report.verdict({"p_bootstrap": 0.01, "delta_points": -3}, 0.05) == "loss"
     assert cv_report.verdict({"p_bootstrap": 0.01, "delta_points": 3}, 0.05) == "gain"
+
+
+def test_claims_without_the_pilot_fold(tmp_path):
+    """The claims again on the clips of the other folds only: their sets pool folds 1 and 2."""
+    runs, ids, _ = _study(tmp_path)
+    results = analysis.load_runs(str(runs))
+    opts = cv_report.Options(n_resamples=50)
+    got = cv_report.without_fold(results, 0, opts)
+    assert got["folds"] == [1, 2] and got["n_clips"] == len(ids) - len(ids[::3])
+    sets = analysis.load_sets([r for r in results if r["fold"] != 0])
+    want = analysis.compare(sets[1], sets[0], n_resamples=50, also_units=())  # 96×1 → 48×1
+    c = next(c for c in got["claims"] if c["to_shape"] == "48×1")
+    assert c["delta_points"] == pytest.approx(want["delta_points"]) and c["n_clips"] == got["n_clips"]

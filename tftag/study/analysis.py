@@ -242,6 +242,49 @@ def _weights(clip_ids: Sequence[str], n_resamples: int, seed: int, unit: str) ->
     return stats.bootstrap_weights(len(clip_ids), n_resamples, seed, groups)
 
 
+# Each predictor's resampled per-tag metrics on one set of clips under one resampling, by
+# content (labels, scores, clips, unit, resamples, seed): a report compares a set with many
+# others (every resolution with its baseline, the claims, the frequent-tag view), and this pass
+# is most of its time; the macro figures of any tag subset and the per-tag tests reuse it.
+_RESAMPLED: dict[tuple, tuple] = {}
+_RESAMPLED_MAX = 512
+
+
+def _digest(array) -> str:
+    import hashlib
+
+    a = np.ascontiguousarray(array)
+    h = hashlib.sha1(f"{a.shape}{a.dtype.str}".encode())
+    h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def _resampled(labels: np.ndarray, scores: np.ndarray, clip_ids: Sequence[str], unit: str,
+               n_resamples: int, seed: int) -> tuple:
+    """(tags, roc [R, T], pr [R, T], point roc [T], point pr [T]) over the tags with both
+    classes among ``clip_ids`` (:func:`tftag.study.stats.resampled_per_tag`), remembered."""
+    key = (_digest(labels), _digest(scores), _digest(np.asarray(clip_ids)), unit, n_resamples,
+           seed)
+    hit = _RESAMPLED.get(key)
+    if hit is None:
+        tags, roc, pr = stats.resampled_per_tag(labels, scores,
+                                                _weights(clip_ids, n_resamples, seed, unit))
+        _, roc0, pr0 = stats.per_tag_auc(labels, scores)
+        if len(_RESAMPLED) >= _RESAMPLED_MAX:
+            _RESAMPLED.clear()
+        hit = _RESAMPLED[key] = (tags, roc, pr, roc0, pr0)
+    return hit
+
+
+def _macro(hit: tuple, cols: np.ndarray) -> tuple:
+    """(point ROC-AUC, resampled ROC-AUC [R], point PR-AUC, resampled PR-AUC [R]) macro over
+    ``cols`` (tags with both classes) of a :func:`_resampled` result."""
+    tags, roc, pr, roc0, pr0 = hit
+    pos = np.searchsorted(tags, cols)
+    return (float(roc0[pos].mean()), stats.macro_of(roc[:, pos], roc0[pos]),
+            float(pr0[pos].mean()), stats.macro_of(pr[:, pos], pr0[pos]))
+
+
 def n_units(clip_ids: Sequence[str], unit: str) -> int:
     """How many independent units (clips, track groups, packages) ``clip_ids`` hold."""
     if unit not in RESAMPLE_UNITS:
@@ -273,8 +316,9 @@ def summarize_set(s: RunSet, top_k: int = teacher.DEFAULT_TOP_K, n_resamples: in
     positives (``n_tags``); everything else is unchanged."""
     labels = s.labels(top_k)
     cols = stats.evaluable_tags(labels, min_positives)
-    roc, pr = stats.bootstrap_ci(labels[:, cols], s.probs[:, cols],
-                                 _weights(s.clip_ids, n_resamples, seed, unit))
+    roc0, roc_r, pr0, pr_r = _macro(
+        _resampled(labels, s.probs, s.clip_ids, unit, n_resamples, seed), cols)
+    roc, pr = stats.interval(roc0, roc_r), stats.interval(pr0, pr_r)
     agree = evaluate.agreement(s.teacher, s.probs, k=min(5, len(s.tags)))
     fold_roc = _mean_sd([r["test_roc_auc"] for r in s.runs])
     fold_pr = _mean_sd([r["test_pr_auc"] for r in s.runs])
@@ -304,16 +348,18 @@ def ceiling(s: RunSet, scores: np.ndarray | None = None, top_k: int = teacher.DE
     labels = s.labels(top_k)
     cols = stats.evaluable_tags(labels, min_positives)
     x = s.teacher if scores is None else np.asarray(scores, np.float64)
-    roc, pr = stats.bootstrap_ci(labels[:, cols], x[:, cols],
-                                 _weights(s.clip_ids, n_resamples, seed, unit))
+    roc0, roc_r, pr0, pr_r = _macro(
+        _resampled(labels, x, s.clip_ids, unit, n_resamples, seed), cols)
+    roc, pr = stats.interval(roc0, roc_r), stats.interval(pr0, pr_r)
     return {"n_clips": len(s.clip_ids), "n_tags": len(cols), "unit": unit,
             "roc_auc": roc.estimate, "ci95": list(roc.ci95), "pr_auc": pr.estimate,
             "pr_ci95": list(pr.ci95)}
 
 
 def _paired(a: RunSet, b: RunSet, top_k: int, min_positives: int) -> tuple:
-    """(common clip ids, tag columns, labels, a's probabilities, b's) on the common clips and
-    the tags the macro metrics average."""
+    """(common clip ids, tag columns, labels, a's probabilities, b's) on the common clips: the
+    arrays over every tag, ``cols`` the tags the macro metrics average (both classes among the
+    common clips and ``min_positives`` positives)."""
     common = sorted(set(a.clip_ids) & set(b.clip_ids))
     if len(common) < 2:
         raise ValueError(f"{a.name} and {b.name} share {len(common)} test clips; nothing to pair")
@@ -321,7 +367,7 @@ def _paired(a: RunSet, b: RunSet, top_k: int, min_positives: int) -> tuple:
     ib = np.searchsorted(np.asarray(b.clip_ids), common)
     labels = a.labels(top_k)[ia]
     cols = stats.evaluable_tags(labels, min_positives)
-    return common, cols, labels[:, cols], a.probs[ia][:, cols], b.probs[ib][:, cols]
+    return common, cols, labels, a.probs[ia], b.probs[ib]
 
 
 def _groups(clip_ids: Sequence[str], unit: str) -> list[str] | None:
@@ -344,28 +390,33 @@ def per_tag(a: RunSet, b: RunSet, top_k: int = teacher.DEFAULT_TOP_K, min_positi
     (``q_bootstrap``, the false discovery rate of calling that tag's change real); beside it,
     secondary, DeLong's test treating clips as independent (``p_delong``, ``q_delong``)."""
     common, cols, labels, pa, pb = _paired(a, b, top_k, min_positives)
-    tags, roc_a, _ = stats.per_tag_auc(labels, pa)
-    roc_b = stats.per_tag_auc(labels, pb)[1]
+    tags_a, ra, _, ra0, _ = _resampled(labels, pa, common, unit, n_resamples, seed)
+    _, rb, _, rb0, _ = _resampled(labels, pb, common, unit, n_resamples, seed)
+    pos = dict(zip(tags_a.tolist(), range(len(tags_a))))
     positives = labels.sum(axis=0)
-    testable = [t for t in tags
+    testable = [t for t in cols
                 if PER_TAG_TEST_MIN_CLIPS <= positives[t] <= labels.shape[0] - PER_TAG_TEST_MIN_CLIPS]
-    boot = dict(zip(testable, stats.paired_bootstrap_per_tag(
-        labels, pa, pb, _weights(common, n_resamples, seed, unit), testable)))
+    boot = {t: stats.paired_test(rb0[pos[t]] - ra0[pos[t]], rb[:, pos[t]] - ra[:, pos[t]])
+            for t in testable}
     delong = {t: stats.delong(labels[:, t], pa[:, t], pb[:, t]).p_value for t in testable}
     q_boot = dict(zip(testable, stats.false_discovery_rate([boot[t].p_value for t in testable])))
     q_delong = dict(zip(testable, stats.false_discovery_rate([delong[t] for t in testable])))
-    rows = [{"tag": a.tags[cols[t]], "positives": int(positives[t]),
-             "roc_from": 100 * float(ra), "roc_to": 100 * float(rb), "unit": unit,
+    rows = [{"tag": a.tags[t], "positives": int(positives[t]),
+             "roc_from": 100 * float(ra0[pos[t]]), "roc_to": 100 * float(rb0[pos[t]]), "unit": unit,
              "p_bootstrap": boot[t].p_value if t in boot else None, "q_bootstrap": q_boot.get(t),
              "p_delong": delong.get(t), "q_delong": q_delong.get(t)}
-            for t, ra, rb in zip(tags, roc_a, roc_b)]
+            for t in cols]
     return sorted(rows, key=lambda r: r["roc_to"] - r["roc_from"])
 
 
-def _unit_figures(common: Sequence[str], labels: np.ndarray, pa: np.ndarray, pb: np.ndarray,
-                  n_resamples: int, seed: int, unit: str, alpha: float, power: float) -> dict:
-    """The paired bootstrap of ``b - a`` resampling ``unit``: Δ, CI, SE, p, MDE (points)."""
-    boot = stats.paired_bootstrap(labels, pa, pb, _weights(common, n_resamples, seed, unit))
+def _unit_figures(common: Sequence[str], cols: np.ndarray, labels: np.ndarray, pa: np.ndarray,
+                  pb: np.ndarray, n_resamples: int, seed: int, unit: str, alpha: float,
+                  power: float) -> dict:
+    """The paired bootstrap of ``b - a``'s macro ROC-AUC over ``cols`` resampling ``unit`` (as
+    :func:`tftag.study.stats.paired_bootstrap`): Δ, CI, SE, p, MDE (points)."""
+    a0, a_r, _, _ = _macro(_resampled(labels, pa, common, unit, n_resamples, seed), cols)
+    b0, b_r, _, _ = _macro(_resampled(labels, pb, common, unit, n_resamples, seed), cols)
+    boot = stats.paired_test(b0 - a0, b_r - a_r)
     return {"n_units": n_units(common, unit), "delta_points": 100 * boot.difference,
             "ci95_points": [100 * x for x in boot.ci95], "se_points": 100 * boot.se,
             "p_bootstrap": boot.p_value,
@@ -390,12 +441,12 @@ def compare(a: RunSet, b: RunSet, top_k: int = teacher.DEFAULT_TOP_K, n_resample
       ValueError: no common clip, or an unknown unit.
     """
     common, cols, labels, pa, pb = _paired(a, b, top_k, min_positives)
-    primary = _unit_figures(common, labels, pa, pb, n_resamples, seed, unit, alpha, power)
-    by_unit = {u: _unit_figures(common, labels, pa, pb, n_resamples, seed, u, alpha, power)
+    primary = _unit_figures(common, cols, labels, pa, pb, n_resamples, seed, unit, alpha, power)
+    by_unit = {u: _unit_figures(common, cols, labels, pa, pb, n_resamples, seed, u, alpha, power)
                for u in also_units if u != unit}
-    delong = stats.delong_macro(labels, pa, pb, _groups(common, unit))
-    roc_a, pr_a = (float(m[0]) for m in stats.weighted_macro_auc(labels, pa))
-    pr_b = float(stats.weighted_macro_auc(labels, pb)[1][0])
+    delong = stats.delong_macro(labels[:, cols], pa[:, cols], pb[:, cols], _groups(common, unit))
+    roc_a, _, pr_a, _ = _macro(_resampled(labels, pa, common, unit, n_resamples, seed), cols)
+    pr_b = _macro(_resampled(labels, pb, common, unit, n_resamples, seed), cols)[2]
     fa = {r["fold"]: r["test_roc_auc"] for r in a.runs}
     fb = {r["fold"]: r["test_roc_auc"] for r in b.runs}
     folds = sorted(set(fa) & set(fb))

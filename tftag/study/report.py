@@ -757,6 +757,7 @@ class _Study:
       null: whether ``mde`` comes from a null comparison (two seeds).
       ceiling: the teacher's own score against its labels (:func:`teacher_ceiling`).
       second: labeller name -> the study under that second labeller (:func:`second_labeller`).
+      unseen: the claims without the pilot's fold (:func:`without_fold`), or None.
     """
 
     results: list[dict]
@@ -779,6 +780,7 @@ class _Study:
     null: bool
     ceiling: dict
     second: dict[str, dict]
+    unseen: dict | None
 
 
 def _analyse(runs_dir: str, opts: Options, compare: Sequence[tuple[str, str]],
@@ -816,7 +818,25 @@ def _analyse(runs_dir: str, opts: Options, compare: Sequence[tuple[str, str]],
             sets, labels, opts, rows, tested, tested_models, frequent)}
     return _Study(results, sets, against_other, rows, pooled, tested, tested_models, on_front,
                   against, repeats, lowest, frequent, tag_view, tag_view_min, claims_mde, folds,
-                  mde, null, ceiling, second)
+                  mde, null, ceiling, second, without_fold(results, PILOT_FOLD, opts))
+
+
+# The fold whose test clips the pilot scored (the width and MUSICNN's recipe were chosen partly
+# on them): the claims are repeated on the other folds' clips alone (:func:`without_fold`).
+PILOT_FOLD = 0
+
+
+def without_fold(results: Sequence[dict], fold: int, opts: Options) -> dict | None:
+    """The claims and between-model claims on the test clips of every fold but ``fold`` (primary
+    unit only): the answer without the clips a design choice saw. None if nothing is left."""
+    rest = [r for r in results if int(r["fold"]) != fold]
+    if not rest:
+        return None
+    sets = analysis.load_sets(rest)
+    o = dataclasses.replace(opts, also_units=())
+    return {"fold_left_out": fold, "folds": sorted({int(r["fold"]) for r in rest}),
+            "n_clips": len(_ceiling_set(sets).clip_ids),
+            "claims": claims(sets, o), "between_models": between_models_plain(sets, o)}
 
 
 # Second labellers' memos the report reads from its own folder (:mod:`tftag.study.labellers`).
@@ -880,6 +900,7 @@ def _report_json(st: _Study, opts: Options) -> dict:
                         "(p_bootstrap, q_bootstrap); DeLong treating clips as independent "
                         "beside it (p_delong, q_delong, secondary)",
         "teacher_ceiling": st.ceiling,
+        "without_pilot_fold": st.unseen,
         "second_labellers": st.second,
         "labels": f"teacher top-{opts.top_k} per clip", "alpha": opts.alpha,
         "claims": _with_second(st.tested, st.second, "claims"),
@@ -929,6 +950,7 @@ def _results_md(st: _Study, report: dict, name: str, opts: Options) -> list[str]
         comparison_table(st.tested), "",
         *_ceiling_md(st.ceiling), "",
         *_second_md(st.second), "",
+        *_unseen_md(st.unseen), "",
         "## The paper's claim between the architectures", "",
         *(["Δ = to − from, at the same resolution, each model at its study width; PR-AUC "
            "(the claim's other half) on the same clips: " + ", ".join(
@@ -999,6 +1021,20 @@ def _second_md(second: dict[str, dict]) -> list[str]:
                     f"({_fmt_p(c['p_bootstrap'])}) | {'yes' if c['holds_under_both'] else 'no'} |")
         lines.append("")
     return lines
+
+
+def _unseen_md(unseen: dict | None) -> list[str]:
+    """results.md's section of :func:`without_fold`."""
+    if unseen is None:
+        return []
+    rows = unseen["claims"] + unseen["between_models"]
+    return [f"## Without fold {unseen['fold_left_out']}'s test clips (the pilot scored them)", "",
+            f"The claims on the {unseen['n_clips']} test clips of folds "
+            f"{', '.join(map(str, unseen['folds']))} alone: no design choice saw them.", "",
+            "| claim | from → to | Δ points [95 % CI] | p |", "|---|---|---|---|",
+            *[f"| {c['claim'][:48]} | {c['from']} → {c['to']} | {c['delta_points']:+.2f} "
+              f"[{c['ci95_points'][0]:+.2f}, {c['ci95_points'][1]:+.2f}] | {_fmt_p(c['p_bootstrap'])} |"
+              for c in rows]]
 
 
 def _lowest_md(st: _Study, opts: Options) -> list[str]:

@@ -198,6 +198,43 @@ def _percentiles(values: np.ndarray) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
+def resampled_per_tag(y_true: np.ndarray, y_score: np.ndarray,
+                      weights: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(tags, ROC-AUC [resamples, tags], AP [resamples, tags]) of the tags with both classes
+    (:func:`evaluable_tags`) under each row of ``weights``; NaN where a row left a tag without
+    one class. The pieces of :func:`weighted_macro_auc`, kept per tag so that macro averages over
+    any subset of the tags, and per-tag tests, reuse one pass (:func:`macro_of`)."""
+    y = _check(y_true, y_score)
+    w = np.asarray(weights, dtype=np.float64)
+    if w.ndim != 2 or w.shape[1] != y.shape[0]:
+        raise ValueError(f"weights must be [resamples, {y.shape[0]}], got {w.shape}")
+    tags = evaluable_tags(y)
+    roc, pr = _per_tag(y, np.asarray(y_score, dtype=np.float64), tags, w)
+    return tags, roc, pr
+
+
+def macro_of(per_tag: np.ndarray, point: np.ndarray) -> np.ndarray:
+    """The macro average [resamples] of per-tag values [resamples, tags], a resample's missing
+    (NaN) tag counted at its unweighted value ``point`` [tags] (:func:`weighted_macro_auc`'s rule)."""
+    return np.where(np.isfinite(per_tag), per_tag, point[None, :]).mean(axis=1)
+
+
+def interval(estimate: float, resampled: np.ndarray) -> Interval:
+    """A point estimate with the percentile 95 % CI and SD of its resampled values."""
+    return Interval(float(estimate), _percentiles(resampled), float(np.nanstd(resampled, ddof=1)),
+                    int(np.isfinite(resampled).sum()))
+
+
+def paired_test(difference: float, resampled: np.ndarray) -> PairedTest:
+    """The paired bootstrap test of ``difference`` from its resampled values (non-finite ones
+    skipped; p as :func:`paired_bootstrap`'s)."""
+    d = resampled[np.isfinite(resampled)]
+    if d.size < 2:
+        raise ValueError("fewer than 2 finite resampled differences: nothing to test")
+    return PairedTest("paired bootstrap", float(difference), float(np.std(d, ddof=1)),
+                      _bootstrap_p(d), _percentiles(d))
+
+
 def bootstrap_ci(y_true: np.ndarray, y_score: np.ndarray,
                  weights: np.ndarray) -> tuple[Interval, Interval]:
     """Pooled macro ROC-AUC and PR-AUC with percentile 95 % CIs over the resamples ``weights``
