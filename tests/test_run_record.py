@@ -37,6 +37,7 @@ ARGV = {
                 "--latency_runs=2"],
     "export": ["--run_dir=R", "--resolutions=sr16000-mel16-hop2-log", "--weights=w.h5"],
     "tag": ["--pretrained=tftag_vgg_8x10", "--audio=a.wav", "--top_k=3", "--output=t.csv"],
+    "similar": ["--query=q.wav", "--index=t.embeddings", "--top_k=3", "--exact_max_rows=10"],
     "describe": ["--pretrained=tftag_vgg_8x10", "--json"],
     "ship": ["--run_dir=R", "--ship_name=tftag_vgg_x", "--overwrite"],
     "verify": ["--dataset_dir=D"],

@@ -197,7 +197,8 @@ def define_tag_flags() -> None:
     flags.DEFINE_string("server", None, "tag: host:port of a TF Serving server to use instead of "
                         "loading --model_dir (which still provides tags and sample rate).")
     flags.DEFINE_enum("server_protocol", "grpc", ["grpc", "rest"], "tag: protocol of --server.")
-    flags.DEFINE_integer("top_k", 5, "tag: tags printed per file.", lower_bound=1)
+    flags.DEFINE_integer("top_k", 5, "tag: tags printed per file; similar: neighbours returned.",
+                         lower_bound=1)
     flags.DEFINE_string("pretrained", None, "tag/export/describe: a pretrained model of "
                         "tftag.models.pretrained (" + ", ".join(tag.PRETRAINED) + ", or a shipped "
                         "student such as tftag_vgg_32x4: its own resolution, window and tags) "
@@ -212,14 +213,35 @@ def define_tag_flags() -> None:
     flags.DEFINE_string("taggram_dir", None, "tag: write one .npz + .csv taggram per file here.")
     flags.DEFINE_bool("plot", False, "tag: write a taggram PNG per file (into --taggram_dir, else "
                       "<output stem>_taggrams/).")
-    flags.DEFINE_bool("embeddings", False, "tag: write <file>.embeddings.npz per file: windows "
-                      "[W, d] (the input of the logits layer per window) and mean [d].")
+    flags.DEFINE_bool("embeddings", False, "tag: also write each file's embedding (the input of "
+                      "the logits layer, the mean over its windows). With a .jsonl/.csv --output "
+                      "(collections): sharded arrays + an index in <output stem>.embeddings/ "
+                      "(shard-NNNNN.npy, float32 [rows, d], a new shard every 4096 files; "
+                      "index.jsonl: path, rel_path, size, mtime_ns, shard, row; meta.json: the "
+                      "model), resumed with the rows; --mode=similar searches it. With a .json "
+                      "--output (small folders): <file>.embeddings.npz per file: windows [W, d] "
+                      "and mean [d].")
     flags.DEFINE_float("block_seconds", 30.0, "tag: seconds of audio decoded at a time (bounds "
                        "memory on long files).", lower_bound=1.0)
     flags.DEFINE_integer("workers", 0, "tag: decoding processes feeding the model (0 = one per "
                          "core; 1 = one decoding thread, files in folder order).", lower_bound=0)
     flags.DEFINE_bool("retry_failed", False, "tag: on a rerun, tag again the files of "
                       "<stem>.failures.jsonl (else unchanged ones are skipped); .jsonl/.csv.")
+
+
+def define_similar_flags() -> None:
+    """The flags of ``--mode=similar`` (it also reads --top_k, --pretrained and --model_dir)."""
+    flags.DEFINE_string("query", None, "similar: the audio file whose nearest tracks are wanted.")
+    flags.DEFINE_string("index", None, "similar: an embedding store, the <output stem>.embeddings "
+                        "folder of --mode=tag --embeddings with a .jsonl/.csv --output; the query "
+                        "is embedded with its model (--pretrained/--model_dir, if given, must be "
+                        "it).")
+    flags.DEFINE_integer("exact_max_rows", 200_000, "similar: exact cosine search (numpy, shard "
+                         "by shard) up to this many tracks; above, an HNSW graph (faiss-cpu) "
+                         "built once and cached in --index (rebuilt when tracks were added).",
+                         lower_bound=0)
+    flags.DEFINE_string("similar_output", "similar.json", "similar: the JSON file of the answer "
+                        "(query, model, method, the neighbours: rank, path, similarity).")
 
 
 def define_report_flags() -> None:
@@ -460,6 +482,7 @@ def define_main_flags() -> None:
     define_how_low_flags()
     define_export_flags()
     define_tag_flags()
+    define_similar_flags()
     define_report_flags()
     define_model_flags()
 
@@ -648,6 +671,19 @@ class TagOptions:
     block_seconds: float
     workers: int
     retry_failed: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class SimilarOptions:
+    """``--mode=similar``: the query file, the embedding store, how many neighbours, the model
+    check, the exact/approximate threshold and the answer's file."""
+    query: str | None
+    index: str | None
+    top_k: int
+    pretrained: str | None
+    model_dir: str | None
+    exact_max_rows: int
+    similar_output: str
 
 
 @dataclasses.dataclass(frozen=True)

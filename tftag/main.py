@@ -112,12 +112,9 @@ def _export(exp, o: cli.ExportOptions) -> dict:
         "best.weights.h5"), o.pretrained)
 
 
-def _tag(_, o: cli.TagOptions) -> dict:
-    from tftag.tagging import tag
-    return tag.tag(o.model_dir, o.audio or "", o.output, o.server, o.server_protocol, o.top_k,
-                   pretrained=o.pretrained, window_hop=o.window_hop, taggram_dir=o.taggram_dir,
-                   plot=o.plot, embeddings=o.embeddings, block_seconds=o.block_seconds,
-                   workers=o.workers, retry_failed=o.retry_failed)
+def _tag(_, o: cli.TagOptions | cli.SimilarOptions) -> dict:  # --mode=tag and --mode=similar
+    from tftag.tagging import similar, tag
+    return (similar if isinstance(o, cli.SimilarOptions) else tag).run(o)
 
 
 def _describe(exp, o: cli.DescribeOptions) -> dict:
@@ -174,6 +171,8 @@ MODES: dict[str, Mode] = {
                    about="SavedModel (TF Serving), frozen graph (Essentia), --tflite files"),
     "tag": Mode(_tag, cli.TagOptions, experiment=False,
                 about="tag tracks of --audio with --pretrained, --model_dir or --server"),
+    "similar": Mode(_tag, cli.SimilarOptions, experiment=False, about="the --top_k tracks of an "
+                    "embedding --index nearest to --query (cosine; exact, or HNSW when large)"),
     "describe": Mode(_describe, cli.DescribeOptions,
                      about="a catalogue's data card, or --pretrained's model card"),
     "ship": Mode(_ship, cli.ShipOptions, needs_run_dir=True, experiment=False,

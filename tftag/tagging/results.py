@@ -159,12 +159,15 @@ class Plan:
       failed_before: files skipped: recorded as unreadable and unchanged (``retry_failed``
         retries them).
       dropped: rows removed: torn by a kill, or of files changed since.
+      done_paths: the relative paths of the ``done`` files (not compared).
     """
 
     todo: tuple[str, ...]
     done: int = 0
     failed_before: int = 0
     dropped: int = 0
+    done_paths: frozenset[str] = dataclasses.field(default=frozenset(), compare=False,
+                                                   repr=False)
 
 
 # ----------------------------------------------------------------------------- reading back
@@ -310,7 +313,7 @@ def plan(output: str, files: Sequence[str], root: str, spec: OutputSpec,
         _tidy(manifest, ".jsonl", size, scan)
         failed = scan.keys
     todo = tuple(p for p in files if (rel := rel_path(p, root)) not in done and rel not in failed)
-    return Plan(todo, len(done), len(failed), dropped)
+    return Plan(todo, len(done), len(failed), dropped, frozenset(done))
 
 
 def read_rows(output: str) -> Iterator[dict]:

@@ -22,7 +22,9 @@ the same command resumes, matching files by relative path + size + mtime; ``--re
 tags the unreadable ones again), or one ``.json`` document (with taggrams) at the end; unreadable
 files are skipped and appended to ``<output stem>.failures.jsonl``. Optionally one ``.npz`` +
 ``.csv`` taggram per file (``--taggram_dir``), a taggram PNG per file (``--plot``) and embeddings
-(``--embeddings``). With ``--server`` (TF Serving, gRPC or REST) the same windows are scored by
+(``--embeddings``: with a .jsonl/.csv output, one mean embedding per file in the sharded store
+``<output stem>.embeddings/`` of :mod:`tftag.tagging.embeddings`, resumed with the rows, which
+``--mode=similar`` searches; with a .json output, one ``.embeddings.npz`` per file). With ``--server`` (TF Serving, gRPC or REST) the same windows are scored by
 the server's ``serving_window`` signature: same outputs, nothing loaded here.
 """
 
@@ -40,6 +42,7 @@ from absl import logging
 
 from tftag.delivery import export_layout
 from tftag.runs import runfiles
+from tftag.tagging import embeddings as _embeddings
 from tftag.tagging import results, tracks
 from tftag.delivery.export_layout import model_version_dir
 from tftag.models import pretrained as _pretrained
@@ -102,7 +105,9 @@ def tag(model_dir: str | None, audio: str, output: str, server: str | None = Non
         embeddings); None = no taggram files (plots and embeddings then go to
         ``<output stem>_taggrams/``).
       plot: write a taggram PNG per file.
-      embeddings: write ``<stem>.embeddings.npz`` per file (``windows`` [W, d], ``mean`` [d]).
+      embeddings: with a .jsonl/.csv ``output``, each file's mean embedding into the sharded
+        store ``<output stem>.embeddings/`` (:mod:`tftag.tagging.embeddings`); with a .json
+        one, ``<stem>.embeddings.npz`` per file (``windows`` [W, d], ``mean`` [d]).
       block_seconds: seconds of audio decoded at a time (bounds memory on long files).
       workers: decoding processes (0 = one per core); 1 = one decoding thread in this process.
       retry_failed: with a .jsonl/.csv output, tag again the files its failures manifest lists
@@ -110,7 +115,8 @@ def tag(model_dir: str | None, audio: str, output: str, server: str | None = Non
 
     Returns:
       A summary: files, tagged, failed, skipped (tagged before), failed_before (skipped),
-      output, model, workers, side_outputs (files written beside ``output``).
+      output, model, workers, side_outputs (files written beside ``output``), and with a
+      store: embeddings (its folder), embedded_only (files tagged before, embedded now).
 
     Raises:
       tftag.tagging.tracks.DecodingError: decoding failed otherwise than on an unreadable file
@@ -118,14 +124,14 @@ def tag(model_dir: str | None, audio: str, output: str, server: str | None = Non
     """
     check_args(model_dir, pretrained, server)
     check_protocol(protocol)  # before the folder is searched
-    results.check_output(output, retry_failed)
+    streamed = results.check_output(output, retry_failed) in results.STREAMED
     if model_dir:
         model_version_dir(model_dir)  # a bad --model_dir fails before the folder is searched
     files = audio_files(audio)
     workers = workers or tracks.default_workers()
+    npz = embeddings and not streamed  # .json: one .embeddings.npz per file
     side = SideOutputs(taggram_dir, taggram_dir or (os.path.splitext(output)[0] + "_taggrams"
-                                                    if plot or embeddings else None),
-                       plot, embeddings)
+                                                    if plot or npz else None), plot, npz)
     with contextlib.ExitStack() as stack:
         # The decoding workers start first: their imports overlap the model's load.
         pool = (stack.enter_context(tracks.DecoderPool(min(workers, len(files))))
@@ -134,10 +140,15 @@ def tag(model_dir: str | None, audio: str, output: str, server: str | None = Non
         spec = results.OutputSpec(tagger.name, tuple(tagger.tags), tagger.spec.window_seconds,
                                   tagger.spec.hop * tagger.spec.frame_seconds, top_k)
         plan = results.plan(output, files, audio, spec, retry_failed)
+        store, embed_only = (_open_store(output, files, audio, plan, tagger, model_source(
+            model_dir, pretrained, server, protocol)) if embeddings and streamed else (None, ()))
+        if store is not None:
+            stack.callback(store.close)
         out = stack.enter_context(results.open_results(output, spec, audio))
         try:
-            tagged, failed, written = _tag_files(tagger, plan.todo, out, audio, side,
-                                                 block_seconds, pool)
+            tagged, failed, written = _tag_files(tagger, plan.todo + embed_only, out, audio,
+                                                 side, block_seconds, pool, store,
+                                                 frozenset(embed_only))
         except tracks.DecodingError as e:
             raise tracks.DecodingError(
                 f"{e}; the rows written so far stay: rerun the same command to resume"
@@ -148,28 +159,74 @@ def tag(model_dir: str | None, audio: str, output: str, server: str | None = Non
           + (f"; {plan.failed_before} unreadable before, skipped (--retry_failed retries them)"
              if plan.failed_before else "")
           + (f"; taggrams, plots, embeddings in {side.folder}" if written else "")
+          + (f"; embeddings in {store.directory} ({len(store.entries)} files"
+             + (f", {len(embed_only)} tagged before embedded now" if embed_only else "") + ")"
+             if store is not None else "")
           + (f"; {failed} unreadable, see {out.failures_file}" if failed else ""))
     return {"files": len(files), "tagged": tagged, "failed": failed, "skipped": plan.done,
             "failed_before": plan.failed_before, "output": output, "model": tagger.name,
-            "workers": workers, "side_outputs": written}
+            "workers": workers, "side_outputs": written,
+            **({"embeddings": store.directory, "embedded_only": len(embed_only)}
+               if store is not None else {})}
+
+
+def run(o) -> dict:
+    """``--mode=tag`` from its options (:class:`tftag.cli.TagOptions`)."""
+    return tag(o.model_dir, o.audio or "", o.output, o.server, o.server_protocol, o.top_k,
+               pretrained=o.pretrained, window_hop=o.window_hop, taggram_dir=o.taggram_dir,
+               plot=o.plot, embeddings=o.embeddings, block_seconds=o.block_seconds,
+               workers=o.workers, retry_failed=o.retry_failed)
+
+
+def model_source(model_dir: str | None, pretrained: str | None, server: str | None,
+                 protocol: str = "grpc") -> dict:
+    """How to load the model of ``--mode=tag``'s flags again (an embedding store's meta)."""
+    if pretrained:
+        return {"pretrained": pretrained}
+    return {"model_dir": os.path.abspath(model_dir),
+            **({"server": server, "protocol": protocol} if server else {})}
+
+
+def _open_store(output: str, files: Sequence[str], root: str, plan: results.Plan,
+                tagger: "Tagger", source: dict
+                ) -> tuple[_embeddings.EmbeddingStore, tuple[str, ...]]:
+    """The embedding store of a streamed ``output``, tidied for this run's ``plan``, and the
+    files tagged before that it lacks (embedded again, their rows not written twice)."""
+    current = {key.rel_path: key for key in (results.FileKey.of(p, root) for p in files)}
+    meta = _embeddings.StoreMeta(tagger.name, tagger.spec.mel_config.name, source,
+                                 tagger.spec.window_frames, tagger.spec.hop,
+                                 shard_rows=_embeddings.SHARD_ROWS)
+    store = _embeddings.EmbeddingStore(_embeddings.store_dir(output), meta).open(
+        current, {results.rel_path(p, root) for p in plan.todo})
+    missing = tuple(p for p in files if (rel := results.rel_path(p, root)) in plan.done_paths
+                    and rel not in store.entries)
+    return store, missing
 
 
 def _tag_files(tagger: "Tagger", files: Sequence[str], out: results.Results, root: str,
-               side: "SideOutputs", block_seconds: float,
-               pool: tracks.DecoderPool | None) -> tuple[int, int, int]:
+               side: "SideOutputs", block_seconds: float, pool: tracks.DecoderPool | None,
+               store: _embeddings.EmbeddingStore | None = None,
+               embed_only: frozenset[str] = frozenset()) -> tuple[int, int, int]:
     """Tags ``files`` into ``out``, printing each file's top tags; returns (tagged, failed,
-    side outputs written)."""
+    side outputs written). With ``store``, a file's embedding is stored before its row is
+    written (files of ``embed_only``, tagged before, get no row)."""
     from tqdm import tqdm
 
     tagged = failed = written = 0
     with tqdm(total=len(files), desc="tag", unit="file", disable=len(files) < 2) as progress:
-        for item in tag_tracks(tagger, files, block_seconds, side.embeddings, pool=pool):
+        for item in tag_tracks(tagger, files, block_seconds, side.embeddings or bool(store),
+                               pool=pool):
             progress.update(1)
             if isinstance(item, dict):
                 out.fail(item)
                 failed += 1
                 logging.warning("skipped %s: %s", item["path"], item["reason"])
                 continue
+            if store is not None:
+                store.add(item.path, results.FileKey.of(item.path, root), item.mean_embedding,
+                          item.seconds, len(item.taggram))
+                if item.path in embed_only:
+                    continue
             out.add(item)
             tagged += 1
             written += side.write(item, tagger, output_stem(item.path, root))

@@ -1,0 +1,221 @@
+"""``--mode=similar``: which tracks of a collection sound like this one.
+
+Method. A track is represented by its mean embedding: the penultimate-layer activations (the
+input of the logits layer) of the model's windows, averaged over the track — the row
+``--mode=tag --embeddings`` stores (:mod:`tftag.tagging.embeddings`). The query file is embedded
+the same way, with the store's own model, resolution and windows (read from its ``meta.json``;
+another model is refused), and its neighbours are the stored tracks of highest cosine similarity
+(the dot product of the L2-normalised vectors; 1 = same direction; a zero vector scores 0).
+
+Search is exact up to ``exact_max_rows`` indexed tracks: numpy over the store in slices of
+:data:`tftag.tagging.embeddings.SHARD_ROWS` rows, so memory stays one slice whatever the size.
+Above it, an approximate HNSW graph (faiss-cpu's ``IndexHNSWFlat``, inner product on the
+normalised vectors; M = :data:`HNSW_M`, efConstruction = :data:`HNSW_EF_CONSTRUCTION`,
+efSearch = max(:data:`HNSW_EF_SEARCH`, k)) is built once and cached in the store
+(``ann.faiss`` + ``ann.json``), rebuilt when the index changed since (rows added or
+superseded); its similarities are the exact cosines of the rows it returns, but it may miss a
+true neighbour (recall < 1). The query's own file, when it is in the store, comes first with a
+similarity of ≈ 1.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from tftag.runs import runfiles
+from tftag.tagging import embeddings as store
+from tftag.tagging import tracks
+
+EXACT_MAX_ROWS = 200_000
+HNSW_M = 32
+HNSW_EF_CONSTRUCTION = 80
+HNSW_EF_SEARCH = 128
+ANN_FILE = "ann.faiss"
+ANN_STAMP = "ann.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class Neighbour:
+    """One answer: its rank (1 = nearest), file and cosine similarity to the query."""
+
+    rank: int
+    path: str
+    rel_path: str
+    similarity: float
+
+
+def run(o) -> dict:
+    """``--mode=similar`` from its options (:class:`tftag.cli.SimilarOptions`)."""
+    return similar(o.query, o.index, o.top_k, pretrained=o.pretrained, model_dir=o.model_dir,
+                   exact_max_rows=o.exact_max_rows, output=o.similar_output)
+
+
+def similar(query: str, index: str, top_k: int = 10, *, pretrained: str | None = None,
+            model_dir: str | None = None, exact_max_rows: int = EXACT_MAX_ROWS,
+            output: str | None = None) -> dict:
+    """Prints the ``top_k`` tracks of the store ``index`` nearest to the file ``query`` and
+    writes them to ``output`` (JSON; None: not written).
+
+    Args:
+      query: an audio file (in the collection or not).
+      index: an embedding store, ``<output stem>.embeddings`` of ``--mode=tag --embeddings``.
+      top_k: neighbours returned.
+      pretrained / model_dir: the model, when given: must be the store's (default: the store's).
+      exact_max_rows: exact search up to this many indexed tracks, HNSW above.
+      output: a JSON file for the answer.
+
+    Returns:
+      A summary: query, index, model, method (exact or hnsw), rows, neighbours ([path,
+      similarity], nearest first), embed_seconds, search_seconds, ann_built, output.
+    """
+    if not query or not index:
+        raise ValueError("--mode=similar needs --query=FILE (an audio file) and --index=DIR "
+                         "(the <output stem>.embeddings folder of --mode=tag --embeddings)")
+    if not os.path.isfile(query):
+        raise FileNotFoundError(f"--query={query!r}: no such audio file")
+    meta = store.StoreMeta.read(index)
+    entries = store.read_entries(index)
+    if not entries or not meta.dim:
+        raise ValueError(f"--index={index!r} holds no embeddings yet: tag a folder into it "
+                         "first (--mode=tag --embeddings)")
+    tagger = load_tagger(meta, index, pretrained, model_dir)
+    start = time.perf_counter()
+    vector = embed(tagger, query)
+    embed_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    method = "exact" if len(entries) <= exact_max_rows else "hnsw"
+    built = False
+    if method == "exact":
+        positions, sims = exact_search(index, meta, entries, vector, top_k)
+    else:
+        positions, sims, built = ann_search(index, meta, entries, vector, top_k)
+    search_seconds = time.perf_counter() - start
+    found = [Neighbour(rank, entries[p].path, entries[p].rel_path, float(s))
+             for rank, (p, s) in enumerate(zip(positions, sims), 1)]
+    print(f"{len(found)} nearest of {len(entries)} tracks to {query} ({meta.model}, {method}, "
+          f"{search_seconds * 1000:.1f} ms):")
+    for n in found:
+        print(f"{n.rank:4d}  {n.similarity:.4f}  {n.path}")
+    summary = {"query": query, "index": index, "model": meta.model, "method": method,
+               "rows": len(entries), "neighbours": [[n.path, n.similarity] for n in found],
+               "embed_seconds": round(embed_seconds, 4),
+               "search_seconds": round(search_seconds, 6), "ann_built": built, "output": output}
+    if output:
+        runfiles.write_json_atomic(output, dict(summary, neighbours=[
+            dataclasses.asdict(n) for n in found]))
+    return summary
+
+
+def load_tagger(meta: store.StoreMeta, index: str, pretrained: str | None = None,
+                model_dir: str | None = None):
+    """The store's model with its windows; a ValueError naming the flag when ``pretrained`` or
+    ``model_dir`` is another model, or when the model now has another resolution."""
+    from tftag.tagging import tag
+
+    source = meta.source
+    if pretrained and source.get("pretrained") != pretrained or model_dir and (
+            source.get("model_dir") != os.path.abspath(model_dir)):
+        given = f"--pretrained={pretrained}" if pretrained else f"--model_dir={model_dir}"
+        raise ValueError(f"{given}: --index={index!r} was made with {meta.model} "
+                         f"({meta.resolution}); a query is embedded with the same model: leave "
+                         "the flag out")
+    tagger = tag.load_tagger(source.get("model_dir"), source.get("pretrained"),
+                             source.get("server"), source.get("protocol", "grpc"))
+    got = (tagger.name, tagger.spec.mel_config.name, tagger.spec.window_frames)
+    if got != (meta.model, meta.resolution, meta.window_frames):
+        raise ValueError(f"--index={index!r} was made with {meta.model} ({meta.resolution}, "
+                         f"{meta.window_frames}-frame windows); that model is now {got[0]} "
+                         f"({got[1]}, {got[2]}): tag the collection again with it")
+    tagger.spec = tracks.WindowSpec(tagger.spec.mel_config, meta.window_frames, meta.hop_frames)
+    return tagger
+
+
+def embed(tagger, path: str, block_seconds: float = tracks.BLOCK_SECONDS) -> np.ndarray:
+    """The mean embedding [d] of one file (a ValueError naming ``--query`` if unreadable)."""
+    (item,) = list(tracks.tag_tracks(tagger, [path], block_seconds, embeddings=True))
+    if isinstance(item, dict):
+        raise ValueError(f"--query={path!r}: {item['reason']}")
+    return item.mean_embedding.astype(np.float32)
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    """Rows (or a vector) scaled to L2 norm 1; zero rows stay zero."""
+    norms = np.linalg.norm(x, axis=-1, keepdims=True)
+    return (x / np.where(norms > 0, norms, 1)).astype(np.float32)
+
+
+def slices(index: str, meta: store.StoreMeta, entries: Sequence[store.Entry],
+           rows: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+    """(first position, vectors [n, d]) of consecutive slices of ``entries`` (``rows`` each:
+    default the store's shard size), each read from the shards its rows are in."""
+    rows = rows or meta.shard_rows
+    for begin in range(0, len(entries), rows):
+        part = entries[begin:begin + rows]
+        out = np.empty((len(part), meta.dim), np.float32)
+        shards = np.array([e.shard for e in part])
+        where = np.array([e.row for e in part])
+        for shard in np.unique(shards):
+            mask = shards == shard
+            out[mask] = store.shard_vectors(index, meta, int(shard), where[mask])
+        yield begin, out
+
+
+def exact_search(index: str, meta: store.StoreMeta, entries: Sequence[store.Entry],
+                 query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(positions in ``entries``, cosine similarities) of the ``k`` nearest, nearest first."""
+    q = unit(query)
+    best_pos = np.empty(0, np.int64)
+    best_sim = np.empty(0, np.float32)
+    for begin, vectors in slices(index, meta, entries):
+        sims = unit(vectors) @ q
+        pos = np.concatenate([best_pos, begin + np.arange(len(sims))])
+        sims = np.concatenate([best_sim, sims])
+        keep = np.argsort(-sims, kind="stable")[:k]
+        best_pos, best_sim = pos[keep], sims[keep]
+    return best_pos, best_sim
+
+
+def ann_search(index: str, meta: store.StoreMeta, entries: Sequence[store.Entry],
+               query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, bool]:
+    """As :func:`exact_search`, through the cached HNSW graph; also whether it was built now."""
+    graph, built = ann_index(index, meta, entries)
+    graph.hnsw.efSearch = max(HNSW_EF_SEARCH, k)
+    sims, positions = graph.search(unit(query)[None], min(k, len(entries)))
+    keep = positions[0] >= 0
+    return positions[0][keep].astype(np.int64), sims[0][keep], built
+
+
+def _stamp(index: str, entries: Sequence[store.Entry]) -> dict:
+    """What the cached graph was built from: the index file as it was, and its rows."""
+    st = os.stat(os.path.join(index, store.INDEX))
+    return {"index_bytes": st.st_size, "index_mtime_ns": st.st_mtime_ns, "rows": len(entries),
+            "m": HNSW_M, "ef_construction": HNSW_EF_CONSTRUCTION}
+
+
+def ann_index(index: str, meta: store.StoreMeta, entries: Sequence[store.Entry]):
+    """The store's HNSW graph (ids: positions in ``entries``): read from ``ann.faiss`` if it was
+    built from the index as it is, else built and cached. Returns (graph, built now)."""
+    import faiss
+
+    stamp = _stamp(index, entries)
+    path, stamp_path = os.path.join(index, ANN_FILE), os.path.join(index, ANN_STAMP)
+    if os.path.exists(path) and os.path.exists(stamp_path):
+        with open(stamp_path, encoding="utf-8") as f:
+            if json.load(f) == stamp:
+                graph = faiss.read_index(path)
+                if graph.ntotal == len(entries):
+                    return graph, False
+    graph = faiss.IndexHNSWFlat(meta.dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
+    graph.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+    for _, vectors in slices(index, meta, entries):
+        graph.add(unit(vectors))
+    with runfiles.atomic_path(path) as tmp:
+        faiss.write_index(graph, tmp)
+    runfiles.write_json_atomic(stamp_path, stamp)
+    return graph, True
