@@ -236,7 +236,7 @@ def define_similar_flags() -> None:
                         "folder of --mode=tag --embeddings with a .jsonl/.csv --output; the query "
                         "is embedded with its model (--pretrained/--model_dir, if given, must be "
                         "it).")
-    flags.DEFINE_integer("exact_max_rows", 200_000, "similar: exact cosine search (numpy, shard "
+    flags.DEFINE_integer("exact_max_rows", 100_000, "similar: exact cosine search (numpy, shard "
                          "by shard) up to this many tracks; above, an HNSW graph (faiss-cpu) "
                          "built once and cached in --index (rebuilt when tracks were added).",
                          lower_bound=0)

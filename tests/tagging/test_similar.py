@@ -80,6 +80,7 @@ def test_store_shards_index_and_resume(collection, tmp_path, monkeypatch):
     again = _tag(collection, out)
     assert (again["tagged"], again["skipped"], again["embedded_only"]) == (0, 8, 0)
     assert _index_lines(store) == lines
+    assert len(embeddings.read_rows(store)) == 8  # parsed and cached (index.rows.npy)
     # A kill after a row was stored but before its output row (the last output row dropped), a
     # torn index line and stray shard bytes; and one file changed since: tagged again, each file
     # indexed once, the changed file's old line superseded.
@@ -99,6 +100,9 @@ def test_store_shards_index_and_resume(collection, tmp_path, monkeypatch):
     # The stray bytes and the superseded last row were cut: the new rows follow the last kept.
     assert [(e["shard"], e["row"]) for e in lines[-2:]] == [(2, 1), (2, 2)]
     assert np.load(embeddings.shard_path(store, 2)).shape == (3, meta.dim)
+    rows = embeddings.read_rows(store)  # the cache of the index before: stale, made again
+    assert [rows.entry(i).rel_path for i in range(len(rows))] == [e["rel_path"] for e in lines]
+    assert (rows.shard[-1], rows.row[-1]) == (2, 2)
     # An output tagged without --embeddings gets them on a rerun with it, rows not doubled.
     plain = tmp_path / "plain.csv"
     tag.tag(None, str(collection), str(plain), pretrained=STUDENT, workers=1)

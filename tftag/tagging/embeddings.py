@@ -10,6 +10,8 @@ the logits layer), in sharded arrays beside the output, ``<output stem>.embeddin
 * ``index.jsonl``: one JSON line per track, appended after its row: ``path``, ``rel_path``,
   ``size``, ``mtime_ns`` (the identity :mod:`tftag.tagging.results` resumes by), ``shard``,
   ``row``, ``seconds``, ``windows``.
+* ``index.rows.npy`` + ``index.rows.json``, ``ann.faiss`` + ``ann.json``: caches of
+  :mod:`tftag.tagging.similar`, made at a query when the index changed since.
 * ``meta.json``: the model (``model``: its name; ``resolution``: its mel resolution; ``source``:
   how to load it again), ``dim``, the windows (``window_frames``, ``hop_frames``) and
   ``shard_rows``: :mod:`tftag.tagging.similar` embeds a query with the same model and windows.
@@ -39,6 +41,7 @@ from tftag.tagging.results import TEXT, FileKey, _complete_size, _records
 SHARD_ROWS = 4096  # rows per shard: 1 M tracks = 245 shards (16 MB each at d = 1024)
 META = "meta.json"
 INDEX = "index.jsonl"
+ROWS_CACHE, ROWS_STAMP = "index.rows.npy", "index.rows.json"  # --mode=similar's cache of it
 FORMAT = 1
 _DTYPE = np.dtype("<f4")
 
@@ -147,6 +150,71 @@ def read_entries(directory: str) -> list[Entry]:
     return list(last.values())
 
 
+@dataclasses.dataclass(frozen=True)
+class Rows:
+    """The store's indexed tracks as arrays (what a search reads per query): track i's row is
+    row ``row[i]`` of shard ``shard[i]``, its index line starts at byte ``offset[i]`` of
+    ``index.jsonl``; :meth:`entry` reads that line."""
+
+    directory: str
+    shard: np.ndarray
+    row: np.ndarray
+    offset: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.shard)
+
+    def entry(self, i: int) -> Entry:
+        """Track i's :class:`Entry`, read from its index line."""
+        with open(os.path.join(self.directory, INDEX), "rb") as f:
+            f.seek(int(self.offset[i]))
+            entry = Entry.of_record(json.loads(f.readline().decode("utf-8", "surrogateescape")))
+        if entry is None:
+            raise ValueError(f"{self.directory}/{INDEX}: no entry at byte {self.offset[i]}: the "
+                             "index changed while it was read; run the query again")
+        return entry
+
+
+def index_stamp(directory: str) -> dict:
+    """What ``index.jsonl`` is now (its bytes and mtime): caches built from it keep it."""
+    st = os.stat(os.path.join(directory, INDEX))
+    return {"index_bytes": st.st_size, "index_mtime_ns": st.st_mtime_ns}
+
+
+def read_rows(directory: str) -> Rows:
+    """The indexed tracks of :func:`read_entries`, as :class:`Rows`: read from the cache
+    ``index.rows.npy`` when it was made from the index as it is, else parsed and cached (once
+    per change of the index: a million lines take seconds to parse, the cache milliseconds)."""
+    path = os.path.join(directory, INDEX)
+    cache, stamp_path = os.path.join(directory, ROWS_CACHE), os.path.join(directory, ROWS_STAMP)
+    if not os.path.exists(path):
+        return Rows(directory, *np.zeros((3, 0), np.int64))
+    stamp = index_stamp(directory)
+    if os.path.exists(cache) and os.path.exists(stamp_path):
+        with open(stamp_path, encoding="utf-8") as f:
+            if json.load(f) == stamp:
+                return Rows(directory, *np.load(cache).T)
+    last: dict[str, tuple[int, int, int]] = {}
+    size, offset = _complete_size(path), 0
+    with open(path, "rb") as f:
+        for line in f:
+            if offset + len(line) > size:
+                break
+            try:
+                entry = Entry.of_record(json.loads(line.decode("utf-8", "surrogateescape")))
+            except ValueError:
+                entry = None
+            if entry is not None:
+                last.pop(entry.rel_path, None)  # re-inserted: the order of the last line
+                last[entry.rel_path] = (entry.shard, entry.row, offset)
+            offset += len(line)
+    table = np.array(list(last.values()), np.int64).reshape(-1, 3)
+    with runfiles.atomic_path(cache, ".npy") as tmp:
+        np.save(tmp, table)
+    runfiles.write_json_atomic(stamp_path, stamp)
+    return Rows(directory, *table.T)
+
+
 def _data_offset(f: IO[bytes]) -> int:
     """The byte offset of a .npy file's data (its header read)."""
     f.seek(0)
@@ -174,13 +242,16 @@ def shard_rows_on_disk(path: str, dim: int) -> tuple[int, int]:
 
 def shard_vectors(directory: str, meta: StoreMeta, shard: int,
                   rows: np.ndarray) -> np.ndarray:
-    """Rows ``rows`` of shard ``shard``, float32 [len(rows), dim] (read through a memory map)."""
+    """Rows ``rows`` of shard ``shard``, float32 [len(rows), dim], read through a memory map
+    (a contiguous run of rows: a read-only view of it, nothing copied)."""
     path = shard_path(directory, shard)
     offset, count = shard_rows_on_disk(path, meta.dim)
     if len(rows) and int(rows.max()) >= count:
         raise ValueError(f"{path}: the index refers to row {int(rows.max())} of {count}: the "
                          "store is damaged; tag into a new --output")
     data = np.memmap(path, _DTYPE, "r", offset=offset, shape=(count, meta.dim))
+    if len(rows) and rows[-1] - rows[0] + 1 == len(rows) and np.all(np.diff(rows) == 1):
+        return data[rows[0]:rows[-1] + 1]
     return np.asarray(data[rows], np.float32)
 
 
@@ -269,7 +340,9 @@ class EmbeddingStore:
                       round(float(seconds), 3), int(windows))
         if self._index is None:
             self._index = open(os.path.join(self.directory, INDEX), "a", **TEXT)
-        self._index.write(json.dumps(dataclasses.asdict(entry)) + "\n")
+        self._index.write(json.dumps({"path": path, **key.fields(), "shard": entry.shard,
+                                      "row": entry.row, "seconds": entry.seconds,
+                                      "windows": entry.windows}) + "\n")
         self._index.flush()
         self._rows += 1
         self.entries[key.rel_path] = entry

@@ -24,7 +24,7 @@ import dataclasses
 import json
 import os
 import time
-from typing import Iterator, Sequence
+from typing import Iterator
 
 import numpy as np
 
@@ -32,7 +32,7 @@ from tftag.runs import runfiles
 from tftag.tagging import embeddings as store
 from tftag.tagging import tracks
 
-EXACT_MAX_ROWS = 200_000
+EXACT_MAX_ROWS = 100_000
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 80
 HNSW_EF_SEARCH = 128
@@ -80,8 +80,8 @@ def similar(query: str, index: str, top_k: int = 10, *, pretrained: str | None =
     if not os.path.isfile(query):
         raise FileNotFoundError(f"--query={query!r}: no such audio file")
     meta = store.StoreMeta.read(index)
-    entries = store.read_entries(index)
-    if not entries or not meta.dim:
+    rows = store.read_rows(index)
+    if not len(rows) or not meta.dim:
         raise ValueError(f"--index={index!r} holds no embeddings yet: tag a folder into it "
                          "first (--mode=tag --embeddings)")
     tagger = load_tagger(meta, index, pretrained, model_dir)
@@ -89,21 +89,21 @@ def similar(query: str, index: str, top_k: int = 10, *, pretrained: str | None =
     vector = embed(tagger, query)
     embed_seconds = time.perf_counter() - start
     start = time.perf_counter()
-    method = "exact" if len(entries) <= exact_max_rows else "hnsw"
+    method = "exact" if len(rows) <= exact_max_rows else "hnsw"
     built = False
     if method == "exact":
-        positions, sims = exact_search(index, meta, entries, vector, top_k)
+        positions, sims = exact_search(meta, rows, vector, top_k)
     else:
-        positions, sims, built = ann_search(index, meta, entries, vector, top_k)
+        positions, sims, built = ann_search(meta, rows, vector, top_k)
     search_seconds = time.perf_counter() - start
-    found = [Neighbour(rank, entries[p].path, entries[p].rel_path, float(s))
+    found = [Neighbour(rank, (e := rows.entry(p)).path, e.rel_path, float(s))
              for rank, (p, s) in enumerate(zip(positions, sims), 1)]
-    print(f"{len(found)} nearest of {len(entries)} tracks to {query} ({meta.model}, {method}, "
+    print(f"{len(found)} nearest of {len(rows)} tracks to {query} ({meta.model}, {method}, "
           f"{search_seconds * 1000:.1f} ms):")
     for n in found:
         print(f"{n.rank:4d}  {n.similarity:.4f}  {n.path}")
     summary = {"query": query, "index": index, "model": meta.model, "method": method,
-               "rows": len(entries), "neighbours": [[n.path, n.similarity] for n in found],
+               "rows": len(rows), "neighbours": [[n.path, n.similarity] for n in found],
                "embed_seconds": round(embed_seconds, 4),
                "search_seconds": round(search_seconds, 6), "ann_built": built, "output": output}
     if output:
@@ -150,70 +150,78 @@ def unit(x: np.ndarray) -> np.ndarray:
     return (x / np.where(norms > 0, norms, 1)).astype(np.float32)
 
 
-def slices(index: str, meta: store.StoreMeta, entries: Sequence[store.Entry],
-           rows: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
-    """(first position, vectors [n, d]) of consecutive slices of ``entries`` (``rows`` each:
-    default the store's shard size), each read from the shards its rows are in."""
-    rows = rows or meta.shard_rows
-    for begin in range(0, len(entries), rows):
-        part = entries[begin:begin + rows]
-        out = np.empty((len(part), meta.dim), np.float32)
-        shards = np.array([e.shard for e in part])
-        where = np.array([e.row for e in part])
-        for shard in np.unique(shards):
-            mask = shards == shard
-            out[mask] = store.shard_vectors(index, meta, int(shard), where[mask])
+def slices(meta: store.StoreMeta, rows: store.Rows,
+           size: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+    """(first position, vectors [n, d]) of consecutive slices of the indexed tracks ``rows``
+    (``size`` each: default the store's shard size), each read from the shards its rows are in
+    (a contiguous run of one shard, the usual case, as a view of it: nothing copied)."""
+    size = size or meta.shard_rows
+    for begin in range(0, len(rows), size):
+        part_shards, part_rows = rows.shard[begin:begin + size], rows.row[begin:begin + size]
+        if np.all(part_shards == part_shards[0]):
+            yield begin, store.shard_vectors(rows.directory, meta, int(part_shards[0]),
+                                             part_rows)
+            continue
+        out = np.empty((len(part_rows), meta.dim), np.float32)
+        for shard in np.unique(part_shards):
+            mask = part_shards == shard
+            out[mask] = store.shard_vectors(rows.directory, meta, int(shard), part_rows[mask])
         yield begin, out
 
 
-def exact_search(index: str, meta: store.StoreMeta, entries: Sequence[store.Entry],
-                 query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """(positions in ``entries``, cosine similarities) of the ``k`` nearest, nearest first."""
+def _top(sims: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` largest of ``sims``, largest first (ties: lower index first)."""
+    if len(sims) > k:
+        part = np.argpartition(-sims, k - 1)[:k]
+        return part[np.lexsort((part, -sims[part]))]
+    return np.argsort(-sims, kind="stable")
+
+
+def exact_search(meta: store.StoreMeta, rows: store.Rows, query: np.ndarray,
+                 k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(positions in ``rows``, cosine similarities) of the ``k`` nearest, nearest first."""
     q = unit(query)
     best_pos = np.empty(0, np.int64)
     best_sim = np.empty(0, np.float32)
-    for begin, vectors in slices(index, meta, entries):
-        sims = unit(vectors) @ q
-        pos = np.concatenate([best_pos, begin + np.arange(len(sims))])
-        sims = np.concatenate([best_sim, sims])
-        keep = np.argsort(-sims, kind="stable")[:k]
+    for begin, vectors in slices(meta, rows):
+        norms = np.sqrt(np.einsum("ij,ij->i", vectors, vectors))
+        sims = (vectors @ q) / np.where(norms > 0, norms, 1)
+        top = _top(sims, k)
+        pos = np.concatenate([best_pos, begin + top])
+        sims = np.concatenate([best_sim, sims[top]])
+        keep = _top(sims, k)
         best_pos, best_sim = pos[keep], sims[keep]
     return best_pos, best_sim
 
 
-def ann_search(index: str, meta: store.StoreMeta, entries: Sequence[store.Entry],
-               query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, bool]:
+def ann_search(meta: store.StoreMeta, rows: store.Rows, query: np.ndarray,
+               k: int) -> tuple[np.ndarray, np.ndarray, bool]:
     """As :func:`exact_search`, through the cached HNSW graph; also whether it was built now."""
-    graph, built = ann_index(index, meta, entries)
+    graph, built = ann_index(meta, rows)
     graph.hnsw.efSearch = max(HNSW_EF_SEARCH, k)
-    sims, positions = graph.search(unit(query)[None], min(k, len(entries)))
+    sims, positions = graph.search(unit(query)[None], min(k, len(rows)))
     keep = positions[0] >= 0
     return positions[0][keep].astype(np.int64), sims[0][keep], built
 
 
-def _stamp(index: str, entries: Sequence[store.Entry]) -> dict:
-    """What the cached graph was built from: the index file as it was, and its rows."""
-    st = os.stat(os.path.join(index, store.INDEX))
-    return {"index_bytes": st.st_size, "index_mtime_ns": st.st_mtime_ns, "rows": len(entries),
-            "m": HNSW_M, "ef_construction": HNSW_EF_CONSTRUCTION}
-
-
-def ann_index(index: str, meta: store.StoreMeta, entries: Sequence[store.Entry]):
-    """The store's HNSW graph (ids: positions in ``entries``): read from ``ann.faiss`` if it was
+def ann_index(meta: store.StoreMeta, rows: store.Rows):
+    """The store's HNSW graph (ids: positions in ``rows``): read from ``ann.faiss`` if it was
     built from the index as it is, else built and cached. Returns (graph, built now)."""
     import faiss
 
-    stamp = _stamp(index, entries)
-    path, stamp_path = os.path.join(index, ANN_FILE), os.path.join(index, ANN_STAMP)
+    stamp = dict(store.index_stamp(rows.directory), rows=len(rows), m=HNSW_M,
+                 ef_construction=HNSW_EF_CONSTRUCTION)
+    path = os.path.join(rows.directory, ANN_FILE)
+    stamp_path = os.path.join(rows.directory, ANN_STAMP)
     if os.path.exists(path) and os.path.exists(stamp_path):
         with open(stamp_path, encoding="utf-8") as f:
             if json.load(f) == stamp:
                 graph = faiss.read_index(path)
-                if graph.ntotal == len(entries):
+                if graph.ntotal == len(rows):
                     return graph, False
     graph = faiss.IndexHNSWFlat(meta.dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
     graph.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
-    for _, vectors in slices(index, meta, entries):
+    for _, vectors in slices(meta, rows):
         graph.add(unit(vectors))
     with runfiles.atomic_path(path) as tmp:
         faiss.write_index(graph, tmp)
