@@ -7,8 +7,10 @@ the same way, with the store's own model, resolution and windows (read from its 
 another model is refused), and its neighbours are the stored tracks of highest cosine similarity
 (the dot product of the L2-normalised vectors; 1 = same direction; a zero vector scores 0).
 
-Search is exact up to ``exact_max_rows`` indexed tracks: numpy over the store in slices of
-:data:`tftag.tagging.embeddings.SHARD_ROWS` rows, so memory stays one slice whatever the size.
+The index is read as arrays (shard, row, line offset per track: ``index.rows.npy``, parsed from
+``index.jsonl`` once per change of it); only the answers' index lines are read at a query.
+Search is exact up to ``exact_max_rows`` indexed tracks: numpy over the store one shard-sized
+slice at a time (memory-mapped), so memory stays one slice whatever the size.
 Above it, an approximate HNSW graph (faiss-cpu's ``IndexHNSWFlat``, inner product on the
 normalised vectors; M = :data:`HNSW_M`, efConstruction = :data:`HNSW_EF_CONSTRUCTION`,
 efSearch = max(:data:`HNSW_EF_SEARCH`, k)) is built once and cached in the store
@@ -216,7 +218,8 @@ def ann_index(meta: store.StoreMeta, rows: store.Rows):
     if os.path.exists(path) and os.path.exists(stamp_path):
         with open(stamp_path, encoding="utf-8") as f:
             if json.load(f) == stamp:
-                graph = faiss.read_index(path)
+                # Memory-mapped vectors: a query need not read the whole graph file.
+                graph = faiss.read_index(path, getattr(faiss, "IO_FLAG_MMAP_IFC", 0))
                 if graph.ntotal == len(rows):
                     return graph, False
     graph = faiss.IndexHNSWFlat(meta.dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
