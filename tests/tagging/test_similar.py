@@ -131,11 +131,11 @@ def test_similar_finds_the_track_then_its_near_duplicate(collection, store, tmp_
                                         "similarity": s1}
     # The HNSW path (forced by a tiny threshold): the same answers; built once, then cached.
     ann = similar.similar(query, store, 3, exact_max_rows=1)
-    assert ann["method"] == "hnsw" and ann["ann_built"]
+    assert ann["method"] == "hnsw" and ann["ann"] == "built"
     assert [p for p, _ in ann["neighbours"]] == [p for p, _ in exact["neighbours"]]
     np.testing.assert_allclose([s for _, s in ann["neighbours"]],
                                [s for _, s in exact["neighbours"]], atol=1e-5)
-    assert not similar.similar(query, store, 3, exact_max_rows=1)["ann_built"]
+    assert similar.similar(query, store, 3, exact_max_rows=1)["ann"] == "cached"
     # Another model is refused in one line, with the flag.
     with pytest.raises(ValueError, match=r"^--pretrained=MTT_musicnn: --index=.* was made with "
                                          r"tftag_vgg_8x10 \(sr16000-mel8-hop10-log\)"):
@@ -152,3 +152,36 @@ def test_the_command(collection, store, tmp_path):
     answer = json.loads(out.read_text())
     assert answer["neighbours"][0]["rel_path"] == "sub/mix5.wav"
     assert answer["model"] == STUDENT and answer["method"] == "exact"
+
+
+def test_the_hnsw_graph_is_extended_with_added_tracks_and_rebuilt_when_one_is_superseded(
+        tmp_path):
+    from tftag.tagging.results import FileKey
+
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((60, 16)).astype(np.float32)
+    meta = embeddings.StoreMeta("m", "r", {"pretrained": "m"}, 1, 1, shard_rows=16)
+    directory = str(tmp_path / "store")
+
+    def add(rows, redo=()):
+        current = {f"{i}.wav": FileKey(f"{i}.wav", 1, i) for i in range(60)}
+        writer = embeddings.EmbeddingStore(directory, meta).open(current, set(redo))
+        for i in rows:
+            writer.add(f"/m/{i}.wav", current[f"{i}.wav"], vectors[i], 1.0, 1)
+        writer.close()
+        return embeddings.read_rows(directory)
+
+    def answers(rows, status):
+        graph, got = similar.ann_index(embeddings.StoreMeta.read(directory), rows)
+        assert got == status and graph.ntotal == len(rows)
+        exact = [similar.exact_search(embeddings.StoreMeta.read(directory), rows, q, 5)[0]
+                 for q in vectors[:len(rows)]]
+        found = [graph.search(similar.unit(q)[None], 5)[1][0] for q in vectors[:len(rows)]]
+        assert np.mean([len(set(a) & set(b)) / 5 for a, b in zip(found, exact)]) > 0.95
+
+    answers(add(range(40)), "built")
+    answers(add(range(40, 60)), "extended")  # 20 tracks added: appended to the graph
+    rows = add([3], redo=["3.wav"])  # tagged again: its line superseded, positions move
+    assert len(rows) == 60 and rows.entry(59).rel_path == "3.wav"
+    answers(rows, "built")
+    answers(rows, "cached")

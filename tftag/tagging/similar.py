@@ -14,8 +14,9 @@ slice at a time (memory-mapped), so memory stays one slice whatever the size.
 Above it, an approximate HNSW graph (faiss-cpu's ``IndexHNSWFlat``, inner product on the
 normalised vectors; M = :data:`HNSW_M`, efConstruction = :data:`HNSW_EF_CONSTRUCTION`,
 efSearch = max(:data:`HNSW_EF_SEARCH`, k)) is built once and cached in the store
-(``ann.faiss`` + ``ann.json``), rebuilt when the index changed since (rows added or
-superseded); its similarities are the exact cosines of the rows it returns, but it may miss a
+(``ann.faiss`` + ``ann.json`` + ``ann.rows.npy``, the shard and row of each of its vectors),
+extended when tracks were only added to the index since (the rows it holds are the first of the
+index's), rebuilt when lines were superseded (a track tagged again); its similarities are the exact cosines of the rows it returns, but it may miss a
 true neighbour (recall < 1). The query's own file, when it is in the store, comes first with a
 similarity of ≈ 1.
 """
@@ -40,6 +41,7 @@ HNSW_EF_CONSTRUCTION = 80
 HNSW_EF_SEARCH = 128
 ANN_FILE = "ann.faiss"
 ANN_STAMP = "ann.json"
+ANN_ROWS = "ann.rows.npy"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,7 +76,8 @@ def similar(query: str, index: str, top_k: int = 10, *, pretrained: str | None =
 
     Returns:
       A summary: query, index, model, method (exact or hnsw), rows, neighbours ([path,
-      similarity], nearest first), embed_seconds, search_seconds, ann_built, output.
+      similarity], nearest first), embed_seconds, search_seconds, ann (the HNSW graph:
+      ``cached``, ``extended``, ``built`` or None: exact search), output.
     """
     if not query or not index:
         raise ValueError("--mode=similar needs --query=FILE (an audio file) and --index=DIR "
@@ -92,11 +95,11 @@ def similar(query: str, index: str, top_k: int = 10, *, pretrained: str | None =
     embed_seconds = time.perf_counter() - start
     start = time.perf_counter()
     method = "exact" if len(rows) <= exact_max_rows else "hnsw"
-    built = False
+    ann = None
     if method == "exact":
         positions, sims = exact_search(meta, rows, vector, top_k)
     else:
-        positions, sims, built = ann_search(meta, rows, vector, top_k)
+        positions, sims, ann = ann_search(meta, rows, vector, top_k)
     search_seconds = time.perf_counter() - start
     found = [Neighbour(rank, (e := rows.entry(p)).path, e.rel_path, float(s))
              for rank, (p, s) in enumerate(zip(positions, sims), 1)]
@@ -107,7 +110,7 @@ def similar(query: str, index: str, top_k: int = 10, *, pretrained: str | None =
     summary = {"query": query, "index": index, "model": meta.model, "method": method,
                "rows": len(rows), "neighbours": [[n.path, n.similarity] for n in found],
                "embed_seconds": round(embed_seconds, 4),
-               "search_seconds": round(search_seconds, 6), "ann_built": built, "output": output}
+               "search_seconds": round(search_seconds, 6), "ann": ann, "output": output}
     if output:
         runfiles.write_json_atomic(output, dict(summary, neighbours=[
             dataclasses.asdict(n) for n in found]))
@@ -197,36 +200,55 @@ def exact_search(meta: store.StoreMeta, rows: store.Rows, query: np.ndarray,
 
 
 def ann_search(meta: store.StoreMeta, rows: store.Rows, query: np.ndarray,
-               k: int) -> tuple[np.ndarray, np.ndarray, bool]:
-    """As :func:`exact_search`, through the cached HNSW graph; also whether it was built now."""
-    graph, built = ann_index(meta, rows)
+               k: int) -> tuple[np.ndarray, np.ndarray, str]:
+    """As :func:`exact_search`, through the cached HNSW graph; also what :func:`ann_index`
+    did."""
+    graph, status = ann_index(meta, rows)
     graph.hnsw.efSearch = max(HNSW_EF_SEARCH, k)
     sims, positions = graph.search(unit(query)[None], min(k, len(rows)))
     keep = positions[0] >= 0
-    return positions[0][keep].astype(np.int64), sims[0][keep], built
+    return positions[0][keep].astype(np.int64), sims[0][keep], status
 
 
 def ann_index(meta: store.StoreMeta, rows: store.Rows):
-    """The store's HNSW graph (ids: positions in ``rows``): read from ``ann.faiss`` if it was
-    built from the index as it is, else built and cached. Returns (graph, built now)."""
+    """The store's HNSW graph (ids: positions in ``rows``) and what was done: ``cached`` (read
+    from ``ann.faiss``, made from the index as it is), ``extended`` (the tracks added since
+    appended to it) or ``built``; a graph extended or built is cached."""
     import faiss
 
-    stamp = dict(store.index_stamp(rows.directory), rows=len(rows), m=HNSW_M,
+    directory = rows.directory
+    stamp = dict(store.index_stamp(directory), rows=len(rows), m=HNSW_M,
                  ef_construction=HNSW_EF_CONSTRUCTION)
-    path = os.path.join(rows.directory, ANN_FILE)
-    stamp_path = os.path.join(rows.directory, ANN_STAMP)
-    if os.path.exists(path) and os.path.exists(stamp_path):
+    path, stamp_path = os.path.join(directory, ANN_FILE), os.path.join(directory, ANN_STAMP)
+    held_path = os.path.join(directory, ANN_ROWS)
+    table = np.stack([rows.shard, rows.row], axis=1)
+    held = None
+    if all(map(os.path.exists, (path, stamp_path, held_path))):
         with open(stamp_path, encoding="utf-8") as f:
-            if json.load(f) == stamp:
-                # Memory-mapped vectors: a query need not read the whole graph file.
-                graph = faiss.read_index(path, getattr(faiss, "IO_FLAG_MMAP_IFC", 0))
-                if graph.ntotal == len(rows):
-                    return graph, False
-    graph = faiss.IndexHNSWFlat(meta.dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
-    graph.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
-    for _, vectors in slices(meta, rows):
+            old = json.load(f)
+        held = np.load(held_path)
+        if old == stamp:  # memory-mapped vectors: a query need not read the whole file
+            graph = faiss.read_index(path, getattr(faiss, "IO_FLAG_MMAP_IFC", 0))
+            if graph.ntotal == len(rows):
+                return graph, "cached"
+        same = {k: v for k, v in old.items() if k in ("m", "ef_construction")} == {
+            "m": HNSW_M, "ef_construction": HNSW_EF_CONSTRUCTION}
+        if not (same and len(held) <= len(rows) and np.array_equal(held, table[:len(held)])):
+            held = None
+    if held is not None:
+        graph, status, start = faiss.read_index(path), "extended", len(held)
+    else:
+        graph = faiss.IndexHNSWFlat(meta.dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
+        graph.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+        status, start = "built", 0
+    if os.path.exists(stamp_path):  # no stamp until the new graph and its rows are written
+        os.remove(stamp_path)
+    added = store.Rows(directory, rows.shard[start:], rows.row[start:], rows.offset[start:])
+    for _, vectors in slices(meta, added):
         graph.add(unit(vectors))
     with runfiles.atomic_path(path) as tmp:
         faiss.write_index(graph, tmp)
+    with runfiles.atomic_path(held_path, ".npy") as tmp:
+        np.save(tmp, table)
     runfiles.write_json_atomic(stamp_path, stamp)
-    return graph, True
+    return graph, status
