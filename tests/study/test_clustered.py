@@ -273,3 +273,13 @@ def test_claims_without_the_pilot_fold(tmp_path):
     want = analysis.compare(sets[1], sets[0], n_resamples=50, also_units=())  # 96×1 → 48×1
     c = next(c for c in got["claims"] if c["to_shape"] == "48×1")
     assert c["delta_points"] == pytest.approx(want["delta_points"]) and c["n_clips"] == got["n_clips"]
+
+
+def test_pooled_intervals_by_unit(tmp_path):
+    runs, ids, _ = _study(tmp_path)
+    s = analysis.load_sets(analysis.load_runs(str(runs)))[0]
+    row = analysis.summarize_set(s, n_resamples=100, also_units=("clip", "package"))
+    alone = analysis.summarize_set(s, n_resamples=100, unit="package")
+    assert row["by_unit"]["package"]["ci95"] == alone["ci95"]
+    assert row["by_unit"]["package"]["n_units"] == PACKAGES and row["unit"] == "track_group"
+    assert "by_unit" not in analysis.summarize_set(s, n_resamples=100)

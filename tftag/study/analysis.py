@@ -308,9 +308,11 @@ def _mean_sd(values: Sequence[float]) -> tuple[float, float | None]:
 
 
 def summarize_set(s: RunSet, top_k: int = teacher.DEFAULT_TOP_K, n_resamples: int = 1000,
-                  seed: int = 0, unit: str = PRIMARY_UNIT, min_positives: int = 1) -> dict:
+                  seed: int = 0, unit: str = PRIMARY_UNIT, min_positives: int = 1,
+                  also_units: Sequence[str] = ()) -> dict:
     """Pooled metrics of one set with bootstrap 95 % CIs, per-fold mean ± sd, agreement with
-    the teacher on the pooled clips, cost and stopping reasons (fractions in 0-1).
+    the teacher on the pooled clips, cost and stopping reasons (fractions in 0-1); ``by_unit``:
+    the CIs again resampling each of ``also_units``.
 
     ``min_positives`` > 1: the pooled ROC-AUC and PR-AUC average only the tags with that many
     positives (``n_tags``); everything else is unchanged."""
@@ -319,6 +321,11 @@ def summarize_set(s: RunSet, top_k: int = teacher.DEFAULT_TOP_K, n_resamples: in
     roc0, roc_r, pr0, pr_r = _macro(
         _resampled(labels, s.probs, s.clip_ids, unit, n_resamples, seed), cols)
     roc, pr = stats.interval(roc0, roc_r), stats.interval(pr0, pr_r)
+    by_unit = {}
+    for u in (u for u in also_units if u != unit):
+        _, roc_u, _, pr_u = _macro(_resampled(labels, s.probs, s.clip_ids, u, n_resamples, seed), cols)
+        by_unit[u] = {"n_units": n_units(s.clip_ids, u), "ci95": list(stats.interval(roc0, roc_u).ci95),
+                      "pr_ci95": list(stats.interval(pr0, pr_u).ci95)}
     agree = evaluate.agreement(s.teacher, s.probs, k=min(5, len(s.tags)))
     fold_roc = _mean_sd([r["test_roc_auc"] for r in s.runs])
     fold_pr = _mean_sd([r["test_pr_auc"] for r in s.runs])
@@ -335,6 +342,7 @@ def summarize_set(s: RunSet, top_k: int = teacher.DEFAULT_TOP_K, n_resamples: in
         "gmacs": float(s.runs[0]["gmacs"]), "kib_per_clip": s.runs[0]["storage_bytes"] / 1024,
         "train_seconds": s.train_seconds, "epochs_done_mean": s.epochs_done_mean,
         "stopped_at_cap": sum(r["stop_reason"] == "cap" for r in s.runs),
+        **({"by_unit": by_unit} if by_unit else {}),
     }
 
 

@@ -794,7 +794,7 @@ def _analyse(runs_dir: str, opts: Options, compare: Sequence[tuple[str, str]],
     against_other = {other: against_study(sets, analysis.load_sets(analysis.load_runs(other_dir)),
                                           other, opts)
                      for other, other_dir in compare}
-    rows = [analysis.summarize_set(s, **opts.kwargs()) for s in sets]
+    rows = [analysis.summarize_set(s, also_units=opts.also_units, **opts.kwargs()) for s in sets]
     pooled = {r["set"]: r for r in rows}
     tested = claims(sets, opts)
     tested_models = between_models(sets, opts)
