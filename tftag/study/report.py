@@ -17,7 +17,13 @@ Called by ``--mode=report --runs_dir=...`` (:func:`run`, the fixed-budget report
   ``against`` (per other study given: each configuration both ran, paired clip by clip,
   :func:`against_study`), ``frequent_tags`` (the comparisons again over the tags with ≥ 50
   positives, :func:`frequent_view`), ``per_tag_vs_baseline`` (each tag's ROC-AUC change per
-  resolution against its baseline, :func:`per_tag_view`) and the statistical settings;
+  resolution against its baseline, :func:`per_tag_view`), ``teacher_ceiling`` (the teacher's own
+  score against its labels, :func:`teacher_ceiling`), ``second_labellers`` (every claim under
+  each ``labels_<name>.npz`` beside the report, :func:`second_labeller`; each claim also carries
+  its figures under ``second_labellers``), ``without_pilot_fold`` (the claims without fold 0's
+  test clips, :func:`without_fold`) and the statistical settings (``unit``: every comparison's
+  primary figures resample track groups, a cluster bootstrap; ``by_unit`` beside them: the same
+  by clip and by package);
 - ``results.md``: the tables and the cheapest resolution without a significant loss;
 - ``learning_curves.png`` (validation loss per epoch of every run, one panel per model, a
   marker where the learning rate was lowered) and
