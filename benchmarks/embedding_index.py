@@ -82,7 +82,7 @@ def measure(n: int, dim: int, n_queries: int, k: int) -> dict:
         exact_s, exact = _median_time(lambda q: similar.exact_search(meta, rows, q, k)[0],
                                       queries)
         start = time.perf_counter()
-        similar.ann_index(meta, rows)
+        similar.ann_index(meta, rows)  # built
         build_s = time.perf_counter() - start
         start = time.perf_counter()
         graph, _ = similar.ann_index(meta, rows)
@@ -107,7 +107,9 @@ def main(argv) -> None:
     from benchmarks.common import machine_info
 
     for n in map(int, FLAGS.rows):
-        result = dict(measure(n, FLAGS.dim, FLAGS.queries, FLAGS.k),
+        load = [round(x, 2) for x in os.getloadavg()]  # a shared machine: how busy it was
+        result = dict(measure(n, FLAGS.dim, FLAGS.queries, FLAGS.k), load_average_before=load,
+                      load_average_after=[round(x, 2) for x in os.getloadavg()],
                       date=time.strftime("%Y-%m-%d"), machine=machine_info())
         line = json.dumps(result)
         print(line, flush=True)

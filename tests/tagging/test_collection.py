@@ -197,12 +197,14 @@ def test_kill_9_then_rerun_gives_every_file_once_as_an_uninterrupted_run(collect
 
     files = tag.audio_files(str(collection))
     reference = tmp_path / "reference.jsonl"  # uninterrupted, in this process, one thread
-    summary = tag.tag(None, str(collection), str(reference), pretrained=STUDENT, workers=1)
+    summary = tag.tag(None, str(collection), str(reference), pretrained=STUDENT, workers=1,
+                      embeddings=True)
     assert (summary["tagged"], summary["failed"]) == (24, 1)
     want = {r["rel_path"]: r for r in results.read_rows(str(reference))}
 
     out = tmp_path / "tags.jsonl"
-    proc = subprocess.Popen([sys.executable, "-m", "tftag.main", *_tag_args(collection, out)],
+    proc = subprocess.Popen([sys.executable, "-m", "tftag.main",
+                             *_tag_args(collection, out, "--embeddings")],
                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True,
                             env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
@@ -224,7 +226,7 @@ def test_kill_9_then_rerun_gives_every_file_once_as_an_uninterrupted_run(collect
     at_kill = out.read_bytes().count(b"\n")
     assert 6 <= at_kill < 24, f"the kill came at {at_kill} of 24 rows"
 
-    rerun = run_module("tftag.main", *_tag_args(collection, out))
+    rerun = run_module("tftag.main", *_tag_args(collection, out, "--embeddings"))
     assert f"tagged {24 - at_kill}/{24 - at_kill} files with {STUDENT}" in rerun.stdout
     assert f"{at_kill} tagged before, skipped" in rerun.stdout
     # broken.ogg (decoded first) failed before the kill: not tried again (--retry_failed would)
@@ -238,6 +240,22 @@ def test_kill_9_then_rerun_gives_every_file_once_as_an_uninterrupted_run(collect
     failed = results.failures_path(str(out))
     assert [json.loads(line)["rel_path"] for line in open(failed)] == ["broken.ogg"]
     assert len(files) == 25
+    # The embedding store (--embeddings) too: every file indexed once, its row the
+    # uninterrupted run's (tftag.tagging.embeddings; tests/tagging/test_similar.py).
+    from tftag.tagging import embeddings
+
+    def stored(output):
+        directory = embeddings.store_dir(str(output))
+        meta = embeddings.StoreMeta.read(directory)
+        return {e.rel_path: embeddings.shard_vectors(directory, meta, e.shard,
+                                                     np.array([e.row]))[0]
+                for e in embeddings.read_entries(directory)}
+
+    got, want_vectors = stored(out), stored(reference)
+    lines = open(os.path.join(embeddings.store_dir(str(out)), embeddings.INDEX)).readlines()
+    assert len(lines) == len(got) == 24 and sorted(got) == sorted(want)
+    for rel, vector in got.items():
+        np.testing.assert_allclose(vector, want_vectors[rel], rtol=1e-5, atol=1e-6)
 
 
 def test_a_worker_whose_resampler_cannot_import_ends_the_run_at_once(collection, tmp_path):
