@@ -30,6 +30,8 @@ flags.DEFINE_list("rows", ["100000"], "Store sizes (tracks).")
 flags.DEFINE_integer("dim", 256, "Embedding size.")
 flags.DEFINE_integer("queries", 20, "Queries timed per size.")
 flags.DEFINE_integer("k", 10, "Neighbours per query.")
+flags.DEFINE_integer("hnsw_max_rows", 300_000, "Sizes above this: exact search only (the "
+                     "graph's build takes minutes per 100k rows on 2 cores).")
 flags.DEFINE_string("out", "benchmarks/results/similar/embedding_index.jsonl", "Results file.")
 FLAGS = flags.FLAGS
 
@@ -60,7 +62,7 @@ def _median_time(fn, queries) -> tuple[float, list]:
     return float(np.median(times)), answers
 
 
-def measure(n: int, dim: int, n_queries: int, k: int) -> dict:
+def measure(n: int, dim: int, n_queries: int, k: int, hnsw: bool = True) -> dict:
     """One size's figures."""
     from tftag.tagging import embeddings, similar
 
@@ -81,6 +83,11 @@ def measure(n: int, dim: int, n_queries: int, k: int) -> dict:
                    + 0.05 * rng.standard_normal(dim).astype(np.float32) for p in picks]
         exact_s, exact = _median_time(lambda q: similar.exact_search(meta, rows, q, k)[0],
                                       queries)
+        figures = {"rows": n, "dim": dim, "write_rows_per_s": round(rows_per_s),
+                   "read_index_s": round(read_s, 3), "read_index_cached_s": round(cached_s, 4),
+                   "exact_query_ms": round(exact_s * 1000, 2)}
+        if not hnsw:
+            return figures
         start = time.perf_counter()
         similar.ann_index(meta, rows)  # built
         build_s = time.perf_counter() - start
@@ -92,11 +99,8 @@ def measure(n: int, dim: int, n_queries: int, k: int) -> dict:
             lambda q: graph.search(similar.unit(q)[None], k)[1][0], queries)
         recall = np.mean([len(set(a) & set(e)) / k for a, e in zip(ann, exact)])
         sizes = sum(os.path.getsize(os.path.join(directory, f)) for f in os.listdir(directory))
-        return {"rows": n, "dim": dim, "write_rows_per_s": round(rows_per_s),
-                "store_mb": round(sizes / 2**20, 1), "files": len(os.listdir(directory)),
-                "read_index_s": round(read_s, 3), "read_index_cached_s": round(cached_s, 4),
-                "exact_query_ms": round(exact_s * 1000, 2),
-                "hnsw_build_s": round(build_s, 2), "hnsw_load_s": round(load_s, 3),
+        return {**figures, "store_mb": round(sizes / 2**20, 1),
+                "files": len(os.listdir(directory)), "hnsw_build_s": round(build_s, 2), "hnsw_load_s": round(load_s, 3),
                 "hnsw_query_ms": round(ann_s * 1000, 3), f"hnsw_recall_at_{k}": round(recall, 4)}
     finally:
         shutil.rmtree(directory, ignore_errors=True)
@@ -108,7 +112,8 @@ def main(argv) -> None:
 
     for n in map(int, FLAGS.rows):
         load = [round(x, 2) for x in os.getloadavg()]  # a shared machine: how busy it was
-        result = dict(measure(n, FLAGS.dim, FLAGS.queries, FLAGS.k), load_average_before=load,
+        result = dict(measure(n, FLAGS.dim, FLAGS.queries, FLAGS.k, n <= FLAGS.hnsw_max_rows),
+                      load_average_before=load,
                       load_average_after=[round(x, 2) for x in os.getloadavg()],
                       date=time.strftime("%Y-%m-%d"), machine=machine_info())
         line = json.dumps(result)

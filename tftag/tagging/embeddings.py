@@ -261,7 +261,8 @@ class EmbeddingStore:
 
     def __init__(self, directory: str, meta: StoreMeta):
         self.directory, self.meta = directory, meta
-        self.entries: dict[str, Entry] = {}  # rel_path -> entry: what a rerun needs to skip
+        self.entries: dict[str, Entry] = {}  # rel_path -> entry of this run's files, at open
+        self.count = 0  # tracks indexed (nothing kept per track added: memory stays flat)
         self._shard, self._rows = 0, 0
         self._file: IO[bytes] | None = None
         self._index: IO[str] | None = None
@@ -303,6 +304,7 @@ class EmbeddingStore:
             with runfiles.atomic_path(index) as tmp, open(tmp, "w", **TEXT) as out:
                 out.writelines(line for _, line in kept.values())
         self.entries = {rel: e for rel, (e, _) in kept.items() if rel in current}
+        self.count = len(kept)
         last = max((e.shard for e, _ in kept.values()), default=0)
         used = 1 + max((e.row for e, _ in kept.values() if e.shard == last), default=-1)
         self._shard, self._rows = last, used
@@ -345,7 +347,7 @@ class EmbeddingStore:
                                       "windows": entry.windows}) + "\n")
         self._index.flush()
         self._rows += 1
-        self.entries[key.rel_path] = entry
+        self.count += 1
         return entry
 
     def _shard_file(self) -> IO[bytes]:

@@ -14,7 +14,8 @@ The format is the extension of ``--output``:
 Streamed rows (``.jsonl``, ``.csv``) are flushed to the operating system as each is written, so a
 crash or ``kill -9`` loses only the files being decoded or scored, and synced to disk every
 FSYNC_SECONDS and at the end; the writer keeps no per-file state, so memory does not grow with the
-number of files (taggrams and embeddings are per-file side outputs of :mod:`tftag.tagging.tag`).
+number of files (taggrams are per-file side outputs of :mod:`tftag.tagging.tag`; embeddings go
+to the sharded store of :mod:`tftag.tagging.embeddings`).
 Unreadable files go to ``<output stem>.failures.jsonl`` (path, rel_path, size, mtime_ns, error,
 reason), appended as they fail, whatever the format.
 

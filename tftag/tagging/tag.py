@@ -159,7 +159,7 @@ def tag(model_dir: str | None, audio: str, output: str, server: str | None = Non
           + (f"; {plan.failed_before} unreadable before, skipped (--retry_failed retries them)"
              if plan.failed_before else "")
           + (f"; taggrams, plots, embeddings in {side.folder}" if written else "")
-          + (f"; embeddings in {store.directory} ({len(store.entries)} files"
+          + (f"; embeddings in {store.directory} ({store.count} files"
              + (f", {len(embed_only)} tagged before embedded now" if embed_only else "") + ")"
              if store is not None else "")
           + (f"; {failed} unreadable, see {out.failures_file}" if failed else ""))
