@@ -184,7 +184,7 @@ def define_tag_flags() -> None:
     from tftag.tagging import tag
 
     flags.DEFINE_string("model_dir", None, "tag: an export: <export_dir>/<model_name> (latest version) "
-                        "or one version directory.")
+                        "or one version directory; similar: must be --index's model (default: it).")
     flags.DEFINE_string("audio", None, "tag: an audio file or a folder (searched recursively); "
                         "ship: the files its speed is measured on (default: the held-out "
                         "packages' tracks in the debian cache).")
@@ -203,7 +203,8 @@ def define_tag_flags() -> None:
                         "tftag.models.pretrained (" + ", ".join(tag.PRETRAINED) + ", or a shipped "
                         "student such as tftag_vgg_32x4: its own resolution, window and tags) "
                         "instead of --model_dir / --weights; describe: its model card "
-                        "(all = the table of every one).")
+                        "(all = the table of every one); similar: must be --index's model "
+                        "(default: it).")
     flags.DEFINE_string("models_dir", None, "Shipped models (<dir>/<name>/card.json + weights): "
                         "tag/export/describe register those of this folder too (as "
                         "$TFTAG_MODELS_DIR does); ship writes <dir>/<name>/ (default: the "
@@ -238,7 +239,8 @@ def define_similar_flags() -> None:
                         "it).")
     flags.DEFINE_integer("exact_max_rows", 100_000, "similar: exact cosine search (numpy, shard "
                          "by shard) up to this many tracks; above, an HNSW graph (faiss-cpu) "
-                         "built once and cached in --index (rebuilt when tracks were added).",
+                         "built once and cached in --index (extended with tracks added since, rebuilt when one "
+                         "was tagged again).",
                          lower_bound=0)
     flags.DEFINE_string("similar_output", "similar.json", "similar: the JSON file of the answer "
                         "(query, model, method, the neighbours: rank, path, similarity).")
