@@ -165,11 +165,16 @@ class Rows:
         return len(self.shard)
 
     def entry(self, i: int) -> Entry:
-        """Track i's :class:`Entry`, read from its index line."""
+        """Track i's :class:`Entry`, read from its index line (a ValueError if that line is not
+        it any more: a run rewrote the index since it was read)."""
         with open(os.path.join(self.directory, INDEX), "rb") as f:
             f.seek(int(self.offset[i]))
-            entry = Entry.of_record(json.loads(f.readline().decode("utf-8", "surrogateescape")))
-        if entry is None:
+            try:
+                record = json.loads(f.readline().decode("utf-8", "surrogateescape"))
+            except ValueError:
+                record = None
+        entry = Entry.of_record(record) if isinstance(record, dict) else None
+        if entry is None or (entry.shard, entry.row) != (self.shard[i], self.row[i]):
             raise ValueError(f"{self.directory}/{INDEX}: no entry at byte {self.offset[i]}: the "
                              "index changed while it was read; run the query again")
         return entry
