@@ -9,7 +9,10 @@
 # Environment: THREADS (TF intra-op threads, default 1), NICE (default 0), PYTHON.
 #   bash tools/run_study_queue.sh vgg configs/real_music_repeat_scratch.flags:0 configs/real_music_axes.flags:0
 #   bash tools/run_study_queue.sh musicnn configs/real_music_repeat_musicnn.flags:2
-# Stop it (each run checkpoints at its exact step): kill -TERM -- -<the pid it prints>
+# Where a run stands: python -m tftag.main --flagfile=FLAGFILE --mode=status \
+#   --run_dir=runs/real_music_study/<flagfile name>-fold<FOLD>
+# Stop it (each run checkpoints at its exact step): kill -TERM -- -<the pid it prints>; then
+# python -m tools.carry_runs --action=save and commit benchmarks/results/real_music/unfinished/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-.venv/bin/python}
